@@ -1,0 +1,160 @@
+"""The ``distill-diffusion`` command: train, generate, eval, bench, quickstart and toy.
+
+User errors (bad path, bad config value, unknown method, unsupported model) print one line naming the
+problem and the fix and exit with code 2, before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from collections.abc import Callable, Sequence
+
+from distill_diffusion.errors import UserError
+
+EXIT_USER_ERROR = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line and exit code 2, like every other user error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UserError(f"{message}; see `{self.prog} --help`")
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a distillation method: train METHOD [--config FILE] [--section.option VALUE ...]",
+        add_help=False,
+    )
+    p.add_argument("-h", "--help", action="store_true", dest="train_help")
+    p.add_argument("method", nargs="?", help="method name (see `distill-diffusion train --help`)")
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_cmd_train)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from distill_diffusion.config import build_run_config, load_yaml, parse_overrides
+    from distill_diffusion.trainers.registry import METHODS, get_method_class
+
+    rest = list(args.rest)
+    if args.method is None or (args.train_help and not rest):
+        print(_train_usage(METHODS))
+        return 0
+    method_cls = get_method_class(args.method)
+    if "-h" in rest or "--help" in rest:
+        print(method_help(args.method, method_cls.config_class))
+        return 0
+    preset: dict = {}
+    if "--config" in rest:
+        i = rest.index("--config")
+        if i + 1 >= len(rest):
+            raise UserError("--config needs a YAML file path")
+        preset = load_yaml(rest[i + 1])
+        del rest[i : i + 2]
+    run = build_run_config(args.method, method_cls.config_class, preset, parse_overrides(rest))
+    from distill_diffusion.trainers.runner import train
+
+    out = train(run)
+    print(f"done: {out}")
+    return 0
+
+
+def _train_usage(methods: dict[str, str]) -> str:
+    return (
+        "usage: distill-diffusion train METHOD [--config FILE.yaml] [--section.option VALUE ...]\n\n"
+        f"methods: {', '.join(sorted(methods))}\n"
+        "`distill-diffusion train METHOD --help` lists every option with its default.\n"
+        "Options are --model.*, --data.*, --train.*, --method.*; diffusers-style bare names such as\n"
+        "--learning_rate, --mixed_precision or --resume_from_checkpoint latest work where unambiguous."
+    )
+
+
+def method_help(method: str, method_config: type) -> str:
+    """Every option of every section, with defaults and the first line of its comment."""
+    from distill_diffusion.config import SECTIONS
+
+    lines = [f"usage: distill-diffusion train {method} [--config FILE.yaml] [--section.option VALUE ...]", ""]
+    for section, cls in {**SECTIONS, "method": method_config}.items():
+        lines.append(f"{section} ({cls.__name__}):")
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else (f.default_factory() if f.default_factory is not dataclasses.MISSING else None)  # type: ignore[misc]
+            lines.append(f"  --{section}.{f.name} (default: {default!r})")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _add_toy(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("toy", help="the embedded tiny text-to-image world")
+    toy = p.add_subparsers(dest="toy_cmd", required=True, parser_class=_Parser)
+    init = toy.add_parser("init", help="write the toy dataset and a random-initialised tiny SD pipeline (seconds)")
+    init.add_argument("dir", help="output folder (gets data/ and teacher/)")
+    init.add_argument("--seed", type=int, default=0)
+    init.set_defaults(func=_cmd_toy_init)
+
+
+def _cmd_toy_init(args: argparse.Namespace) -> int:
+    from distill_diffusion.toy.tiny import init_toy
+
+    paths = init_toy(args.dir, seed=args.seed)
+    for name, path in paths.items():
+        print(f"{name}: {path}")
+    return 0
+
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="benchmarks that print a table and write a results file")
+    bench = p.add_subparsers(dest="bench_cmd", required=True, parser_class=_Parser)
+    eng = bench.add_parser("engine", help="engine overhead: fine-tune step vs bare forward+backward (tiny UNet, CPU)")
+    eng.add_argument("--steps", type=int, default=30)
+    eng.add_argument("--batch_size", type=int, default=8)
+    eng.add_argument("--output", default="benchmarks/results/engine_overhead.json")
+    eng.set_defaults(func=_cmd_bench_engine)
+
+
+def _cmd_bench_engine(args: argparse.Namespace) -> int:
+    from distill_diffusion.trainers.bench_engine import run_engine_benchmark
+
+    run_engine_benchmark(steps=args.steps, batch_size=args.batch_size, output=args.output)
+    return 0
+
+
+def _not_yet(what: str) -> Callable[[argparse.Namespace], int]:
+    def handler(args: argparse.Namespace) -> int:
+        raise UserError(f"`distill-diffusion {args.command}` is not available in this version ({what}); use `train` or `toy init`")
+
+    return handler
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="distill-diffusion", description="Make Stable Diffusion fast by distillation.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_train(sub)
+    _add_toy(sub)
+    _add_bench(sub)
+    for name, what in {
+        "generate": "few-step generation arrives with the LCM method",
+        "eval": "FID and CLIP evaluation arrive with the evaluators",
+        "quickstart": "the quickstart arrives with the trained toy teacher",
+    }.items():
+        sub.add_parser(name, help=f"({what})").set_defaults(func=_not_yet(what))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit code (0 ok, 2 user error)."""
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted; resume with --resume_from_checkpoint latest", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

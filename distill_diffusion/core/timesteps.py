@@ -1,0 +1,56 @@
+"""Timestep grids: the LCD skipping-step grid and the inference spacings of diffusers' schedulers."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from distill_diffusion.errors import require
+
+SPACINGS = ("leading", "trailing", "linspace")
+
+
+def skipping_step_grid(num_train_timesteps: int = 1000, num_ddim_timesteps: int = 50) -> Tensor:
+    """Ascending DDIM solver grid of Latent Consistency Distillation, ``[k-1, 2k-1, ..., N k - 1]``.
+
+    Luo et al., arXiv:2310.04378, Sec. 4.3 (skipping-step schedule, ``k = T // N``), as the reference
+    ``DDIMSolver``: 1000/50 gives [19, 39, ..., 999].
+    """
+    require(
+        1 <= num_ddim_timesteps <= num_train_timesteps,
+        f"num_ddim_timesteps={num_ddim_timesteps} must be in 1..{num_train_timesteps}; pick e.g. 50",
+    )
+    k = num_train_timesteps // num_ddim_timesteps
+    return torch.arange(1, num_ddim_timesteps + 1, dtype=torch.long) * k - 1
+
+
+def previous_on_grid(t: Tensor, k: int) -> Tensor:
+    """``t_n = t_{n+k} - k`` clamped at 0 (the LCD teacher solver's target timestep)."""
+    return (t - k).clamp(min=0)
+
+
+def spaced_timesteps(
+    num_train_timesteps: int, num_steps: int, spacing: str = "leading", steps_offset: int = 0
+) -> Tensor:
+    """Descending inference timesteps, equal to ``DDIMScheduler.set_timesteps`` for the same config.
+
+    Spacings follow Lin et al., "Common Diffusion Noise Schedules and Sample Steps are Flawed",
+    arXiv:2305.08891, Table 2; ``steps_offset`` (SD configs use 1) applies to "leading" only, as in
+    diffusers. Trailing 4 of 1000 → [999, 749, 499, 249].
+    """
+    require(spacing in SPACINGS, f"unknown timestep spacing {spacing!r}; use one of {', '.join(SPACINGS)}")
+    require(
+        1 <= num_steps <= num_train_timesteps,
+        f"num_steps={num_steps} must be in 1..{num_train_timesteps}; use fewer inference steps",
+    )
+    # numpy and its rounding on purpose: the same arithmetic as diffusers, so grids agree exactly.
+    if spacing == "linspace":
+        steps = np.linspace(0, num_train_timesteps - 1, num_steps).round()[::-1]
+    elif spacing == "leading":
+        ratio = num_train_timesteps // num_steps
+        steps = (np.arange(0, num_steps) * ratio).round()[::-1] + steps_offset
+    else:
+        ratio = num_train_timesteps / num_steps
+        steps = np.round(np.arange(num_train_timesteps, 0, -ratio)) - 1
+    return torch.from_numpy(steps.astype(np.int64).copy())

@@ -1,0 +1,89 @@
+"""DataConfig → training dataset, and the batch collate function shared by every source.
+
+Each source uses exactly the DataConfig fields that mean something for it; a field set for another
+source is refused (a silently ignored option is the bug SPECS.md §1 lists for the reference scripts).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from distill_diffusion.config import DataConfig
+from distill_diffusion.data.transforms import ImageTransform
+from distill_diffusion.errors import require
+
+_DEFAULTS = DataConfig()
+#: Which optional DataConfig fields each source reads (the rest must stay at their defaults).
+_SOURCE_FIELDS = {
+    "imagefolder": {"train_data_dir", "caption_column", "dataset_split"},
+    "hf": {"dataset_name", "dataset_config_name", "dataset_split", "image_column", "caption_column"},
+    "webdataset": {"shards", "image_column", "caption_column"},
+}
+_REQUIRED = {"imagefolder": "train_data_dir", "hf": "dataset_name", "webdataset": "shards"}
+_SOURCE_SPECIFIC = {"train_data_dir", "dataset_name", "dataset_config_name", "dataset_split", "shards", "image_column"}
+
+
+def check_source_fields(cfg: DataConfig) -> None:
+    """The source's required field is set and no other source's field is (it would be ignored)."""
+    required = _REQUIRED[cfg.source]
+    require(bool(getattr(cfg, required)), f"data.source={cfg.source} needs data.{required}; set it")
+    for name in sorted(_SOURCE_SPECIFIC - _SOURCE_FIELDS[cfg.source]):
+        value = getattr(cfg, name)
+        if value != getattr(_DEFAULTS, name):
+            users = [s for s, fields in _SOURCE_FIELDS.items() if name in fields]
+            require(False, f"data.{name}={value!r} has no effect with data.source={cfg.source} (it is read by "
+                    f"source {' / '.join(users)}); remove it or change data.source")
+
+
+def build_transform(cfg: DataConfig, interpolation: str = "bilinear") -> ImageTransform:
+    """The pixel transform from ``resolution``, ``center_crop`` and ``random_flip``."""
+    return ImageTransform(cfg.resolution, center_crop=cfg.center_crop, random_flip=cfg.random_flip,
+                          interpolation=interpolation)
+
+
+def build_train_dataset(cfg: DataConfig, seed: int | None = 0, interpolation: str = "bilinear") -> Dataset:
+    """Build the training dataset described by ``cfg``.
+
+    Returns a map-style dataset for ``imagefolder`` and ``hf`` and an ``IterableDataset`` for
+    ``webdataset``; items are ``{"pixel_values": FloatTensor[3, R, R] in [-1, 1], "text": str}``. All
+    randomness (max_train_samples subset, crop, flip, caption dropout) derives from ``seed`` and the
+    epoch set with ``dataset.set_epoch(epoch)``. Bad inputs raise :class:`UserError` here, before training.
+    """
+    check_source_fields(cfg)
+    seed = 0 if seed is None else int(seed)
+    common = dict(transform=build_transform(cfg, interpolation), proportion_empty_prompts=cfg.proportion_empty_prompts,
+                  max_bad_fraction=cfg.max_bad_fraction, max_train_samples=cfg.max_train_samples, seed=seed)
+    if cfg.source == "imagefolder":
+        from distill_diffusion.data.imagefolder import ImageFolderDataset
+
+        return ImageFolderDataset(cfg.train_data_dir, caption_column=cfg.caption_column, split=cfg.dataset_split,
+                                  **common)
+    if cfg.source == "hf":
+        from distill_diffusion.data.hf import HFImageDataset, load_hf_dataset
+
+        ds = load_hf_dataset(cfg.dataset_name, cfg.dataset_config_name, cfg.dataset_split)
+        return HFImageDataset(ds, image_column=cfg.image_column, caption_column=cfg.caption_column,
+                              name=cfg.dataset_name, **common)
+    from distill_diffusion.data.wds import CAPTION_KEYS, IMAGE_KEYS, WebDatasetSource, keys_for
+
+    return WebDatasetSource(cfg.shards, image_keys=keys_for(cfg.image_column, "image", IMAGE_KEYS),
+                            caption_keys=keys_for(cfg.caption_column, "text", CAPTION_KEYS), **common)
+
+
+def collate_examples(examples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Stack items into a batch: tensors are stacked (contiguous, float32 pixels), ``text`` becomes a list.
+
+    Works for pixel items (``pixel_values``) and cached items (``latents``, ``prompt_embeds``).
+    """
+    require(len(examples) > 0, "collate_examples got an empty batch; check the dataset length and batch size")
+    batch: dict[str, Any] = {"text": [str(e["text"]) for e in examples]}
+    for key in ("pixel_values", "latents", "prompt_embeds"):
+        if key in examples[0]:
+            batch[key] = torch.stack([e[key] for e in examples]).contiguous(memory_format=torch.contiguous_format)
+    if "pixel_values" in batch:
+        batch["pixel_values"] = batch["pixel_values"].float()
+    return batch

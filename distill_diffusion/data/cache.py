@@ -1,0 +1,249 @@
+"""Optional latent cache: VAE latents and text embeddings computed once, stored as safetensors shards.
+
+Layout of ``cache_dir``: ``latents-00000.safetensors`` … (tensors ``latents`` [n, C, h, w] and
+``prompt_embeds`` [n, L, D]), ``empty_prompt.safetensors`` (``prompt_embeds`` [L, D], used for caption
+dropout) and ``index.json`` (version, fingerprint, shard sizes, captions), written last. Every file is
+written to a temporary name and renamed, so an interrupted build never looks complete. A cache whose
+fingerprint (data config + model + seed) differs from the requested one is stale and rebuilt.
+
+Crop and flip are drawn once, at cache time (epoch 0), and the VAE posterior is sampled once, as in the
+diffusers scripts that cache latents. Caption dropout stays per item: :class:`CachedLatentDataset` swaps
+in the cached empty-prompt embedding with probability ``proportion_empty_prompts``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import copy
+import dataclasses
+import hashlib
+import json
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch.utils.data import DataLoader, Dataset
+
+from distill_diffusion.config import DataConfig
+from distill_diffusion.data.build import collate_examples
+from distill_diffusion.data.transforms import drop_caption, item_rng
+from distill_diffusion.errors import UserError, require
+
+CACHE_VERSION = 1
+INDEX_NAME = "index.json"
+EMPTY_NAME = "empty_prompt.safetensors"
+#: DataConfig fields that do not change what is cached (dropout is applied when reading).
+_NOT_CACHED = {"proportion_empty_prompts", "max_bad_fraction", "dataloader_num_workers", "cache_latents", "cache_dir"}
+
+
+def _data_files(cfg: DataConfig) -> list[Path]:
+    """Local files whose size/mtime stand for the data's content (cheap to stat, unlike hashing images)."""
+    if cfg.source == "imagefolder" and cfg.train_data_dir:
+        root = Path(cfg.train_data_dir).expanduser()
+        return [root / "metadata.jsonl", root / cfg.dataset_split / "metadata.jsonl"]
+    if cfg.source == "hf" and cfg.dataset_name and Path(cfg.dataset_name).expanduser().is_dir():
+        return sorted(Path(cfg.dataset_name).expanduser().rglob("*.arrow"))
+    if cfg.source == "webdataset" and cfg.shards:
+        from distill_diffusion.data.wds import expand_shards
+
+        return [Path(u) for u in expand_shards(cfg.shards) if "://" not in u and not u.startswith("pipe:")]
+    return []
+
+
+def data_fingerprint(cfg: DataConfig, model_key: str, seed: int | None = 0, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """What determines the cached tensors: data fields, the data files' size/mtime, the model and the seed."""
+    fields = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NOT_CACHED}
+    stats = [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in _data_files(cfg) if p.is_file()]
+    files = hashlib.sha256(json.dumps(stats).encode()).hexdigest()
+    return {"data": fields, "files": files, "model": model_key, "seed": seed, "extra": dict(extra or {})}
+
+
+def fingerprint_digest(fingerprint: Mapping[str, Any]) -> str:
+    """Stable hash of a JSON-able fingerprint."""
+    return hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _atomic_save(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    tmp = path.with_name(f".tmp-{path.name}")
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
+    os.replace(tmp, path)
+
+
+def _atomic_write_text(text: str, path: Path) -> None:
+    tmp = path.with_name(f".tmp-{path.name}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_index(cache_dir: str | Path) -> dict[str, Any] | None:
+    """The cache index, or None when absent, unreadable or from another cache version."""
+    path = Path(cache_dir) / INDEX_NAME
+    try:
+        index = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    return index if isinstance(index, dict) and index.get("version") == CACHE_VERSION else None
+
+
+def is_cache_valid(cache_dir: str | Path, fingerprint: Mapping[str, Any]) -> bool:
+    """True when ``cache_dir`` holds a complete cache built for ``fingerprint``."""
+    index = read_index(cache_dir)
+    if index is None or index.get("fingerprint") != fingerprint_digest(fingerprint):
+        return False
+    names = [s["file"] for s in index.get("shards", [])] + [EMPTY_NAME]
+    return all((Path(cache_dir) / n).is_file() for n in names)
+
+
+def _clear(cache_dir: Path) -> None:
+    """Remove our own files only (the folder may be shared with other things)."""
+    for path in cache_dir.iterdir():
+        name = path.name.removeprefix(".tmp-")
+        if path.is_file() and (name in (INDEX_NAME, EMPTY_NAME) or (name.startswith("latents-") and name.endswith(".safetensors"))):
+            path.unlink()
+
+
+def _without_dropout(dataset: Dataset) -> Dataset:
+    """A shallow copy with caption dropout off and epoch 0: the cache keeps real captions."""
+    dataset = copy.copy(dataset)
+    if hasattr(dataset, "proportion_empty_prompts"):
+        dataset.proportion_empty_prompts = 0.0
+    if hasattr(dataset, "set_epoch"):
+        dataset.set_epoch(0)
+    return dataset
+
+
+def build_latent_cache(
+    dataset: Dataset,
+    encode_images_fn: Callable[[torch.Tensor], torch.Tensor],
+    encode_text_fn: Callable[[list[str]], torch.Tensor],
+    cache_dir: str | Path,
+    batch_size: int = 16,
+    fingerprint: Mapping[str, Any] | None = None,
+    num_workers: int = 0,
+    shard_size: int = 1024,
+    empty_prompt: str = "",
+) -> Path:
+    """Encode every item of ``dataset`` once and write the cache (skipped when a valid one exists).
+
+    ``encode_images_fn(pixel_values [B,3,R,R] in [-1,1]) -> latents [B,C,h,w]`` (scaled, e.g.
+    ``models.encode.encode_images``); ``encode_text_fn(list[str]) -> [B, L, D]``. Both run under
+    ``torch.no_grad``. Call it on the main process only, then build :class:`CachedLatentDataset` everywhere.
+    """
+    cache_dir = Path(cache_dir).expanduser()
+    fingerprint = dict(fingerprint or {"dataset": type(dataset).__name__})
+    if is_cache_valid(cache_dir, fingerprint):
+        return cache_dir
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    _clear(cache_dir)
+    loader = DataLoader(_without_dropout(dataset), batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        collate_fn=collate_examples)
+    shards: list[dict[str, Any]] = []
+    captions: list[str] = []
+    pending: dict[str, list[torch.Tensor]] = {"latents": [], "prompt_embeds": []}
+    with torch.no_grad():
+        for batch in loader:
+            pending["latents"].append(encode_images_fn(batch["pixel_values"]).cpu())
+            pending["prompt_embeds"].append(encode_text_fn(batch["text"]).cpu())
+            captions.extend(batch["text"])
+            if sum(len(t) for t in pending["latents"]) >= shard_size:
+                _flush(pending, cache_dir, shards)
+        _flush(pending, cache_dir, shards)
+        require(bool(captions), f"latent cache {cache_dir}: the dataset yielded no item; check the data settings")
+        _atomic_save({"prompt_embeds": encode_text_fn([empty_prompt])[0].cpu()}, cache_dir / EMPTY_NAME)
+    index = {"version": CACHE_VERSION, "fingerprint": fingerprint_digest(fingerprint), "num_items": len(captions),
+             "shards": shards, "captions": captions, "fingerprint_data": fingerprint}
+    _atomic_write_text(json.dumps(index, default=str), cache_dir / INDEX_NAME)
+    return cache_dir
+
+
+def _flush(pending: dict[str, list[torch.Tensor]], cache_dir: Path, shards: list[dict[str, Any]]) -> None:
+    """Write the pending batches as the next shard."""
+    if not pending["latents"]:
+        return
+    tensors = {k: torch.cat(v) for k, v in pending.items()}
+    name = f"latents-{len(shards):05d}.safetensors"
+    _atomic_save(tensors, cache_dir / name)
+    shards.append({"file": name, "count": len(tensors["latents"])})
+    for value in pending.values():
+        value.clear()
+
+
+class CachedLatentDataset(Dataset):
+    """Map-style dataset over a latent cache: items ``{"latents", "prompt_embeds", "text"}``.
+
+    Shards are memory-mapped (safetensors ``safe_open``) per process, so DataLoader workers share pages.
+    Caption dropout: with probability ``proportion_empty_prompts`` (drawn from ``item_rng(seed, epoch,
+    index)``) the item gets the cached empty-prompt embedding and ``text=""``.
+    """
+
+    def __init__(self, cache_dir: str | Path, proportion_empty_prompts: float = 0.0, seed: int = 0) -> None:
+        self.cache_dir = Path(cache_dir).expanduser()
+        index = read_index(self.cache_dir)
+        if index is None:
+            raise UserError(f"no latent cache in {self.cache_dir}; build it first (data.cache_latents=true) or fix data.cache_dir")
+        self.captions: list[str] = index["captions"]
+        self.shards: list[dict[str, Any]] = index["shards"]
+        self._ends = _cumulative([s["count"] for s in self.shards])
+        self.proportion_empty_prompts, self.seed, self.epoch = proportion_empty_prompts, int(seed or 0), 0
+        self._handles: dict[str, Any] = {}
+        self.empty_embeds = self._open(EMPTY_NAME).get_tensor("prompt_embeds")
+
+    def _open(self, name: str) -> Any:
+        if name not in self._handles:
+            path = self.cache_dir / name
+            require(path.is_file(), f"latent cache {self.cache_dir} is incomplete ({name} missing); delete the folder to rebuild it")
+            self._handles[name] = safe_open(str(path), framework="pt")
+        return self._handles[name]
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_handles"] = {}  # mmap handles do not pickle; each worker reopens
+        return state
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose caption-dropout draws are used."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        shard = bisect.bisect_right(self._ends, index)
+        offset = index - (self._ends[shard - 1] if shard else 0)
+        handle = self._open(self.shards[shard]["file"])
+        caption = self.captions[index]
+        text = drop_caption(caption, self.proportion_empty_prompts, item_rng(self.seed, self.epoch, index))
+        dropped = bool(caption) and not text
+        embeds = self.empty_embeds if dropped else handle.get_slice("prompt_embeds")[offset]
+        return {"latents": handle.get_slice("latents")[offset], "prompt_embeds": embeds, "text": text}
+
+
+def _cumulative(counts: Sequence[int]) -> list[int]:
+    ends, total = [], 0
+    for count in counts:
+        total += count
+        ends.append(total)
+    return ends
+
+
+def prepare_latent_cache(
+    cfg: DataConfig,
+    dataset: Dataset,
+    encode_images_fn: Callable[[torch.Tensor], torch.Tensor],
+    encode_text_fn: Callable[[list[str]], torch.Tensor],
+    model_key: str,
+    seed: int | None = 0,
+    batch_size: int = 16,
+) -> CachedLatentDataset:
+    """``data.cache_latents``: build (or reuse) the cache in ``data.cache_dir`` and return the cached dataset."""
+    require(bool(cfg.cache_dir), "data.cache_latents is on but data.cache_dir is empty; set data.cache_dir to a folder")
+    fingerprint = data_fingerprint(cfg, model_key, seed)
+    build_latent_cache(dataset, encode_images_fn, encode_text_fn, cfg.cache_dir, batch_size=batch_size,
+                       fingerprint=fingerprint, num_workers=cfg.dataloader_num_workers)
+    return CachedLatentDataset(cfg.cache_dir, cfg.proportion_empty_prompts, seed or 0)

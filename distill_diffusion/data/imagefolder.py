@@ -1,0 +1,119 @@
+"""Image folder source: images plus ``metadata.jsonl`` lines ``{"file_name": ..., "<caption_column>": ...}``.
+
+This is the `datasets` "imagefolder" layout, read directly with PIL (no Arrow conversion, no cache
+files). ``metadata.jsonl`` may sit in the folder itself or in its split subfolder
+(``<train_data_dir>/<dataset_split>/metadata.jsonl``). Every file header is checked up front with PIL
+(cheap: no pixel decode, threaded), unreadable files are dropped and counted against
+``max_bad_fraction``; decode failures later are counted lazily (see :mod:`distill_diffusion.data.base`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from distill_diffusion.data.base import BadImageBudget, CaptionedImageDataset
+from distill_diffusion.data.transforms import ImageTransform, check_image_header
+from distill_diffusion.errors import UserError, require
+
+METADATA_NAME = "metadata.jsonl"
+
+
+def find_metadata(root: str | Path, split: str = "train") -> Path:
+    """Locate ``metadata.jsonl`` in ``root`` or ``root/split``; a missing folder or file is a UserError."""
+    root = Path(root).expanduser()
+    require(root.is_dir(), f"data.train_data_dir {root}: no such folder; pass a folder holding images and {METADATA_NAME}")
+    for candidate in (root / METADATA_NAME, root / split / METADATA_NAME):
+        if candidate.is_file():
+            return candidate
+    hint = " (found metadata.csv: convert it to metadata.jsonl)" if (root / "metadata.csv").exists() else ""
+    raise UserError(f"data.train_data_dir {root}: no {METADATA_NAME} in it or in {root / split}{hint}; add one line "
+                    '{"file_name": "<image file>", "text": "<caption>"} per image')
+
+
+def _parse_line(line: str, number: int, path: Path, caption_column: str) -> tuple[str, Any]:
+    """One metadata line → (file name, raw caption); every malformation names the line and the fix."""
+    where = f"{path} line {number}"
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{where} is not valid JSON ({exc.msg}); fix or delete that line") from None
+    require(isinstance(record, dict), f"{where} is not a JSON object; write one {{\"file_name\": ..., \"text\": ...}} per line")
+    require("file_name" in record, f"{where} has no \"file_name\" key (keys: {', '.join(record) or 'none'}); "
+            "name the image file under \"file_name\"")
+    if caption_column not in record:
+        raise UserError(f"{where} has no {caption_column!r} caption key (keys: {', '.join(record)}); "
+                        "set data.caption_column to the caption key")
+    return str(record["file_name"]), record[caption_column]
+
+
+def read_metadata(path: str | Path, caption_column: str = "text") -> list[tuple[Path, Any]]:
+    """Parse ``metadata.jsonl`` into (absolute image path, raw caption); files must exist."""
+    path = Path(path)
+    records: list[tuple[Path, Any]] = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if line.strip():
+                name, caption = _parse_line(line, number, path, caption_column)
+                records.append((path.parent / name, caption))
+    require(bool(records), f"{path} lists no images; add one JSON line per image")
+    missing = [(p, i) for i, (p, _) in enumerate(records) if not p.is_file()]
+    if missing:
+        first, index = missing[0]
+        raise UserError(f"{path}: {len(missing)} listed image file(s) do not exist (first: {first}, entry {index + 1}); "
+                        "add the files or remove their lines")
+    return records
+
+
+def _check_headers(paths: list[Path]) -> list[bool]:
+    """Header check of many files; threads because it is I/O-bound (open + read a few KB)."""
+    if len(paths) < 256:
+        return [check_image_header(p) for p in paths]
+    with ThreadPoolExecutor(max_workers=min(32, (os.cpu_count() or 1) * 4)) as pool:
+        return list(pool.map(check_image_header, paths, chunksize=64))
+
+
+def subsample(count: int, max_samples: int | None, seed: int) -> list[int]:
+    """Indices kept by ``max_train_samples``: a seeded random subset (like diffusers' shuffle+select), in order."""
+    if max_samples is None or max_samples >= count:
+        return list(range(count))
+    return sorted(random.Random(seed).sample(range(count), max_samples))
+
+
+class ImageFolderDataset(CaptionedImageDataset):
+    """Map-style dataset over an image folder with ``metadata.jsonl``."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        transform: ImageTransform,
+        caption_column: str = "text",
+        split: str = "train",
+        proportion_empty_prompts: float = 0.0,
+        max_bad_fraction: float = 0.05,
+        max_train_samples: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        metadata = find_metadata(root, split)
+        records = read_metadata(metadata, caption_column)
+        records = [records[i] for i in subsample(len(records), max_train_samples, seed)]
+        ok = _check_headers([p for p, _ in records])
+        self.records = [r for r, good in zip(records, ok) if good]
+        self.metadata_path = metadata
+        budget = BadImageBudget(len(records), max_bad_fraction, f"image folder {metadata.parent}",
+                                initial_bad=len(records) - len(self.records))
+        super().__init__(transform, proportion_empty_prompts, budget, seed)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def load(self, index: int) -> tuple[Image.Image, Any]:
+        """Open the image file (header only) and return it with its raw caption."""
+        path, caption = self.records[index]
+        return Image.open(path), caption

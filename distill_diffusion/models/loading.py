@@ -1,0 +1,224 @@
+"""Load a frozen Stable Diffusion 1.x/2.x teacher from a diffusers folder, a hub id or one .safetensors file.
+
+Sources (``ModelConfig.pretrained_model_name_or_path``):
+
+- a local diffusers pipeline folder (has ``model_index.json`` and ``unet/``);
+- a hub id (``owner/name``), with ``revision``/``variant``; ``local_files_only`` forbids downloads, and a
+  repo that cannot be found becomes a :class:`UserError` naming the fix, not a traceback;
+- a single ``.safetensors`` file in the original LDM/A1111 layout, through diffusers
+  ``from_single_file(config=ModelConfig.original_config)``. Pickled ``.ckpt``/``.pt``/``.bin`` files are
+  refused: loading them runs arbitrary code.
+
+Family rule (works for real checkpoints and the toy): SDXL if the pipeline has ``text_encoder_2``, or
+the UNet has ``addition_embed_type == "text_time"`` or ``cross_attention_dim == 2048`` (refused for now);
+SD 2.x if ``cross_attention_dim == 1024`` (OpenCLIP ViT-H); everything else with one CLIP text encoder
+is SD 1.x-like (768 for real SD 1.x, the toy's 64). The prediction type is the scheduler config's.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+
+from distill_diffusion.config import ModelConfig
+from distill_diffusion.core.parameterization import PREDICTION_TYPES
+from distill_diffusion.core.schedule import NoiseSchedule
+from distill_diffusion.errors import UserError, require
+
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
+SDXL_ERROR = "SDXL teachers are not supported yet; use an SD 1.x/2.x checkpoint"
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.\-]*(/[A-Za-z0-9][\w.\-]*)?")
+_FIX = "pass a diffusers pipeline folder, a hub id (owner/name) or a .safetensors file"
+
+
+@dataclass
+class SDComponents:
+    """A loaded teacher: frozen modules, its own scheduler, and what was detected about it."""
+
+    unet: Any
+    vae: Any
+    text_encoder: Any
+    tokenizer: Any
+    scheduler: Any
+    family: str  # "sd1" | "sd2" ("sdxl" is refused at load time)
+    prediction_type: str
+    source: str
+
+    @cached_property
+    def schedule(self) -> NoiseSchedule:
+        """The training noise schedule, read from the checkpoint's own scheduler config (built once)."""
+        return NoiseSchedule.from_scheduler_config(self.scheduler.config)
+
+
+def detect_family(model_index: Mapping[str, Any], unet_config: Mapping[str, Any]) -> str:
+    """``"sdxl"``, ``"sd2"`` or ``"sd1"`` from the pipeline index and UNet config (rule in the module doc)."""
+    cross = unet_config.get("cross_attention_dim")
+    cross = cross[0] if isinstance(cross, (list, tuple)) else cross
+    second_encoder = model_index.get("text_encoder_2")
+    if (second_encoder and second_encoder[0] is not None) or unet_config.get("addition_embed_type") == "text_time" or cross == 2048:
+        return "sdxl"
+    return "sd2" if cross == 1024 else "sd1"
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read {path} ({exc.__class__.__name__}); repair or re-download the model folder") from None
+
+
+def _check_pipeline_dir(path: Path) -> None:
+    if not (path / "model_index.json").is_file():
+        what = "a single model (config.json)" if (path / "config.json").is_file() else "no model_index.json"
+        raise UserError(f"model folder {path} has {what}, so it is not a diffusers pipeline; {_FIX}")
+    index = _read_json(path / "model_index.json")
+    for name in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+        require(
+            (path / name).is_dir(),
+            f"model folder {path} has no {name}/ subfolder ({index.get('_class_name', 'unknown')} pipeline); "
+            "pass a Stable Diffusion 1.x/2.x pipeline folder",
+        )
+    unet_config = _read_json(path / "unet" / "config.json") if (path / "unet" / "config.json").is_file() else {}
+    require(detect_family(index, unet_config) != "sdxl", f"{path}: {SDXL_ERROR}")
+
+
+def _check_single_file(path: Path, cfg: ModelConfig) -> None:
+    suffix = path.suffix.lower()
+    require(
+        suffix not in PICKLE_SUFFIXES,
+        f"{path} is a pickle ({suffix}); pickled checkpoints are not loaded because unpickling runs code. "
+        "Convert it to .safetensors (e.g. with safetensors.torch.save_file on a trusted machine) or pass a diffusers folder",
+    )
+    require(suffix == ".safetensors", f"{path}: unknown weights format {suffix!r}; {_FIX}")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            keys = list(handle.keys())
+    except Exception as exc:  # safetensors raises its own SafetensorError for a bad header
+        raise UserError(f"{path} is not a readable safetensors file ({exc}); re-export or re-download it") from None
+    require(not any(k.startswith("conditioner.embedders.1.") for k in keys), f"{path}: {SDXL_ERROR}")
+    require(
+        any(k.startswith("model.diffusion_model.") for k in keys),
+        f"{path} is not a single-file SD checkpoint (no model.diffusion_model.* keys); "
+        "pass a full LDM/A1111 checkpoint, or a diffusers pipeline folder",
+    )
+    if cfg.original_config is None:
+        require(
+            not cfg.local_files_only,
+            f"{path}: a single-file checkpoint needs model.original_config (a diffusers folder or hub id with the "
+            "component configs) when model.local_files_only is set; pass --model.original_config",
+        )
+        return
+    config_path = Path(cfg.original_config).expanduser()
+    if config_path.exists() or _looks_like_path(cfg.original_config):
+        require(config_path.is_dir(), f"model.original_config {cfg.original_config}: no such folder; {_FIX}")
+        _check_pipeline_dir(config_path)
+
+
+def _looks_like_path(text: str) -> bool:
+    return text.startswith(("/", "./", "../", "~", "\\")) or text.count("/") > 1 or Path(text).suffix.lower() in (
+        ".safetensors", *PICKLE_SUFFIXES)
+
+
+def check_model_source(cfg: ModelConfig) -> str:
+    """Validate the model source cheaply, before any load: ``"diffusers_dir"``, ``"single_file"`` or ``"hub"``.
+
+    Raises :class:`UserError` for an empty or missing path, a folder that is not an SD pipeline, a pickle
+    file, an SDXL folder or file, or a single file whose component configs cannot be found offline.
+    """
+    src = cfg.pretrained_model_name_or_path.strip()
+    require(bool(src), f"model.pretrained_model_name_or_path is empty; {_FIX}")
+    path = Path(src).expanduser()
+    if path.is_dir():
+        _check_pipeline_dir(path)
+        return "diffusers_dir"
+    if path.is_file():
+        _check_single_file(path, cfg)
+        return "single_file"
+    require(not _looks_like_path(src), f"model.pretrained_model_name_or_path {src}: no such file or folder; {_FIX}")
+    require(bool(_HUB_ID.fullmatch(src)), f"model.pretrained_model_name_or_path {src!r} is neither an existing path nor a hub id; {_FIX}")
+    return "hub"
+
+
+def _load_error(cfg: ModelConfig, kind: str, exc: Exception) -> UserError:
+    first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:300]
+    name = cfg.pretrained_model_name_or_path
+    if kind != "hub":
+        return UserError(f"cannot load model {name!r} ({first}); check its files, model.variant and model.original_config")
+    if cfg.local_files_only:
+        return UserError(
+            f"cannot load model {name!r} from local files ({first}); download it first "
+            f"(huggingface-cli download {name}) or set --model.local_files_only false"
+        )
+    return UserError(f"cannot load model {name!r} ({first}); check the id/revision/variant, network and HF token, or pass a local folder")
+
+
+def _dtype_kwarg() -> str:
+    """diffusers renamed ``torch_dtype`` to ``dtype`` (the old name warns); use what this version knows."""
+    from diffusers.utils import deprecation_utils
+
+    return "dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype"
+
+
+def _load_pipeline(cfg: ModelConfig, kind: str, weight_dtype: torch.dtype) -> Any:
+    """Stock diffusers loading; loader errors (missing repo, offline, bad variant) become UserErrors."""
+    from diffusers import StableDiffusionPipeline
+
+    src = str(Path(cfg.pretrained_model_name_or_path).expanduser()) if kind != "hub" else cfg.pretrained_model_name_or_path
+    common = {_dtype_kwarg(): weight_dtype, "local_files_only": cfg.local_files_only, "safety_checker": None}
+    try:
+        if kind == "single_file":
+            return StableDiffusionPipeline.from_single_file(src, config=cfg.original_config, **common)
+        index = StableDiffusionPipeline.load_config(src, revision=cfg.revision, local_files_only=cfg.local_files_only)
+        require(
+            all(index.get(k) for k in ("unet", "vae", "text_encoder", "tokenizer", "scheduler")),
+            f"{src} is a {index.get('_class_name', 'non-SD')} pipeline, not Stable Diffusion 1.x/2.x; pass an SD 1.x/2.x model",
+        )
+        require(detect_family(index, {}) != "sdxl", f"{src}: {SDXL_ERROR}")
+        return StableDiffusionPipeline.from_pretrained(
+            src, revision=cfg.revision, variant=cfg.variant, feature_extractor=None, requires_safety_checker=False, **common
+        )
+    except (OSError, ValueError) as exc:
+        raise _load_error(cfg, kind, exc) from None
+
+
+def load_teacher(cfg: ModelConfig, weight_dtype: torch.dtype = torch.float32, device: Any = None) -> SDComponents:
+    """Load the teacher frozen (``requires_grad_(False)``, ``eval()``) with UNet/VAE/text encoder in ``weight_dtype``.
+
+    Methods decide what to unfreeze and cast their trainable weights to fp32 (DESIGN.md rule 8).
+    """
+    kind = check_model_source(cfg)
+    pipe = _load_pipeline(cfg, kind, weight_dtype)
+    family = detect_family(dict(pipe.config), dict(pipe.unet.config))
+    require(family != "sdxl", f"{cfg.pretrained_model_name_or_path}: {SDXL_ERROR}")
+    prediction_type = pipe.scheduler.config.get("prediction_type", "epsilon")
+    require(
+        prediction_type in PREDICTION_TYPES,
+        f"scheduler prediction_type {prediction_type!r} is not supported; use a model with one of {', '.join(PREDICTION_TYPES)}",
+    )
+    for module in (pipe.unet, pipe.vae, pipe.text_encoder):
+        module.requires_grad_(False)
+        module.eval()
+        # Loaded in weight_dtype already; .to(dtype) again would only trigger diffusers' fp32-modules warning.
+        if any(p.dtype != weight_dtype for p in module.parameters() if p.is_floating_point()):
+            module.to(dtype=weight_dtype)
+        if device is not None:
+            module.to(device)
+    source = cfg.pretrained_model_name_or_path + (f"@{cfg.revision}" if kind == "hub" and cfg.revision else "")
+    return SDComponents(
+        unet=pipe.unet,
+        vae=pipe.vae,
+        text_encoder=pipe.text_encoder,
+        tokenizer=pipe.tokenizer,
+        scheduler=pipe.scheduler,
+        family=family,
+        prediction_type=prediction_type,
+        source=source,
+    )

@@ -1,0 +1,72 @@
+"""Fit and calibrate the toy VAE on procedurally generated toy images (a random-init VAE decodes to noise).
+
+Random-initialised components are enough for unit tests, but a toy *teacher* whose samples mean
+something needs an autoencoder: decoded latents must look like the data. :func:`train_toy_vae` trains
+``AutoencoderKL`` with the LDM objective (Rombach et al., arXiv:2112.10752, Sec. 3: reconstruction plus a
+small KL to N(0, I); no perceptual or adversarial term at 32^2) on images drawn in memory, then
+recalibrates ``scaling_factor`` so the latents have unit variance (LDM Sec. 4.3 / Appendix G).
+
+Cost (2 CPU cores, default toy VAE, batch 32): about 0.3 s a step; 600 steps reach a pixel MSE of about
+0.025 on [-1, 1] images (colours right, edges soft); a few thousand steps give sharper shapes. Cache
+the result (save the pipeline) rather than retraining.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from distill_diffusion.errors import require
+from distill_diffusion.toy.world import toy_images
+
+
+def toy_pixels(num_images: int, resolution: int = 32, seed: int = 0) -> Tensor:
+    """The first ``num_images`` toy images as a float tensor [N, 3, R, R] in [-1, 1]."""
+    images = np.stack([np.asarray(img, dtype=np.float32) for img, _ in toy_images(num_images, resolution, seed)])
+    return torch.from_numpy(images).permute(0, 3, 1, 2) / 127.5 - 1.0
+
+
+@torch.no_grad()
+def calibrate_scaling_factor(vae, resolution: int = 32, num_images: int = 64, seed: int = 0) -> float:
+    """``1 / std`` of the VAE latents of toy images: unit-variance latents, as SD's 0.18215."""
+    pixels = toy_pixels(num_images, resolution, seed).to(device=vae.device, dtype=vae.dtype)
+    latents = vae.encode(pixels).latent_dist.sample(torch.Generator(vae.device).manual_seed(seed))
+    return float(1.0 / latents.float().std())
+
+
+def train_toy_vae(
+    vae,
+    steps: int = 600,
+    batch_size: int = 32,
+    learning_rate: float = 2e-3,
+    kl_weight: float = 1e-4,
+    num_images: int = 4096,
+    resolution: int = 32,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Train ``vae`` in place on toy images, recalibrate its ``scaling_factor``; return final metrics.
+
+    Loss per batch: mean squared reconstruction error + ``kl_weight`` * KL per pixel value. The VAE is
+    left in eval mode. Returns ``{"mse": <held-out reconstruction MSE>, "scaling_factor": <new value>}``.
+    """
+    require(steps > 0 and batch_size > 0, f"steps={steps}, batch_size={batch_size} must be > 0")
+    data = toy_pixels(num_images, resolution, seed).to(vae.device)
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=learning_rate, weight_decay=0.0)
+    vae.train()
+    for _ in range(steps):
+        x = data[torch.randint(0, len(data), (batch_size,), generator=generator)]
+        posterior = vae.encode(x).latent_dist
+        reconstruction = vae.decode(posterior.sample()).sample
+        loss = (reconstruction - x).pow(2).mean() + kl_weight * posterior.kl().mean() / x[0].numel()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    vae.eval()
+    with torch.no_grad():
+        held_out = toy_pixels(64, resolution, seed + 1).to(vae.device)
+        mse = float((vae.decode(vae.encode(held_out).latent_dist.mode()).sample - held_out).pow(2).mean())
+    scaling_factor = calibrate_scaling_factor(vae, resolution, seed=seed)
+    vae.register_to_config(scaling_factor=scaling_factor)
+    return {"mse": mse, "scaling_factor": scaling_factor}

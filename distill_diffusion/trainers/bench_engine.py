@@ -1,0 +1,151 @@
+"""Engine-overhead benchmark: a plain fine-tune step through the engine vs the bare UNet forward+backward.
+
+Both run in the same process on the same tiny UNet, the same batches (pre-encoded latents, so the VAE
+and text encoder are out of both measurements) and the same thread count. The engine step includes
+everything the loop adds: batch handling, autocast, the finiteness check, clipping, the AdamW and LR
+steps and logging. The bare baseline is ``z_t = add_noise; loss = mse(unet(z_t), target);
+loss.backward()``; a second baseline adds the optimizer step, to show what the loop itself costs.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+TARGET_RATIO = 1.10
+
+
+class _LatentBatches(Dataset):
+    """Pre-encoded ``{"latents", "prompt_embeds"}`` items (the latent-cache path of the engine)."""
+
+    def __init__(self, n: int, latent_shape: tuple[int, int, int], embed_shape: tuple[int, int]):
+        g = torch.Generator().manual_seed(0)
+        self.latents = torch.randn(n, *latent_shape, generator=g)
+        self.embeds = torch.randn(n, *embed_shape, generator=g)
+
+    def __len__(self) -> int:
+        return len(self.latents)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"latents": self.latents[i], "prompt_embeds": self.embeds[i]}
+
+
+def _collate(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    return {k: torch.stack([it[k] for it in items]) for k in items[0]}
+
+
+def _median_seconds(fn: Callable[[], None], steps: int, warmup: int = 3) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _build(tmp: Path, batch_size: int):
+    from distill_diffusion.config import build_run_config
+    from distill_diffusion.models.loading import load_teacher
+    from distill_diffusion.toy.tiny import save_tiny_pipeline
+    from distill_diffusion.trainers.data_loop import build_dataloader
+    from distill_diffusion.trainers.engine import Engine
+    from distill_diffusion.trainers.finetune import FineTune, FineTuneConfig
+    from distill_diffusion.trainers.runner import make_accelerator
+
+    teacher = save_tiny_pipeline(tmp / "teacher")
+    run = build_run_config(
+        "finetune",
+        FineTuneConfig,
+        {
+            "model": {"pretrained_model_name_or_path": str(teacher), "local_files_only": True},
+            "train": {"output_dir": str(tmp / "out"), "train_batch_size": batch_size, "max_train_steps": 10**6,
+                      "checkpointing_steps": 10**6, "progress_bar": False, "learning_rate": 1e-4},
+        },
+    )
+    components = load_teacher(run.model)
+    method = FineTune(components, run.method_config)
+    unet = components.unet
+    latent = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
+    embed = (components.tokenizer.model_max_length, unet.config.cross_attention_dim)
+    data = _LatentBatches(batch_size * 64, latent, embed)
+    loader = build_dataloader(data, batch_size, 0, _collate, 0)
+    return Engine(run, make_accelerator(run.train), method, loader), data
+
+
+def run_engine_benchmark(steps: int = 30, batch_size: int = 8, output: str | Path = "benchmarks/results/engine_overhead.json") -> dict:
+    """Time both paths, print a table, write JSON + markdown next to ``output``; returns the numbers."""
+    import tempfile
+
+    from distill_diffusion.trainers.data_loop import batch_stream
+
+    with tempfile.TemporaryDirectory() as tmp:
+        engine, data = _build(Path(tmp), batch_size)
+        method, schedule = engine.method, engine.method.schedule
+        stream = batch_stream(engine.accelerator, engine.dataloader)
+        unet = method.unet
+        optimizer = engine.optimizers["unet"]
+        batch = _collate([data[i] for i in range(batch_size)])
+
+        def bare(with_optimizer: bool) -> Callable[[], None]:
+            def run() -> None:
+                x0, c = batch["latents"], batch["prompt_embeds"]
+                eps = torch.randn_like(x0)
+                t = torch.randint(0, schedule.num_train_timesteps, (x0.shape[0],))
+                out = unet(schedule.add_noise(x0, eps, t), t, encoder_hidden_states=c).sample
+                F.mse_loss(out.float(), eps).backward()
+                if with_optimizer:
+                    optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+
+            return run
+
+        def engine_step() -> None:
+            engine.state.batches_seen += 1
+            engine.step([next(stream)])
+
+        rows = {
+            "bare forward+backward": _median_seconds(bare(False), steps),
+            "bare forward+backward+AdamW": _median_seconds(bare(True), steps),
+            "engine fine-tune step": _median_seconds(engine_step, steps),
+        }
+    result = {
+        "benchmark": "engine overhead (tiny UNet, CPU)",
+        "batch_size": batch_size,
+        "steps_timed": steps,
+        "threads": torch.get_num_threads(),
+        "device": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "seconds_per_step": rows,
+        "ratio_vs_forward_backward": rows["engine fine-tune step"] / rows["bare forward+backward"],
+        "ratio_vs_forward_backward_adamw": rows["engine fine-tune step"] / rows["bare forward+backward+AdamW"],
+        "target_ratio": TARGET_RATIO,
+    }
+    _write(result, Path(output))
+    return result
+
+
+def _write(result: dict, output: Path) -> None:
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(result, indent=2))
+    lines = ["| path | ms / step |", "|---|---|"]
+    lines += [f"| {name} | {sec * 1000:.2f} |" for name, sec in result["seconds_per_step"].items()]
+    lines += [
+        "",
+        f"engine / bare forward+backward = **{result['ratio_vs_forward_backward']:.3f}** (target ≤ {TARGET_RATIO})",
+        f"engine / bare forward+backward+AdamW = {result['ratio_vs_forward_backward_adamw']:.3f}",
+        f"batch {result['batch_size']}, {result['steps_timed']} timed steps (median), {result['threads']} threads, "
+        f"torch {result['torch']}, {result['device']}",
+    ]
+    table = "\n".join(lines)
+    output.with_suffix(".md").write_text(table + "\n")
+    print(table)

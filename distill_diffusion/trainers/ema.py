@@ -1,0 +1,49 @@
+"""EMA of the trainable weights (diffusers ``EMAModel``), saved as safetensors + JSON, never pickled."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from diffusers.training_utils import EMAModel
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+EMA_WEIGHTS = "ema_{name}.safetensors"
+EMA_META = "ema_{name}.json"
+
+
+def save_ema(ema: EMAModel, folder: Path, name: str) -> None:
+    """Write shadow weights as safetensors and the scalars (decay, step, ...) as JSON."""
+    state = ema.state_dict()
+    shadow = state.pop("shadow_params")
+    tensors = {f"shadow.{i}": t.detach().contiguous().cpu() for i, t in enumerate(shadow)}
+    save_file(tensors, str(folder / EMA_WEIGHTS.format(name=name)))
+    (folder / EMA_META.format(name=name)).write_text(json.dumps(state))
+
+
+def load_ema(ema: EMAModel, folder: Path, name: str) -> None:
+    """Inverse of :func:`save_ema`."""
+    tensors = load_file(str(folder / EMA_WEIGHTS.format(name=name)))
+    state = json.loads((folder / EMA_META.format(name=name)).read_text())
+    state["shadow_params"] = [tensors[f"shadow.{i}"] for i in range(len(tensors))]
+    ema.load_state_dict(state)
+    device = ema.shadow_params[0].device if ema.shadow_params else torch.device("cpu")
+    ema.to(device=device)
+
+
+@contextmanager
+def ema_weights(ema: EMAModel | None, parameters: list[nn.Parameter]) -> Iterator[None]:
+    """Temporarily swap the EMA weights into ``parameters`` (for validation and export)."""
+    if ema is None:
+        yield
+        return
+    ema.store(parameters)
+    ema.copy_to(parameters)
+    try:
+        yield
+    finally:
+        ema.restore(parameters)

@@ -1,0 +1,89 @@
+"""Plain diffusion fine-tune: the standard noise-prediction loss, the engine's first method.
+
+Ho et al., "Denoising Diffusion Probabilistic Models", arXiv:2006.11239, eq. 14 (L_simple), in the
+checkpoint's own parameterisation (eps, v or x0 target; Salimans & Ho arXiv:2202.00512 §4 for v).
+Optional Min-SNR-γ weighting: Hang et al., "Efficient Diffusion Training via Min-SNR Weighting
+Strategy", arXiv:2303.09556, eq. 9. BK-SDM reuses this as its task loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from distill_diffusion.errors import require
+from distill_diffusion.models.denoiser import Denoiser
+from distill_diffusion.models.loading import SDComponents
+from distill_diffusion.trainers.base import LossOutput, MethodBase, Phase
+from distill_diffusion.trainers.batch import latents_and_embeddings
+from distill_diffusion.trainers.pipeline_export import save_pipeline
+
+
+@dataclass
+class FineTuneConfig:
+    """Options of the plain fine-tune."""
+
+    #: Min-SNR-γ loss weighting (γ = 5 in the paper); None trains with the unweighted L_simple.
+    snr_gamma: float | None = None
+    #: Offset noise strength (0 = off); helps very dark/bright images.
+    noise_offset: float = 0.0
+
+    def __post_init__(self) -> None:
+        require(self.snr_gamma is None or self.snr_gamma > 0, "method.snr_gamma must be > 0 (or omitted)")
+        require(self.noise_offset >= 0, "method.noise_offset must be >= 0")
+
+
+class FineTune(MethodBase):
+    """Train every UNet weight on ``||model(z_t, t, c) − target(x0, eps, t)||²`` with t ~ U{0..T−1}."""
+
+    paper: ClassVar[str] = "Ho et al., DDPM, arXiv:2006.11239, eq. 14"
+    config_class: ClassVar[type] = FineTuneConfig
+
+    def __init__(self, components: SDComponents, config: FineTuneConfig):
+        self.components, self.config = components, config
+        self.unet = components.unet
+        self.unet.requires_grad_(True)
+        if self.unet.dtype != torch.float32:  # trainable weights in fp32; autocast does the half-precision compute
+            self.unet.to(torch.float32)
+        self.unet.train()
+        self.schedule = components.schedule
+        self.denoiser = Denoiser(self.unet, self.schedule, components.prediction_type)
+        self.models = {"unet": self.unet}
+
+    def phases(self) -> list[Phase]:
+        return [Phase("unet", "unet")]
+
+    def compute_loss(self, phase: str, batch: dict[str, Any], step: int) -> LossOutput:
+        # 1. Encode: x0 = E(image)·scaling, c = text embeddings.
+        x0, c = latents_and_embeddings(batch, self.components)
+        # 2. Sample eps ~ N(0, I) (optionally offset) and t ~ U{0..T−1}; 3. z_t = alpha_t·x0 + sigma_t·eps.
+        eps = torch.randn_like(x0)
+        if self.config.noise_offset:
+            eps = eps + self.config.noise_offset * torch.randn(x0.shape[0], x0.shape[1], 1, 1, device=x0.device)
+        t = torch.randint(0, self.schedule.num_train_timesteps, (x0.shape[0],), device=x0.device)
+        z_t = self.schedule.add_noise(x0, eps, t)
+        # 4. Predict in the model's own parameterisation and regress onto its target (loss in fp32).
+        output = self.models["unet"](z_t.to(self.unet.dtype), t, encoder_hidden_states=c).sample.float()
+        target = self.denoiser.target(x0, eps, t)
+        per_sample = F.mse_loss(output, target, reduction="none").mean(dim=(1, 2, 3))
+        loss = (per_sample * self._weights(t, x0)).mean()
+        return LossOutput(loss, {})
+
+    def _weights(self, t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+        """Min-SNR-γ on the x0 error, min(SNR, γ), moved to the model's target: eps → /SNR, v → /(SNR+1)."""
+        if self.config.snr_gamma is None:
+            return torch.ones_like(t, dtype=torch.float32)
+        clipped = torch.clamp(self.schedule.snr(t).float(), max=self.config.snr_gamma)
+        return clipped / self.denoiser.x0_error_scale(t, x0)
+
+    def validation_pipeline(self) -> Any:
+        from distill_diffusion.trainers.pipeline_export import build_pipeline
+
+        return build_pipeline(self.components, unet=self.unet)
+
+    def export(self, output_dir: Path) -> None:
+        save_pipeline(self.components, output_dir, unet=self.unet, method="finetune", paper=self.paper)

@@ -1,0 +1,39 @@
+"""Stock diffusers pipelines from our components: for validation, and as the exported artefact."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from diffusers import DDIMScheduler, StableDiffusionPipeline
+from torch import nn
+
+from distill_diffusion.models.loading import SDComponents
+from distill_diffusion.trainers.exporting import write_model_card
+
+
+def build_pipeline(components: SDComponents, unet: nn.Module | None = None, scheduler: Any = None) -> StableDiffusionPipeline:
+    """A ``StableDiffusionPipeline`` over the (unwrapped) components; DDIM from the checkpoint's config by default."""
+    return StableDiffusionPipeline(
+        vae=components.vae,
+        text_encoder=components.text_encoder,
+        tokenizer=components.tokenizer,
+        unet=unet if unet is not None else components.unet,
+        scheduler=scheduler if scheduler is not None else DDIMScheduler.from_config(components.scheduler.config),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def save_pipeline(components: SDComponents, output_dir: Path, *, unet: nn.Module, method: str, paper: str) -> Path:
+    """Save a full diffusers pipeline folder (safetensors) with the trained UNet and a model card."""
+    pipeline = build_pipeline(components, unet=unet, scheduler=components.scheduler)
+    pipeline.save_pretrained(output_dir, safe_serialization=True)
+    usage = """
+from diffusers import StableDiffusionPipeline
+pipe = StableDiffusionPipeline.from_pretrained("path/to/this/folder")
+image = pipe("a prompt", num_inference_steps=50).images[0]
+"""
+    write_model_card(output_dir, base_model=components.source, method=method, paper=paper, usage=usage)
+    return output_dir

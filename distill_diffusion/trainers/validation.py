@@ -1,0 +1,40 @@
+"""Validation images during training: the method's pipeline on fixed prompts and seeds, saved and logged."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+
+from distill_diffusion.config import TrainConfig
+from distill_diffusion.trainers.base import DistillationMethod
+
+
+def run_validation(method: DistillationMethod, cfg: TrainConfig, accelerator: Accelerator, step: int) -> list[Path]:
+    """Generate ``num_validation_images`` per prompt into ``output_dir/validation/step-N`` and log them."""
+    pipeline = method.validation_pipeline()
+    if pipeline is None:
+        return []
+    pipeline.set_progress_bar_config(disable=True)
+    folder = Path(cfg.output_dir) / "validation" / f"step-{step}"
+    folder.mkdir(parents=True, exist_ok=True)
+    paths, arrays = [], []
+    for p_idx, prompt in enumerate(cfg.validation_prompts):
+        for i in range(cfg.num_validation_images):
+            generator = torch.Generator(device="cpu").manual_seed((cfg.seed or 0) + 1000 * p_idx + i)
+            with torch.no_grad():
+                image = pipeline(prompt, num_inference_steps=cfg.validation_inference_steps, generator=generator).images[0]
+            path = folder / f"{p_idx:03d}-{i}.png"
+            image.save(path)
+            paths.append(path)
+            arrays.append(np.asarray(image))
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            tracker.writer.add_images("validation", np.stack(arrays), step, dataformats="NHWC")
+        elif tracker.name == "wandb":
+            import wandb
+
+            tracker.log({"validation": [wandb.Image(a, caption=str(p)) for a, p in zip(arrays, paths)]}, step=step)
+    return paths

@@ -1,0 +1,34 @@
+"""Shared fixtures: the toy dataset and a random tiny SD pipeline, built once per test session in seconds."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Nothing in the suite may reach a model hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("DISTILL_DIFFUSION_CACHE", str(Path(__file__).parent / ".cache-unused"))
+
+
+@pytest.fixture(scope="session")
+def toy_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``distill-diffusion toy init`` output: ``data/`` (256 captioned images) and ``teacher/`` (random tiny SD)."""
+    from distill_diffusion.toy.tiny import init_toy
+
+    root = tmp_path_factory.mktemp("toy")
+    init_toy(root, num_images=256)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline_dir(toy_dir: Path) -> Path:
+    return toy_dir / "teacher"
+
+
+@pytest.fixture(scope="session")
+def toy_data_dir(toy_dir: Path) -> Path:
+    return toy_dir / "data"
