@@ -109,7 +109,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     bench = p.add_subparsers(dest="bench_cmd", required=True, parser_class=_Parser)
     eng = bench.add_parser("engine", help="engine overhead: fine-tune step vs bare forward+backward (tiny UNet, CPU)")
     eng.add_argument("--steps", type=int, default=30)
-    eng.add_argument("--batch_size", type=int, default=8)
+    eng.add_argument("--batch_sizes", type=int, nargs="+", default=[8, 16, 32])
     eng.add_argument("--output", default="benchmarks/results/engine_overhead.json")
     eng.set_defaults(func=_cmd_bench_engine)
 
@@ -117,7 +117,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
 def _cmd_bench_engine(args: argparse.Namespace) -> int:
     from distill_diffusion.trainers.bench_engine import run_engine_benchmark
 
-    run_engine_benchmark(steps=args.steps, batch_size=args.batch_size, output=args.output)
+    run_engine_benchmark(steps=args.steps, batch_sizes=tuple(args.batch_sizes), output=args.output)
     return 0
 
 

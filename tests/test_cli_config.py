@@ -160,3 +160,28 @@ def test_console_script_exit_code(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "distill_diffusion.cli", "train", "nope"], capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "unknown method" in proc.stderr
+
+
+def test_sdxl_teacher_is_refused_before_loading(capsys: pytest.CaptureFixture[str], tiny_pipeline_dir: Path, toy_data_dir: Path, tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    xl = tmp_path / "xl"
+    shutil.copytree(tiny_pipeline_dir, xl)
+    index = json.loads((xl / "model_index.json").read_text())
+    index["text_encoder_2"] = ["transformers", "CLIPTextModelWithProjection"]
+    (xl / "model_index.json").write_text(json.dumps(index))
+    code, _, err = run_cli(capsys, "train", "finetune", "--pretrained_model_name_or_path", str(xl),
+                           "--train_data_dir", str(toy_data_dir), "--output_dir", str(tmp_path / "out"))
+    assert_user_error(code, err, "SDXL teachers are not supported yet")
+    assert not (tmp_path / "out").exists()
+
+
+def test_corrupt_dataset_is_user_error(capsys: pytest.CaptureFixture[str], tiny_pipeline_dir: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "metadata.jsonl").write_text('{"file_name": "a.png", "text": "x"}\n{not json\n')
+    code, _, err = run_cli(capsys, "train", "finetune", "--pretrained_model_name_or_path", str(tiny_pipeline_dir),
+                           "--train_data_dir", str(data), "--output_dir", str(tmp_path / "out"))
+    assert_user_error(code, err, "metadata.jsonl")
+    assert not (tmp_path / "out").exists()
