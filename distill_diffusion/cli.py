@@ -93,6 +93,11 @@ def _add_toy(sub: argparse._SubParsersAction) -> None:
     init.add_argument("dir", help="output folder (gets data/ and teacher/)")
     init.add_argument("--seed", type=int, default=0)
     init.set_defaults(func=_cmd_toy_init)
+    build = toy.add_parser("build", help="train the toy teacher (VAE, UNet) and a tiny CLIP, cached (minutes on a CPU)")
+    build.add_argument("--force", action="store_true", help="rebuild even when a finished build is cached")
+    build.add_argument("--cache_dir", default=None, help="cache folder (default: $DISTILL_DIFFUSION_CACHE or ~/.cache/distill-diffusion)")
+    build.add_argument("--budget", choices=("full", "small"), default="full", help="full: the benchmark world; small: a quick try")
+    build.set_defaults(func=_cmd_toy_build)
 
 
 def _cmd_toy_init(args: argparse.Namespace) -> int:
@@ -104,6 +109,14 @@ def _cmd_toy_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_toy_build(args: argparse.Namespace) -> int:
+    from distill_diffusion.toy.build import ensure_toy_world, summary_lines
+
+    world = ensure_toy_world(force=args.force, cache_dir=args.cache_dir, budget=args.budget)
+    print("\n".join(summary_lines(world)))
+    return 0
+
+
 def _add_bench(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="benchmarks that print a table and write a results file")
     bench = p.add_subparsers(dest="bench_cmd", required=True, parser_class=_Parser)
@@ -112,6 +125,9 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     eng.add_argument("--batch_sizes", type=int, nargs="+", default=[8, 16, 32])
     eng.add_argument("--output", default="benchmarks/results/engine_overhead.json")
     eng.set_defaults(func=_cmd_bench_engine)
+    from distill_diffusion.pipelines.commands import add_bench_quality
+
+    add_bench_quality(bench)
 
 
 def _cmd_bench_engine(args: argparse.Namespace) -> int:
@@ -134,9 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_toy(sub)
     _add_bench(sub)
+    from distill_diffusion.pipelines.commands import add_eval, add_generate
+
+    add_generate(sub)
+    add_eval(sub)
     for name, what in {
-        "generate": "few-step generation arrives with the LCM method",
-        "eval": "FID and CLIP evaluation arrive with the evaluators",
         "quickstart": "the quickstart arrives with the trained toy teacher",
     }.items():
         sub.add_parser(name, help=f"({what})").set_defaults(func=_not_yet(what))

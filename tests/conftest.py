@@ -6,6 +6,11 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
+
+# One thread: on a shared 2-core machine, OpenMP spin-waiting under contention made tiny forward
+# passes 100x slower; the tiny models here gain nothing from a second thread anyway.
+torch.set_num_threads(1)
 
 # Nothing in the suite may reach a model hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -1,0 +1,221 @@
+"""FID-vs-steps benchmark: several pipelines × step counts, same prompts and seeds, one table and one plot.
+
+What papers show (SPECS §5): FID and CLIP score at 1, 2, 4, 8 steps against the teacher at 25/50 steps,
+with latency per image. Every number is recorded with its sample count, feature space, resize policy,
+device and dtype, because FID is biased at small N and only comparable at equal N.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from distill_diffusion.errors import UserError, require
+from distill_diffusion.eval.evaluate import build_evaluator, check_sample_count, prepare_real, score_generated
+from distill_diffusion.eval.generate import generate_to_folder, resolve_prompts
+from distill_diffusion.eval.grid import make_grid
+from distill_diffusion.eval.images import list_image_files
+from distill_diffusion.eval.report import write_report
+
+DEFAULT_STEPS = (1, 2, 4, 8)
+TEACHER_STEPS = (1, 2, 4, 8, 25, 50)
+
+
+@dataclass
+class PipelineSpec:
+    """One pipeline of the benchmark: ``load_pipeline(model, lora, preset)`` sampled at each of ``steps``."""
+
+    name: str
+    model: str
+    lora: str | None = None
+    preset: str = "ddim"
+    guidance_scale: float | None = None
+    steps: tuple[int, ...] = DEFAULT_STEPS
+
+    def __post_init__(self) -> None:
+        from distill_diffusion.pipelines.presets import get_preset
+
+        get_preset(self.preset)
+        require(bool(self.name) and "/" not in self.name, f"pipeline name {self.name!r} must be non-empty, without '/'")
+        require(bool(self.steps) and all(s >= 1 for s in self.steps), f"{self.name}: steps {self.steps} must be ≥ 1")
+
+
+def parse_pipeline_spec(text: str, default_steps: Sequence[int] = DEFAULT_STEPS) -> PipelineSpec:
+    """``NAME=PATH[,lora=DIR][,preset=P][,guidance=G][,steps=1|2|4|8]`` → :class:`PipelineSpec`."""
+    fix = "write NAME=PATH[,lora=DIR][,preset=P][,guidance=G][,steps=1|2|4]"
+    head, *options = text.split(",")
+    name, sep, model = head.partition("=")
+    require(bool(sep and name.strip() and model.strip()), f"--pipeline {text!r}: {fix}")
+    kw: dict[str, Any] = {"name": name.strip(), "model": model.strip(), "steps": tuple(default_steps)}
+    for option in options:
+        key, sep, value = option.partition("=")
+        key = key.strip()
+        try:
+            if key == "lora":
+                kw["lora"] = value.strip()
+            elif key == "preset":
+                kw["preset"] = value.strip()
+            elif key == "guidance":
+                kw["guidance_scale"] = float(value)
+            elif key == "steps":
+                kw["steps"] = tuple(int(s) for s in value.split("|"))
+            else:
+                raise UserError(f"--pipeline {text!r}: unknown option {key!r}; {fix}")
+        except ValueError:
+            raise UserError(f"--pipeline {text!r}: bad value for {key}: {value!r}; {fix}") from None
+        require(bool(sep), f"--pipeline {text!r}: option {option!r} has no '='; {fix}")
+    return PipelineSpec(**kw)
+
+
+@dataclass
+class BenchmarkSettings:
+    """Everything but the pipelines; recorded in ``results.json``."""
+
+    prompts: str | list[str] = "toy"
+    num_images: int | None = None
+    real_dir: str | None = None
+    fid_feature: str | nn.Module = "inception"
+    feature_dim: int | None = None
+    inception_weights: str | None = None
+    clip_model: str | None = None
+    clip: tuple[Any, Any] | None = field(default=None, repr=False)
+    resize: str = "none"
+    kid: bool = False
+    stats_cache: str | None = None
+    seed: int = 0
+    batch_size: int = 8
+    device: str | None = None
+    dtype: str = "float32"
+    local_files_only: bool = False
+    grid_rows: int = 4
+
+
+def parse_dtype(name: str) -> torch.dtype:
+    """``float32``/``float16``/``bfloat16`` (or fp32/fp16/bf16) → torch dtype; anything else is a UserError."""
+    table = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+             "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}  # fmt: skip
+    require(name in table, f"dtype {name!r} is unknown; use float32, float16 or bfloat16")
+    return table[name]
+
+
+def _validate(pipelines: Sequence[PipelineSpec], s: BenchmarkSettings) -> tuple[list[str], Any, Any]:
+    """Every check that can fail, before anything is generated or written."""
+    from distill_diffusion.config import ModelConfig
+    from distill_diffusion.eval.clip_score import load_clip
+    from distill_diffusion.models.loading import check_model_source
+    from distill_diffusion.pipelines.loader import reject_lora_as_model, resolve_lora
+
+    require(bool(pipelines), "no pipeline to benchmark; pass --teacher PATH and/or --pipeline NAME=PATH")
+    names = [p.name for p in pipelines]
+    require(len(set(names)) == len(names), f"pipeline names repeat ({names}); give each --pipeline its own NAME")
+    for p in pipelines:
+        reject_lora_as_model(p.model)
+        check_model_source(ModelConfig(pretrained_model_name_or_path=p.model, local_files_only=s.local_files_only))
+        if p.lora:
+            resolve_lora(p.lora)
+    parse_dtype(s.dtype)
+    prompts = resolve_prompts(s.prompts, s.num_images, s.seed)
+    evaluator = None
+    if s.real_dir is not None:
+        num_real = len(list_image_files(s.real_dir))
+        evaluator = build_evaluator(s.fid_feature, feature_dim=s.feature_dim, inception_weights=s.inception_weights,
+                                    resize=s.resize, kid=s.kid, device=s.device)  # fmt: skip
+        check_sample_count(evaluator, len(prompts), "generated", s.kid)
+        check_sample_count(evaluator, num_real, "real", s.kid)
+    clip = s.clip or (load_clip(s.clip_model, device=s.device) if s.clip_model else None)
+    return prompts, evaluator, clip
+
+
+def _stats_cache_path(out: Path, evaluator: Any) -> Path:
+    """Default real-statistics cache, named by feature space and resize policy (reused across runs)."""
+    name = evaluator.net.name.replace(":", "_").replace("/", "_")
+    return out / f"real_stats_{name}_{evaluator.resize.describe()}.safetensors"
+
+
+def _row(p: PipelineSpec, scheduler: str, steps: int, guidance: float, timing: Any, scores: dict) -> dict:
+    spi = timing.seconds_per_image
+    return {
+        "pipeline": p.name, "model": p.model, "lora": p.lora, "preset": p.preset, "scheduler": scheduler,
+        "steps": steps, "guidance_scale": guidance, "fid": scores.get("fid"), "kid_mean": scores.get("kid_mean"),
+        "kid_std": scores.get("kid_std"), "clip_score": scores.get("clip_score"), "seconds_per_image": spi,
+        "images_per_second": (1.0 / spi) if spi else None, "num_images": timing.images,
+        "num_real": scores.get("num_real"), "feature": scores.get("feature"), "resize": scores.get("resize"),
+    }  # fmt: skip
+
+
+def run_quality_benchmark(
+    pipelines: Sequence[PipelineSpec], output_dir: str | Path, settings: BenchmarkSettings | None = None
+) -> dict[str, Any]:
+    """Generate every (pipeline, steps) with the same prompts and seeds, score, and write the report.
+
+    Writes ``output_dir/images/<pipeline>/steps_<k>/`` (PNGs + manifest), ``results.{csv,json,md}``,
+    ``fid_vs_steps.png`` and ``grid_<pipeline>.png``. Returns ``{"rows", "meta", "files"}`` (files on the
+    main process only). All input errors are raised before anything is written. With several processes,
+    seconds per image and images per second are per process (``meta["num_processes"]`` records how many).
+    """
+    from accelerate import PartialState
+
+    from distill_diffusion.pipelines import get_preset, load_pipeline
+
+    s = settings or BenchmarkSettings()
+    prompts, evaluator, clip = _validate(pipelines, s)
+    state = PartialState()
+    device = s.device or str(state.device)
+    out = Path(output_dir)
+    num_real = None
+    if evaluator is not None and state.is_main_process:
+        num_real = prepare_real(evaluator, s.real_dir, s.stats_cache or _stats_cache_path(out, evaluator))
+    rows, files = [], {}
+    for p in pipelines:
+        preset = get_preset(p.preset)
+        pipe = load_pipeline(p.model, p.lora, p.preset, device=device, dtype=parse_dtype(s.dtype), local_files_only=s.local_files_only)
+        columns = []
+        for steps in p.steps:
+            kwargs = preset.call_kwargs(steps, p.guidance_scale)
+            folder, timing = generate_to_folder(
+                pipe, prompts, out / "images" / p.name / f"steps_{steps:03d}", seed=s.seed, batch_size=s.batch_size,
+                warmup=True, manifest_extra={"pipeline": p.name, "preset": p.preset, "model": p.model, "lora": p.lora},
+                **kwargs,
+            )  # fmt: skip
+            columns.append((f"{steps} step" + ("s" if steps > 1 else ""), folder))
+            if state.is_main_process:
+                scores = score_generated(folder, evaluator, clip)
+                rows.append(_row(p, type(pipe.scheduler).__name__, steps, kwargs["guidance_scale"], timing, scores))
+        if state.is_main_process:
+            files[f"grid_{p.name}"] = make_grid(columns, out / f"grid_{p.name}.png", max_rows=s.grid_rows)
+        del pipe
+    meta = _meta(s, prompts, num_real, evaluator, device, state.num_processes, clip)
+    if state.is_main_process:
+        files.update(write_report(rows, meta, out))
+    state.wait_for_everyone()
+    return {"rows": rows, "meta": meta, "files": files}
+
+
+def _meta(s: BenchmarkSettings, prompts: list[str], num_real: int | None, evaluator: Any, device: str,
+          num_processes: int, clip: Any) -> dict[str, Any]:  # fmt: skip
+    import diffusers
+
+    # Not dataclasses.asdict: it would deep-copy an injected CLIP model or feature network.
+    settings = {f.name: getattr(s, f.name) for f in fields(s) if f.name not in ("clip", "fid_feature")}
+    return {
+        **settings,
+        "prompts": s.prompts if isinstance(s.prompts, str) else f"<{len(s.prompts)} prompts>",
+        "num_images": len(prompts),
+        "num_real": num_real,
+        "fid_feature": s.fid_feature if isinstance(s.fid_feature, str) else type(s.fid_feature).__name__,
+        "feature": evaluator.net.name if evaluator is not None else None,
+        "feature_dim": evaluator.feature_dim if evaluator is not None else None,
+        "resize": evaluator.resize.describe() if evaluator is not None else s.resize,
+        "antialias": evaluator.antialias if evaluator is not None else None,
+        "clip_model": s.clip_model or ("injected" if clip is not None else None),
+        "device": device + (f" ({torch.cuda.get_device_name()})" if device.startswith("cuda") else ""),
+        "num_processes": num_processes,
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "timing": "wall-clock of the pipeline call per batch (text encoder + denoising + VAE decode), warm-up excluded",
+    }

@@ -1,0 +1,144 @@
+"""One call from a model (and an optional LoRA) to a stock diffusers pipeline with a preset's scheduler.
+
+``load_pipeline("teacher/", lora="lcm_lora/", preset="lcm")`` returns a ``StableDiffusionPipeline`` with
+``LCMScheduler.from_config(teacher.scheduler.config)`` and the LoRA loaded through diffusers'
+``load_lora_weights`` (fused by default). Sample with ``pipe(prompt, **get_preset("lcm").call_kwargs())``.
+Nothing here is ours at inference time: the same pipeline can be built by hand with stock diffusers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from distill_diffusion.config import ModelConfig
+from distill_diffusion.errors import UserError, require
+from distill_diffusion.models.loading import PICKLE_SUFFIXES, load_teacher
+from distill_diffusion.pipelines.presets import Preset, build_scheduler, get_preset
+
+LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
+
+
+def reject_lora_as_model(model: str) -> None:
+    """A LoRA folder passed as the model gets a pointed hint instead of 'no model_index.json'."""
+    path = Path(model).expanduser()
+    if path.is_dir() and not (path / "model_index.json").is_file() and (path / LORA_WEIGHTS).is_file():
+        raise UserError(
+            f"{path} holds LoRA weights, not a pipeline; pass the base model as the model and this folder as the LoRA"
+        )
+
+
+def resolve_lora(lora: str | Path) -> tuple[str, str | None]:
+    """``(folder_or_file, weight_name)`` for ``load_lora_weights``; missing or pickled weights are UserErrors."""
+    path = Path(lora).expanduser()
+    if path.is_file():
+        require(
+            path.suffix.lower() == ".safetensors",
+            f"LoRA {path}: only .safetensors files are loaded ({', '.join(PICKLE_SUFFIXES)} can run code); "
+            "convert it or pass the folder an export wrote",
+        )
+        return str(path.parent), path.name
+    require(path.is_dir(), f"LoRA {path}: no such file or folder; pass the folder holding {LORA_WEIGHTS}")
+    if (path / LORA_WEIGHTS).is_file():
+        return str(path), LORA_WEIGHTS
+    if (path / "adapter_model.safetensors").is_file():
+        raise UserError(
+            f"LoRA {path} is a raw peft adapter (adapter_model.safetensors), which diffusers loads with no effect; "
+            f"re-export it with save_lora_weights (distill-diffusion exports write {LORA_WEIGHTS})"
+        )
+    candidates = sorted(path.glob("*.safetensors"))
+    require(
+        len(candidates) == 1,
+        f"LoRA folder {path} has {len(candidates)} .safetensors files and no {LORA_WEIGHTS}; pass the weights file itself",
+    )
+    return str(path), candidates[0].name
+
+
+def _pipeline_class(preset: Preset, unet: Any) -> type:
+    import diffusers
+
+    has_w = getattr(unet.config, "time_cond_proj_dim", None) is not None
+    if preset.needs_guidance_embedding and not has_w:
+        raise UserError(
+            f"preset {preset.name!r} needs a UNet with a guidance embedding (time_cond_proj_dim), which this model "
+            "lacks; use preset 'lcm' for an LCM-LoRA or 'ddim' for a plain model"
+        )
+    return getattr(diffusers, preset.pipeline)
+
+
+def _load_lora(pipe: Any, lora: str | Path, fuse: bool, lora_scale: float) -> None:
+    """Stock ``load_lora_weights``; a file that matches no layer (wrong key format) is a UserError."""
+    folder, weight_name = resolve_lora(lora)
+    try:
+        pipe.load_lora_weights(folder, weight_name=weight_name)
+    except (ValueError, KeyError, RuntimeError, OSError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise UserError(
+            f"cannot load LoRA {lora} into this model ({first}); check it was trained on this base model "
+            "and saved with save_lora_weights"
+        ) from None
+    if not any("lora_A" in name for name, _ in pipe.unet.named_modules()):
+        raise UserError(
+            f"LoRA {lora} matched no UNet layer (wrong key format?); export it with save_lora_weights "
+            "(diffusers format) for this base model"
+        )
+    if fuse:
+        # Fuse into the base weights, then drop the adapter modules: plain Linear/Conv at inference speed.
+        pipe.fuse_lora(lora_scale=lora_scale)
+        pipe.unload_lora_weights()
+    elif lora_scale != 1.0:
+        pipe.set_adapters(pipe.get_active_adapters(), adapter_weights=[lora_scale])
+
+
+def load_pipeline(
+    model: str,
+    lora: str | Path | None = None,
+    preset: str = "ddim",
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    local_files_only: bool = False,
+    *,
+    fuse_lora: bool = True,
+    lora_scale: float = 1.0,
+    revision: str | None = None,
+    variant: str | None = None,
+    original_config: str | None = None,
+) -> Any:
+    """A stock diffusers pipeline for ``model`` (+ ``lora``) sampling with ``preset``'s scheduler.
+
+    ``model``: a diffusers SD 1.x/2.x folder, a hub id, or a single ``.safetensors`` checkpoint (with
+    ``original_config``), validated by :func:`distill_diffusion.models.loading.check_model_source`.
+    ``dtype`` defaults to float32. Returns ``StableDiffusionPipeline`` (or ``LatentConsistencyModelPipeline``
+    for ``lcm-full``) with safety checker off and the progress bar disabled. Bad input → UserError.
+    """
+    spec = get_preset(preset)
+    reject_lora_as_model(model)
+    if lora is not None:
+        resolve_lora(lora)  # fail on a bad LoRA path before the (slow) model load
+    cfg = ModelConfig(
+        pretrained_model_name_or_path=model,
+        revision=revision,
+        variant=variant,
+        original_config=original_config,
+        local_files_only=local_files_only,
+    )
+    parts = load_teacher(cfg, weight_dtype=dtype or torch.float32)
+    cls = _pipeline_class(spec, parts.unet)
+    pipe = cls(
+        vae=parts.vae,
+        text_encoder=parts.text_encoder,
+        tokenizer=parts.tokenizer,
+        unet=parts.unet,
+        scheduler=build_scheduler(spec, parts.scheduler.config),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    if lora is not None:
+        _load_lora(pipe, lora, fuse_lora, lora_scale)
+    if device is not None:
+        pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

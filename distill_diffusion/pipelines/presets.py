@@ -1,0 +1,98 @@
+"""Inference presets: the scheduler, step count and guidance each method's artefact is sampled with.
+
+One registry (``PRESETS``) holds every preset; a new method adds one line. Guidance is always in the
+diffusers convention (``guidance_scale`` g, CFG = uncond + g·(cond − uncond); g ≤ 1 turns CFG off). The
+LCM paper's w (Luo et al. 2023, arXiv:2310.04378, eq. 9: (1+w)·cond − w·uncond) is g − 1; for a full LCM
+student with a guidance embedding (``unet.config.time_cond_proj_dim``) diffusers feeds w = g − 1 to the
+embedding and runs no CFG pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from distill_diffusion.errors import UserError
+
+
+@dataclass(frozen=True)
+class Preset:
+    """How to sample one kind of model: a diffusers scheduler built from the checkpoint's own config.
+
+    ``scheduler``: a class name in ``diffusers`` (``DDIMScheduler``, ``LCMScheduler``, ...), built with
+    ``from_config(teacher.scheduler.config, **scheduler_kwargs)`` so the training schedule is kept.
+    ``pipeline``: the diffusers pipeline class to return. ``needs_guidance_embedding``: the UNet must
+    have ``time_cond_proj_dim`` (a w-conditioned full LCM student).
+    """
+
+    name: str
+    scheduler: str
+    num_inference_steps: int
+    guidance_scale: float
+    description: str
+    pipeline: str = "StableDiffusionPipeline"
+    scheduler_kwargs: dict[str, Any] = field(default_factory=dict)
+    needs_guidance_embedding: bool = False
+
+    def call_kwargs(self, steps: int | None = None, guidance_scale: float | None = None) -> dict[str, Any]:
+        """Keyword arguments for ``pipe(prompt, **kwargs)``: the preset's defaults unless overridden."""
+        steps = self.num_inference_steps if steps is None else int(steps)
+        if steps < 1:
+            raise UserError(f"num_inference_steps={steps} is invalid; pass a step count of 1 or more")
+        guidance = self.guidance_scale if guidance_scale is None else float(guidance_scale)
+        return {"num_inference_steps": steps, "guidance_scale": guidance}
+
+
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in (
+        Preset("ddim", "DDIMScheduler", 50, 7.5, "teacher default: DDIM with the checkpoint's own spacing, CFG 7.5"),
+        Preset(
+            "ddim-trailing",
+            "DDIMScheduler",
+            50,
+            7.5,
+            "DDIM with trailing spacing (first step at t=999; fairer to the teacher at few steps)",
+            scheduler_kwargs={"timestep_spacing": "trailing"},
+        ),
+        Preset(
+            "dpm",
+            "DPMSolverMultistepScheduler",
+            20,
+            7.5,
+            "DPM-Solver++ (2M), a strong plain sampler for the teacher at 10-25 steps",
+        ),
+        Preset(
+            "lcm",
+            "LCMScheduler",
+            4,
+            1.0,
+            "LCM-LoRA / LCM student: LCMScheduler (original_inference_steps 50), guidance 1 (off) to 2",
+        ),
+        Preset(
+            "lcm-full",
+            "LCMScheduler",
+            4,
+            8.5,
+            "full LCM student with a guidance embedding (w = guidance - 1), LatentConsistencyModelPipeline",
+            pipeline="LatentConsistencyModelPipeline",
+            needs_guidance_embedding=True,
+        ),
+    )
+}
+
+
+def get_preset(name: str) -> Preset:
+    """The preset called ``name``; an unknown name is a UserError listing the valid ones."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise UserError(f"unknown inference preset {name!r}; use one of {', '.join(PRESETS)}") from None
+
+
+def build_scheduler(preset: Preset, scheduler_config: Any) -> Any:
+    """The preset's scheduler from a checkpoint's scheduler config (betas, prediction type kept)."""
+    import diffusers
+
+    cls = getattr(diffusers, preset.scheduler)
+    return cls.from_config(scheduler_config, **preset.scheduler_kwargs)
