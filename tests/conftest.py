@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,8 @@ torch.set_num_threads(1)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("DISTILL_DIFFUSION_CACHE", str(Path(__file__).parent / ".cache-unused"))
+# A private cache: tests never read or fill the user's toy-world cache.
+os.environ["DISTILL_DIFFUSION_CACHE"] = tempfile.mkdtemp(prefix="dd-test-cache-")
 
 
 @pytest.fixture(scope="session")

@@ -84,3 +84,14 @@ class MethodBase:
 
     def validation_pipeline(self) -> Any | None:
         return None
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Tensors the method holds outside ``models`` that must survive resume (e.g. an EMA target network).
+
+        The engine writes them as safetensors into every checkpoint and hands them back to
+        :meth:`load_state_dict` on resume; empty means nothing to save.
+        """
+        return {}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        return None

@@ -18,6 +18,7 @@ import torch
 from accelerate import Accelerator, DistributedType
 from accelerate.logging import get_logger
 from diffusers.training_utils import EMAModel
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from distill_diffusion.config import RunConfig
@@ -89,6 +90,7 @@ class Engine:
             if self.accelerator.is_main_process:
                 for name, ema in self.emas.items():
                     save_ema(ema, folder, name)
+                _save_method_state(self.method, folder)
 
         state = {"train": asdict(self.state), "lr_schedulers": {n: _jsonable(s.state_dict()) for n, s in self.lr_schedulers.items()}}
         return ckpt.save_checkpoint(
@@ -110,6 +112,7 @@ class Engine:
             self.lr_schedulers[name].load_state_dict(sched_state)
         for name, ema in self.emas.items():
             load_ema(ema, folder, name)
+        _load_method_state(self.method, folder)
         logger.info(f"resumed from {folder} at step {self.state.global_step}")
 
     # ------------------------------------------------------------------ the loop
@@ -255,6 +258,22 @@ class Engine:
                 atomic_export(self.method.export, self.output_dir)
         self.accelerator.wait_for_everyone()
         return self.output_dir
+
+
+METHOD_STATE = "method_state.safetensors"
+
+
+def _save_method_state(method: Any, folder: Path) -> None:
+    """The method's own tensors (``MethodBase.state_dict``, e.g. an LCM target network), as safetensors."""
+    state = method.state_dict() if hasattr(method, "state_dict") else {}
+    if state:
+        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(folder / METHOD_STATE))
+
+
+def _load_method_state(method: Any, folder: Path) -> None:
+    path = folder / METHOD_STATE
+    if path.is_file() and hasattr(method, "load_state_dict"):
+        method.load_state_dict(load_file(str(path)))
 
 
 def _jsonable(value: Any) -> Any:

@@ -9,6 +9,7 @@ from distill_diffusion.errors import UserError
 #: Import lazily so `distill-diffusion --help` does not import torch-heavy modules.
 METHODS: dict[str, str] = {
     "finetune": "distill_diffusion.trainers.finetune:FineTune",
+    "lcm": "distill_diffusion.trainers.lcm:LCM",
 }
 
 

@@ -1,0 +1,142 @@
+"""LoRA adapters on a diffusers UNet through peft: attach, validate targets, toggle, export for diffusers and kohya.
+
+Hu et al., "LoRA: Low-Rank Adaptation of Large Language Models", arXiv:2106.09685 (``W + (alpha/r) B A``).
+One UNet holds the frozen base (weight dtype) and the LoRA weights (fp32); the teacher of LCM-LoRA
+(Luo et al., arXiv:2311.05556) is the same UNet with the adapters switched off.
+
+Export format. ``StableDiffusionPipeline.save_lora_weights`` is given the keys of
+``get_peft_model_state_dict`` (``lora_A``/``lora_B``) and the adapter's ``LoraConfig`` as metadata, the
+layout diffusers' own ``save_lora_adapter`` writes. Passing them through ``convert_state_dict_to_diffusers``
+first (as the diffusers LCM-LoRA script does) renames only the attention projections (``to_q.lora.down``)
+and leaves conv/ff layers as ``lora_A``; diffusers 0.42.1's loader picks one format from the FIRST key, so
+with LCM-LoRA's target list (first key ``proj_in``) it silently drops every attention LoRA. Without the
+metadata the loader assumes alpha = rank.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from distill_diffusion.errors import require
+
+#: LCM-LoRA's target modules (SPECS §1): attention, feed-forward, resnet convs, resamplers, time projections.
+DEFAULT_TARGET_MODULES: tuple[str, ...] = (
+    "to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
+    "conv1", "conv2", "conv_shortcut", "downsamplers.0.conv", "upsamplers.0.conv", "time_emb_proj",
+)
+ADAPTER = "default"
+KOHYA_FILE = "lcm_lora_kohya.safetensors"
+_SUPPORTED = (nn.Linear, nn.Conv2d)
+
+
+def check_target_modules(unet: nn.Module, target_modules: Sequence[str]) -> None:
+    """Every name must match at least one Linear/Conv2d (peft's rule: equal, or a ``.name`` suffix).
+
+    peft only complains when NO name matches; a typo next to valid names would silently train less.
+    """
+    names = [(n, m) for n, m in unet.named_modules() if n]
+    for target in target_modules:
+        hits = [m for n, m in names if n == target or n.endswith("." + target)]
+        if not hits:
+            known = ", ".join(DEFAULT_TARGET_MODULES)
+            require(False, f"LoRA target module {target!r} matches no layer of the UNet; use names such as {known}")
+        require(
+            any(isinstance(m, _SUPPORTED) for m in hits),
+            f"LoRA target module {target!r} matches only {type(hits[0]).__name__} modules; target Linear or Conv2d layers",
+        )
+
+
+def attach_lora(unet: nn.Module, rank: int, alpha: int, dropout: float, target_modules: Sequence[str]) -> list[nn.Parameter]:
+    """Add a zero-initialised LoRA (B = 0, so the UNet is unchanged) and return its parameters, cast to fp32.
+
+    The base weights stay frozen in their dtype; peft creates the LoRA in the base layer's dtype, so the
+    trainable part is upcast afterwards (``cast_training_params``, DESIGN.md rule 8).
+    """
+    from diffusers.training_utils import cast_training_params
+    from peft import LoraConfig
+
+    require(rank >= 1, f"LoRA rank {rank} must be >= 1; pass e.g. --method.lora_rank 64")
+    check_target_modules(unet, target_modules)
+    unet.requires_grad_(False)
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, init_lora_weights=True, target_modules=list(target_modules))
+    unet.add_adapter(config, adapter_name=ADAPTER)
+    cast_training_params(unet, torch.float32)
+    return [p for p in unet.parameters() if p.requires_grad]
+
+
+def tuner_layers(unet: nn.Module) -> list[Any]:
+    """The peft LoRA layers of ``unet``, listed once (walking a UNet's modules every step costs milliseconds)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return [m for m in unet.modules() if isinstance(m, BaseTunerLayer)]
+
+
+@contextmanager
+def adapters_disabled(layers: Sequence[Any]) -> Iterator[None]:
+    """Run the base model (the LCM-LoRA teacher): what ``unet.disable_adapters()`` does, on a cached layer list.
+
+    peft also clears ``requires_grad`` on the adapter weights while disabled; re-enabling restores it, so use
+    this only where no gradient is needed (under ``torch.no_grad``) and never across a backward pass.
+    """
+    for layer in layers:
+        layer.enable_adapters(False)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.enable_adapters(True)
+
+
+def lora_state_dict(unet: nn.Module, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """``get_peft_model_state_dict`` (keys ``<module>.lora_A.weight``), cast to ``dtype``, on the CPU."""
+    from peft.utils import get_peft_model_state_dict
+
+    state = get_peft_model_state_dict(unet, adapter_name=ADAPTER)
+    return {k: v.detach().to("cpu", dtype).contiguous() for k, v in state.items()}
+
+
+def adapter_metadata(unet: nn.Module) -> dict[str, Any]:
+    """The adapter's ``LoraConfig`` as JSON-able data (rank, alpha, targets), saved inside the safetensors file."""
+    meta = unet.peft_config[ADAPTER].to_dict()
+    return {k: sorted(v) if isinstance(v, set) else v for k, v in meta.items()}
+
+
+def save_lora(unet: nn.Module, output_dir: Path, dtype: torch.dtype = torch.float16, family: str = "sd1") -> dict[str, Path]:
+    """Write ``pytorch_lora_weights.safetensors`` (stock ``load_lora_weights``) and a kohya copy (ComfyUI/A1111)."""
+    from diffusers import StableDiffusionPipeline
+
+    state = lora_state_dict(unet, dtype)
+    meta = adapter_metadata(unet)
+    StableDiffusionPipeline.save_lora_weights(
+        output_dir, unet_lora_layers=state, unet_lora_adapter_metadata=meta, safe_serialization=True
+    )
+    kohya = save_kohya(state, output_dir / KOHYA_FILE, rank=int(meta["r"]), alpha=float(meta["lora_alpha"]), family=family)
+    return {"diffusers": output_dir / "pytorch_lora_weights.safetensors", "kohya": kohya}
+
+
+def save_kohya(state: dict[str, torch.Tensor], path: Path, rank: int, alpha: float, family: str = "sd1") -> Path:
+    """kohya-ss layout (``lora_unet_<module>.lora_down.weight`` + ``.alpha``) via ``convert_state_dict_to_kohya``.
+
+    diffusers' converter writes alpha = rank for every module; the real alpha is written instead, because
+    A1111/ComfyUI scale by alpha / rank.
+    """
+    from diffusers.utils import convert_state_dict_to_kohya
+    from safetensors.torch import save_file
+
+    kohya = convert_state_dict_to_kohya({f"unet.{k}": v for k, v in state.items()})
+    dtype = next(iter(state.values())).dtype
+    kohya = {k: (torch.tensor(alpha, dtype=dtype) if k.endswith(".alpha") else v.contiguous()) for k, v in kohya.items()}
+    meta = {
+        "ss_network_module": "networks.lora",
+        "ss_network_dim": str(rank),
+        "ss_network_alpha": str(alpha),
+        "ss_base_model_version": "sd_v1" if family == "sd1" else "sd_v2",
+    }
+    save_file(kohya, str(path), metadata=meta)
+    return path

@@ -1,0 +1,377 @@
+"""Latent Consistency Distillation: LCM-LoRA (default, one UNet) and full LCM students (w-conditioned, EMA target).
+
+Luo et al., "Latent Consistency Models: Synthesizing High-Resolution Images with Few-Step Inference",
+arXiv:2310.04378, Alg. 1 (LCD) with the skipping-step DDIM solver (Sec. 4.3) and the consistency function
+``f(z, t) = c_skip(t) z + c_out(t) x0_hat(z, t)`` (Sec. 3/4.1); Luo et al., "LCM-LoRA: A Universal
+Stable-Diffusion Acceleration Module", arXiv:2311.05556. SPECS.md §1 lists the defaults and the reference
+scripts' mistakes avoided here (two fp32 UNets, v outputs read as eps, unloadable LoRA exports).
+
+Guidance convention: ``w`` is the LCM-paper weight, ``(1 + w) cond − w uncond``; diffusers' guidance
+scale is ``g = w + 1`` (``core.guidance``).
+"""
+
+from __future__ import annotations
+
+import copy
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from distill_diffusion.core import (
+    append_dims,
+    cfg_lcm,
+    consistency_scalings,
+    ddim_step,
+    guidance_embedding,
+    previous_on_grid,
+    skipping_step_grid,
+)
+from distill_diffusion.errors import UserError, require
+from distill_diffusion.models.denoiser import Denoiser
+from distill_diffusion.models.encode import encode_prompt
+from distill_diffusion.models.loading import SDXL_ERROR, SDComponents
+from distill_diffusion.models.lora import (
+    DEFAULT_TARGET_MODULES,
+    adapters_disabled,
+    attach_lora,
+    save_lora,
+    tuner_layers,
+)
+from distill_diffusion.trainers.base import LossOutput, MethodBase, Phase
+from distill_diffusion.trainers.batch import latents_and_embeddings
+from distill_diffusion.trainers.exporting import write_model_card
+
+#: σ_data of the boundary scalings. Fixed, because diffusers' LCMScheduler hard-codes 0.5 at inference.
+SIGMA_DATA = 0.5
+LOSS_TYPES = ("huber", "l2")
+UNCOND_EMBEDDINGS = ("empty_prompt", "zeros")
+EXPORT_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+@dataclass
+class LCMConfig:
+    """Options of latent consistency distillation (defaults: SPECS.md §1, the LCM/LCM-LoRA reference values)."""
+
+    #: LCM-LoRA (one UNet: frozen base = teacher, LoRA = student). false trains a full w-conditioned LCM.
+    lora: bool = True
+    lora_rank: int = 64
+    lora_alpha: int = 64
+    #: Dropout on the LoRA input; applies to the target pass too (the same module in train mode, as the reference).
+    lora_dropout: float = 0.0
+    #: UNet module names (peft suffix match); each must match a Linear/Conv2d layer.
+    lora_target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_TARGET_MODULES))
+    #: N of the skipping-step DDIM solver; k = num_train_timesteps // N (1000/50 → k = 20).
+    num_ddim_timesteps: int = 50
+    #: Teacher guidance w ~ U[w_min, w_max] in the LCM form (1+w)·cond − w·uncond, i.e. diffusers g = w + 1.
+    w_min: float = 5.0
+    w_max: float = 15.0
+    #: huber: sqrt((a−b)² + c²) − c with c = huber_c; l2: mean squared error. Both in fp32.
+    loss_type: str = "huber"
+    huber_c: float = 0.001
+    #: s in c_skip = σ_d²/((s·t)² + σ_d²), c_out = s·t/sqrt((s·t)² + σ_d²); written to the exported LCMScheduler.
+    timestep_scaling: float = 10.0
+    #: μ of the target network θ⁻ ← μ·θ⁻ + (1−μ)·θ. None: LoRA uses the student itself under no_grad
+    #: (the LCM-LoRA reference), the full model 0.95 (the LCM reference). A value with LoRA keeps an EMA LoRA.
+    target_ema_decay: float | None = None
+    #: Full model only: size of the w-embedding projection added to the student (time_cond_proj_dim).
+    time_cond_proj_dim: int = 256
+    #: Unconditional input of the teacher's CFG: the empty prompt's embedding (what SD pipelines use),
+    #: or zeros (what the diffusers LCM scripts use).
+    uncond_embedding: str = "empty_prompt"
+    #: dtype of the exported LoRA files (fp16 = the size of the published LCM-LoRA adapters).
+    export_dtype: str = "fp16"
+    #: diffusers guidance scale for validation images and the model card; None: 1.0 (LoRA), 8.5 (full).
+    validation_guidance_scale: float | None = None
+
+    def __post_init__(self) -> None:
+        require(self.lora_rank >= 1, f"method.lora_rank={self.lora_rank} must be >= 1; pass a positive rank such as 64")
+        require(self.lora_alpha > 0, f"method.lora_alpha={self.lora_alpha} must be > 0; pass e.g. the rank")
+        require(0.0 <= self.lora_dropout < 1.0, f"method.lora_dropout={self.lora_dropout} must be in [0, 1)")
+        require(bool(self.lora_target_modules) and all(self.lora_target_modules), "method.lora_target_modules is empty; list UNet module names such as to_q,to_k,to_v")
+        require(self.num_ddim_timesteps >= 1, f"method.num_ddim_timesteps={self.num_ddim_timesteps} must be >= 1; the reference uses 50")
+        require(self.w_min >= 0, f"method.w_min={self.w_min} must be >= 0 (LCM form, g = w + 1); pass e.g. 5")
+        require(self.w_min <= self.w_max, f"method.w_min={self.w_min} is larger than method.w_max={self.w_max}; swap them or make them equal")
+        require(self.loss_type in LOSS_TYPES, f"method.loss_type={self.loss_type!r}; use one of {', '.join(LOSS_TYPES)}")
+        require(self.huber_c > 0, f"method.huber_c={self.huber_c} must be > 0; the reference uses 0.001")
+        require(self.timestep_scaling > 0, f"method.timestep_scaling={self.timestep_scaling} must be > 0; LCMScheduler uses 10")
+        if self.target_ema_decay is None and not self.lora:
+            self.target_ema_decay = 0.95
+        require(self.target_ema_decay is None or 0.0 <= self.target_ema_decay < 1.0, f"method.target_ema_decay={self.target_ema_decay} must be in [0, 1)")
+        require(self.time_cond_proj_dim >= 4, f"method.time_cond_proj_dim={self.time_cond_proj_dim} must be >= 4; the reference uses 256")
+        require(self.uncond_embedding in UNCOND_EMBEDDINGS, f"method.uncond_embedding={self.uncond_embedding!r}; use one of {', '.join(UNCOND_EMBEDDINGS)}")
+        require(self.export_dtype in EXPORT_DTYPES, f"method.export_dtype={self.export_dtype!r}; use one of {', '.join(EXPORT_DTYPES)}")
+        if self.validation_guidance_scale is None:
+            self.validation_guidance_scale = 1.0 if self.lora else 8.5
+        require(self.validation_guidance_scale >= 0, "method.validation_guidance_scale must be >= 0")
+
+
+def check_teacher(components: SDComponents, config: LCMConfig) -> None:
+    """Teachers LCD cannot use, refused before anything is built (one-line :class:`UserError`)."""
+    require(components.family != "sdxl", f"{components.source}: {SDXL_ERROR}")
+    steps = components.schedule.num_train_timesteps
+    require(
+        steps >= config.num_ddim_timesteps,
+        f"the teacher's scheduler has {steps} training timesteps, fewer than method.num_ddim_timesteps="
+        f"{config.num_ddim_timesteps}; pass --method.num_ddim_timesteps {steps} or less",
+    )
+    if not config.lora:
+        have = components.unet.config.get("time_cond_proj_dim")
+        require(have in (None, config.time_cond_proj_dim), f"the teacher UNet already has time_cond_proj_dim={have}; pass --method.time_cond_proj_dim {have}")
+
+
+def guided_ddim_step(teacher: Denoiser, z: Tensor, t: Tensor, s: Tensor, c: Tensor, uncond: Tensor, w: Tensor) -> Tensor:
+    """One deterministic DDIM step t → s of ``(1+w)·teacher(c) − w·teacher(∅)``; cond and uncond in ONE forward.
+
+    x0 and eps are combined with the same w. The combination is linear in the model output, so this equals
+    converting the combined output, for every prediction type (the Denoiser converts before combining).
+    """
+    out = teacher(torch.cat([z, z]), torch.cat([t, t]), torch.cat([c, uncond]))
+    (x0_c, x0_u), (eps_c, eps_u) = out.x0.chunk(2), out.eps.chunk(2)
+    w_b = append_dims(w.float(), z.ndim)
+    x0, eps = cfg_lcm(x0_c, x0_u, w_b), cfg_lcm(eps_c, eps_u, w_b)
+    schedule = teacher.schedule
+    return ddim_step(x0, eps, append_dims(schedule.alpha(s), z.ndim), append_dims(schedule.sigma(s), z.ndim))
+
+
+def build_w_student(teacher: Any, proj_dim: int) -> Any:
+    """The teacher's UNet config plus ``time_cond_proj_dim``, teacher weights loaded, the new projection random.
+
+    LCM (arXiv:2310.04378, Sec. 4.2) conditions the student on w through ``time_embedding.cond_proj``
+    (the only key the teacher lacks). fp32 and trainable.
+    """
+    from diffusers import UNet2DConditionModel
+
+    device = next(teacher.parameters()).device
+    with torch.device(device):
+        student = UNet2DConditionModel.from_config(teacher.config, time_cond_proj_dim=proj_dim)
+    missing, unexpected = student.load_state_dict(teacher.state_dict(), strict=False)
+    if set(missing) - {"time_embedding.cond_proj.weight"} or unexpected:
+        raise UserError(f"the teacher UNet does not fit a w-conditioned copy of itself (missing {missing[:3]}, unexpected {unexpected[:3]}); use a UNet2DConditionModel teacher")
+    return student.to(torch.float32).requires_grad_(True)
+
+
+class LCM(MethodBase):
+    """Latent consistency distillation of a Stable Diffusion 1.x/2.x teacher (LoRA or full student)."""
+
+    paper: ClassVar[str] = "Luo et al., Latent Consistency Models, arXiv:2310.04378, Alg. 1; LCM-LoRA, arXiv:2311.05556"
+    config_class: ClassVar[type] = LCMConfig
+
+    def __init__(self, components: SDComponents, config: LCMConfig):
+        check_teacher(components, config)
+        self.components, self.config = components, config
+        self.schedule = components.schedule
+        self.k = self.schedule.num_train_timesteps // config.num_ddim_timesteps
+        self.grid = skipping_step_grid(self.schedule.num_train_timesteps, config.num_ddim_timesteps)
+        self.decay = config.target_ema_decay
+        self._uncond_cache: dict[str, Tensor] = {}
+        if config.lora:
+            self._init_lora()
+        else:
+            self._init_full()
+        self.unet.train()
+        self.models = {"unet": self.unet}
+
+    def _init_lora(self) -> None:
+        """ONE UNet: base frozen in the weight dtype (teacher = adapters off), LoRA in fp32 (student)."""
+        cfg = self.config
+        self.unet = self.teacher_unet = self.target_unet = self.components.unet
+        self.online = attach_lora(self.unet, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules)
+        self.layers = tuner_layers(self.unet)
+        # EMA LoRA target: shadow copies swapped into the LoRA weights for the target pass.
+        self.shadow = [p.detach().clone() for p in self.online] if self.decay is not None else []
+
+    def _init_full(self) -> None:
+        """Frozen teacher (weight dtype), fp32 w-conditioned student, fp32 EMA target (decay 0.95)."""
+        self.teacher_unet = self.components.unet
+        self.unet = build_w_student(self.teacher_unet, self.config.time_cond_proj_dim)
+        self.target_unet = copy.deepcopy(self.unet).requires_grad_(False).eval()
+        self.online = list(self.unet.parameters())
+        self.shadow = list(self.target_unet.parameters())
+        self.layers = []
+
+    def phases(self) -> list[Phase]:
+        return [Phase("unet", "unet")]
+
+    # ------------------------------------------------------------------ the algorithm
+
+    def compute_loss(self, phase: str, batch: dict[str, Any], step: int) -> LossOutput:
+        # 1. Sample (x, c) from the data: latents x0 = E(image)·scaling and text embeddings c.
+        x0, c = latents_and_embeddings(batch, self.components)
+        # 2. n ~ U{0..N−1} on the skipping-step grid: t_{n+k} = grid[n], t_n = t_{n+k} − k (≥ 0); w ~ U[w_min, w_max].
+        t_nk, t_n, w = self.sample_timesteps_and_w(x0.shape[0], x0.device)
+        # 3. x_{t_{n+k}} = alpha·x0 + sigma·eps (the forward process at t_{n+k}).
+        z = self.schedule.add_noise(x0, torch.randn_like(x0), t_nk)
+        w_cond = self.w_condition(w)
+        with torch.no_grad():
+            # 4. Teacher ODE step with CFG: x̂_{t_n} = DDIM(x_{t_{n+k}} → t_n) of (1+w)·Φ(c) − w·Φ(∅), one batched forward.
+            x_prev = self.teacher_step(z, t_nk, t_n, c, w)
+            # 5. Target f_θ⁻(x̂_{t_n}, w, c, t_n) from the target network (stop-gradient).
+            with self._target_weights():
+                target = self.consistency(Denoiser(self.target_unet, self.schedule, self.components.prediction_type), x_prev, t_n, c, **w_cond)
+        # 6. Online f_θ(x_{t_{n+k}}, w, c, t_{n+k}) through the engine-prepared (DDP) module, with gradients.
+        student = Denoiser(self.models["unet"], self.schedule, self.components.prediction_type)
+        pred = self.consistency(student, z, t_nk, c, **w_cond)
+        # 7. L = d(f_θ, f_θ⁻) in fp32. (8. θ ← θ − η∇L: the engine. 9. θ⁻ ← μθ⁻ + (1−μ)θ: on_step_end.)
+        return LossOutput(self.distance(pred, target))
+
+    def sample_timesteps_and_w(self, batch_size: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+        """``(t_{n+k}, t_n, w)`` per sample, as the reference: n ~ U{0..N−1}, w ~ U[w_min, w_max]."""
+        n = torch.randint(0, self.config.num_ddim_timesteps, (batch_size,), device=device)
+        t_nk = self.grid.to(device)[n]
+        w = torch.rand(batch_size, device=device) * (self.config.w_max - self.config.w_min) + self.config.w_min
+        return t_nk, previous_on_grid(t_nk, self.k), w
+
+    def w_condition(self, w: Tensor) -> dict[str, Tensor]:
+        """Full student: ``timestep_cond`` = sinusoidal embedding of w·1000; LoRA students take no w."""
+        if self.config.lora:
+            return {}
+        return {"timestep_cond": guidance_embedding(w, self.config.time_cond_proj_dim)}
+
+    def teacher_step(self, z: Tensor, t: Tensor, s: Tensor, c: Tensor, w: Tensor) -> Tensor:
+        """The frozen teacher's guided DDIM step t → s (LoRA: the same UNet with its adapters switched off)."""
+        teacher = Denoiser(self.teacher_unet, self.schedule, self.components.prediction_type)
+        with adapters_disabled(self.layers) if self.layers else nullcontext():
+            return guided_ddim_step(teacher, z, t, s, c, self.uncond_like(c), w)
+
+    def consistency(self, denoiser: Denoiser, z: Tensor, t: Tensor, c: Tensor, **unet_kwargs: Any) -> Tensor:
+        """``f(z, t) = c_skip(t)·z + c_out(t)·x0_hat(z, t)``; exactly z at t = 0 (c_skip = 1, c_out = 0)."""
+        x0 = denoiser(z, t, c, **unet_kwargs).x0
+        c_skip, c_out = consistency_scalings(t, SIGMA_DATA, self.config.timestep_scaling)
+        return append_dims(c_skip, z.ndim) * z.float() + append_dims(c_out, z.ndim) * x0
+
+    def distance(self, pred: Tensor, target: Tensor) -> Tensor:
+        """Pseudo-Huber ``sqrt((a−b)² + c²) − c`` or L2, mean over elements, in fp32."""
+        diff = pred.float() - target.float()
+        if self.config.loss_type == "l2":
+            return (diff**2).mean()
+        c = self.config.huber_c
+        return (torch.sqrt(diff**2 + c**2) - c).mean()
+
+    def uncond_like(self, c: Tensor) -> Tensor:
+        """The teacher's unconditional embedding, expanded to ``c``'s batch (empty prompt encoded once)."""
+        if self.config.uncond_embedding == "zeros":
+            return torch.zeros_like(c)
+        key = f"{c.device}/{c.dtype}"
+        if key not in self._uncond_cache:
+            with torch.no_grad():
+                empty = encode_prompt(self.components.tokenizer, self.components.text_encoder, [""])
+            self._uncond_cache[key] = empty.to(c.device, c.dtype)
+        return self._uncond_cache[key].expand(c.shape[0], *c.shape[1:])
+
+    @contextmanager
+    def _target_weights(self) -> Any:
+        """LoRA with an EMA target: swap the EMA LoRA weights in for the target pass (the base is shared)."""
+        if not (self.config.lora and self.shadow):
+            yield
+            return
+        backup = [p.detach().clone() for p in self.online]
+        torch._foreach_copy_([p.data for p in self.online], self.shadow)
+        try:
+            yield
+        finally:
+            torch._foreach_copy_([p.data for p in self.online], backup)
+
+    @torch.no_grad()
+    def on_step_end(self, step: int) -> None:
+        """θ⁻ ← μ·θ⁻ + (1−μ)·θ after each optimizer step (Alg. 1, last line); plain EMA, no warm-up."""
+        if self.shadow:
+            torch._foreach_lerp_(self.shadow, [p.detach() for p in self.online], 1.0 - float(self.decay))
+
+    # ------------------------------------------------------------------ resume, validation, export
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """The target network θ⁻ (engine saves it as safetensors with every checkpoint)."""
+        return {f"target.{i}": t for i, t in enumerate(self.shadow)}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        require(len(state) == len(self.shadow), f"checkpoint holds {len(state)} target tensors, this run {len(self.shadow)}; resume with the same method options")
+        with torch.no_grad():
+            for i, t in enumerate(self.shadow):
+                t.copy_(state[f"target.{i}"])
+
+    def scheduler(self) -> Any:
+        """diffusers' LCMScheduler on the teacher's schedule, on the grid and scaling trained with."""
+        from diffusers import LCMScheduler
+
+        return LCMScheduler.from_config(
+            self.components.scheduler.config,
+            original_inference_steps=self.config.num_ddim_timesteps,
+            timestep_scaling=self.config.timestep_scaling,
+        )
+
+    def validation_pipeline(self) -> Any:
+        from distill_diffusion.trainers.pipeline_export import build_pipeline
+
+        pipe = build_pipeline(self.components, unet=self.unet, scheduler=self.scheduler())
+        return _WithGuidance(pipe, float(self.config.validation_guidance_scale))  # type: ignore[arg-type]
+
+    def export(self, output_dir: Path) -> None:
+        """LoRA: ``pytorch_lora_weights.safetensors`` + kohya copy. Full: an LCM pipeline folder (its ``unet/`` is the UNet)."""
+        if self.config.lora:
+            save_lora(self.unet, output_dir, EXPORT_DTYPES[self.config.export_dtype], self.components.family)
+        else:
+            from diffusers import LatentConsistencyModelPipeline
+
+            parts = self.components
+            LatentConsistencyModelPipeline(
+                vae=parts.vae, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer, unet=self.unet,
+                scheduler=self.scheduler(), safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+            ).save_pretrained(output_dir, safe_serialization=True)
+        _write_card(self.components, self.config, output_dir, self.paper)
+
+
+class _WithGuidance:
+    """A pipeline whose default guidance scale is the method's (validation calls it without one)."""
+
+    def __init__(self, pipeline: Any, guidance_scale: float) -> None:
+        self.pipeline, self.guidance_scale = pipeline, guidance_scale
+
+    def set_progress_bar_config(self, **kwargs: Any) -> None:
+        self.pipeline.set_progress_bar_config(**kwargs)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("guidance_scale", self.guidance_scale)
+        return self.pipeline(*args, **kwargs)
+
+
+def _scheduler_args(cfg: LCMConfig) -> str:
+    """LCMScheduler overrides a user must pass when training differed from its defaults (N = 50, s = 10)."""
+    args = "" if cfg.num_ddim_timesteps == 50 else f", original_inference_steps={cfg.num_ddim_timesteps}"
+    return args + ("" if cfg.timestep_scaling == 10.0 else f", timestep_scaling={cfg.timestep_scaling}")
+
+
+def _write_card(components: SDComponents, cfg: LCMConfig, folder: Path, paper: str) -> None:
+    """README.md: base model, method, inference steps and guidance, and how to load with stock diffusers."""
+    g = cfg.validation_guidance_scale
+    if cfg.lora:
+        usage = f"""
+from diffusers import LCMScheduler, StableDiffusionPipeline
+
+pipe = StableDiffusionPipeline.from_pretrained("{components.source}")
+pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config{_scheduler_args(cfg)})
+pipe.load_lora_weights("path/to/this/folder")  # pytorch_lora_weights.safetensors
+image = pipe("a prompt", num_inference_steps=4, guidance_scale={g}).images[0]
+"""
+        what = (f"LoRA rank {cfg.lora_rank}, alpha {cfg.lora_alpha} on {', '.join(cfg.lora_target_modules)}. "
+                f"ComfyUI/A1111: `lcm_lora_kohya.safetensors` (kohya-ss keys).")
+        guidance = f"guidance_scale {g} (1.0 = off; up to about 2)"
+    else:
+        usage = f"""
+from diffusers import DiffusionPipeline
+
+pipe = DiffusionPipeline.from_pretrained("path/to/this/folder")  # LatentConsistencyModelPipeline + LCMScheduler
+image = pipe("a prompt", num_inference_steps=4, guidance_scale={g}).images[0]
+"""
+        what = f"Full UNet with a w-embedding (time_cond_proj_dim {cfg.time_cond_proj_dim}); `unet/` loads with UNet2DConditionModel."
+        guidance = f"guidance_scale {g} (the student is conditioned on w = guidance_scale − 1; no CFG pass)"
+    extra = f"""
+- Inference: LCMScheduler, 2–8 steps (4 recommended), {guidance}.
+- Distillation: skipping-step DDIM solver N = {cfg.num_ddim_timesteps}, teacher guidance w ∈ [{cfg.w_min}, {cfg.w_max}]
+  (LCM form; diffusers scale w + 1), {cfg.loss_type} loss, target EMA {cfg.target_ema_decay}.
+- {what}
+"""
+    write_model_card(folder, base_model=components.source, method="lcm" + ("-lora" if cfg.lora else ""), paper=paper, usage=usage, extra=extra)

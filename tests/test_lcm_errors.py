@@ -1,0 +1,76 @@
+"""Bad LCM input: one-line UserError through the CLI (exit 2), nothing exported."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from distill_diffusion.cli import main
+from distill_diffusion.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(capsys: pytest.CaptureFixture, teacher: Path, data: Path, out: Path, *extra: str) -> str:
+    args = ["train", "lcm", "--config", str(ROOT / "configs/tiny/lcm_lora.yaml"), "--pretrained_model_name_or_path", str(teacher),
+            "--train_data_dir", str(data), "--output_dir", str(out), "--max_train_steps", "1", "--train_batch_size", "2",
+            "--progress_bar", "false", "--validation_steps", "0", *extra]
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert not (out / "pytorch_lora_weights.safetensors").exists()
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("extra", "fragment"),
+    [
+        (("--method.lora_rank", "0"), "lora_rank=0 must be >= 1"),
+        (("--method.w_min", "9", "--method.w_max", "3"), "w_min=9.0 is larger than method.w_max=3.0"),
+        (("--method.loss_type", "l1"), "loss_type"),
+        (("--method.target_ema_decay", "1.5"), "target_ema_decay"),
+        (("--method.lora_target_modules", "to_q,to_qkv"), "'to_qkv' matches no layer"),
+        (("--method.lora_target_modules", "norm1"), "target Linear or Conv2d"),
+        (("--method.num_ddim_timesteps", "2000"), "fewer than method.num_ddim_timesteps=2000"),
+    ],
+)
+def test_bad_option(capsys, tiny_pipeline_dir: Path, toy_data_dir: Path, tmp_path: Path, extra: tuple[str, ...], fragment: str) -> None:
+    assert fragment in run(capsys, tiny_pipeline_dir, toy_data_dir, tmp_path / "out", *extra)
+
+
+def teacher_copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_teacher_with_too_few_training_steps(capsys, tiny_pipeline_dir: Path, toy_data_dir: Path, tmp_path: Path) -> None:
+    teacher = teacher_copy(tiny_pipeline_dir, tmp_path / "short")
+    config_path = teacher / "scheduler" / "scheduler_config.json"
+    config = json.loads(config_path.read_text())
+    config["num_train_timesteps"] = 40
+    config_path.write_text(json.dumps(config))
+    line = run(capsys, teacher, toy_data_dir, tmp_path / "out")
+    assert "has 40 training timesteps, fewer than method.num_ddim_timesteps=50" in line
+
+
+def test_sdxl_teacher_is_refused(capsys, tiny_pipeline_dir: Path, toy_data_dir: Path, tmp_path: Path) -> None:
+    teacher = teacher_copy(tiny_pipeline_dir, tmp_path / "xl")
+    index = json.loads((teacher / "model_index.json").read_text())
+    index["text_encoder_2"] = ["transformers", "CLIPTextModelWithProjection"]
+    (teacher / "model_index.json").write_text(json.dumps(index))
+    assert "SDXL" in run(capsys, teacher, toy_data_dir, tmp_path / "out")
+
+
+def test_method_refuses_sdxl_components() -> None:
+    from distill_diffusion.models.loading import SDComponents
+    from distill_diffusion.trainers.lcm import LCM, LCMConfig
+
+    parts = SDComponents(unet=None, vae=None, text_encoder=None, tokenizer=None, scheduler=None, family="sdxl",
+                         prediction_type="epsilon", source="xl")
+    with pytest.raises(UserError, match="SDXL"):
+        LCM(parts, LCMConfig())

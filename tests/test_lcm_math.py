@@ -1,0 +1,251 @@
+"""LCD invariants on tiny in-memory components: boundary condition, scalings, teacher step, CFG, eps/v, gradients."""
+
+from __future__ import annotations
+
+import copy
+import functools
+
+import pytest
+import torch
+from diffusers import DDIMScheduler, LCMScheduler
+from torch import nn
+
+from distill_diffusion.core import consistency_scalings, previous_on_grid, skipping_step_grid
+from distill_diffusion.models.denoiser import Denoiser
+from distill_diffusion.models.encode import encode_prompt
+from distill_diffusion.models.loading import SDComponents
+from distill_diffusion.toy.tiny import SD15_SCHEDULER_CONFIG, build_tiny_components
+from distill_diffusion.trainers.lcm import LCM, SIGMA_DATA, LCMConfig, build_w_student, guided_ddim_step
+
+
+@functools.cache
+def _tiny(prediction_type: str) -> dict:
+    return build_tiny_components(prediction_type=prediction_type)  # ~1.4 s: built once, copied per test
+
+
+def components(prediction_type: str = "epsilon", dtype: torch.dtype = torch.float32) -> SDComponents:
+    parts = copy.deepcopy(_tiny(prediction_type))
+    for name in ("unet", "vae", "text_encoder"):
+        parts[name].requires_grad_(False).to(dtype)
+    return SDComponents(family="sd1", prediction_type=prediction_type, source="tiny", **parts)
+
+
+def randomise_lora(method: LCM, seed: int = 0) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in method.online:
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+
+
+def inputs(batch: int = 3, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, 4, 8, 8, generator=gen), torch.randn(batch, 77, 64, generator=gen)
+
+
+@pytest.mark.parametrize("scaling", [10.0, 3.0])
+def test_scalings_agree_with_lcm_scheduler_at_every_timestep(scaling: float) -> None:
+    cfg = LCMConfig(timestep_scaling=scaling)
+    scheduler = LCMScheduler.from_config(SD15_SCHEDULER_CONFIG, timestep_scaling=cfg.timestep_scaling)
+    t = torch.arange(1000)
+    c_skip, c_out = consistency_scalings(t, SIGMA_DATA, cfg.timestep_scaling)
+    ref = torch.tensor([scheduler.get_scalings_for_boundary_condition_discrete(int(i)) for i in t], dtype=torch.float64)
+    torch.testing.assert_close(c_skip.double(), ref[:, 0], rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(c_out.double(), ref[:, 1], rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("lora", [True, False])
+def test_boundary_condition_is_exact(lora: bool) -> None:
+    method = LCM(components(), LCMConfig(lora=lora, lora_rank=4))
+    if lora:
+        randomise_lora(method)
+    z, c = inputs()
+    t = torch.zeros(3, dtype=torch.long)
+    f = method.consistency(Denoiser(method.unet, method.schedule, "epsilon"), z, t, c, **method.w_condition(torch.full((3,), 4.0)))
+    assert torch.equal(f, z)
+    assert method.scheduler().config.timestep_scaling == method.config.timestep_scaling
+
+
+def ddim_reference(unet: nn.Module, scheduler_config, z, t, c, uncond, w: float) -> torch.Tensor:
+    """diffusers DDIMScheduler.step (eta 0, 50 steps → k = 20) on the CFG-combined raw UNet output."""
+    scheduler = DDIMScheduler.from_config(scheduler_config)
+    scheduler.set_timesteps(50)
+    out = []
+    for i in range(z.shape[0]):
+        with torch.no_grad():
+            cond = unet(z[i : i + 1], t[i], encoder_hidden_states=c[i : i + 1]).sample
+            unc = unet(z[i : i + 1], t[i], encoder_hidden_states=uncond[i : i + 1]).sample
+        out.append(scheduler.step((1 + w) * cond - w * unc, int(t[i]), z[i : i + 1], eta=0.0).prev_sample)
+    return torch.cat(out)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("w", [0.0, 2.5])
+def test_teacher_step_equals_ddim_scheduler_and_ignores_the_lora(prediction_type: str, w: float) -> None:
+    parts = components(prediction_type)
+    base = copy.deepcopy(parts.unet)
+    method = LCM(parts, LCMConfig(lora_rank=4, uncond_embedding="zeros"))
+    randomise_lora(method)  # the teacher pass must not see it
+    z, c = inputs()
+    t = torch.tensor([19, 499, 999])
+    with torch.no_grad():
+        x_prev = method.teacher_step(z, t, previous_on_grid(t, method.k), c, torch.full((3,), w))
+    ref = ddim_reference(base, parts.scheduler.config, z, t, c, torch.zeros_like(c), w)
+    torch.testing.assert_close(x_prev, ref, atol=2e-5, rtol=1e-4)
+    assert all(p.requires_grad for p in method.online), "adapters were not re-enabled"
+
+
+def test_w_zero_returns_the_conditional_prediction() -> None:
+    from distill_diffusion.core import cfg_lcm
+
+    cond, uncond = torch.randn(2, 4, 8, 8), 1e6 * torch.randn(2, 4, 8, 8)
+    assert torch.equal(cfg_lcm(cond, uncond, torch.zeros(2, 1, 1, 1)), cond)
+    parts = components()
+    teacher = Denoiser(parts.unet, parts.schedule, "epsilon")
+    z, c = inputs(2)
+    t = torch.tensor([999, 39])
+    s = previous_on_grid(t, 20)
+    with torch.no_grad():
+        guided = guided_ddim_step(teacher, z, t, s, c, torch.randn_like(c), torch.zeros(2))
+        out = teacher(z, t, c)
+    alpha, sigma = parts.schedule.alpha(s).view(-1, 1, 1, 1), parts.schedule.sigma(s).view(-1, 1, 1, 1)
+    torch.testing.assert_close(guided, alpha * out.x0 + sigma * out.eps, atol=1e-5, rtol=1e-5)
+
+
+class AsV(nn.Module):
+    """The same network as an eps UNet, re-expressed as a v-prediction model."""
+
+    def __init__(self, unet: nn.Module, schedule) -> None:
+        super().__init__()
+        self.unet, self.schedule = unet, schedule
+
+    def forward(self, z, t, encoder_hidden_states, return_dict=False, **kw):
+        eps = self.unet(z, t, encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
+        alpha, sigma = self.schedule.alpha(t).view(-1, 1, 1, 1), self.schedule.sigma(t).view(-1, 1, 1, 1)
+        x0 = (z - sigma * eps) / alpha
+        return (alpha * eps - sigma * x0,)
+
+
+def test_eps_and_v_teachers_give_the_same_target() -> None:
+    parts = components()
+    eps_teacher = Denoiser(parts.unet, parts.schedule, "epsilon")
+    v_teacher = Denoiser(AsV(parts.unet, parts.schedule), parts.schedule, "v_prediction")
+    z, c = inputs()
+    t = torch.tensor([999, 499, 19])
+    s, w = previous_on_grid(t, 20), torch.tensor([3.0, 0.5, 8.0])
+    with torch.no_grad():
+        a = guided_ddim_step(eps_teacher, z, t, s, c, torch.zeros_like(c), w)
+        b = guided_ddim_step(v_teacher, z, t, s, c, torch.zeros_like(c), w)
+        torch.testing.assert_close(v_teacher(z, t, c).x0, eps_teacher(z, t, c).x0, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_sampling_follows_the_skipping_step_grid() -> None:
+    method = LCM(components(), LCMConfig(lora_rank=2, w_min=2.0, w_max=4.0))
+    t_nk, t_n, w = method.sample_timesteps_and_w(4000, torch.device("cpu"))
+    grid = skipping_step_grid(1000, 50)
+    assert set(t_nk.tolist()) == set(grid.tolist())
+    assert torch.equal(t_n, (t_nk - 20).clamp(min=0)) and int(t_n.min()) == 0
+    assert float(w.min()) >= 2.0 and float(w.max()) <= 4.0
+
+
+def test_losses() -> None:
+    a, b = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
+    huber = LCM.distance(type("M", (), {"config": LCMConfig()})(), a, b)
+    torch.testing.assert_close(huber, (torch.sqrt((a - b) ** 2 + 1e-6) - 1e-3).mean())
+    l2 = LCM.distance(type("M", (), {"config": LCMConfig(loss_type="l2")})(), a, b)
+    torch.testing.assert_close(l2, ((a - b) ** 2).mean())
+
+
+def batch(n: int = 2, seed: int = 0) -> dict[str, torch.Tensor]:
+    z, c = inputs(n, seed)
+    return {"latents": z, "prompt_embeds": c}
+
+
+def test_gradients_reach_only_lora_and_base_stays_bit_identical() -> None:
+    method = LCM(components(), LCMConfig(lora_rank=4, w_min=2.0, w_max=2.0))
+    unet = method.unet
+    base = {k: v.clone() for k, v in unet.state_dict().items() if "lora_" not in k}
+    lora = [p.clone() for p in method.online]
+    opt = torch.optim.AdamW(method.trainable_parameters(method.phases()[0]), lr=1e-2)
+    for step in range(2):
+        loss = method.compute_loss("unet", batch(seed=step), step).loss
+        assert loss.dtype == torch.float32 and torch.isfinite(loss)
+        loss.backward()
+        with_grad = {n for n, p in unet.named_parameters() if p.grad is not None}
+        assert with_grad and all("lora_" in n for n in with_grad)
+        assert len(with_grad) == len(method.online)
+        opt.step()
+        opt.zero_grad()
+        method.on_step_end(step)
+    after = unet.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in base.items())
+    assert any(not torch.equal(a, b) for a, b in zip(method.online, lora))
+
+
+def test_one_unet_base_in_weight_dtype_lora_in_fp32() -> None:
+    parts = components(dtype=torch.bfloat16)
+    method = LCM(parts, LCMConfig(lora_rank=4))
+    assert method.teacher_unet is method.unet is parts.unet and method.models["unet"] is parts.unet
+    assert all(p.dtype == torch.float32 for p in method.online)
+    assert all(p.dtype == torch.bfloat16 for n, p in method.unet.named_parameters() if "lora_" not in n)
+    loss = method.compute_loss("unet", batch(), 0).loss
+    loss.backward()
+    assert torch.isfinite(loss) and all(p.grad is not None for p in method.online)
+
+
+def test_ema_lora_target_update_swap_and_state() -> None:
+    method = LCM(components(), LCMConfig(lora_rank=2, target_ema_decay=0.5))
+    randomise_lora(method)
+    shadow = [s.clone() for s in method.shadow]
+    method.on_step_end(1)
+    for s, old, p in zip(method.shadow, shadow, method.online):
+        torch.testing.assert_close(s, 0.5 * old + 0.5 * p.detach())
+    live = [p.detach().clone() for p in method.online]
+    with method._target_weights():
+        assert all(torch.equal(p, s) for p, s in zip(method.online, method.shadow))
+    assert all(torch.equal(p, q) for p, q in zip(method.online, live))
+    state = {k: v.clone() for k, v in method.state_dict().items()}
+    other = LCM(components(), LCMConfig(lora_rank=2, target_ema_decay=0.5))
+    other.load_state_dict(state)
+    assert all(torch.equal(a, b) for a, b in zip(other.shadow, method.shadow))
+    assert LCM(components(), LCMConfig(lora_rank=2)).state_dict() == {}
+
+
+def test_full_student_is_the_teacher_plus_a_w_projection() -> None:
+    parts = components()
+    student = build_w_student(parts.unet, 256)
+    assert student.config.time_cond_proj_dim == 256 and student.time_embedding.cond_proj.weight.shape[1] == 256
+    teacher_state = parts.unet.state_dict()
+    for key, value in student.state_dict().items():
+        if key != "time_embedding.cond_proj.weight":
+            assert torch.equal(value, teacher_state[key]), key
+    method = LCM(parts, LCMConfig(lora=False))
+    assert method.config.target_ema_decay == 0.95 and method.unet is not parts.unet
+    assert not any(p.requires_grad for p in method.target_unet.parameters())
+    loss = method.compute_loss("unet", batch(), 0).loss
+    loss.backward()
+    assert method.unet.time_embedding.cond_proj.weight.grad is not None
+    assert all(p.grad is None for p in parts.unet.parameters())
+
+
+def test_uncond_embedding_is_the_empty_prompt() -> None:
+    parts = components()
+    method = LCM(parts, LCMConfig(lora_rank=2))
+    c = torch.randn(3, 77, 64)
+    empty = encode_prompt(parts.tokenizer, parts.text_encoder, [""])
+    assert torch.equal(method.uncond_like(c), empty.expand(3, -1, -1))
+    assert torch.equal(LCM(components(), LCMConfig(lora_rank=2, uncond_embedding="zeros")).uncond_like(c), torch.zeros_like(c))
+
+
+def test_loss_goes_down_on_a_fixed_batch() -> None:
+    method = LCM(components(), LCMConfig(lora_rank=4, w_min=2.0, w_max=2.0, loss_type="l2"))
+    opt = torch.optim.AdamW(method.online, lr=1e-3, weight_decay=0.0)
+    losses = []
+    for step in range(8):
+        torch.manual_seed(0)  # the same t, w and noise every step: the loss of one fixed problem
+        loss = method.compute_loss("unet", batch(4), step).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.3 * losses[0], losses
