@@ -124,14 +124,36 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     eng.add_argument("--steps", type=int, default=30)
     eng.add_argument("--batch_sizes", type=int, nargs="+", default=[8, 16, 32])
     eng.add_argument("--output", default="benchmarks/results/engine_overhead.json")
+    eng.add_argument("--threads", type=int, default=1, help="torch threads (1 keeps shared CPUs reproducible)")
     eng.set_defaults(func=_cmd_bench_engine)
+    lcm = bench.add_parser("lcm", help="LCM-LoRA speed: step vs its unavoidable passes; 4-step vs 50-step latency")
+    lcm.add_argument("--steps", type=int, default=20)
+    lcm.add_argument("--batch_sizes", type=int, nargs="+", default=[8, 32])
+    lcm.add_argument("--output", default="benchmarks/results/lcm_speed.json")
+    lcm.add_argument("--threads", type=int, default=1, help="torch threads (1 keeps shared CPUs reproducible)")
+    lcm.set_defaults(func=_cmd_bench_lcm)
     from distill_diffusion.pipelines.commands import add_bench_quality
 
     add_bench_quality(bench)
 
 
+def _cmd_bench_lcm(args: argparse.Namespace) -> int:
+    import torch
+
+    from distill_diffusion.trainers.bench_lcm import run_lcm_benchmark
+
+    torch.set_num_threads(args.threads)
+
+    run_lcm_benchmark(steps=args.steps, batch_sizes=tuple(args.batch_sizes), output=args.output)
+    return 0
+
+
 def _cmd_bench_engine(args: argparse.Namespace) -> int:
+    import torch
+
     from distill_diffusion.trainers.bench_engine import run_engine_benchmark
+
+    torch.set_num_threads(args.threads)
 
     run_engine_benchmark(steps=args.steps, batch_sizes=tuple(args.batch_sizes), output=args.output)
     return 0

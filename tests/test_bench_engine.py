@@ -16,3 +16,15 @@ def test_engine_benchmark_writes_results(tmp_path: Path) -> None:
     assert saved["rows"][0]["ratio_vs_forward_backward"] > 0
     assert "engine / fwd+bwd" in out.with_suffix(".md").read_text()
     assert result["target_ratio"] == 1.10
+
+
+def test_lcm_benchmark_writes_results(tmp_path: Path) -> None:
+    from distill_diffusion.trainers.bench_lcm import run_lcm_benchmark
+
+    out = tmp_path / "lcm.json"
+    result = run_lcm_benchmark(steps=2, batch_sizes=(2,), repeats=1, output=out)
+    saved = json.loads(out.read_text())
+    row = saved["training"][0]
+    assert row["sum_of_passes"] == sum(v for k, v in row["seconds"].items() if not k.startswith("engine"))
+    assert set(saved["generation_seconds_per_image"]) == {"LCM 4 steps", "teacher DDIM 50 steps"}
+    assert result["latency_ratio"] > 0 and "4-step / 50-step" in out.with_suffix(".md").read_text()

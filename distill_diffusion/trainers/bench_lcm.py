@@ -1,0 +1,161 @@
+"""LCM speed benchmark: training step vs the passes it cannot avoid, and 4-step vs 50-step generation latency.
+
+Training (LoRA mode, tiny toy UNet, CPU, pre-encoded latents): the engine's LCM step is timed against the
+sum of the three passes LCD needs (Luo et al. arXiv:2310.04378 Alg. 1): one batched cond+uncond teacher
+forward with the DDIM step, one target forward, and one student forward+backward, each timed alone on the
+same batch in the same process. Generation: a stock ``StableDiffusionPipeline`` end to end (text encoder,
+UNet steps, VAE decode) with ``LCMScheduler`` at 4 steps, guidance off (the LCM-LoRA preset), against the
+teacher's DDIM at 50 steps with CFG. Latency does not depend on the LoRA weights' values, so the random
+tiny pipeline measures the same work a trained one does.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import tempfile
+from pathlib import Path
+
+import torch
+
+from distill_diffusion.trainers.bench_engine import _collate, _LatentBatches, _median_seconds
+
+STEP_TARGET = 1.10
+LATENCY_TARGET = 0.12
+
+
+def _lcm_engine(tmp: Path, batch_size: int):
+    from distill_diffusion.config import build_run_config
+    from distill_diffusion.models.loading import load_teacher
+    from distill_diffusion.toy.tiny import save_tiny_pipeline
+    from distill_diffusion.trainers.data_loop import build_dataloader
+    from distill_diffusion.trainers.engine import Engine
+    from distill_diffusion.trainers.lcm import LCM, LCMConfig
+    from distill_diffusion.trainers.runner import make_accelerator
+
+    teacher = save_tiny_pipeline(tmp / "teacher")
+    run = build_run_config("lcm", LCMConfig, {
+        "model": {"pretrained_model_name_or_path": str(teacher), "local_files_only": True},
+        "train": {"output_dir": str(tmp / "out"), "train_batch_size": batch_size, "max_train_steps": 10**6,
+                  "checkpointing_steps": 10**6, "progress_bar": False, "learning_rate": 1e-4},
+        "method": {"lora_rank": 16, "lora_alpha": 16, "w_min": 2.0, "w_max": 2.0},
+    })
+    components = load_teacher(run.model)
+    method = LCM(components, run.method_config)
+    unet = components.unet
+    latent = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
+    data = _LatentBatches(batch_size * 64, latent, (components.tokenizer.model_max_length, unet.config.cross_attention_dim))
+    loader = build_dataloader(data, batch_size, 0, _collate, 0)
+    return Engine(run, make_accelerator(run.train), method, loader), data, teacher
+
+
+def measure_training(batch_size: int, steps: int) -> dict[str, float]:
+    """Median seconds of the engine step and of each unavoidable pass, at one batch size."""
+    from distill_diffusion.models.denoiser import Denoiser
+    from distill_diffusion.trainers.data_loop import batch_stream
+
+    with tempfile.TemporaryDirectory() as tmp:
+        engine, data, _ = _lcm_engine(Path(tmp), batch_size)
+        m = engine.method
+        batch = _collate([data[i] for i in range(batch_size)])
+        x0, c = batch["latents"], batch["prompt_embeds"]
+        t_nk, t_n, w = m.sample_timesteps_and_w(batch_size, x0.device)
+        z = m.schedule.add_noise(x0, torch.randn_like(x0), t_nk)
+        target_net = Denoiser(m.target_unet, m.schedule, m.components.prediction_type)
+        student = Denoiser(m.models["unet"], m.schedule, m.components.prediction_type)
+
+        @torch.no_grad()
+        def teacher() -> None:
+            m.teacher_step(z, t_nk, t_n, c, w)
+
+        @torch.no_grad()
+        def target() -> None:
+            m.consistency(target_net, z, t_n, c)
+
+        def student_fb() -> None:
+            m.consistency(student, z, t_nk, c).float().square().mean().backward()
+            engine.optimizers["unet"].zero_grad(set_to_none=True)
+
+        stream = batch_stream(engine.accelerator, engine.dataloader)
+
+        def engine_step() -> None:
+            engine.state.batches_seen += 1
+            engine.step([next(stream)])
+
+        return {
+            "teacher batched cond+uncond forward + DDIM step": _median_seconds(teacher, steps),
+            "target forward": _median_seconds(target, steps),
+            "student forward+backward": _median_seconds(student_fb, steps),
+            "engine LCM-LoRA step": _median_seconds(engine_step, steps),
+        }
+
+
+def measure_generation(repeats: int) -> dict[str, float]:
+    """Median end-to-end seconds per image: LCM 4 steps (guidance off) vs DDIM 50 steps with CFG."""
+    from diffusers import StableDiffusionPipeline
+
+    from distill_diffusion.pipelines import build_scheduler, get_preset
+    from distill_diffusion.toy.tiny import save_tiny_pipeline
+
+    with tempfile.TemporaryDirectory() as tmp:
+        pipe = StableDiffusionPipeline.from_pretrained(save_tiny_pipeline(Path(tmp) / "t"), safety_checker=None)
+        pipe.set_progress_bar_config(disable=True)
+        config = pipe.scheduler.config
+        results = {}
+        for name, preset, steps, guidance in (("LCM 4 steps", "lcm", 4, 1.0), ("teacher DDIM 50 steps", "ddim", 50, 7.5)):
+            pipe.scheduler = build_scheduler(get_preset(preset), config)
+
+            def run(steps: int = steps, guidance: float = guidance) -> None:
+                pipe("a red circle", num_inference_steps=steps, guidance_scale=guidance,
+                     generator=torch.Generator().manual_seed(0), output_type="np")
+
+            results[name] = _median_seconds(run, repeats, warmup=1)
+        return results
+
+
+def run_lcm_benchmark(steps: int = 20, batch_sizes: tuple[int, ...] = (8, 32), repeats: int = 10,
+                      output: str | Path = "benchmarks/results/lcm_speed.json") -> dict:
+    """Both measurements, a printed table, JSON + markdown results files."""
+    rows = []
+    for batch_size in batch_sizes:
+        sec = measure_training(batch_size, steps)
+        passes = sum(v for k, v in sec.items() if not k.startswith("engine"))
+        rows.append({"batch_size": batch_size, "seconds": sec, "sum_of_passes": passes,
+                     "ratio": sec["engine LCM-LoRA step"] / passes})
+    gen = measure_generation(repeats)
+    result = {
+        "benchmark": "LCM-LoRA speed (toy UNet, CPU)",
+        "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "device": platform.processor() or platform.machine(), "steps_timed": steps,
+        "training": rows, "step_target": STEP_TARGET,
+        "generation_seconds_per_image": gen,
+        "latency_ratio": gen["LCM 4 steps"] / gen["teacher DDIM 50 steps"], "latency_target": LATENCY_TARGET,
+        "gpu": "not measured: no GPU was available to this run",
+    }
+    _write(result, Path(output))
+    return result
+
+
+def _write(result: dict, output: Path) -> None:
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(result, indent=2))
+    names = list(result["training"][0]["seconds"])
+    lines = ["| batch | " + " | ".join(f"{n} ms" for n in names) + " | sum of passes ms | step / sum |",
+             "|---" * (len(names) + 3) + "|"]
+    for row in result["training"]:
+        cells = " | ".join(f"{row['seconds'][n] * 1e3:.1f}" for n in names)
+        lines.append(f"| {row['batch_size']} | {cells} | {row['sum_of_passes'] * 1e3:.1f} | **{row['ratio']:.3f}** |")
+    gen = result["generation_seconds_per_image"]
+    lines += [
+        "",
+        f"Step target: step / sum of passes ≤ {result['step_target']}.",
+        "",
+        "| generation (end to end, 1 image) | ms |", "|---|---|",
+        *[f"| {k} | {v * 1e3:.1f} |" for k, v in gen.items()],
+        "",
+        f"4-step / 50-step latency = **{result['latency_ratio']:.3f}** (target ≤ {result['latency_target']}).",
+        f"Medians; {result['threads']} threads, torch {result['torch']}, {result['device']}. GPU: {result['gpu']}.",
+    ]
+    table = "\n".join(lines)
+    output.with_suffix(".md").write_text(table + "\n")
+    print(table)
