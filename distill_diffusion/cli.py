@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from distill_diffusion.errors import UserError
 
@@ -159,11 +159,21 @@ def _cmd_bench_engine(args: argparse.Namespace) -> int:
     return 0
 
 
-def _not_yet(what: str) -> Callable[[argparse.Namespace], int]:
-    def handler(args: argparse.Namespace) -> int:
-        raise UserError(f"`distill-diffusion {args.command}` is not available in this version ({what}); use `train` or `toy init`")
+def _add_quickstart(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("quickstart", help="toy world -> LCM-LoRA distillation -> FID/CLIP vs steps table, plot and grids (CPU)")
+    p.add_argument("--output_dir", default="quickstart", help="where the LoRA and the benchmark go")
+    p.add_argument("--cache_dir", default=None, help="toy-world cache (default: $DISTILL_DIFFUSION_CACHE or ~/.cache/distill-diffusion)")
+    p.add_argument("--num_images", type=int, default=256, help="images per (pipeline, steps) row")
+    p.add_argument("--lcm_steps", type=int, default=None, help="LCM training steps (default: the recipe's 800)")
+    p.add_argument("--budget", default="full", help="toy-world build budget: full, or small for a quick try")
+    p.set_defaults(func=_cmd_quickstart)
 
-    return handler
+
+def _cmd_quickstart(args: argparse.Namespace) -> int:
+    from distill_diffusion.quickstart import run_quickstart
+
+    run_quickstart(args.output_dir, args.cache_dir, args.num_images, args.lcm_steps, args.budget)
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -176,10 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_generate(sub)
     add_eval(sub)
-    for name, what in {
-        "quickstart": "the quickstart arrives with the trained toy teacher",
-    }.items():
-        sub.add_parser(name, help=f"({what})").set_defaults(func=_not_yet(what))
+    _add_quickstart(sub)
     return parser
 
 

@@ -1,0 +1,81 @@
+"""``distill-diffusion quickstart``: the whole story on the embedded toy world, on a CPU.
+
+1. Build (or reuse) the trained toy world: teacher, tiny CLIP, data (``toy build``).
+2. Distil an LCM-LoRA from the toy teacher through the engine (``train lcm``, resumable).
+3. Benchmark FID and CLIP score against step count: the teacher (DDIM) at 1, 2, 4, 8, 25, 50 steps and
+   the LCM-LoRA (LCMScheduler) at 1, 2, 4, 8, same prompts and seeds, and print the table and the paths
+   of the plot and the grids.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+#: The toy LCM-LoRA recipe (SPECS.md §1's tiny world; the same numbers as configs/tiny/lcm_lora.yaml).
+LCM_RECIPE: dict[str, dict[str, Any]] = {
+    "data": {"source": "imagefolder", "resolution": 32, "center_crop": True, "random_flip": False},
+    "train": {
+        "seed": 0, "train_batch_size": 32, "max_train_steps": 800, "learning_rate": 1e-3,
+        "lr_scheduler": "constant", "lr_warmup_steps": 0, "adam_weight_decay": 0.0, "max_grad_norm": 1.0,
+        "checkpointing_steps": 200, "checkpoints_total_limit": 2, "mixed_precision": "no",
+    },
+    "method": {"lora": True, "lora_rank": 16, "lora_alpha": 16, "num_ddim_timesteps": 50,
+               "w_min": 2.0, "w_max": 2.0, "loss_type": "huber", "huber_c": 0.001},
+}
+#: Teacher guidance for the benchmark: w = 2 in the LCM form, the scale the LoRA was distilled with.
+TEACHER_GUIDANCE = 3.0
+
+
+def distil_lcm_lora(teacher: Path, data: Path, output_dir: Path, max_train_steps: int | None = None) -> Path:
+    """Train (or resume, or reuse when finished) the toy LCM-LoRA; returns the export folder."""
+    from distill_diffusion.config import build_run_config
+    from distill_diffusion.trainers.lcm import LCMConfig
+    from distill_diffusion.trainers.runner import train
+
+    if (output_dir / "pytorch_lora_weights.safetensors").is_file():
+        return output_dir
+    preset = {
+        "model": {"pretrained_model_name_or_path": str(teacher), "local_files_only": True},
+        "data": {**LCM_RECIPE["data"], "train_data_dir": str(data)},
+        "train": {**LCM_RECIPE["train"], "output_dir": str(output_dir), "resume_from_checkpoint": "latest"},
+        "method": LCM_RECIPE["method"],
+    }
+    if max_train_steps is not None:
+        preset["train"]["max_train_steps"] = max_train_steps
+    return train(build_run_config("lcm", LCMConfig, preset))
+
+
+def run_quickstart(output_dir: str | Path = "quickstart", cache_dir: str | Path | None = None,
+                   num_images: int = 256, lcm_steps: int | None = None, budget: str = "full") -> dict[str, Any]:
+    """Steps 1-3 above; returns the benchmark result (rows, meta, files)."""
+    from distill_diffusion.eval.bench_quality import BenchmarkSettings, PipelineSpec, run_quality_benchmark
+    from distill_diffusion.toy.build import ensure_toy_world
+    from distill_diffusion.toy.clip import clip_feature_net, toy_clip_processor
+    from distill_diffusion.toy.tokenizer import build_tokenizer
+
+    out = Path(output_dir)
+    print("[1/3] toy world (built once, then cached)")
+    world = ensure_toy_world(cache_dir=cache_dir, budget=budget)
+    print(f"[2/3] LCM-LoRA distillation of the toy teacher -> {out / 'lcm_lora'}")
+    lora = distil_lcm_lora(world.teacher, world.data, out / "lcm_lora", lcm_steps)
+    print("[3/3] FID and CLIP score vs steps (same prompts and seeds for every row)")
+    from transformers import CLIPModel
+
+    clip = CLIPModel.from_pretrained(world.clip).eval()
+    settings = BenchmarkSettings(
+        prompts="toy", num_images=num_images, real_dir=str(world.data), fid_feature=clip_feature_net(clip),
+        clip=(clip, toy_clip_processor(build_tokenizer())), local_files_only=True, batch_size=64,
+    )
+    specs = [
+        PipelineSpec("teacher", str(world.teacher), preset="ddim", guidance_scale=TEACHER_GUIDANCE, steps=(1, 2, 4, 8, 25, 50)),
+        PipelineSpec("teacher-lcm-sched", str(world.teacher), preset="lcm", guidance_scale=TEACHER_GUIDANCE, steps=(1, 2, 4, 8)),
+        PipelineSpec("lcm-lora", str(world.teacher), lora=str(lora), preset="lcm", guidance_scale=1.0, steps=(1, 2, 4, 8)),
+    ]
+    result = run_quality_benchmark(specs, out / "bench", settings)
+    files = result.get("files", {})
+    if "markdown" in files:
+        print(Path(files["markdown"]).read_text())
+    for name, path in files.items():
+        print(f"{name}: {path}")
+    return result

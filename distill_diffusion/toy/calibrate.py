@@ -1,0 +1,117 @@
+"""Calibrate the trained toy teacher: Fréchet distance and CLIP score of its DDIM samples at 1/2/4/50 steps.
+
+The numbers DESIGN.md asks to write down ("The toy world"): the teacher's Fréchet distance at 4 DDIM
+steps should be clearly above (>= 2x) its 50-step value and many times above at 1-2 steps, and its
+samples should match their captions (CLIP score with the matching caption above a mismatched one).
+
+Features are the toy CLIP's projected image embeddings (``toy.clip.clip_feature_net``), fed through the
+same ``eval.FIDEvaluator`` as Inception for real models (Fréchet distance: Heusel et al. 2017); the
+CLIP score is ``eval.clip_score`` (Hessel et al. 2021) with the toy CLIP. Fixed prompts and per-image seeds,
+so step counts are compared on the same noise. Real images come from a seed the teacher never saw.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from distill_diffusion.toy.paths import ToyWorld
+
+#: Spacings of DDIM timesteps tried; the first is the headline (few-step DDIM is fairest with "trailing",
+#: which starts at t = 999; the checkpoint's own "leading" starts 1-step sampling at t = 1).
+SPACINGS = ("trailing", "leading")
+
+
+def real_uint8(n: int, seed: int, resolution: int = 32) -> torch.Tensor:
+    """``n`` toy images as uint8 ``[n,3,R,R]``."""
+    from distill_diffusion.toy.world import toy_images
+
+    arrays = np.stack([np.asarray(img) for img, _ in toy_images(n, resolution, seed)])
+    return torch.from_numpy(arrays).permute(0, 3, 1, 2).contiguous()
+
+
+def mismatched(prompts: Sequence[str]) -> list[str]:
+    """For each prompt, the next prompt in the list with a different text (a derangement of captions)."""
+    out = []
+    for i, prompt in enumerate(prompts):
+        j = next((k for k in range(1, len(prompts)) if prompts[(i + k) % len(prompts)] != prompt), 0)
+        out.append(prompts[(i + j) % len(prompts)])
+    return out
+
+
+@torch.no_grad()
+def sample(pipe: Any, prompts: Sequence[str], steps: int, guidance_scale: float, seed: int, batch_size: int = 64) -> torch.Tensor:
+    """uint8 samples of ``pipe``, image ``i`` from ``torch.Generator().manual_seed(seed + i)``."""
+    from distill_diffusion.eval import to_uint8
+
+    chunks = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = list(prompts[start : start + batch_size])
+        generators = [torch.Generator().manual_seed(seed + start + i) for i in range(len(chunk))]
+        images = pipe(chunk, num_inference_steps=steps, guidance_scale=guidance_scale, generator=generators, output_type="pt").images
+        chunks.append(to_uint8(images, "[0,1]"))
+    return torch.cat(chunks)
+
+
+def calibrate(
+    world: ToyWorld,
+    num_images: int = 128,
+    steps: Sequence[int] = (1, 2, 4, 50),
+    guidance_scale: float = 3.0,
+    num_real: int = 1024,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Teacher FD/CLIP numbers at each DDIM step count and spacing, and the quality-bar ratios.
+
+    ``num_images`` must exceed the CLIP projection dimension (the covariance needs that many samples);
+    FD at small N is biased up, so the same N, prompts and seeds are used for every step count.
+    """
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    from distill_diffusion.eval import FIDEvaluator, clip_score, load_clip
+    from distill_diffusion.toy.clip import clip_feature_net
+    from distill_diffusion.toy.world import toy_images, toy_prompts
+
+    pipe = StableDiffusionPipeline.from_pretrained(world.teacher, safety_checker=None, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    model, processor = load_clip(str(world.clip))
+    net = clip_feature_net(model)
+    evaluator = FIDEvaluator(net, net.num_features)
+    evaluator.prepare_real([real_uint8(num_real, seed + 1)])
+    prompts = toy_prompts(num_images, seed)
+
+    def measure(images: torch.Tensor, texts: Sequence[str]) -> dict[str, float]:
+        evaluator.reset_fake()
+        evaluator.update(images, real=False)
+        match, _ = clip_score(model, processor, images, texts)
+        other, _ = clip_score(model, processor, images, mismatched(texts))
+        return {"fd": round(float(evaluator.compute().fid), 4), "clip_match": round(match, 3), "clip_mismatch": round(other, 3)}
+
+    real_texts = [caption for _, caption in toy_images(num_images, 32, seed + 2)]
+    results: dict[str, Any] = {"real": measure(real_uint8(num_images, seed + 2), real_texts), "ddim": {}}
+    runs = [(s, k) for s in SPACINGS for k in steps if s == SPACINGS[0] or k < 25]
+    for spacing, k in tqdm(runs, desc="calibrate", disable=not progress):
+        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, timestep_spacing=spacing)
+        t0 = time.perf_counter()
+        images = sample(pipe, prompts, k, guidance_scale, seed=seed * 100_000)
+        entry = {**measure(images, prompts), "seconds": round(time.perf_counter() - t0, 1)}
+        results["ddim"].setdefault(spacing, {})[str(k)] = entry
+    fd_top = results["ddim"][SPACINGS[0]][str(max(steps))]["fd"]
+    # FD at each step count over the many-step FD, per spacing (the bars: >= 2x at 4 steps, many x at 1-2)
+    results["ratios_by_spacing"] = {s: {k: round(v["fd"] / fd_top, 2) for k, v in runs.items()} for s, runs in results["ddim"].items()}
+    results["ratios_to_max_steps"] = results["ratios_by_spacing"][SPACINGS[0]]
+    results["settings"] = {
+        "num_images": num_images,
+        "num_real": num_real,
+        "guidance_scale": guidance_scale,
+        "feature": net.name,
+        "headline_spacing": SPACINGS[0],
+        "seed": seed,
+    }
+    return results

@@ -1,0 +1,68 @@
+"""Where the trained toy world lives: the user cache folder and the :class:`ToyWorld` paths inside it.
+
+``$DISTILL_DIFFUSION_CACHE`` (or ``~/.cache/distill-diffusion``) holds ``toy-v1/`` with ``data/`` (the
+imagefolder), ``teacher/`` (a stock ``StableDiffusionPipeline`` folder), ``clip/`` (a stock ``CLIPModel``
+folder with its processor) and ``build.json`` (what was trained, how long, losses, calibration). The
+version suffix changes whenever the world or its training changes, so an old cache is never reused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+CACHE_ENV = "DISTILL_DIFFUSION_CACHE"
+TOY_VERSION = "toy-v1"
+BUILD_FILE = "build.json"
+
+
+def cache_root(cache_dir: str | Path | None = None) -> Path:
+    """The cache folder: ``cache_dir``, else ``$DISTILL_DIFFUSION_CACHE``, else ``~/.cache/distill-diffusion``."""
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    env = os.environ.get(CACHE_ENV)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "distill-diffusion"
+
+
+@dataclass(frozen=True)
+class ToyWorld:
+    """Paths of one built toy world (``root`` = ``<cache>/toy-v1``)."""
+
+    root: Path
+
+    @classmethod
+    def in_cache(cls, cache_dir: str | Path | None = None) -> ToyWorld:
+        return cls(cache_root(cache_dir) / TOY_VERSION)
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def teacher(self) -> Path:
+        return self.root / "teacher"
+
+    @property
+    def clip(self) -> Path:
+        return self.root / "clip"
+
+    @property
+    def build_json(self) -> Path:
+        return self.root / BUILD_FILE
+
+    def is_complete(self) -> bool:
+        """True when every part is there; ``build.json`` is written last, and the folder appears only by
+        an atomic rename of a finished build, so a half-built world never passes."""
+        return (
+            self.build_json.is_file()
+            and (self.teacher / "model_index.json").is_file()
+            and (self.clip / "config.json").is_file()
+            and (self.data / "metadata.jsonl").is_file()
+        )
+
+    def info(self) -> dict[str, Any]:
+        """The contents of ``build.json``."""
+        return json.loads(self.build_json.read_text())

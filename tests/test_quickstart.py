@@ -1,0 +1,29 @@
+"""The quickstart end to end on a minute-scale toy world: build, distil an LCM-LoRA, benchmark, print."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from distill_diffusion.toy import build
+
+
+def test_quickstart_runs_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    tiny = replace(build.BUDGETS["small"], num_images=128, vae_steps=2, unet_steps=2, clip_steps=2, calibration_images=0)
+    monkeypatch.setitem(build.BUDGETS, "tiny-test", tiny)
+    from distill_diffusion.cli import main
+
+    code = main(["quickstart", "--output_dir", str(tmp_path / "qs"), "--cache_dir", str(tmp_path / "cache"),
+                 "--num_images", "40", "--lcm_steps", "2", "--budget", "tiny-test"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "fid_vs_steps.png" in out and "| lcm-lora |" in out.replace("|  lcm-lora", "| lcm-lora")
+    rows = json.loads((tmp_path / "qs" / "bench" / "results.json").read_text())["rows"]
+    steps = {(r["pipeline"], r["steps"]) for r in rows}
+    assert {("teacher", 50), ("teacher", 1), ("lcm-lora", 4), ("teacher-lcm-sched", 4)} <= steps
+    assert all(r["fid"] is not None and r["clip_score"] is not None for r in rows)
+    assert (tmp_path / "qs" / "lcm_lora" / "pytorch_lora_weights.safetensors").is_file()
+    assert (tmp_path / "qs" / "bench" / "grid_lcm-lora.png").is_file()

@@ -1,0 +1,121 @@
+"""The trained toy world: a tiny-budget build is loadable by stock diffusers/transformers, cached, atomic; CLIP learns."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from distill_diffusion.cli import main
+from distill_diffusion.toy import build as toy_build
+from distill_diffusion.toy.build import BuildBudget, ensure_toy_world
+from distill_diffusion.toy.paths import TOY_VERSION, ToyWorld
+
+TINY = BuildBudget(
+    num_images=64, vae_steps=2, vae_batch_size=8, unet_steps=2, unet_batch_size=8, unet_warmup_steps=1,
+    clip_steps=2, clip_batch_size=8, calibration_images=0,
+)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> ToyWorld:
+    cache = tmp_path_factory.mktemp("cache")
+    stale = cache / f"{TOY_VERSION}.tmp-99999"  # what an interrupted build leaves behind
+    (stale / "teacher").mkdir(parents=True)
+    world = ensure_toy_world(cache_dir=cache, budget=TINY, progress=False)
+    assert not stale.exists(), "the interrupted build's folder was not cleaned up"
+    return world
+
+
+def test_build_is_stock_loadable(built: ToyWorld) -> None:
+    from diffusers import StableDiffusionPipeline
+    from transformers import CLIPModel
+
+    from distill_diffusion.eval import clip_score, load_clip
+
+    assert built.is_complete() and built.root.name == TOY_VERSION
+    assert sorted(p.name for p in built.root.iterdir()) == ["build.json", "clip", "data", "teacher"]
+    pipe = StableDiffusionPipeline.from_pretrained(built.teacher, safety_checker=None)
+    pipe.set_progress_bar_config(disable=True)
+    image = pipe("a red circle", num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="np").images
+    assert image.shape == (1, 32, 32, 3)
+    assert CLIPModel.from_pretrained(built.clip).config.projection_dim == TINY.clip_projection_dim
+    model, processor = load_clip(str(built.clip))
+    score, per_image = clip_score(model, processor, torch.zeros(2, 3, 32, 32, dtype=torch.uint8), ["a red circle", "a blue star"])
+    assert per_image.shape == (2,) and score >= 0
+    info = built.info()
+    assert info["budget"]["unet_steps"] == 2 and info["unet"]["steps"] == 2 and "loss_last" in info["unet"]
+    assert set(info["seconds"]) >= {"data", "vae", "unet", "clip", "total"}
+
+
+def test_reused_unless_forced(built: ToyWorld, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[Path] = []
+    monkeypatch.setattr(toy_build, "build_toy_world", lambda root, budget, progress=True: calls.append(root) or ToyWorld(root))
+    assert ensure_toy_world(cache_dir=built.root.parent, budget=TINY) == built
+    assert calls == []
+    ensure_toy_world(force=True, cache_dir=built.root.parent, budget=TINY)
+    assert calls == [built.root]
+
+
+def test_incomplete_world_is_rebuilt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[Path] = []
+    monkeypatch.setattr(toy_build, "build_toy_world", lambda root, budget, progress=True: calls.append(root) or ToyWorld(root))
+    (tmp_path / TOY_VERSION / "teacher").mkdir(parents=True)  # no build.json: never finished
+    (tmp_path / f"{TOY_VERSION}.tmp-1" / "teacher").mkdir(parents=True)
+    ensure_toy_world(cache_dir=tmp_path, budget=TINY)
+    assert calls == [tmp_path / TOY_VERSION]
+
+
+def test_cache_dir_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DISTILL_DIFFUSION_CACHE", str(tmp_path))
+    assert ToyWorld.in_cache().root == tmp_path / TOY_VERSION
+
+
+def test_cli_reuses_cached_world(built: ToyWorld, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["toy", "build", "--cache_dir", str(built.root.parent)]) == 0
+    assert f"teacher: {built.teacher}" in capsys.readouterr().out
+    assert main(["toy", "build", "--budget", "huge"]) == 2
+
+
+def test_clip_contrastive_loss_decreases() -> None:
+    from distill_diffusion.toy.clip import build_toy_clip, train_toy_clip
+    from distill_diffusion.toy.tokenizer import build_tokenizer
+    from distill_diffusion.toy.vae import toy_pixels
+    from distill_diffusion.toy.world import iter_examples
+
+    tokenizer = build_tokenizer()
+    model = build_toy_clip(tokenizer, seed=0)
+    captions = [ex.caption for ex in iter_examples(64)]
+    losses = train_toy_clip(model, tokenizer, toy_pixels(64), captions, steps=40, batch_size=16, learning_rate=2e-3)
+    assert sum(losses[-8:]) / 8 < 0.8 * sum(losses[:8]) / 8
+
+
+def test_contrastive_loss_is_clips_and_treats_repeated_captions_as_positives() -> None:
+    from distill_diffusion.toy.clip import contrastive_loss
+
+    img = F.normalize(torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0]]), dim=-1)
+    txt = F.normalize(torch.tensor([[1.0, 0.2], [0.3, 1.0], [-1.0, 0.5]]), dim=-1)
+    scale = torch.tensor(2.0)
+    # all captions distinct: exactly CLIP's symmetric loss (Radford et al. 2021)
+    ours = contrastive_loss(img, txt, scale, torch.tensor([0, 1, 2]))
+    logits = scale.exp() * img @ txt.T
+    eye = torch.arange(3)
+    clip = 0.5 * (F.cross_entropy(logits, eye) + F.cross_entropy(logits.T, eye))
+    torch.testing.assert_close(ours, clip)
+    # images 0 and 1 share a caption (so share its text embedding): swapping them changes nothing
+    same = torch.tensor([0, 0, 1])
+    shared = txt[[0, 0, 2]]
+    torch.testing.assert_close(contrastive_loss(img, shared, scale, same), contrastive_loss(img[[1, 0, 2]], shared, scale, same))
+
+
+@pytest.mark.slow
+def test_trained_teacher_meets_the_quality_bars() -> None:
+    """The cached (or freshly built) full world: DESIGN.md's calibration bars, read from build.json."""
+    calib = json.loads(ensure_toy_world().build_json.read_text())["calibration"]
+    ratios = calib["ratios_to_max_steps"]
+    assert ratios["4"] >= 2.0 and ratios["1"] >= 5.0
+    top = calib["ddim"][calib["settings"]["headline_spacing"]]["50"]
+    assert top["clip_match"] > top["clip_mismatch"]
