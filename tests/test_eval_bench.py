@@ -23,15 +23,6 @@ from distill_diffusion.eval.bench_quality import (
 from distill_diffusion.toy.tokenizer import build_tokenizer
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one intra-op thread avoids OpenMP spin contention on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class TinyFeatures(nn.Module):
     """A fixed random conv net standing in for Inception: uint8 images → 4 features."""
 

@@ -24,14 +24,6 @@ PROMPTS = ["a red circle", "a blue star on a white background", "a green square"
 
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one intra-op thread is as fast, and immune to OpenMP spin contention on a busy machine
-    (measured: a tiny UNet forward 0.035 s on 1 thread vs ~4.8 s on 2 while another process was busy)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 @pytest.fixture(scope="module")
 def pipe(tiny_pipeline_dir):

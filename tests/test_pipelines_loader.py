@@ -20,15 +20,6 @@ from distill_diffusion.errors import UserError
 from distill_diffusion.pipelines import load_pipeline
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one intra-op thread is as fast, and immune to OpenMP spin contention on a busy machine
-    (measured: a tiny UNet forward 0.035 s on 1 thread vs ~4.8 s on 2 while another process was busy)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 def save_random_lora(pipeline_dir: Path, out: Path) -> Path:
     """A rank-4 LoRA with non-zero B (peft initialises B to 0, which would change nothing), diffusers format."""
     pipe = StableDiffusionPipeline.from_pretrained(pipeline_dir)
