@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from distill_diffusion.cli import main
 from distill_diffusion.models.lora import DEFAULT_TARGET_MODULES, KOHYA_FILE
@@ -47,6 +48,25 @@ def test_lora_resume_gives_the_same_adapter(lora_run: Path, tiny_pipeline_dir: P
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], msg=key)
+
+
+def test_lora_checkpoint_holds_only_the_adapter(lora_run: Path) -> None:
+    checkpoint = sorted(lora_run.glob("checkpoint-*"))[-1]
+    keys = load_file(str(checkpoint / "model.safetensors")).keys()
+    assert keys and all(".lora_" in k for k in keys)  # the frozen base is the teacher's, reloaded on resume
+
+
+def test_resume_from_a_checkpoint_missing_weights_is_refused(capsys, lora_run: Path, tiny_pipeline_dir: Path, toy_data_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    shutil.copytree(lora_run / "checkpoint-2", out / "checkpoint-2")
+    weights = load_file(str(out / "checkpoint-2" / "model.safetensors"))
+    save_file(dict(list(weights.items())[1:]), str(out / "checkpoint-2" / "model.safetensors"))
+    code = main(lcm_args(tiny_pipeline_dir, toy_data_dir, out, "--max_train_steps", "4", *LORA_OPTS, "--resume_from_checkpoint", "latest"))
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2 and "Traceback" not in err
+    assert len(lines) == 1 and "lacks 1 trainable weights" in lines[0]
+    assert not (out / "pytorch_lora_weights.safetensors").exists()
 
 
 def test_lora_export_files(lora_run: Path, tiny_pipeline_dir: Path) -> None:

@@ -102,3 +102,40 @@ def prune(output_dir: Path, total_limit: int | None) -> None:
 def read_state(checkpoint: Path) -> dict[str, Any]:
     """The JSON training state of a complete checkpoint."""
     return json.loads((checkpoint / STATE_FILE).read_text())
+
+
+def trainable_keys(model: Any) -> set[str]:
+    """Names of the parameters the optimizer updates (as in ``model.state_dict()``, wrapper prefixes included)."""
+    return {name for name, p in model.named_parameters() if p.requires_grad}
+
+
+def register_trainable_only_hooks(accelerator: Any) -> None:
+    """Make ``save_state``/``load_state`` keep only trainable weights of each prepared model.
+
+    Frozen weights are the teacher's and are reloaded from it when a run is rebuilt, so a LoRA
+    checkpoint holds the adapter (megabytes), not the whole UNet (gigabytes on SD). FSDP and DeepSpeed
+    save their models themselves (the hooks then see no plain models) and are left to do so.
+    """
+    from safetensors.torch import load_file
+
+    def save_hook(models: list[Any], weights: list[dict[str, Any]], output_dir: str) -> None:
+        for i, (model, state) in enumerate(zip(models, weights)):
+            keep = trainable_keys(model)
+            weights[i] = {k: v for k, v in state.items() if k in keep}
+
+    def load_hook(models: list[Any], input_dir: str) -> None:
+        for i, model in enumerate(models):
+            path = Path(input_dir) / ("model.safetensors" if i == 0 else f"model_{i}.safetensors")
+            if not path.is_file():
+                raise UserError(f"{input_dir} has no {path.name}; resume from a checkpoint this version wrote, or start fresh")
+            state = load_file(str(path))
+            missing = sorted(trainable_keys(model) - set(state))
+            if missing:
+                raise UserError(
+                    f"{path} lacks {len(missing)} trainable weights (e.g. {missing[0]}); resume with the same method options"
+                )
+            model.load_state_dict({k: v for k, v in state.items() if k in trainable_keys(model)}, strict=False)
+        models.clear()  # loaded here; accelerate would otherwise expect every weight in the file
+
+    accelerator.register_save_state_pre_hook(save_hook)
+    accelerator.register_load_state_pre_hook(load_hook)

@@ -68,6 +68,7 @@ class Engine:
             method.models[name] = module
         self.optimizers = dict(zip(self.optimizers, prepared[len(names) : -1]))
         self.dataloader = prepared[-1]
+        ckpt.register_trainable_only_hooks(accelerator)
         self.lr_schedulers = {n: build_lr_scheduler(o, self.cfg) for n, o in self.optimizers.items()}
         # listed once: walking a UNet's parameters every step costs milliseconds
         self.params = {p.name: method.trainable_parameters(p) for p in self.phases}
