@@ -81,6 +81,8 @@ def test_lora_export_files(lora_run: Path, tiny_pipeline_dir: Path) -> None:
     assert kohya and all(k.startswith("lora_unet_") for k in kohya)
     assert {float(v) for k, v in kohya.items() if k.endswith(".alpha")} == {32.0}
     assert len(kohya) == len(keys) * 3 // 2  # down, up and alpha per module
+    scheduler = json.loads((lora_run / "scheduler_config.json").read_text())
+    assert scheduler["_class_name"] == "LCMScheduler" and scheduler["original_inference_steps"] == 50
     card = (lora_run / "README.md").read_text()
     assert str(tiny_pipeline_dir) in card and "load_lora_weights" in card and "LCMScheduler" in card
     assert "num_inference_steps=4" in card and "guidance_scale=1.0" in card

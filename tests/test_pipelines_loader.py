@@ -63,6 +63,23 @@ def test_lora_changes_images_and_fused_equals_unfused(tiny_pipeline_dir, lora_di
     assert torch.allclose(fused, unfused, atol=1e-4)
 
 
+def test_scheduler_config_beside_the_lora_sets_the_trained_lcm_fields(tiny_pipeline_dir, lora_dir, tmp_path):
+    folder = tmp_path / "lora"
+    folder.mkdir()
+    (folder / "pytorch_lora_weights.safetensors").write_bytes((lora_dir / "pytorch_lora_weights.safetensors").read_bytes())
+    LCMScheduler(original_inference_steps=20, timestep_scaling=5.0, beta_schedule="linear").save_pretrained(folder)
+    lcm = load_pipeline(str(tiny_pipeline_dir), lora=str(folder), preset="lcm").scheduler
+    assert lcm.config.original_inference_steps == 20 and lcm.config.timestep_scaling == 5.0
+    assert lcm.config.beta_schedule == "scaled_linear"  # the base model's schedule, not the file's
+    lcm.set_timesteps(4)
+    assert lcm.timesteps.tolist() == [999, 749, 499, 249]  # the N = 20 grid {49, 99, ..., 999}
+    ddim = load_pipeline(str(tiny_pipeline_dir), lora=str(folder), preset="ddim").scheduler
+    assert "original_inference_steps" not in ddim.config  # another preset's scheduler ignores it
+    (folder / "scheduler_config.json").write_text("{not json")
+    with pytest.raises(UserError, match="not valid JSON"):
+        load_pipeline(str(tiny_pipeline_dir), lora=str(folder), preset="lcm")
+
+
 def test_lcm_full_student_gets_the_lcm_pipeline_and_w_embedding(tiny_pipeline_dir, tmp_path):
     pipe = StableDiffusionPipeline.from_pretrained(tiny_pipeline_dir)
     config = {**pipe.unet.config, "time_cond_proj_dim": 32}

@@ -2,12 +2,14 @@
 
 ``load_pipeline("teacher/", lora="lcm_lora/", preset="lcm")`` returns a ``StableDiffusionPipeline`` with
 ``LCMScheduler.from_config(teacher.scheduler.config)`` and the LoRA loaded through diffusers'
-``load_lora_weights`` (fused by default). Sample with ``pipe(prompt, **get_preset("lcm").call_kwargs())``.
+``load_lora_weights`` (fused by default). A ``scheduler_config.json`` beside the LoRA weights (our LCM
+exports write one) sets the fields the adapter was distilled for (``original_inference_steps``, ``timestep_scaling``). Sample with ``pipe(prompt, **get_preset("lcm").call_kwargs())``.
 Nothing here is ours at inference time: the same pipeline can be built by hand with stock diffusers.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +56,22 @@ def resolve_lora(lora: str | Path) -> tuple[str, str | None]:
         f"LoRA folder {path} has {len(candidates)} .safetensors files and no {LORA_WEIGHTS}; pass the weights file itself",
     )
     return str(path), candidates[0].name
+
+
+def trained_scheduler_config(lora: str | Path | None) -> dict[str, Any] | None:
+    """The ``scheduler_config.json`` saved next to a LoRA's weights (our LCM exports write one), if any."""
+    if lora is None:
+        return None
+    folder, _ = resolve_lora(lora)
+    path = Path(folder) / "scheduler_config.json"
+    if not path.is_file():
+        return None
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path} is not valid JSON ({exc}); delete it or re-export the LoRA") from None
+    require(isinstance(config, dict), f"{path} is not a scheduler config (a JSON object); delete it or re-export the LoRA")
+    return config
 
 
 def _pipeline_class(preset: Preset, unet: Any) -> type:
@@ -131,7 +149,7 @@ def load_pipeline(
         text_encoder=parts.text_encoder,
         tokenizer=parts.tokenizer,
         unet=parts.unet,
-        scheduler=build_scheduler(spec, parts.scheduler.config),
+        scheduler=build_scheduler(spec, parts.scheduler.config, trained_scheduler_config(lora)),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,

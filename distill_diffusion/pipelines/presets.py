@@ -90,9 +90,21 @@ def get_preset(name: str) -> Preset:
         raise UserError(f"unknown inference preset {name!r}; use one of {', '.join(PRESETS)}") from None
 
 
-def build_scheduler(preset: Preset, scheduler_config: Any) -> Any:
-    """The preset's scheduler from a checkpoint's scheduler config (betas, prediction type kept)."""
+#: Scheduler fields a distilled model was trained for (LCM: the solver grid N and the boundary scaling s),
+#: read from the ``scheduler_config.json`` an export writes next to its LoRA weights.
+TRAINED_SCHEDULER_FIELDS = ("original_inference_steps", "timestep_scaling")
+
+
+def build_scheduler(preset: Preset, scheduler_config: Any, trained: dict[str, Any] | None = None) -> Any:
+    """The preset's scheduler from a checkpoint's scheduler config (betas, prediction type kept).
+
+    ``trained``: a scheduler config saved with a distilled adapter; when it is the preset's scheduler
+    class, its :data:`TRAINED_SCHEDULER_FIELDS` override the defaults (e.g. an LCM-LoRA distilled with N = 20).
+    """
     import diffusers
 
     cls = getattr(diffusers, preset.scheduler)
-    return cls.from_config(scheduler_config, **preset.scheduler_kwargs)
+    kwargs = dict(preset.scheduler_kwargs)
+    if trained and trained.get("_class_name") == preset.scheduler:
+        kwargs.update({k: trained[k] for k in TRAINED_SCHEDULER_FIELDS if k in trained})
+    return cls.from_config(scheduler_config, **kwargs)

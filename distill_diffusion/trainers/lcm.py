@@ -310,9 +310,11 @@ class LCM(MethodBase):
         return _WithGuidance(pipe, float(self.config.validation_guidance_scale))  # type: ignore[arg-type]
 
     def export(self, output_dir: Path) -> None:
-        """LoRA: ``pytorch_lora_weights.safetensors`` + kohya copy. Full: an LCM pipeline folder (its ``unet/`` is the UNet)."""
+        """LoRA: ``pytorch_lora_weights.safetensors`` + kohya copy + ``scheduler_config.json``. Full: an LCM pipeline folder (its ``unet/`` is the UNet)."""
         if self.config.lora:
             save_lora(self.unet, output_dir, EXPORT_DTYPES[self.config.export_dtype], self.components.family)
+            # the LCMScheduler trained with (N, s): LCMScheduler.from_pretrained(folder) and load_pipeline use it
+            self.scheduler().save_pretrained(output_dir)
         else:
             from diffusers import LatentConsistencyModelPipeline
 
