@@ -132,6 +132,15 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     lcm.add_argument("--output", default="benchmarks/results/lcm_speed.json")
     lcm.add_argument("--threads", type=int, default=1, help="torch threads (1 keeps shared CPUs reproducible)")
     lcm.set_defaults(func=_cmd_bench_lcm)
+    gpu = bench.add_parser("lcm-gpu", help="LCM-LoRA training images/s and peak memory, SD 1.5 UNet (random weights), CUDA GPU")
+    gpu.add_argument("--batch_size", type=int, default=8)
+    gpu.add_argument("--resolution", type=int, default=512)
+    gpu.add_argument("--steps", type=int, default=20, help="timed steps (after 3 warm-up steps)")
+    gpu.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default="bf16")
+    gpu.add_argument("--gradient_checkpointing", action="store_true")
+    gpu.add_argument("--lora_rank", type=int, default=64)
+    gpu.add_argument("--output", default="benchmarks/results/lcm_gpu_sd15.json")
+    gpu.set_defaults(func=_cmd_bench_lcm_gpu)
     from distill_diffusion.pipelines.commands import add_bench_quality
 
     add_bench_quality(bench)
@@ -145,6 +154,15 @@ def _cmd_bench_lcm(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
 
     run_lcm_benchmark(steps=args.steps, batch_sizes=tuple(args.batch_sizes), output=args.output)
+    return 0
+
+
+def _cmd_bench_lcm_gpu(args: argparse.Namespace) -> int:
+    from distill_diffusion.trainers.bench_lcm_gpu import run_sd15_lora_benchmark
+
+    run_sd15_lora_benchmark(batch_size=args.batch_size, resolution=args.resolution, steps=args.steps,
+                            mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing,
+                            lora_rank=args.lora_rank, output=args.output)
     return 0
 
 
