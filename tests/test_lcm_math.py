@@ -65,10 +65,10 @@ def test_boundary_condition_is_exact(lora: bool) -> None:
     assert method.scheduler().config.timestep_scaling == method.config.timestep_scaling
 
 
-def ddim_reference(unet: nn.Module, scheduler_config, z, t, c, uncond, w: float) -> torch.Tensor:
+def ddim_reference(unet: nn.Module, scheduler_config, z, t, c, uncond, w: float, num_steps: int = 50) -> torch.Tensor:
     """diffusers DDIMScheduler.step (eta 0, 50 steps → k = 20) on the CFG-combined raw UNet output."""
     scheduler = DDIMScheduler.from_config(scheduler_config)
-    scheduler.set_timesteps(50)
+    scheduler.set_timesteps(num_steps)
     out = []
     for i in range(z.shape[0]):
         with torch.no_grad():
@@ -92,6 +92,19 @@ def test_teacher_step_equals_ddim_scheduler_and_ignores_the_lora(prediction_type
     ref = ddim_reference(base, parts.scheduler.config, z, t, c, torch.zeros_like(c), w)
     torch.testing.assert_close(x_prev, ref, atol=2e-5, rtol=1e-4)
     assert all(p.requires_grad for p in method.online), "adapters were not re-enabled"
+
+
+def test_solver_substeps_are_successive_ddim_steps() -> None:
+    parts = components()
+    base = copy.deepcopy(parts.unet)
+    method = LCM(parts, LCMConfig(lora_rank=4, uncond_embedding="zeros", solver_substeps=2))
+    z, c = inputs()
+    t = torch.tensor([39, 499, 999])
+    with torch.no_grad():
+        x_prev = method.teacher_step(z, t, previous_on_grid(t, method.k), c, torch.full((3,), 2.0))
+    mid = ddim_reference(base, parts.scheduler.config, z, t, c, torch.zeros_like(c), 2.0, num_steps=100)  # t → t − 10
+    ref = ddim_reference(base, parts.scheduler.config, mid, t - 10, c, torch.zeros_like(c), 2.0, num_steps=100)
+    torch.testing.assert_close(x_prev, ref, atol=2e-5, rtol=1e-4)
 
 
 def test_w_zero_returns_the_conditional_prediction() -> None:
