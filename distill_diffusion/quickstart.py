@@ -17,11 +17,11 @@ LCM_RECIPE: dict[str, dict[str, Any]] = {
     "data": {"source": "imagefolder", "resolution": 32, "center_crop": True, "random_flip": False},
     "train": {
         "seed": 0, "train_batch_size": 32, "max_train_steps": 800, "learning_rate": 1e-3,
-        "lr_scheduler": "constant", "lr_warmup_steps": 0, "adam_weight_decay": 0.0, "max_grad_norm": 1.0,
+        "lr_scheduler": "cosine", "lr_warmup_steps": 0, "adam_weight_decay": 0.0, "max_grad_norm": 1.0,
         "checkpointing_steps": 200, "checkpoints_total_limit": 2, "mixed_precision": "no",
     },
-    "method": {"lora": True, "lora_rank": 16, "lora_alpha": 16, "num_ddim_timesteps": 50,
-               "w_min": 2.0, "w_max": 2.0, "loss_type": "huber", "huber_c": 0.001},
+    "method": {"lora": True, "lora_rank": 16, "lora_alpha": 16, "num_ddim_timesteps": 10,
+               "w_min": 2.0, "w_max": 2.0, "loss_type": "l2"},
 }
 #: Teacher guidance for the benchmark: w = 2 in the LCM form, the scale the LoRA was distilled with.
 TEACHER_GUIDANCE = 3.0
