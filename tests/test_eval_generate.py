@@ -96,3 +96,14 @@ def test_cli_generate_with_lcm_preset(tiny_pipeline_dir, tmp_path, capsys):
     assert entries[0]["scheduler"] == "LCMScheduler" and (out / "grid.png").is_file()
     assert main(["generate", "--model", str(tiny_pipeline_dir), "--preset", "nope", "--prompt", "a",
                  "--output_dir", str(tmp_path / "x")]) == 2  # fmt: skip
+
+
+def test_lcm_cannot_take_more_steps_than_its_distillation_grid(tiny_pipeline_dir):
+    from diffusers import LCMScheduler
+
+    lcm = load_pipeline(str(tiny_pipeline_dir), preset="lcm")
+    lcm.scheduler = LCMScheduler.from_config(lcm.scheduler.config, original_inference_steps=5)
+    images, _ = generate_images(lcm, PROMPTS[:1], [0], num_inference_steps=5, guidance_scale=1.0)
+    assert images.shape[0] == 1
+    with pytest.raises(UserError, match="distilled on a grid of 5 timesteps"):
+        generate_images(lcm, PROMPTS[:1], [0], num_inference_steps=8, guidance_scale=1.0)

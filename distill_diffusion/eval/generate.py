@@ -66,6 +66,16 @@ def _call(pipe: Any, prompts: list[str], seeds: list[int], steps: int, guidance:
     return to_uint8(out.images, "[0,1]").cpu()
 
 
+def check_steps(scheduler: Any, steps: int) -> None:
+    """An ``LCMScheduler`` samples on the grid it was distilled on, so at most ``original_inference_steps`` steps."""
+    limit = scheduler.config.get("original_inference_steps") if type(scheduler).__name__ == "LCMScheduler" else None
+    require(
+        limit is None or steps <= limit,
+        f"{steps} sampling steps, but this LCM was distilled on a grid of {limit} timesteps "
+        f"(original_inference_steps); pass {limit} steps or fewer",
+    )
+
+
 @torch.no_grad()
 def generate_images(
     pipe: Any,
@@ -85,6 +95,7 @@ def generate_images(
     """
     require(len(prompts) == len(seeds), f"{len(prompts)} prompts but {len(seeds)} seeds; pass one seed per prompt")
     require(batch_size >= 1, f"batch_size={batch_size}; pass 1 or more")
+    check_steps(pipe.scheduler, num_inference_steps)
     kwargs = dict(pipe_kwargs or {})
     timing = GenerationTiming()
     if warmup and prompts:
