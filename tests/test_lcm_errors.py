@@ -55,7 +55,7 @@ def test_teacher_with_too_few_training_steps(capsys, tiny_pipeline_dir: Path, to
     config = json.loads(config_path.read_text())
     config["num_train_timesteps"] = 40
     config_path.write_text(json.dumps(config))
-    line = run(capsys, teacher, toy_data_dir, tmp_path / "out")
+    line = run(capsys, teacher, toy_data_dir, tmp_path / "out", "--method.num_ddim_timesteps", "50")
     assert "has 40 training timesteps, fewer than method.num_ddim_timesteps=50" in line
 
 
