@@ -7,6 +7,7 @@ device and dtype, because FID is biased at small N and only comparable at equal 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -17,7 +18,7 @@ from torch import nn
 
 from distill_diffusion.errors import UserError, require
 from distill_diffusion.eval.evaluate import build_evaluator, check_sample_count, prepare_real, score_generated
-from distill_diffusion.eval.generate import generate_to_folder, resolve_prompts
+from distill_diffusion.eval.generate import check_steps, generate_to_folder, resolve_prompts
 from distill_diffusion.eval.grid import make_grid
 from distill_diffusion.eval.images import list_image_files
 from distill_diffusion.eval.report import write_report
@@ -118,6 +119,7 @@ def _validate(pipelines: Sequence[PipelineSpec], s: BenchmarkSettings) -> tuple[
         check_model_source(ModelConfig(pretrained_model_name_or_path=p.model, local_files_only=s.local_files_only))
         if p.lora:
             resolve_lora(p.lora)
+        _check_lcm_steps(p)
     parse_dtype(s.dtype)
     prompts = resolve_prompts(s.prompts, s.num_images, s.seed)
     evaluator = None
@@ -129,6 +131,20 @@ def _validate(pipelines: Sequence[PipelineSpec], s: BenchmarkSettings) -> tuple[
         check_sample_count(evaluator, num_real, "real", s.kid)
     clip = s.clip or (load_clip(s.clip_model, device=s.device) if s.clip_model else None)
     return prompts, evaluator, clip
+
+
+def _check_lcm_steps(p: PipelineSpec) -> None:
+    """An LCM samples at most its distillation grid's ``original_inference_steps``: refuse up front, not mid-run."""
+    from distill_diffusion.pipelines import build_scheduler, get_preset
+    from distill_diffusion.pipelines.loader import trained_scheduler_config
+
+    local = Path(p.model) / "scheduler" / "scheduler_config.json"
+    base = json.loads(local.read_text()) if local.is_file() else {}
+    scheduler = build_scheduler(get_preset(p.preset), base, trained_scheduler_config(p.lora))
+    try:
+        check_steps(scheduler, max(p.steps))
+    except UserError as exc:
+        raise UserError(f"{p.name}: {exc}") from None
 
 
 def _stats_cache_path(out: Path, evaluator: Any) -> Path:
