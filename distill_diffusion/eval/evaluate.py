@@ -22,9 +22,9 @@ from distill_diffusion.eval.fid import FIDEvaluator
 from distill_diffusion.eval.generate import read_manifest
 from distill_diffusion.eval.images import (
     ResizePolicy,
-    _open_rgb,
     list_image_files,
     load_image_folder,
+    open_rgb,
     pil_to_uint8,
     resize_pil,
 )
@@ -89,7 +89,7 @@ def folder_batches(folder: str | Path, files: Sequence[str], resize: ResizePolic
     """uint8 batches of ``folder/<file>`` in the given order (generated images, manifest order)."""
     root = Path(folder)
     for start in range(0, len(files), batch_size):
-        yield pil_to_uint8([resize_pil(_open_rgb(root / f), resize) for f in files[start : start + batch_size]])
+        yield pil_to_uint8([resize_pil(open_rgb(root / f), resize) for f in files[start : start + batch_size]])
 
 
 def prepare_real(

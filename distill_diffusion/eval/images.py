@@ -145,7 +145,7 @@ def list_image_files(path: str | Path) -> list[Path]:
     return files
 
 
-def _open_rgb(path: Path) -> Image.Image:
+def open_rgb(path: Path) -> Image.Image:
     try:
         with Image.open(path) as im:
             return im.convert("RGB")
@@ -166,7 +166,7 @@ def load_image_folder(
     for start in range(0, len(files), batch_size):
         batch = []
         for file in files[start : start + batch_size]:
-            image = resize_pil(_open_rgb(file), resize_policy)
+            image = resize_pil(open_rgb(file), resize_policy)
             expected = expected or image.size
             if image.size != expected:
                 raise UserError(

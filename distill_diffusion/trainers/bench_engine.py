@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 TARGET_RATIO = 1.10
 
 
-class _LatentBatches(Dataset):
+class LatentBatches(Dataset):
     """Pre-encoded ``{"latents", "prompt_embeds"}`` items (the latent-cache path of the engine)."""
 
     def __init__(self, n: int, latent_shape: tuple[int, int, int], embed_shape: tuple[int, int]):
@@ -38,11 +38,11 @@ class _LatentBatches(Dataset):
         return {"latents": self.latents[i], "prompt_embeds": self.embeds[i]}
 
 
-def _collate(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+def collate_latents(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     return {k: torch.stack([it[k] for it in items]) for k in items[0]}
 
 
-def _median_seconds(fn: Callable[[], None], steps: int, warmup: int = 3) -> float:
+def median_seconds(fn: Callable[[], None], steps: int, warmup: int = 3) -> float:
     for _ in range(warmup):
         fn()
     times = []
@@ -77,8 +77,8 @@ def _build(tmp: Path, batch_size: int):
     unet = components.unet
     latent = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
     embed = (components.tokenizer.model_max_length, unet.config.cross_attention_dim)
-    data = _LatentBatches(batch_size * 64, latent, embed)
-    loader = build_dataloader(data, batch_size, 0, _collate, 0)
+    data = LatentBatches(batch_size * 64, latent, embed)
+    loader = build_dataloader(data, batch_size, 0, collate_latents, 0)
     return Engine(run, make_accelerator(run.train), method, loader), data
 
 
@@ -90,7 +90,7 @@ def _measure(tmp: Path, batch_size: int, steps: int) -> dict[str, float]:
     schedule, unet = engine.method.schedule, engine.method.unet
     stream = batch_stream(engine.accelerator, engine.dataloader)
     optimizer = engine.optimizers["unet"]
-    batch = _collate([data[i] for i in range(batch_size)])
+    batch = collate_latents([data[i] for i in range(batch_size)])
 
     def bare(with_optimizer: bool) -> Callable[[], None]:
         def run() -> None:
@@ -110,9 +110,9 @@ def _measure(tmp: Path, batch_size: int, steps: int) -> dict[str, float]:
         engine.step([next(stream)])
 
     return {
-        "bare forward+backward": _median_seconds(bare(False), steps),
-        "bare forward+backward+AdamW": _median_seconds(bare(True), steps),
-        "engine fine-tune step": _median_seconds(engine_step, steps),
+        "bare forward+backward": median_seconds(bare(False), steps),
+        "bare forward+backward+AdamW": median_seconds(bare(True), steps),
+        "engine fine-tune step": median_seconds(engine_step, steps),
     }
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from distill_diffusion.trainers.bench_engine import _collate, _LatentBatches, _median_seconds
+from distill_diffusion.trainers.bench_engine import LatentBatches, collate_latents, median_seconds
 
 STEP_TARGET = 1.10
 LATENCY_TARGET = 0.12
@@ -44,8 +44,8 @@ def _lcm_engine(tmp: Path, batch_size: int):
     method = LCM(components, run.method_config)
     unet = components.unet
     latent = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
-    data = _LatentBatches(batch_size * 64, latent, (components.tokenizer.model_max_length, unet.config.cross_attention_dim))
-    loader = build_dataloader(data, batch_size, 0, _collate, 0)
+    data = LatentBatches(batch_size * 64, latent, (components.tokenizer.model_max_length, unet.config.cross_attention_dim))
+    loader = build_dataloader(data, batch_size, 0, collate_latents, 0)
     return Engine(run, make_accelerator(run.train), method, loader), data, teacher
 
 
@@ -57,7 +57,7 @@ def measure_training(batch_size: int, steps: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         engine, data, _ = _lcm_engine(Path(tmp), batch_size)
         m = engine.method
-        batch = _collate([data[i] for i in range(batch_size)])
+        batch = collate_latents([data[i] for i in range(batch_size)])
         x0, c = batch["latents"], batch["prompt_embeds"]
         t_nk, t_n, w = m.sample_timesteps_and_w(batch_size, x0.device)
         z = m.schedule.add_noise(x0, torch.randn_like(x0), t_nk)
@@ -83,10 +83,10 @@ def measure_training(batch_size: int, steps: int) -> dict[str, float]:
             engine.step([next(stream)])
 
         return {
-            "teacher batched cond+uncond forward + DDIM step": _median_seconds(teacher, steps),
-            "target forward": _median_seconds(target, steps),
-            "student forward+backward": _median_seconds(student_fb, steps),
-            "engine LCM-LoRA step": _median_seconds(engine_step, steps),
+            "teacher batched cond+uncond forward + DDIM step": median_seconds(teacher, steps),
+            "target forward": median_seconds(target, steps),
+            "student forward+backward": median_seconds(student_fb, steps),
+            "engine LCM-LoRA step": median_seconds(engine_step, steps),
         }
 
 
@@ -109,7 +109,7 @@ def measure_generation(repeats: int) -> dict[str, float]:
                 pipe("a red circle", num_inference_steps=steps, guidance_scale=guidance,
                      generator=torch.Generator().manual_seed(0), output_type="np")
 
-            results[name] = _median_seconds(run, repeats, warmup=1)
+            results[name] = median_seconds(run, repeats, warmup=1)
         return results
 
 

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from distill_diffusion.errors import UserError, require
-from distill_diffusion.trainers.bench_engine import _collate, _LatentBatches, _median_seconds
+from distill_diffusion.trainers.bench_engine import LatentBatches, collate_latents, median_seconds
 
 #: Stable Diffusion 1.5's ``UNet2DConditionModel`` config (859.5M parameters).
 SD15_UNET_CONFIG: dict[str, Any] = {
@@ -109,8 +109,8 @@ def build_lora_engine(tmp: Path, batch_size: int, resolution: int, mixed_precisi
     if gradient_checkpointing:
         _enable_gradient_checkpointing(method)
     latent = (components.unet.config.in_channels, resolution // 8, resolution // 8)
-    data = _LatentBatches(batch_size * 8, latent, (components.tokenizer.model_max_length, components.unet.config.cross_attention_dim))
-    loader = build_dataloader(data, batch_size, 0, _collate, 0)
+    data = LatentBatches(batch_size * 8, latent, (components.tokenizer.model_max_length, components.unet.config.cross_attention_dim))
+    loader = build_dataloader(data, batch_size, 0, collate_latents, 0)
     return Engine(run, accelerator, method, loader), data
 
 
@@ -158,7 +158,7 @@ def run_sd15_lora_benchmark(batch_size: int = 8, resolution: int = 512, steps: i
         if cuda:
             torch.cuda.synchronize(dev)
             torch.cuda.reset_peak_memory_stats(dev)
-        seconds = _median_seconds(step, steps)
+        seconds = median_seconds(step, steps)
         peak = torch.cuda.max_memory_allocated(dev) / 2**30 if cuda else None
         trainable = [(n, p) for n, p in unet.named_parameters() if p.requires_grad]
 
