@@ -20,8 +20,8 @@ LCM_RECIPE: dict[str, dict[str, Any]] = {
         "lr_scheduler": "cosine", "lr_warmup_steps": 0, "adam_weight_decay": 0.0, "max_grad_norm": 1.0,
         "checkpointing_steps": 200, "checkpoints_total_limit": 2, "mixed_precision": "no",
     },
-    "method": {"lora": True, "lora_rank": 16, "lora_alpha": 16, "num_ddim_timesteps": 10,
-               "w_min": 2.0, "w_max": 2.0, "loss_type": "l2"},
+    "method": {"lora": True, "lora_rank": 16, "lora_alpha": 16, "num_ddim_timesteps": 8,
+               "w_min": 2.0, "w_max": 2.0, "loss_type": "huber", "huber_c": 0.001, "target_ema_decay": 0.95},
 }
 #: Teacher guidance for the benchmark: w = 2 in the LCM form, the scale the LoRA was distilled with.
 TEACHER_GUIDANCE = 3.0
