@@ -120,6 +120,50 @@ def _device_name(device: torch.device) -> str:
     return platform.processor() or platform.machine()
 
 
+def _check_args(device: str | None, batch_size: int, resolution: int, steps: int, mixed_precision: str,
+                lora_rank: int, config: dict[str, Any]) -> torch.device:
+    """Every argument check, before anything is built; returns the device to run on."""
+    if device is None and not torch.cuda.is_available():
+        raise UserError(NO_GPU)
+    dev = torch.device(device or "cuda")
+    require(dev.type != "cuda" or torch.cuda.is_available(), NO_GPU)
+    require(mixed_precision in ("no", "fp16", "bf16"), f"mixed_precision={mixed_precision!r}; use one of no, fp16, bf16")
+    require(mixed_precision != "fp16" or dev.type == "cuda", "mixed_precision fp16 needs a CUDA GPU; use bf16 or no")
+    require(batch_size >= 1 and steps >= 1 and lora_rank >= 1, "batch_size, steps and lora_rank must be >= 1")
+    factor = 8 * 2 ** (len(config["block_out_channels"]) - 1)
+    require(resolution % factor == 0, f"resolution={resolution} must be a multiple of {factor} (VAE x8, UNet downsampling)")
+    return dev
+
+
+def _time_steps(engine: Any, dev: torch.device, steps: int) -> tuple[float, float | None]:
+    """Median seconds of an engine step (CUDA synchronised) and the peak CUDA memory in GiB (None on CPU)."""
+    from distill_diffusion.trainers.data_loop import batch_stream
+
+    stream = batch_stream(engine.accelerator, engine.dataloader)
+    cuda = dev.type == "cuda"
+
+    def step() -> None:
+        engine.state.batches_seen += 1
+        engine.step([next(stream)])
+        if cuda:
+            torch.cuda.synchronize(dev)
+
+    if cuda:
+        torch.cuda.synchronize(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+    seconds = median_seconds(step, steps)
+    return seconds, (torch.cuda.max_memory_allocated(dev) / 2**30 if cuda else None)
+
+
+def _parameter_counts(unet: Any) -> dict[str, int]:
+    trainable = [(n, p) for n, p in unet.named_parameters() if p.requires_grad]
+    return {
+        "unet_parameters": sum(p.numel() for n, p in unet.named_parameters() if "lora_" not in n),
+        "trainable_parameters": sum(p.numel() for _, p in trainable),
+        "trainable_lora_parameters": sum(p.numel() for n, p in trainable if "lora_" in n),
+    }
+
+
 def run_sd15_lora_benchmark(batch_size: int = 8, resolution: int = 512, steps: int = 20, mixed_precision: str = "bf16",
                             gradient_checkpointing: bool = False, lora_rank: int = 64,
                             output: str | Path = "benchmarks/results/lcm_gpu_sd15.json",
@@ -129,41 +173,14 @@ def run_sd15_lora_benchmark(batch_size: int = 8, resolution: int = 512, steps: i
     ``device=None`` needs CUDA (a one-line :class:`UserError` otherwise, before anything is built);
     ``device="cpu"`` (with a tiny ``unet_config``) runs it on a CPU-only machine, as the tests do.
     """
-    if device is None and not torch.cuda.is_available():
-        raise UserError(NO_GPU)
-    dev = torch.device(device or "cuda")
-    require(dev.type != "cuda" or torch.cuda.is_available(), NO_GPU)
-    require(mixed_precision in ("no", "fp16", "bf16"), f"mixed_precision={mixed_precision!r}; use one of no, fp16, bf16")
-    require(mixed_precision != "fp16" or dev.type == "cuda", "mixed_precision fp16 needs a CUDA GPU; use bf16 or no")
-    require(batch_size >= 1 and steps >= 1 and lora_rank >= 1, "batch_size, steps and lora_rank must be >= 1")
+    import diffusers
+
     config = dict(unet_config or SD15_UNET_CONFIG)
-    factor = 8 * 2 ** (len(config["block_out_channels"]) - 1)
-    require(resolution % factor == 0, f"resolution={resolution} must be a multiple of {factor} (VAE x8, UNet downsampling)")
-
-    from distill_diffusion.trainers.data_loop import batch_stream
-
+    dev = _check_args(device, batch_size, resolution, steps, mixed_precision, lora_rank, config)
     with tempfile.TemporaryDirectory() as tmp:
         engine, _ = build_lora_engine(Path(tmp), batch_size, resolution, mixed_precision, gradient_checkpointing,
                                       lora_rank, config, dev)
-        unet = engine.method.unet
-        stream = batch_stream(engine.accelerator, engine.dataloader)
-        cuda = dev.type == "cuda"
-
-        def step() -> None:
-            engine.state.batches_seen += 1
-            engine.step([next(stream)])
-            if cuda:
-                torch.cuda.synchronize(dev)
-
-        if cuda:
-            torch.cuda.synchronize(dev)
-            torch.cuda.reset_peak_memory_stats(dev)
-        seconds = median_seconds(step, steps)
-        peak = torch.cuda.max_memory_allocated(dev) / 2**30 if cuda else None
-        trainable = [(n, p) for n, p in unet.named_parameters() if p.requires_grad]
-
-    import diffusers
-
+        seconds, peak = _time_steps(engine, dev, steps)
     method = engine.method.config
     result = {
         "benchmark": "LCM-LoRA training step, SD 1.5 UNet architecture (random weights)" if unet_config is None
@@ -175,9 +192,7 @@ def run_sd15_lora_benchmark(batch_size: int = 8, resolution: int = 512, steps: i
             "warmup_steps": 3, "mixed_precision": mixed_precision, "gradient_checkpointing": gradient_checkpointing,
             "lora_rank": method.lora_rank, "lora_alpha": method.lora_alpha, "lora_target_modules": method.lora_target_modules,
             "w_range": [method.w_min, method.w_max], "num_ddim_timesteps": method.num_ddim_timesteps,
-            "unet_parameters": sum(p.numel() for n, p in unet.named_parameters() if "lora_" not in n),
-            "trainable_parameters": sum(p.numel() for _, p in trainable),
-            "trainable_lora_parameters": sum(p.numel() for n, p in trainable if "lora_" in n),
+            **_parameter_counts(engine.method.unet),
         },
     }
     _write(result, Path(output))

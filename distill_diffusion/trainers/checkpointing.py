@@ -128,13 +128,13 @@ def register_trainable_only_hooks(accelerator: Any) -> None:
             path = Path(input_dir) / ("model.safetensors" if i == 0 else f"model_{i}.safetensors")
             if not path.is_file():
                 raise UserError(f"{input_dir} has no {path.name}; resume from a checkpoint this version wrote, or start fresh")
-            state = load_file(str(path))
-            missing = sorted(trainable_keys(model) - set(state))
+            state, keep = load_file(str(path)), trainable_keys(model)
+            missing = sorted(keep - set(state))
             if missing:
                 raise UserError(
                     f"{path} lacks {len(missing)} trainable weights (e.g. {missing[0]}); resume with the same method options"
                 )
-            model.load_state_dict({k: v for k, v in state.items() if k in trainable_keys(model)}, strict=False)
+            model.load_state_dict({k: v for k, v in state.items() if k in keep}, strict=False)
         models.clear()  # loaded here; accelerate would otherwise expect every weight in the file
 
     accelerator.register_save_state_pre_hook(save_hook)
