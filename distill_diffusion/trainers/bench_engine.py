@@ -15,6 +15,7 @@ import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -53,40 +54,59 @@ def median_seconds(fn: Callable[[], None], steps: int, warmup: int = 3) -> float
     return statistics.median(times)
 
 
-def _build(tmp: Path, batch_size: int):
+def latent_engine(tmp: Path, method_name: str, batch_size: int, sections: dict[str, dict[str, Any]],
+                  make_components: Callable[[torch.device], Any] | None = None, latent_size: int | None = None,
+                  n_batches: int = 64) -> tuple[Any, LatentBatches]:
+    """An :class:`Engine` running method ``method_name`` over random pre-encoded latent batches, and its data.
+
+    The run has no checkpoints and no progress bar (lr 1e-4); ``sections`` update its config sections
+    (``model``, ``train``, ``method``), and ``train.gradient_checkpointing`` is honoured as in training.
+    ``make_components(device)`` builds the SD components on the accelerator's device (by default the teacher
+    named in ``sections["model"]`` is loaded); latents are ``latent_size`` square (the UNet's ``sample_size``
+    when ``None``).
+    """
     from distill_diffusion.config import build_run_config
     from distill_diffusion.models.loading import load_teacher
-    from distill_diffusion.toy.tiny import save_tiny_pipeline
     from distill_diffusion.trainers.data_loop import build_dataloader
     from distill_diffusion.trainers.engine import Engine
-    from distill_diffusion.trainers.finetune import FineTune, FineTuneConfig
-    from distill_diffusion.trainers.runner import make_accelerator
+    from distill_diffusion.trainers.registry import get_method_class
+    from distill_diffusion.trainers.runner import enable_gradient_checkpointing, make_accelerator
+
+    preset: dict[str, dict[str, Any]] = {"train": {
+        "output_dir": str(tmp / "out"), "train_batch_size": batch_size, "max_train_steps": 10**6,
+        "checkpointing_steps": 10**6, "progress_bar": False, "learning_rate": 1e-4,
+    }}
+    for key, values in sections.items():
+        preset[key] = {**preset.get(key, {}), **values}
+    method_class = get_method_class(method_name)
+    run = build_run_config(method_name, method_class.config_class, preset)
+    accelerator = make_accelerator(run.train)
+    components = make_components(accelerator.device) if make_components else load_teacher(run.model)
+    method = method_class(components, run.method_config)
+    if run.train.gradient_checkpointing:
+        enable_gradient_checkpointing(method)
+    unet = components.unet
+    size = latent_size or unet.config.sample_size
+    data = LatentBatches(batch_size * n_batches, (unet.config.in_channels, size, size),
+                         (components.tokenizer.model_max_length, unet.config.cross_attention_dim))
+    loader = build_dataloader(data, batch_size, 0, collate_latents, 0)
+    return Engine(run, accelerator, method, loader), data
+
+
+def tiny_engine(tmp: Path, method_name: str, batch_size: int, method: dict[str, Any] | None = None) -> tuple[Any, LatentBatches]:
+    """:func:`latent_engine` on a tiny random teacher saved under ``tmp`` and loaded like a user's model."""
+    from distill_diffusion.toy.tiny import save_tiny_pipeline
 
     teacher = save_tiny_pipeline(tmp / "teacher")
-    run = build_run_config(
-        "finetune",
-        FineTuneConfig,
-        {
-            "model": {"pretrained_model_name_or_path": str(teacher), "local_files_only": True},
-            "train": {"output_dir": str(tmp / "out"), "train_batch_size": batch_size, "max_train_steps": 10**6,
-                      "checkpointing_steps": 10**6, "progress_bar": False, "learning_rate": 1e-4},
-        },
-    )
-    components = load_teacher(run.model)
-    method = FineTune(components, run.method_config)
-    unet = components.unet
-    latent = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
-    embed = (components.tokenizer.model_max_length, unet.config.cross_attention_dim)
-    data = LatentBatches(batch_size * 64, latent, embed)
-    loader = build_dataloader(data, batch_size, 0, collate_latents, 0)
-    return Engine(run, make_accelerator(run.train), method, loader), data
+    model = {"pretrained_model_name_or_path": str(teacher), "local_files_only": True}
+    return latent_engine(tmp, method_name, batch_size, {"model": model, "method": method or {}})
 
 
 def _measure(tmp: Path, batch_size: int, steps: int) -> dict[str, float]:
     """Median seconds per step of the three paths at one batch size."""
     from distill_diffusion.trainers.data_loop import batch_stream
 
-    engine, data = _build(tmp, batch_size)
+    engine, data = tiny_engine(tmp, "finetune", batch_size)
     schedule, unet = engine.method.schedule, engine.method.unet
     stream = batch_stream(engine.accelerator, engine.dataloader)
     optimizer = engine.optimizers["unet"]

@@ -18,35 +18,10 @@ from pathlib import Path
 
 import torch
 
-from distill_diffusion.trainers.bench_engine import LatentBatches, collate_latents, median_seconds
+from distill_diffusion.trainers.bench_engine import collate_latents, median_seconds, tiny_engine
 
 STEP_TARGET = 1.10
 LATENCY_TARGET = 0.12
-
-
-def _lcm_engine(tmp: Path, batch_size: int):
-    from distill_diffusion.config import build_run_config
-    from distill_diffusion.models.loading import load_teacher
-    from distill_diffusion.toy.tiny import save_tiny_pipeline
-    from distill_diffusion.trainers.data_loop import build_dataloader
-    from distill_diffusion.trainers.engine import Engine
-    from distill_diffusion.trainers.lcm import LCM, LCMConfig
-    from distill_diffusion.trainers.runner import make_accelerator
-
-    teacher = save_tiny_pipeline(tmp / "teacher")
-    run = build_run_config("lcm", LCMConfig, {
-        "model": {"pretrained_model_name_or_path": str(teacher), "local_files_only": True},
-        "train": {"output_dir": str(tmp / "out"), "train_batch_size": batch_size, "max_train_steps": 10**6,
-                  "checkpointing_steps": 10**6, "progress_bar": False, "learning_rate": 1e-4},
-        "method": {"lora_rank": 16, "lora_alpha": 16, "w_min": 2.0, "w_max": 2.0},
-    })
-    components = load_teacher(run.model)
-    method = LCM(components, run.method_config)
-    unet = components.unet
-    latent = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
-    data = LatentBatches(batch_size * 64, latent, (components.tokenizer.model_max_length, unet.config.cross_attention_dim))
-    loader = build_dataloader(data, batch_size, 0, collate_latents, 0)
-    return Engine(run, make_accelerator(run.train), method, loader), data, teacher
 
 
 def measure_training(batch_size: int, steps: int) -> dict[str, float]:
@@ -55,7 +30,7 @@ def measure_training(batch_size: int, steps: int) -> dict[str, float]:
     from distill_diffusion.trainers.data_loop import batch_stream
 
     with tempfile.TemporaryDirectory() as tmp:
-        engine, data, _ = _lcm_engine(Path(tmp), batch_size)
+        engine, data = tiny_engine(Path(tmp), "lcm", batch_size, {"lora_rank": 16, "lora_alpha": 16, "w_min": 2.0, "w_max": 2.0})
         m = engine.method
         batch = collate_latents([data[i] for i in range(batch_size)])
         x0, c = batch["latents"], batch["prompt_embeds"]

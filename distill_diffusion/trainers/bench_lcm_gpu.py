@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from distill_diffusion.errors import UserError, require
-from distill_diffusion.trainers.bench_engine import LatentBatches, collate_latents, median_seconds
+from distill_diffusion.trainers.bench_engine import latent_engine, median_seconds
 
 #: Stable Diffusion 1.5's ``UNet2DConditionModel`` config (859.5M parameters).
 SD15_UNET_CONFIG: dict[str, Any] = {
@@ -85,33 +85,15 @@ def _components(unet_config: dict[str, Any], dtype: torch.dtype, device: torch.d
 def build_lora_engine(tmp: Path, batch_size: int, resolution: int, mixed_precision: str, gradient_checkpointing: bool,
                       lora_rank: int, unet_config: dict[str, Any], device: torch.device) -> tuple[Any, Any]:
     """The engine running LCM-LoRA (SD defaults, alpha = rank) over random latent batches, and its data."""
-    from distill_diffusion.config import build_run_config
-    from distill_diffusion.trainers.data_loop import build_dataloader
-    from distill_diffusion.trainers.engine import Engine
-    from distill_diffusion.trainers.lcm import LCM, LCMConfig
-    from distill_diffusion.trainers.runner import (
-        _enable_gradient_checkpointing,
-        make_accelerator,
-        weight_dtype,
-    )
+    from distill_diffusion.trainers.runner import weight_dtype
 
-    run = build_run_config("lcm", LCMConfig, {
-        "train": {"output_dir": str(tmp / "out"), "train_batch_size": batch_size, "max_train_steps": 10**6,
-                  "checkpointing_steps": 10**6, "progress_bar": False, "learning_rate": 1e-4,
-                  "mixed_precision": mixed_precision, "gradient_checkpointing": gradient_checkpointing},
-        "method": {"lora_rank": lora_rank, "lora_alpha": lora_rank},
-    })
-    accelerator = make_accelerator(run.train)
-    require(accelerator.device.type == device.type,
-            f"accelerate runs this process on {accelerator.device}, not {device}; pass device={accelerator.device.type!r}")
-    components = _components(unet_config, weight_dtype(mixed_precision), accelerator.device)
-    method = LCM(components, run.method_config)
-    if gradient_checkpointing:
-        _enable_gradient_checkpointing(method)
-    latent = (components.unet.config.in_channels, resolution // 8, resolution // 8)
-    data = LatentBatches(batch_size * 8, latent, (components.tokenizer.model_max_length, components.unet.config.cross_attention_dim))
-    loader = build_dataloader(data, batch_size, 0, collate_latents, 0)
-    return Engine(run, accelerator, method, loader), data
+    def make_components(actual: torch.device) -> Any:
+        require(actual.type == device.type, f"accelerate runs this process on {actual}, not {device}; pass device={actual.type!r}")
+        return _components(unet_config, weight_dtype(mixed_precision), actual)
+
+    train = {"mixed_precision": mixed_precision, "gradient_checkpointing": gradient_checkpointing}
+    return latent_engine(tmp, "lcm", batch_size, {"train": train, "method": {"lora_rank": lora_rank, "lora_alpha": lora_rank}},
+                         make_components, latent_size=resolution // 8, n_batches=8)
 
 
 def _device_name(device: torch.device) -> str:

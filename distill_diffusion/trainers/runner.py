@@ -83,7 +83,7 @@ def build_engine(run: RunConfig) -> Engine:
     components = load_teacher(run.model, weight_dtype(run.train.mixed_precision), device=accelerator.device)
     method = method_cls(components, run.method_config)
     if run.train.gradient_checkpointing:
-        _enable_gradient_checkpointing(method)
+        enable_gradient_checkpointing(method)
     if run.data.cache_latents:
         run.data.cache_dir = run.data.cache_dir or str(Path(run.train.output_dir) / "latent_cache")
         dataset = _cached(dataset, run, components, accelerator)
@@ -98,7 +98,7 @@ def build_engine(run: RunConfig) -> Engine:
     return engine
 
 
-def _enable_gradient_checkpointing(method: object) -> None:
+def enable_gradient_checkpointing(method: object) -> None:
     for phase in method.phases():  # type: ignore[attr-defined]
         module = method.models[phase.module]  # type: ignore[attr-defined]
         if not hasattr(module, "enable_gradient_checkpointing"):
