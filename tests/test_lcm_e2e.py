@@ -175,6 +175,11 @@ def test_full_mode_resumes_and_exports_an_lcm_pipeline(tiny_pipeline_dir: Path, 
     b = load_file(str(split / "unet" / "diffusion_pytorch_model.safetensors"))
     for key in a:
         torch.testing.assert_close(a[key], b[key], msg=key)
+    target_a = load_file(str(full / "unet_target" / "diffusion_pytorch_model.safetensors"))
+    target_b = load_file(str(split / "unet_target" / "diffusion_pytorch_model.safetensors"))
+    assert target_a.keys() == a.keys() and any(not torch.equal(target_a[k], a[k]) for k in a)  # EMA lags the student
+    for key in target_a:
+        torch.testing.assert_close(target_a[key], target_b[key], msg=key)  # resumed EMA == uninterrupted EMA
     assert json.loads((full / "model_index.json").read_text())["_class_name"] == "LatentConsistencyModelPipeline"
     scheduler = json.loads((full / "scheduler" / "scheduler_config.json").read_text())
     assert scheduler["_class_name"] == "LCMScheduler" and scheduler["original_inference_steps"] == 8  # the toy config's N

@@ -319,7 +319,8 @@ class LCM(MethodBase):
         return _WithGuidance(pipe, float(self.config.validation_guidance_scale))  # type: ignore[arg-type]
 
     def export(self, output_dir: Path) -> None:
-        """LoRA: ``pytorch_lora_weights.safetensors`` + kohya copy + ``scheduler_config.json``. Full: an LCM pipeline folder (its ``unet/`` is the UNet)."""
+        """LoRA: ``pytorch_lora_weights.safetensors`` + kohya copy + ``scheduler_config.json``. Full: an LCM pipeline folder
+        (its ``unet/`` is the online student) and ``unet_target/``, the EMA target network."""
         if self.config.lora:
             save_lora(self.unet, output_dir, EXPORT_DTYPES[self.config.export_dtype], self.components.family)
             # the LCMScheduler trained with (N, s): LCMScheduler.from_pretrained(folder) and load_pipeline use it
@@ -332,6 +333,8 @@ class LCM(MethodBase):
                 vae=parts.vae, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer, unet=self.unet,
                 scheduler=self.scheduler(), safety_checker=None, feature_extractor=None, requires_safety_checker=False,
             ).save_pretrained(output_dir, safe_serialization=True)
+            # the EMA target θ⁻ beside the online student, as diffusers' LCM script saves it (``unet_target/``)
+            self.target_unet.save_pretrained(output_dir / "unet_target", safe_serialization=True)
         _write_card(self.components, self.config, output_dir, self.paper)
 
 
@@ -377,7 +380,9 @@ from diffusers import DiffusionPipeline
 pipe = DiffusionPipeline.from_pretrained("path/to/this/folder")  # LatentConsistencyModelPipeline + LCMScheduler
 image = pipe("a prompt", num_inference_steps=4, guidance_scale={g}).images[0]
 """
-        what = f"Full UNet with a w-embedding (time_cond_proj_dim {cfg.time_cond_proj_dim}); `unet/` loads with UNet2DConditionModel."
+        what = (f"Full UNet with a w-embedding (time_cond_proj_dim {cfg.time_cond_proj_dim}); `unet/` (the online student) "
+                f"loads with UNet2DConditionModel; `unet_target/` is the EMA target network (decay {cfg.target_ema_decay}), "
+                f"`UNet2DConditionModel.from_pretrained(folder, subfolder=\"unet_target\")`.")
         guidance = f"guidance_scale {g} (the student is conditioned on w = guidance_scale − 1; no CFG pass)"
     extra = f"""
 - Inference: LCMScheduler, 2–8 steps (4 recommended), {guidance}.
