@@ -141,6 +141,18 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     gpu.add_argument("--lora_rank", type=int, default=64)
     gpu.add_argument("--output", default="benchmarks/results/lcm_gpu_sd15.json")
     gpu.set_defaults(func=_cmd_bench_lcm_gpu)
+    con = bench.add_parser("consistency", help="LCM-LoRA runs: consistency error per timestep vs the guided teacher's ODE")
+    con.add_argument("runs", nargs="+", help="output folders of `train lcm` runs (config.yaml + exported LoRA), one teacher")
+    con.add_argument("--num_samples", type=int, default=64, help="training images (first in dataset order)")
+    con.add_argument("--timesteps", type=int, nargs="+", default=[999, 759, 499, 259, 99, 39])
+    con.add_argument("--ode_step", type=int, default=20, help="DDIM step (in timesteps) of the reference ODE solve")
+    con.add_argument("--guidance", type=float, default=None, help="teacher guidance scale (default: the first run's w + 1)")
+    con.add_argument("--batch_size", type=int, default=16)
+    con.add_argument("--seed", type=int, default=0)
+    con.add_argument("--device", default=None, help="e.g. cuda (default: cpu)")
+    con.add_argument("--output", default="benchmarks/results/lcm_consistency.json")
+    con.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    con.set_defaults(func=_cmd_bench_consistency)
     from distill_diffusion.pipelines.commands import add_bench_quality
 
     add_bench_quality(bench)
@@ -154,6 +166,19 @@ def _cmd_bench_lcm(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
 
     run_lcm_benchmark(steps=args.steps, batch_sizes=tuple(args.batch_sizes), output=args.output)
+    return 0
+
+
+def _cmd_bench_consistency(args: argparse.Namespace) -> int:
+    import torch
+
+    from distill_diffusion.eval.consistency import ConsistencySettings, run_consistency_benchmark
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    settings = ConsistencySettings(num_samples=args.num_samples, timesteps=tuple(args.timesteps), ode_step=args.ode_step,
+                                   guidance_scale=args.guidance, batch_size=args.batch_size, seed=args.seed, device=args.device)
+    run_consistency_benchmark(args.runs, settings, args.output)
     return 0
 
 

@@ -15,7 +15,8 @@ from distill_diffusion.models.denoiser import Denoiser
 from distill_diffusion.models.encode import encode_prompt
 from distill_diffusion.models.loading import SDComponents
 from distill_diffusion.toy.tiny import SD15_SCHEDULER_CONFIG, build_tiny_components
-from distill_diffusion.trainers.lcm import LCM, SIGMA_DATA, LCMConfig, build_w_student, guided_ddim_step
+from distill_diffusion.trainers.lcm import LCM, LCMConfig, build_w_student
+from distill_diffusion.trainers.lcm_solver import SIGMA_DATA, guided_ddim_step
 
 
 @functools.cache
@@ -262,3 +263,20 @@ def test_loss_goes_down_on_a_fixed_batch() -> None:
         opt.zero_grad()
         losses.append(float(loss.detach()))
     assert losses[-1] < 0.3 * losses[0], losses
+
+
+def test_the_consistency_benchmark_reference_is_successive_guided_ddim_steps() -> None:
+    from distill_diffusion.eval.consistency import teacher_ode
+
+    parts = components()
+    teacher = Denoiser(parts.unet, parts.schedule, "epsilon")
+    z, c = inputs(2)
+    u, w = torch.randn_like(c), torch.full((2,), 2.0)
+
+    def t(v: int) -> torch.Tensor:
+        return torch.full((2,), v)
+
+    with torch.no_grad():
+        expected = guided_ddim_step(teacher, guided_ddim_step(teacher, z, t(45), t(25), c, u, w), t(25), t(5), c, u, w)
+        expected = guided_ddim_step(teacher, expected, t(5), t(0), c, u, w)  # the last step stops at 0
+        torch.testing.assert_close(teacher_ode(teacher, z, 45, c, u, w, ode_step=20), expected)

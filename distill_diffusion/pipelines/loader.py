@@ -86,7 +86,7 @@ def _pipeline_class(preset: Preset, unet: Any) -> type:
     return getattr(diffusers, preset.pipeline)
 
 
-def _load_lora(pipe: Any, lora: str | Path, fuse: bool, lora_scale: float) -> None:
+def apply_lora(pipe: Any, lora: str | Path, fuse: bool, lora_scale: float) -> None:
     """Stock ``load_lora_weights``; a file that matches no layer (wrong key format) is a UserError."""
     folder, weight_name = resolve_lora(lora)
     try:
@@ -155,7 +155,7 @@ def load_pipeline(
         requires_safety_checker=False,
     )
     if lora is not None:
-        _load_lora(pipe, lora, fuse_lora, lora_scale)
+        apply_lora(pipe, lora, fuse_lora, lora_scale)
     if device is not None:
         pipe.to(device)
     pipe.set_progress_bar_config(disable=True)

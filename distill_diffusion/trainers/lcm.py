@@ -21,15 +21,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from distill_diffusion.core import (
-    append_dims,
-    cfg_lcm,
-    consistency_scalings,
-    ddim_step,
-    guidance_embedding,
-    previous_on_grid,
-    skipping_step_grid,
-)
+from distill_diffusion.core import guidance_embedding, previous_on_grid, skipping_step_grid
 from distill_diffusion.errors import UserError, require
 from distill_diffusion.models.denoiser import Denoiser
 from distill_diffusion.models.encode import encode_prompt
@@ -44,9 +36,8 @@ from distill_diffusion.models.lora import (
 from distill_diffusion.trainers.base import LossOutput, MethodBase, Phase
 from distill_diffusion.trainers.batch import latents_and_embeddings
 from distill_diffusion.trainers.exporting import write_model_card
+from distill_diffusion.trainers.lcm_solver import consistency_function, guided_ddim_step
 
-#: σ_data of the boundary scalings. Fixed, because diffusers' LCMScheduler hard-codes 0.5 at inference.
-SIGMA_DATA = 0.5
 LOSS_TYPES = ("huber", "l2")
 UNCOND_EMBEDDINGS = ("empty_prompt", "zeros")
 EXPORT_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
@@ -125,20 +116,6 @@ def check_teacher(components: SDComponents, config: LCMConfig) -> None:
     if not config.lora:
         have = components.unet.config.get("time_cond_proj_dim")
         require(have in (None, config.time_cond_proj_dim), f"the teacher UNet already has time_cond_proj_dim={have}; pass --method.time_cond_proj_dim {have}")
-
-
-def guided_ddim_step(teacher: Denoiser, z: Tensor, t: Tensor, s: Tensor, c: Tensor, uncond: Tensor, w: Tensor) -> Tensor:
-    """One deterministic DDIM step t → s of ``(1+w)·teacher(c) − w·teacher(∅)``; cond and uncond in ONE forward.
-
-    x0 and eps are combined with the same w. The combination is linear in the model output, so this equals
-    converting the combined output, for every prediction type (the Denoiser converts before combining).
-    """
-    out = teacher(torch.cat([z, z]), torch.cat([t, t]), torch.cat([c, uncond]))
-    (x0_c, x0_u), (eps_c, eps_u) = out.x0.chunk(2), out.eps.chunk(2)
-    w_b = append_dims(w.float(), z.ndim)
-    x0, eps = cfg_lcm(x0_c, x0_u, w_b), cfg_lcm(eps_c, eps_u, w_b)
-    schedule = teacher.schedule
-    return ddim_step(x0, eps, append_dims(schedule.alpha(s), z.ndim), append_dims(schedule.sigma(s), z.ndim))
 
 
 def build_w_student(teacher: Any, proj_dim: int) -> Any:
@@ -248,9 +225,7 @@ class LCM(MethodBase):
 
     def consistency(self, denoiser: Denoiser, z: Tensor, t: Tensor, c: Tensor, **unet_kwargs: Any) -> Tensor:
         """``f(z, t) = c_skip(t)·z + c_out(t)·x0_hat(z, t)``; exactly z at t = 0 (c_skip = 1, c_out = 0)."""
-        x0 = denoiser(z, t, c, **unet_kwargs).x0
-        c_skip, c_out = consistency_scalings(t, SIGMA_DATA, self.config.timestep_scaling)
-        return append_dims(c_skip, z.ndim) * z.float() + append_dims(c_out, z.ndim) * x0
+        return consistency_function(denoiser(z, t, c, **unet_kwargs).x0, z, t, self.config.timestep_scaling)
 
     def distance(self, pred: Tensor, target: Tensor) -> Tensor:
         """Pseudo-Huber ``sqrt((a−b)² + c²) − c`` or L2, mean over elements, in fp32."""
