@@ -87,6 +87,8 @@ def test_bad_runs_are_one_line_errors(capsys, lora_run: Path, tiny_pipeline_dir:
     config = (other / "config.yaml").read_text().replace(str(tiny_pipeline_dir), str(tmp_path / "elsewhere"))
     (other / "config.yaml").write_text(config)
     assert "different teachers" in _error(capsys, str(lora_run), str(other), "--output", out)
+    (other / "config.yaml").write_text(config.replace(str(tmp_path / "elsewhere"), str(tiny_pipeline_dir)).replace("w_max: 2.0", "w_max: 3.0"))
+    assert "different guidance" in _error(capsys, str(lora_run), str(other), "--output", out)
     assert "fewer than --num_samples 100000" in _error(capsys, str(lora_run), "--num_samples", "100000", "--output", out)
     assert "must lie in 1..999" in _error(capsys, str(lora_run), "--timesteps", "0", "--output", out)
     assert not Path(out).exists()

@@ -75,6 +75,9 @@ def _check(settings: ConsistencySettings, runs: list[Any]) -> None:
     for run in runs[1:]:
         require(run.model.pretrained_model_name_or_path == base,
                 f"runs distil different teachers ({base} and {run.model.pretrained_model_name_or_path}); compare runs of one teacher")
+    ranges = {(r.method_config.w_min, r.method_config.w_max) for r in runs}
+    require(len(ranges) == 1 or settings.guidance_scale is not None,
+            f"runs were distilled at different guidance (LCM w ranges {sorted(ranges)}); compare runs of one guidance or pass --guidance")
     require(settings.num_samples >= 1 and settings.batch_size >= 1, "--num_samples and --batch_size must be ≥ 1")
     require(settings.ode_step >= 1, f"--ode_step {settings.ode_step} must be ≥ 1")
     require(all(0 < t < 1000 for t in settings.timesteps), f"--timesteps {settings.timesteps} must lie in 1..999")
