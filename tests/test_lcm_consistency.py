@@ -60,6 +60,10 @@ def test_rows_per_run_and_a_zero_lora_scores_as_the_teacher(lora_run: Path, tmp_
         assert rows[str(zero)][t] == pytest.approx(v, rel=1e-5)
     assert any(abs(rows[str(lora_run)][t] - rows[TEACHER_ROW][t]) > 1e-6 * rows[TEACHER_ROW][t] for t in rows[TEACHER_ROW])
     assert "| t = 999 |" in out.with_suffix(".md").read_text()
+    again = tmp_path / "again.json"  # a rerun gives the same numbers (the VAE's posterior sample is seeded too)
+    assert main(["bench", "consistency", str(lora_run), "--num_samples", "6", "--batch_size", "4",
+                 "--timesteps", "999", "499", "39", "--guidance", "1", "--output", str(again)]) == 0
+    assert json.loads(again.read_text())["rows"][1]["mse"] == rows[str(lora_run)]
 
 
 def _error(capsys: pytest.CaptureFixture, *argv: str) -> str:

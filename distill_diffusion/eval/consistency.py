@@ -104,7 +104,11 @@ def _training_latents(run: Any, components: Any, settings: ConsistencySettings) 
 
 
 def _noised_points(run: Any, components: Any, s: ConsistencySettings) -> list[tuple[Tensor, dict[int, Tensor]]]:
-    """``(c, {t: z_t})`` per batch of training latents: one noise draw per image, shared by every t."""
+    """``(c, {t: z_t})`` per batch of training latents: one noise draw per image, shared by every t.
+
+    Seeds torch's global RNG too: the VAE samples its posterior from it, and a rerun must give the same numbers.
+    """
+    torch.manual_seed(s.seed)
     generator = torch.Generator().manual_seed(s.seed)
     points = []
     for x0, c in _training_latents(run, components, s):
