@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file, save_file
 
 from distill_diffusion.cli import main
@@ -91,7 +92,9 @@ def test_bad_runs_are_one_line_errors(capsys, lora_run: Path, tiny_pipeline_dir:
     config = (other / "config.yaml").read_text().replace(str(tiny_pipeline_dir), str(tmp_path / "elsewhere"))
     (other / "config.yaml").write_text(config)
     assert "different teachers" in _error(capsys, str(lora_run), str(other), "--output", out)
-    (other / "config.yaml").write_text(config.replace(str(tmp_path / "elsewhere"), str(tiny_pipeline_dir)).replace("w_max: 2.0", "w_max: 3.0"))
+    raw = yaml.safe_load((lora_run / "config.yaml").read_text())
+    raw["method"]["w_max"] += 1.0
+    (other / "config.yaml").write_text(yaml.safe_dump(raw))
     assert "different guidance" in _error(capsys, str(lora_run), str(other), "--output", out)
     assert "fewer than --num_samples 100000" in _error(capsys, str(lora_run), "--num_samples", "100000", "--output", out)
     assert "must lie in 1..999" in _error(capsys, str(lora_run), "--timesteps", "0", "--output", out)
