@@ -121,3 +121,13 @@ def test_trained_teacher_meets_the_quality_bars() -> None:
     assert ratios["4"] >= 2.0 and ratios["1"] >= 5.0
     top = calib["ddim"][calib["settings"]["headline_spacing"]]["50"]
     assert top["clip_match"] > top["clip_mismatch"]
+
+
+def test_calibration_records_the_vae_floor_and_ratios(built: ToyWorld) -> None:
+    from distill_diffusion.toy.calibrate import calibrate
+
+    calib = calibrate(built, num_images=40, steps=(1, 2), num_real=64, progress=False)
+    assert set(calib) >= {"real", "vae_reconstruction", "ddim", "ratios_by_spacing", "settings"}
+    for entry in (calib["real"], calib["vae_reconstruction"], calib["ddim"]["trailing"]["1"], calib["ddim"]["leading"]["2"]):
+        assert entry["fd"] >= 0 and 0 <= entry["clip_match"] <= 100
+    assert calib["ratios_by_spacing"]["trailing"]["2"] == 1.0  # the largest step count is the reference

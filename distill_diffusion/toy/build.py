@@ -40,7 +40,7 @@ class BuildBudget:
     num_images: int = 8192
     vae_steps: int = 1000
     vae_batch_size: int = 16
-    vae_learning_rate: float = 3e-3
+    vae_learning_rate: float = 1e-3  # 3e-3 fitted colours badly in some runs (toy.vae)
     unet_steps: int = 2600
     unet_batch_size: int = 32
     unet_learning_rate: float = 1e-3
@@ -227,6 +227,9 @@ def summary_lines(world: ToyWorld) -> list[str]:
     lines = [f"{name}: {getattr(world, name)}" for name in ("root", "data", "teacher", "clip")]
     lines.append(f"built in {info['seconds']['total'] / 60:.1f} min ({', '.join(f'{k} {v:.0f}s' for k, v in info['seconds'].items() if k != 'total')})")
     calib = info.get("calibration")
+    if calib and "vae_reconstruction" in calib:
+        floor = calib["vae_reconstruction"]
+        lines.append(f"VAE reconstructions of real images (the floor): FD {floor['fd']:.3f}, CLIP match {floor['clip_match']:.1f}")
     if calib:
         spacing = calib["settings"]["headline_spacing"]
         for steps, entry in calib["ddim"][spacing].items():

@@ -1,5 +1,8 @@
 """Calibrate the trained toy teacher: Fréchet distance and CLIP score of its DDIM samples at 1/2/4/50 steps.
 
+Also measured: real images, and real images passed through the VAE (encode, decode), which is the floor
+no sampler that decodes through this VAE can get under.
+
 The numbers DESIGN.md asks to write down ("The toy world"): the teacher's Fréchet distance at 4 DDIM
 steps should be clearly above (>= 2x) its 50-step value and many times above at 1-2 steps, and its
 samples should match their captions (CLIP score with the matching caption above a mismatched one).
@@ -76,6 +79,7 @@ def calibrate(
 
     from distill_diffusion.eval import FIDEvaluator, clip_score, load_clip
     from distill_diffusion.toy.clip import clip_feature_net
+    from distill_diffusion.toy.vae import reconstruct_uint8
     from distill_diffusion.toy.world import toy_images, toy_prompts
 
     pipe = StableDiffusionPipeline.from_pretrained(world.teacher, safety_checker=None, local_files_only=True)
@@ -94,7 +98,9 @@ def calibrate(
         return {"fd": round(float(evaluator.compute().fid), 4), "clip_match": round(match, 3), "clip_mismatch": round(other, 3)}
 
     real_texts = [caption for _, caption in toy_images(num_images, 32, seed + 2)]
-    results: dict[str, Any] = {"real": measure(real_uint8(num_images, seed + 2), real_texts), "ddim": {}}
+    real = real_uint8(num_images, seed + 2)
+    # real images through the VAE and back: the floor of any sampler that decodes through this VAE
+    results: dict[str, Any] = {"real": measure(real, real_texts), "vae_reconstruction": measure(reconstruct_uint8(pipe.vae, real), real_texts), "ddim": {}}
     runs = [(s, k) for s in SPACINGS for k in steps if s == SPACINGS[0] or k < 25]
     for spacing, k in tqdm(runs, desc="calibrate", disable=not progress):
         pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, timestep_spacing=spacing)

@@ -6,9 +6,12 @@ something needs an autoencoder: decoded latents must look like the data. :func:`
 small KL to N(0, I); no perceptual or adversarial term at 32^2) on images drawn in memory, then
 recalibrates ``scaling_factor`` so the latents have unit variance (LDM Sec. 4.3 / Appendix G).
 
-Cost (2 CPU cores, default toy VAE, batch 32): about 0.3 s a step; 600 steps reach a pixel MSE of about
-0.025 on [-1, 1] images (colours right, edges soft); a few thousand steps give sharper shapes. Cache
-the result (save the pipeline) rather than retraining.
+Cost (one CPU thread, default toy VAE, batch 16): about 0.4 s a step; 1000 steps at lr 1e-3 with cosine
+decay reach a held-out pixel MSE of 0.012-0.017 on [-1, 1] images over three seeds. The learning rate
+matters more than anything else: at 3e-3 the same 1000 steps gave 0.029 in one run and 0.052 in another
+(colours shifted: red to orange, green to grey). The Fréchet distance (toy-CLIP space) of 1024
+reconstructions to real images was 1.8 and 14.0 at 3e-3, 0.21-0.54 at 1e-3; ``toy.calibrate`` records it
+as the floor of every sampler that decodes through the VAE. Cache the result (save the pipeline) rather than retraining.
 """
 
 from __future__ import annotations
@@ -40,9 +43,9 @@ def calibrate_scaling_factor(vae, resolution: int = 32, num_images: int = 64, se
 
 def train_toy_vae(
     vae,
-    steps: int = 600,
-    batch_size: int = 32,
-    learning_rate: float = 2e-3,
+    steps: int = 1000,
+    batch_size: int = 16,
+    learning_rate: float = 1e-3,
     kl_weight: float = 1e-4,
     num_images: int = 4096,
     resolution: int = 32,
@@ -52,13 +55,15 @@ def train_toy_vae(
 ) -> dict[str, float]:
     """Train ``vae`` in place on toy images, recalibrate its ``scaling_factor``; return final metrics.
 
-    Loss per batch: mean squared reconstruction error + ``kl_weight`` * KL per pixel value. The VAE is
-    left in eval mode; ``progress`` shows a tqdm bar, ``cosine`` decays the learning rate to 0.
+    Loss per batch: mean squared reconstruction error + ``kl_weight`` * KL per pixel value. Batches and
+    posterior samples come from one generator seeded with ``seed`` (the global RNG is neither read nor
+    advanced), so a build does not depend on what ran before it in the process. The VAE is left in eval mode; ``progress`` shows a tqdm bar, ``cosine`` decays the
+    learning rate to 0.
     Returns ``{"mse": <held-out reconstruction MSE>, "scaling_factor": <new value>}``.
     """
     require(steps > 0 and batch_size > 0, f"steps={steps}, batch_size={batch_size} must be > 0")
     data = toy_pixels(num_images, resolution, seed).to(vae.device)
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)  # CPU: diffusers draws there and moves the noise
     optimizer = torch.optim.AdamW(vae.parameters(), lr=learning_rate, weight_decay=0.0)
     # cosine decay to 0 (optional): the last low-lr steps sharpen edges and fix colours noticeably
     lr_at = (lambda i: 0.5 * (1 + math.cos(math.pi * i / steps))) if cosine else (lambda i: 1.0)
@@ -67,7 +72,7 @@ def train_toy_vae(
     for _ in tqdm(range(steps), desc="vae", disable=not progress):
         x = data[torch.randint(0, len(data), (batch_size,), generator=generator)]
         posterior = vae.encode(x).latent_dist
-        reconstruction = vae.decode(posterior.sample()).sample
+        reconstruction = vae.decode(posterior.sample(generator)).sample
         loss = (reconstruction - x).pow(2).mean() + kl_weight * posterior.kl().mean() / x[0].numel()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -80,3 +85,15 @@ def train_toy_vae(
     scaling_factor = calibrate_scaling_factor(vae, resolution, seed=seed)
     vae.register_to_config(scaling_factor=scaling_factor)
     return {"mse": mse, "scaling_factor": scaling_factor}
+
+
+@torch.no_grad()
+def reconstruct_uint8(vae, images: Tensor, batch_size: int = 128) -> Tensor:
+    """uint8 ``[N,3,H,W]`` images through ``vae`` (encode to the posterior mode, decode) back to uint8."""
+    from distill_diffusion.eval import to_uint8
+
+    out = []
+    for chunk in images.split(batch_size):
+        x = chunk.to(device=vae.device, dtype=vae.dtype) / 127.5 - 1.0
+        out.append(to_uint8(vae.decode(vae.encode(x).latent_dist.mode()).sample.cpu(), "[-1,1]"))
+    return torch.cat(out)
