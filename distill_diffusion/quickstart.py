@@ -24,8 +24,8 @@ LCM_RECIPE: dict[str, dict[str, Any]] = {
     "method": {"lora": True, "lora_rank": 16, "lora_alpha": 16, "num_ddim_timesteps": 8,
                "w_min": 1.0, "w_max": 1.0, "loss_type": "huber", "huber_c": 0.001, "target_ema_decay": 0.95},
 }
-#: Teacher guidance for the benchmark rows (the toy world's calibrated scale). The LoRA distils w = 1 (scale 2):
-#: lower w distilled more accurately on this world (benchmarks/results/toy_quality/lcm_recipe_ablation.md).
+#: Teacher guidance for the benchmark rows (the toy world's calibrated scale). The LoRA distils w = 1 (scale 2);
+#: w = 2 scores the same within noise (benchmarks/results/toy_quality/lcm_recipe_ablation.md).
 TEACHER_GUIDANCE = 3.0
 
 
