@@ -66,6 +66,8 @@ class DistillationMethod(Protocol):
 
     def validation_pipeline(self) -> Any | None: ...
 
+    def validation_call_kwargs(self) -> dict[str, Any]: ...
+
 
 class MethodBase:
     """Defaults for the optional hooks, so a method writes only what it needs."""
@@ -84,6 +86,10 @@ class MethodBase:
 
     def validation_pipeline(self) -> Any | None:
         return None
+
+    def validation_call_kwargs(self) -> dict[str, Any]:
+        """Extra keyword arguments for each validation pipeline call (e.g. the method's guidance scale)."""
+        return {}
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Tensors the method holds outside ``models`` that must survive resume (e.g. an EMA target network).

@@ -290,8 +290,11 @@ class LCM(MethodBase):
     def validation_pipeline(self) -> Any:
         from distill_diffusion.trainers.pipeline_export import build_pipeline
 
-        pipe = build_pipeline(self.components, unet=self.unet, scheduler=self.scheduler())
-        return _WithGuidance(pipe, float(self.config.validation_guidance_scale))  # type: ignore[arg-type]
+        return build_pipeline(self.components, unet=self.unet, scheduler=self.scheduler())
+
+    def validation_call_kwargs(self) -> dict[str, Any]:
+        """LoRA students sample with guidance off (1.0) by default, full ones at their w-embedding's scale."""
+        return {"guidance_scale": float(self.config.validation_guidance_scale)}  # type: ignore[arg-type]
 
     def export(self, output_dir: Path) -> None:
         """LoRA: ``pytorch_lora_weights.safetensors`` + kohya copy + ``scheduler_config.json``. Full: an LCM pipeline folder
@@ -311,20 +314,6 @@ class LCM(MethodBase):
             # the EMA target θ⁻ beside the online student, as diffusers' LCM script saves it (``unet_target/``)
             self.target_unet.save_pretrained(output_dir / "unet_target", safe_serialization=True)
         _write_card(self.components, self.config, output_dir, self.paper)
-
-
-class _WithGuidance:
-    """A pipeline whose default guidance scale is the method's (validation calls it without one)."""
-
-    def __init__(self, pipeline: Any, guidance_scale: float) -> None:
-        self.pipeline, self.guidance_scale = pipeline, guidance_scale
-
-    def set_progress_bar_config(self, **kwargs: Any) -> None:
-        self.pipeline.set_progress_bar_config(**kwargs)
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        kwargs.setdefault("guidance_scale", self.guidance_scale)
-        return self.pipeline(*args, **kwargs)
 
 
 def _scheduler_args(cfg: LCMConfig) -> str:

@@ -21,11 +21,12 @@ def run_validation(method: DistillationMethod, cfg: TrainConfig, accelerator: Ac
     folder = Path(cfg.output_dir) / "validation" / f"step-{step}"
     folder.mkdir(parents=True, exist_ok=True)
     paths, arrays = [], []
+    call_kwargs = {"num_inference_steps": cfg.validation_inference_steps, **method.validation_call_kwargs()}
     for p_idx, prompt in enumerate(cfg.validation_prompts):
         for i in range(cfg.num_validation_images):
             generator = torch.Generator(device="cpu").manual_seed((cfg.seed or 0) + 1000 * p_idx + i)
             with torch.no_grad():
-                image = pipeline(prompt, num_inference_steps=cfg.validation_inference_steps, generator=generator).images[0]
+                image = pipeline(prompt, generator=generator, **call_kwargs).images[0]
             path = folder / f"{p_idx:03d}-{i}.png"
             image.save(path)
             paths.append(path)
