@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -17,8 +19,9 @@ torch.set_num_threads(1)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-# A private cache: tests never read or fill the user's toy-world cache.
+# A private cache: tests never read or fill the user's toy-world cache (removed when the session ends).
 os.environ["DISTILL_DIFFUSION_CACHE"] = tempfile.mkdtemp(prefix="dd-test-cache-")
+atexit.register(shutil.rmtree, os.environ["DISTILL_DIFFUSION_CACHE"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
