@@ -11,7 +11,8 @@ decay reach a held-out pixel MSE of 0.012-0.017 on [-1, 1] images over three see
 matters more than anything else: at 3e-3 the same 1000 steps gave 0.029 in one run and 0.052 in another
 (colours shifted: red to orange, green to grey). The Fréchet distance (toy-CLIP space) of 1024
 reconstructions to real images was 1.8 and 14.0 at 3e-3, 0.21-0.54 at 1e-3; ``toy.calibrate`` records it
-as the floor of every sampler that decodes through the VAE. Cache the result (save the pipeline) rather than retraining.
+as the floor of every sampler that decodes through the VAE. Cache the result (save the pipeline) rather
+than retraining.
 """
 
 from __future__ import annotations
@@ -57,8 +58,8 @@ def train_toy_vae(
 
     Loss per batch: mean squared reconstruction error + ``kl_weight`` * KL per pixel value. Batches and
     posterior samples come from one generator seeded with ``seed`` (the global RNG is neither read nor
-    advanced), so a build does not depend on what ran before it in the process. The VAE is left in eval mode; ``progress`` shows a tqdm bar, ``cosine`` decays the
-    learning rate to 0.
+    advanced), so a build does not depend on what ran before it in the process. The VAE is left in eval
+    mode; ``progress`` shows a tqdm bar, ``cosine`` decays the learning rate to 0.
     Returns ``{"mse": <held-out reconstruction MSE>, "scaling_factor": <new value>}``.
     """
     require(steps > 0 and batch_size > 0, f"steps={steps}, batch_size={batch_size} must be > 0")
