@@ -82,10 +82,15 @@ def train_toy_vae(
     vae.eval()
     with torch.no_grad():
         held_out = toy_pixels(64, resolution, seed + 1).to(vae.device)
-        mse = float((vae.decode(vae.encode(held_out).latent_dist.mode()).sample - held_out).pow(2).mean())
+        mse = float((roundtrip(vae, held_out) - held_out).pow(2).mean())
     scaling_factor = calibrate_scaling_factor(vae, resolution, seed=seed)
     vae.register_to_config(scaling_factor=scaling_factor)
     return {"mse": mse, "scaling_factor": scaling_factor}
+
+
+def roundtrip(vae, x: Tensor) -> Tensor:
+    """``x`` in [-1, 1] encoded to the posterior mode and decoded (unclamped, the VAE's own range)."""
+    return vae.decode(vae.encode(x).latent_dist.mode()).sample
 
 
 @torch.no_grad()
@@ -96,5 +101,5 @@ def reconstruct_uint8(vae, images: Tensor, batch_size: int = 128) -> Tensor:
     out = []
     for chunk in images.split(batch_size):
         x = chunk.to(device=vae.device, dtype=vae.dtype) / 127.5 - 1.0
-        out.append(to_uint8(vae.decode(vae.encode(x).latent_dist.mode()).sample.cpu(), "[-1,1]"))
+        out.append(to_uint8(roundtrip(vae, x).cpu(), "[-1,1]"))
     return torch.cat(out)
