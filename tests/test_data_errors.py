@@ -7,6 +7,7 @@ import io
 import json
 import tarfile
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -28,9 +29,21 @@ def png_bytes(seed: int, size: tuple[int, int] = (24, 16)) -> bytes:
 
 
 def truncated_png(seed: int) -> bytes:
-    """Valid header (passes the up-front check) but the pixel data is cut: fails only on decode."""
+    """Valid header but the pixel data is cut (an interrupted copy): caught by the up-front check."""
     data = png_bytes(seed, (64, 64))
     return data[: len(data) // 2]
+
+
+def corrupt_png(seed: int) -> bytes:
+    """Structure intact (chunk CRCs fixed up) but the compressed pixels garbled: passes the up-front
+    check, fails only on decode (the lazy path)."""
+    data = bytearray(png_bytes(seed, (64, 64)))
+    start = data.index(b"IDAT") + 4
+    length = int.from_bytes(data[start - 8 : start - 4], "big")
+    body = bytes(b ^ 0x55 for b in data[start : start + length])
+    data[start : start + length] = body
+    data[start + length : start + length + 4] = zlib.crc32(b"IDAT" + body).to_bytes(4, "big")
+    return bytes(data)
 
 
 def make_folder(root: Path, files: dict[str, bytes], lines: list[str] | None = None) -> Path:
@@ -148,8 +161,16 @@ def test_unreadable_header_is_dropped_and_counted(tmp_path: Path) -> None:
     assert "bad.png" not in {ds[i]["text"] for i in range(4)}
 
 
+def test_truncated_files_are_dropped_up_front(tmp_path: Path) -> None:
+    files = {f"{i}.png": png_bytes(i) for i in range(3)} | {"cut.png": truncated_png(9)}
+    ds = build_quietly(folder_cfg(make_folder(tmp_path, files), max_bad_fraction=0.5))
+    assert len(ds) == 3 and ds.bad_count == 1
+    with pytest.raises(UserError, match="1 of 4 images"):
+        build_quietly(folder_cfg(tmp_path, max_bad_fraction=0.1))
+
+
 def test_decode_failure_falls_through_and_is_counted(tmp_path: Path) -> None:
-    files = {"0.png": png_bytes(0), "1.png": truncated_png(1), "2.png": png_bytes(2)}
+    files = {"0.png": png_bytes(0), "1.png": corrupt_png(1), "2.png": png_bytes(2)}
     ds = build_quietly(folder_cfg(make_folder(tmp_path, files), max_bad_fraction=0.5))
     assert len(ds) == 3 and ds.bad_count == 0  # the header is fine
     with pytest.warns(UserWarning, match="skipping unreadable image"):
@@ -172,7 +193,7 @@ def test_over_threshold_up_front_is_a_user_error(tmp_path: Path) -> None:
 
 
 def test_over_threshold_lazily_is_a_user_error(tmp_path: Path) -> None:
-    files = {"0.png": png_bytes(0), "1.png": truncated_png(1), "2.png": truncated_png(2), "3.png": png_bytes(3)}
+    files = {"0.png": png_bytes(0), "1.png": corrupt_png(1), "2.png": corrupt_png(2), "3.png": png_bytes(3)}
     ds = build_quietly(folder_cfg(make_folder(tmp_path, files), max_bad_fraction=0.3))
     with pytest.raises(UserError, match="over data.max_bad_fraction=0.3"), warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -99,6 +99,25 @@ def test_grayscale_gives_equal_channels() -> None:
     assert torch.equal(out[0], out[1]) and torch.equal(out[1], out[2])
 
 
+def test_16bit_png_ramp_becomes_the_same_8bit_ramp(tmp_path) -> None:
+    ramp = np.arange(256, dtype=np.uint16).reshape(1, 256).repeat(4, axis=0)
+    Image.fromarray(ramp * 257).save(tmp_path / "ramp16.png")
+    with Image.open(tmp_path / "ramp16.png") as img:
+        assert img.mode.startswith("I")
+        rgb = np.asarray(to_rgb(img))
+    assert rgb.dtype == np.uint8 and (rgb == ramp[..., None]).all()
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [([0.0, 0.5, 1.0], [0, 128, 255]), ([-2.0, 0.0, 2.0], [0, 128, 255]), ([float("nan"), 0.0, 1.0], [0, 0, 255])],
+)
+def test_float_images_scale_from_unit_range_or_min_max(values: list[float], expected: list[int]) -> None:
+    img = Image.fromarray(np.array([values], dtype=np.float32))
+    assert img.mode == "F"
+    assert np.asarray(to_rgb(img))[0, :, 0].tolist() == expected
+
+
 def test_open_image_accepts_bytes_dict_path(tmp_path) -> None:
     path = tmp_path / "a.png"
     noise_image(8, 8).save(path)

@@ -2,9 +2,9 @@
 
 How unusable images are measured (cheap first, exact where cheap):
 
-* Up front, each source checks what it can afford: the image folder opens every file's header with PIL
-  (no pixel decode) and drops the unreadable ones; the `datasets` source fully decodes a small probe of
-  the first items. These counts are known before training starts, so a dataset that is mostly or
+* Up front, each source checks what it can afford: the image folder checks every file's structure
+  (header, PNG CRCs, JPEG end marker: truncated files are found without decoding every pixel) and drops
+  the unreadable ones; the `datasets` source fully decodes a small probe of the first items. These counts are known before training starts, so a dataset that is mostly or
   entirely broken fails with a :class:`UserError` before any output is written.
 * Lazily, an item whose pixels fail to decode (truncated file, corrupt data) is recorded once by index
   and the load falls through to the next index, so a batch is never short. When the recorded count

@@ -2,9 +2,12 @@
 
 This is the `datasets` "imagefolder" layout, read directly with PIL (no Arrow conversion, no cache
 files). ``metadata.jsonl`` may sit in the folder itself or in its split subfolder
-(``<train_data_dir>/<dataset_split>/metadata.jsonl``). Every file header is checked up front with PIL
-(cheap: no pixel decode, threaded), unreadable files are dropped and counted against
+(``<train_data_dir>/<dataset_split>/metadata.jsonl``). Every file is checked up front, threaded
+(:func:`~distill_diffusion.data.transforms.check_image_file`: headers, PNG CRCs, JPEG end markers, so
+truncated files are found without decoding every pixel); unreadable files are dropped and counted against
 ``max_bad_fraction``; decode failures later are counted lazily (see :mod:`distill_diffusion.data.base`).
+A caption is a string or a list of strings (one is drawn per epoch); ``file_name`` is a relative path
+inside the folder (absolute paths and ``..`` are refused, so a metadata file cannot pull in other files).
 """
 
 from __future__ import annotations
@@ -13,13 +16,13 @@ import json
 import os
 import random
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from PIL import Image
 
 from distill_diffusion.data.base import BadImageBudget, CaptionedImageDataset
-from distill_diffusion.data.transforms import ImageTransform, check_image_header
+from distill_diffusion.data.transforms import ImageTransform, check_image_file
 from distill_diffusion.errors import UserError, require
 
 METADATA_NAME = "metadata.jsonl"
@@ -50,7 +53,26 @@ def _parse_line(line: str, number: int, path: Path, caption_column: str) -> tupl
     if caption_column not in record:
         raise UserError(f"{where} has no {caption_column!r} caption key (keys: {', '.join(record)}); "
                         "set data.caption_column to the caption key")
-    return str(record["file_name"]), record[caption_column]
+    _check_caption(record[caption_column], where, caption_column)
+    return _check_file_name(record["file_name"], where), record[caption_column]
+
+
+def _check_file_name(name: Any, where: str) -> str:
+    """A relative path that stays inside the dataset folder."""
+    require(isinstance(name, str) and name.strip() != "", f"{where}: \"file_name\" is {name!r}, not a file name; "
+            "write the image's path relative to the folder as a string")
+    parts = PurePosixPath(name.replace("\\", "/"))
+    require(not parts.is_absolute() and ".." not in parts.parts and not PureWindowsPath(name).drive,
+            f"{where}: \"file_name\" {name!r} points outside the dataset folder; use a path relative to the folder, "
+            "without '..' (move or link the image into the folder)")
+    return name
+
+
+def _check_caption(caption: Any, where: str, column: str) -> None:
+    """A string, or a list of strings (one is drawn per epoch, COCO-style)."""
+    ok = isinstance(caption, str) or (isinstance(caption, list) and all(isinstance(c, str) for c in caption))
+    require(ok, f"{where}: caption {column!r} is {type(caption).__name__} {json.dumps(caption)[:60]}, not text; "
+            'write a string (or a list of strings) such as "a red circle", or "" for no caption')
 
 
 def read_metadata(path: str | Path, caption_column: str = "text") -> list[tuple[Path, Any]]:
@@ -71,12 +93,12 @@ def read_metadata(path: str | Path, caption_column: str = "text") -> list[tuple[
     return records
 
 
-def _check_headers(paths: list[Path]) -> list[bool]:
-    """Header check of many files; threads because it is I/O-bound (open + read a few KB)."""
+def _check_files(paths: list[Path]) -> list[bool]:
+    """:func:`check_image_file` on many files; threads because it is mostly I/O (PIL and zlib release the GIL)."""
     if len(paths) < 256:
-        return [check_image_header(p) for p in paths]
+        return [check_image_file(p) for p in paths]
     with ThreadPoolExecutor(max_workers=min(32, (os.cpu_count() or 1) * 4)) as pool:
-        return list(pool.map(check_image_header, paths, chunksize=64))
+        return list(pool.map(check_image_file, paths, chunksize=64))
 
 
 def subsample(count: int, max_samples: int | None, seed: int) -> list[int]:
@@ -103,7 +125,7 @@ class ImageFolderDataset(CaptionedImageDataset):
         metadata = find_metadata(root, split)
         records = read_metadata(metadata, caption_column)
         records = [records[i] for i in subsample(len(records), max_train_samples, seed)]
-        ok = _check_headers([p for p, _ in records])
+        ok = _check_files([p for p, _ in records])
         self.records = [r for r, good in zip(records, ok) if good]
         self.metadata_path = metadata
         budget = BadImageBudget(len(records), max_bad_fraction, f"image folder {metadata.parent}",

@@ -43,21 +43,42 @@ def open_image(value: Any) -> Image.Image:
     raise TypeError(f"cannot read an image from a {type(value).__name__}")
 
 
-def check_image_header(path: str | Path) -> bool:
-    """Cheap validity check: PIL parses the header only (no pixel decode), ~tens of µs per file."""
+def check_image_file(path: str | Path) -> bool:
+    """Up-front validity check that also catches truncated files (interrupted copies, the usual damage).
+
+    Cheap for the formats of large datasets: a PNG's chunks and CRCs are walked (``verify()``: reads the
+    file, no inflate); a JPEG that ends with its EOI marker is accepted from the header, one that does not
+    is decoded to decide. Other formats are fully decoded. Damage that keeps a file's structure intact
+    (wrong bytes inside a JPEG scan) is left to the lazy check at training time.
+    """
     try:
         with Image.open(path) as img:
-            width, height = img.size
-        return width > 0 and height > 0
+            if img.width <= 0 or img.height <= 0:
+                return False
+            if img.format == "PNG":
+                img.verify()
+            elif img.format != "JPEG" or not _ends_with_jpeg_eoi(path):
+                img.load()
+        return True
     except Exception:  # any unreadable file is "bad", whatever PIL raises
         return False
 
 
+def _ends_with_jpeg_eoi(path: str | Path, tail: int = 64) -> bool:
+    """The end-of-image marker FF D9 within the last bytes (some writers pad after it)."""
+    with open(path, "rb") as handle:
+        handle.seek(0, io.SEEK_END)
+        handle.seek(max(0, handle.tell() - tail))
+        return b"\xff\xd9" in handle.read()
+
+
 def to_rgb(img: Image.Image) -> Image.Image:
     """Convert any PIL mode to RGB; transparent pixels become white (``convert("RGB")`` would expose the
-    arbitrary colour stored under alpha=0, often black)."""
+    arbitrary colour stored under alpha=0, often black); high-bit-depth grey is scaled (:func:`to_8bit`)."""
     if img.mode == "RGB":
         return img
+    if img.mode == "F" or img.mode.startswith("I"):
+        return to_8bit(img).convert("RGB")
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA", "PA"):
@@ -65,6 +86,25 @@ def to_rgb(img: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return img.convert("RGB")
+
+
+def to_8bit(img: Image.Image) -> Image.Image:
+    """16-bit, 32-bit integer and float grey images (modes ``I;16*``, ``I``, ``F``) as 8-bit ``L``.
+
+    ``convert("L")`` clips instead of scaling, which turns a 16-bit photo nearly white. The rule:
+    integer modes hold 16-bit values (a 16-bit PNG; Pillow opens it as ``I;16`` or ``I``) and are divided
+    by 257 (65535 → 255); float images are taken as [0, 1] when their maximum is at most 1, otherwise
+    stretched from their own minimum to maximum; NaN counts as 0.
+    """
+    values = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    if img.mode != "F":
+        values = values / 257.0
+    elif values.size and values.max() <= 1.0:
+        values = values * 255.0
+    else:
+        low, high = (values.min(), values.max()) if values.size else (0.0, 0.0)
+        values = (values - low) * (255.0 / (high - low) if high > low else 0.0)
+    return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8))
 
 
 @dataclass(frozen=True)
