@@ -6,11 +6,11 @@ One UNet holds the frozen base (weight dtype) and the LoRA weights (fp32); the t
 
 Export format. ``StableDiffusionPipeline.save_lora_weights`` is given the keys of
 ``get_peft_model_state_dict`` (``lora_A``/``lora_B``) and the adapter's ``LoraConfig`` as metadata, the
-layout diffusers' own ``save_lora_adapter`` writes. Passing them through ``convert_state_dict_to_diffusers``
-first (as the diffusers LCM-LoRA script does) renames only the attention projections (``to_q.lora.down``)
-and leaves conv/ff layers as ``lora_A``; diffusers 0.42.1's loader picks one format from the FIRST key, so
-with LCM-LoRA's target list (first key ``proj_in``) it silently drops every attention LoRA. Without the
-metadata the loader assumes alpha = rank.
+layout diffusers' own ``save_lora_adapter`` writes, minus the config fields older peft versions reject.
+Passing them through ``convert_state_dict_to_diffusers`` first (as the diffusers LCM-LoRA script does)
+renames only the attention projections (``to_q.lora.down``) and leaves conv/ff layers as ``lora_A``;
+diffusers 0.42.1's loader picks one format from the FIRST key, so with LCM-LoRA's target list (first key
+``proj_in``) it silently drops every attention LoRA. Without the metadata the loader assumes alpha = rank.
 """
 
 from __future__ import annotations
@@ -31,6 +31,12 @@ DEFAULT_TARGET_MODULES: tuple[str, ...] = (
     "conv1", "conv2", "conv_shortcut", "downsamplers.0.conv", "upsamplers.0.conv", "time_emb_proj",
 )
 ADAPTER = "default"
+#: ``LoraConfig`` fields written as export metadata: all exist in peft 0.13 and later (0.15 is the oldest
+#: supported), and ``rank_pattern`` / ``target_modules`` must be present because diffusers 0.34 reads them unguarded.
+PORTABLE_CONFIG_FIELDS = frozenset({
+    "r", "lora_alpha", "target_modules", "lora_dropout", "bias", "use_dora", "use_rslora",
+    "rank_pattern", "alpha_pattern", "init_lora_weights",
+})
 KOHYA_FILE = "lcm_lora_kohya.safetensors"
 _SUPPORTED = (nn.Linear, nn.Conv2d)
 
@@ -102,9 +108,14 @@ def lora_state_dict(unet: nn.Module, dtype: torch.dtype = torch.float32) -> dict
 
 
 def adapter_metadata(unet: nn.Module) -> dict[str, Any]:
-    """The adapter's ``LoraConfig`` as JSON-able data (rank, alpha, targets), saved inside the safetensors file."""
+    """The adapter's ``LoraConfig`` as JSON-able data (rank, alpha, targets), saved inside the safetensors file.
+
+    Only :data:`PORTABLE_CONFIG_FIELDS` are kept: diffusers rebuilds ``LoraConfig(**metadata)`` on load, and
+    the full ``to_dict()`` of a recent peft holds keywords (``lora_bias``, ``target_parameters``, ...) that an
+    older peft rejects with a TypeError, so the adapter would not load at all.
+    """
     meta = unet.peft_config[ADAPTER].to_dict()
-    return {k: sorted(v) if isinstance(v, set) else v for k, v in meta.items()}
+    return {k: sorted(v) if isinstance(v, set) else v for k, v in meta.items() if k in PORTABLE_CONFIG_FIELDS}
 
 
 def save_lora(unet: nn.Module, output_dir: Path, dtype: torch.dtype = torch.float16, family: str = "sd1") -> dict[str, Path]:
