@@ -12,6 +12,8 @@ from diffusers.training_utils import EMAModel
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from distill_diffusion.errors import require
+
 EMA_WEIGHTS = "ema_{name}.safetensors"
 EMA_META = "ema_{name}.json"
 
@@ -26,13 +28,17 @@ def save_ema(ema: EMAModel, folder: Path, name: str) -> None:
 
 
 def load_ema(ema: EMAModel, folder: Path, name: str) -> None:
-    """Inverse of :func:`save_ema`."""
-    tensors = load_file(str(folder / EMA_WEIGHTS.format(name=name)))
+    """Inverse of :func:`save_ema`, onto the device the EMA lives on now (its shadow weights sit beside the
+    parameters they follow: loading them on the CPU would make the next ``ema.step`` mix CPU and CUDA tensors)."""
+    device = ema.shadow_params[0].device if ema.shadow_params else torch.device("cpu")
+    path = folder / EMA_WEIGHTS.format(name=name)
+    require(path.is_file(), f"checkpoint {folder} has no {path.name}; resume with the same --use_ema setting it was written with")
+    tensors = load_file(str(path), device=str(device))
+    require(len(tensors) == len(ema.shadow_params), f"{path} holds {len(tensors)} EMA tensors, this run {len(ema.shadow_params)}; "
+            "resume with the same method options")
     state = json.loads((folder / EMA_META.format(name=name)).read_text())
     state["shadow_params"] = [tensors[f"shadow.{i}"] for i in range(len(tensors))]
     ema.load_state_dict(state)
-    device = ema.shadow_params[0].device if ema.shadow_params else torch.device("cpu")
-    ema.to(device=device)
 
 
 @contextmanager
