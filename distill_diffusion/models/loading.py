@@ -182,8 +182,10 @@ def _load_pipeline(cfg: ModelConfig, kind: str, weight_dtype: torch.dtype) -> An
             f"{src} is a {index.get('_class_name', 'non-SD')} pipeline, not Stable Diffusion 1.x/2.x; pass an SD 1.x/2.x model",
         )
         require(detect_family(index, {}) != "sdxl", f"{src}: {SDXL_ERROR}")
+        # use_safetensors: a folder or hub repo whose weights are only pickles fails instead of being unpickled.
         return StableDiffusionPipeline.from_pretrained(
-            src, revision=cfg.revision, variant=cfg.variant, feature_extractor=None, requires_safety_checker=False, **common
+            src, revision=cfg.revision, variant=cfg.variant, feature_extractor=None, requires_safety_checker=False,
+            use_safetensors=True, **common,
         )
     except (OSError, ValueError) as exc:
         raise _load_error(cfg, kind, exc) from None
