@@ -217,7 +217,7 @@ class Engine:
                 acc.backward(loss)
             for key, value in {f"{phase.name}/loss": out.loss.detach().item(), **out.logs}.items():
                 logs[key] = logs.get(key, 0.0) + float(value) / len(micro)
-        norm = self._grad_norm(self.params[phase.name])
+        norm = self._grad_norm(self.params[phase.name], optimizer)
         finite = self._all_finite(norm)
         scaled = acc.scaler is not None
         if finite or scaled:
@@ -233,13 +233,14 @@ class Engine:
         logs[f"{phase.name}/lr"] = self.lr_schedulers[phase.name].get_last_lr()[0]
         return logs
 
-    def _grad_norm(self, params: list[torch.nn.Parameter]) -> torch.Tensor:
+    def _grad_norm(self, params: list[torch.nn.Parameter], optimizer: Any) -> torch.Tensor:
         """The total gradient norm before clipping (clipped to ``max_grad_norm`` when > 0); inf/nan if any gradient is."""
         acc = self.accelerator
         limit = self.cfg.max_grad_norm if self.cfg.max_grad_norm > 0 else float("inf")
         if acc.distributed_type in (DistributedType.NO, DistributedType.MULTI_GPU, DistributedType.MULTI_CPU):
-            # unscale (fp16) then torch's clip, 2-3× cheaper than accelerate's DTensor-aware path on small models
-            acc.unscale_gradients()
+            # unscale (fp16; this phase's optimizer only: a second unscale_ before update() raises) then torch's
+            # clip, 2-3× cheaper than accelerate's DTensor-aware path on small models
+            acc.unscale_gradients(optimizer)
             norm = torch.nn.utils.clip_grad_norm_(params, limit) if limit < math.inf else _total_norm(params)
         else:
             # FSDP and DeepSpeed: accelerate knows how to reduce sharded gradients (DeepSpeed may hide the norm)
