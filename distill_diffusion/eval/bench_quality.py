@@ -7,7 +7,6 @@ device and dtype, because FID is biased at small N and only comparable at equal 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -17,11 +16,11 @@ import torch
 from torch import nn
 
 from distill_diffusion.errors import UserError, require
-from distill_diffusion.eval.evaluate import build_evaluator, check_sample_count, prepare_real, score_generated
-from distill_diffusion.eval.generate import check_steps, generate_to_folder, resolve_prompts
+from distill_diffusion.eval.evaluate import checked_evaluator, prepare_real, score_generated
+from distill_diffusion.eval.generate import generate_to_folder, resolve_prompts
 from distill_diffusion.eval.grid import make_grid
-from distill_diffusion.eval.images import list_image_files
 from distill_diffusion.eval.report import write_report
+from distill_diffusion.paths import check_output_dir
 
 DEFAULT_STEPS = (1, 2, 4, 8)
 TEACHER_STEPS = (1, 2, 4, 8, 25, 50)
@@ -39,11 +38,16 @@ class PipelineSpec:
     steps: tuple[int, ...] = DEFAULT_STEPS
 
     def __post_init__(self) -> None:
-        from distill_diffusion.pipelines.presets import get_preset
+        from distill_diffusion.pipelines.presets import check_guidance, get_preset
 
         get_preset(self.preset)
         require(bool(self.name) and "/" not in self.name, f"pipeline name {self.name!r} must be non-empty, without '/'")
         require(bool(self.steps) and all(s >= 1 for s in self.steps), f"{self.name}: steps {self.steps} must be ≥ 1")
+        if self.guidance_scale is not None:
+            try:
+                check_guidance(self.guidance_scale)
+            except UserError as exc:
+                raise UserError(f"{self.name}: {exc}") from None
 
 
 def parse_pipeline_spec(text: str, default_steps: Sequence[int] = DEFAULT_STEPS) -> PipelineSpec:
@@ -104,47 +108,33 @@ def parse_dtype(name: str) -> torch.dtype:
     return table[name]
 
 
-def _validate(pipelines: Sequence[PipelineSpec], s: BenchmarkSettings) -> tuple[list[str], Any, Any]:
+def _validate(pipelines: Sequence[PipelineSpec], s: BenchmarkSettings, output_dir: str | Path) -> tuple[list[str], Any, Any]:
     """Every check that can fail, before anything is generated or written."""
     from distill_diffusion.config import ModelConfig
     from distill_diffusion.eval.clip_score import load_clip
-    from distill_diffusion.models.loading import check_model_source
-    from distill_diffusion.pipelines.loader import reject_lora_as_model, resolve_lora
+    from distill_diffusion.pipelines.loader import check_device, check_pipeline_request
 
     require(bool(pipelines), "no pipeline to benchmark; pass --teacher PATH and/or --pipeline NAME=PATH")
     names = [p.name for p in pipelines]
     require(len(set(names)) == len(names), f"pipeline names repeat ({names}); give each --pipeline its own NAME")
+    check_device(s.device)
     for p in pipelines:
-        reject_lora_as_model(p.model)
-        check_model_source(ModelConfig(pretrained_model_name_or_path=p.model, local_files_only=s.local_files_only))
-        if p.lora:
-            resolve_lora(p.lora)
-        _check_lcm_steps(p)
+        cfg = ModelConfig(pretrained_model_name_or_path=p.model, local_files_only=s.local_files_only)
+        try:
+            check_pipeline_request(cfg, p.lora, p.preset, steps=p.steps)
+        except UserError as exc:
+            raise UserError(f"{p.name}: {exc}") from None
     parse_dtype(s.dtype)
+    require(s.batch_size >= 1, f"batch size {s.batch_size}; pass 1 or more (--batch_size)")
+    require(s.grid_rows >= 1, f"grid rows {s.grid_rows}; pass 1 or more (--grid_rows)")
+    check_output_dir(str(output_dir), "--output_dir")
     prompts = resolve_prompts(s.prompts, s.num_images, s.seed)
     evaluator = None
     if s.real_dir is not None:
-        num_real = len(list_image_files(s.real_dir))
-        evaluator = build_evaluator(s.fid_feature, feature_dim=s.feature_dim, inception_weights=s.inception_weights,
-                                    resize=s.resize, kid=s.kid, device=s.device)  # fmt: skip
-        check_sample_count(evaluator, len(prompts), "generated", s.kid)
-        check_sample_count(evaluator, num_real, "real", s.kid)
+        evaluator = checked_evaluator(s.real_dir, len(prompts), s.fid_feature, feature_dim=s.feature_dim,
+                                      inception_weights=s.inception_weights, resize=s.resize, kid=s.kid, device=s.device)  # fmt: skip
     clip = s.clip or (load_clip(s.clip_model, device=s.device) if s.clip_model else None)
     return prompts, evaluator, clip
-
-
-def _check_lcm_steps(p: PipelineSpec) -> None:
-    """An LCM samples at most its distillation grid's ``original_inference_steps``: refuse up front, not mid-run."""
-    from distill_diffusion.pipelines import build_scheduler, get_preset
-    from distill_diffusion.pipelines.loader import trained_scheduler_config
-
-    local = Path(p.model) / "scheduler" / "scheduler_config.json"
-    base = json.loads(local.read_text()) if local.is_file() else {}
-    scheduler = build_scheduler(get_preset(p.preset), base, trained_scheduler_config(p.lora))
-    try:
-        check_steps(scheduler, max(p.steps))
-    except UserError as exc:
-        raise UserError(f"{p.name}: {exc}") from None
 
 
 def _stats_cache_path(out: Path, evaluator: Any) -> Path:
@@ -179,7 +169,7 @@ def run_quality_benchmark(
     from distill_diffusion.pipelines import get_preset, load_pipeline
 
     s = settings or BenchmarkSettings()
-    prompts, evaluator, clip = _validate(pipelines, s)
+    prompts, evaluator, clip = _validate(pipelines, s, output_dir)
     state = PartialState()
     device = s.device or str(state.device)
     out = Path(output_dir)

@@ -18,9 +18,40 @@ import torch
 import torch.nn.functional as F
 
 from distill_diffusion.errors import UserError
+from distill_diffusion.pipelines.loader import reject_pickle_weights
 
 DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"
 _HUB_ID = re.compile(r"^[\w.\-]+(/[\w.\-]+)?$")
+
+
+def _clip_source(name_or_path: str) -> str:
+    """The local folder or hub id to load a CLIP model from; a missing path or pickle-only folder is a UserError."""
+    local = Path(name_or_path).expanduser()
+    if not local.is_dir() and not _HUB_ID.match(name_or_path):
+        raise UserError(
+            f"CLIP model {name_or_path}: no such folder; pass a folder saved with CLIPModel.save_pretrained "
+            f"or a hub id such as {DEFAULT_CLIP_MODEL}"
+        )
+    reject_pickle_weights(local, "CLIP model folder")
+    return str(local) if local.is_dir() else name_or_path
+
+
+def _load_error(name_or_path: str, exc: Exception) -> UserError:
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return UserError(
+        f"cannot load CLIP model {name_or_path} ({reason}); pass a local CLIP folder "
+        "(model + processor files) or a reachable hub id"
+    )
+
+
+def clip_projection_dim(name_or_path: str) -> int:
+    """The image-embedding size of a CLIP model, from its config alone (so sample counts are checked pre-load)."""
+    from transformers import CLIPConfig
+
+    try:
+        return int(CLIPConfig.from_pretrained(_clip_source(name_or_path)).projection_dim)
+    except (OSError, ValueError) as exc:
+        raise _load_error(name_or_path, exc) from exc
 
 
 def load_clip(
@@ -30,26 +61,18 @@ def load_clip(
 ) -> tuple[Any, Any]:
     """Load ``(CLIPModel, CLIPProcessor)`` from a local folder or a hub id; frozen, in eval mode.
 
-    A missing local path, or a hub id that cannot be fetched (offline, typo), is a UserError.
+    A missing local path, a folder with only pickle weights, or a hub id that cannot be fetched (offline,
+    typo) is a UserError.
     """
     from transformers import CLIPModel, CLIPProcessor
 
-    local = Path(name_or_path).expanduser()
-    if not local.is_dir() and not _HUB_ID.match(name_or_path):
-        raise UserError(
-            f"CLIP model {name_or_path}: no such folder; pass a folder saved with CLIPModel.save_pretrained "
-            f"or a hub id such as {DEFAULT_CLIP_MODEL}"
-        )
-    source = str(local) if local.is_dir() else name_or_path
+    source = _clip_source(name_or_path)
     try:
-        model = CLIPModel.from_pretrained(source)
+        # use_safetensors: never unpickle weights from a hub repo either (a local folder is checked above).
+        model = CLIPModel.from_pretrained(source, use_safetensors=True)
         processor = CLIPProcessor.from_pretrained(source)
     except (OSError, ValueError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(
-            f"cannot load CLIP model {name_or_path} ({reason}); pass a local CLIP folder "
-            "(model + processor files) or a reachable hub id"
-        ) from exc
+        raise _load_error(name_or_path, exc) from exc
     return model.to(device=device, dtype=dtype).eval().requires_grad_(False), processor
 
 

@@ -15,9 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from distill_diffusion.errors import UserError, require
-from distill_diffusion.eval.clip_score import clip_score, image_embeddings, load_clip
-from distill_diffusion.eval.features import FeatureNet
+from distill_diffusion.errors import require
+from distill_diffusion.eval.clip_score import clip_projection_dim, clip_score, image_embeddings, load_clip
+from distill_diffusion.eval.features import FeatureNet, resolve_inception_weights
 from distill_diffusion.eval.fid import FIDEvaluator
 from distill_diffusion.eval.generate import read_manifest
 from distill_diffusion.eval.images import (
@@ -28,6 +28,7 @@ from distill_diffusion.eval.images import (
     pil_to_uint8,
     resize_pil,
 )
+from distill_diffusion.pipelines.loader import check_device
 
 
 class CLIPImageFeatures(nn.Module):
@@ -49,6 +50,22 @@ def clip_feature_net(path: str, device: torch.device | str | None = None) -> Fea
     return FeatureNet(CLIPImageFeatures(model, processor), dim, name=f"clip:{Path(path).name}")
 
 
+def feature_dim_of(feature: str | nn.Module, feature_dim: int | None = None) -> int:
+    """The size of the feature space ``feature`` names, known before any weight loads (CLIP: its config).
+
+    An unknown spec, or an injected module without ``feature_dim``, is a UserError.
+    """
+    if isinstance(feature, FeatureNet):
+        return feature.num_features
+    if isinstance(feature, nn.Module):
+        require(feature_dim is not None, "an injected feature network needs feature_dim")
+        return int(feature_dim)
+    if feature.startswith("clip:"):
+        return clip_projection_dim(feature[len("clip:") :])
+    require(feature == "inception", f"FID feature {feature!r} is unknown; use 'inception' or 'clip:PATH' (a CLIPModel folder)")
+    return feature_dim or 2048
+
+
 def build_evaluator(
     feature: str | nn.Module = "inception",
     *,
@@ -60,29 +77,49 @@ def build_evaluator(
 ) -> FIDEvaluator:
     """``FIDEvaluator`` from a spec: ``"inception"``, ``"clip:PATH"`` or a module (``FeatureNet`` or with ``feature_dim``)."""
     policy = resize if isinstance(resize, ResizePolicy) else ResizePolicy.parse(resize)
+    dim = feature_dim_of(feature, feature_dim)
     common = {"resize": policy, "kid": kid, "kid_subset_size": 1000, "device": device}
     if isinstance(feature, nn.Module):
-        dim = feature.num_features if isinstance(feature, FeatureNet) else feature_dim
-        require(dim is not None, "an injected feature network needs feature_dim")
         return FIDEvaluator(feature, dim, **common)
     if feature.startswith("clip:"):
-        net = clip_feature_net(feature[len("clip:") :], device=device)
-        return FIDEvaluator(net, net.num_features, **common)
-    if feature == "inception":
-        return FIDEvaluator("inception", feature_dim or 2048, weights_path=inception_weights, **common)
-    raise UserError(f"FID feature {feature!r} is unknown; use 'inception' or 'clip:PATH' (a CLIPModel folder)")
+        return FIDEvaluator(clip_feature_net(feature[len("clip:") :], device=device), dim, **common)
+    return FIDEvaluator("inception", dim, weights_path=inception_weights, **common)
 
 
-def check_sample_count(evaluator: FIDEvaluator, count: int, what: str, kid: bool) -> None:
+def check_sample_count(feature_dim: int, count: int, what: str, kid: bool) -> None:
     """Refuse, before any work, a set too small for FID (Σ singular below the feature dimension)."""
     if kid:
         require(count >= 2, f"only {count} {what} images; KID needs at least 2")
         return
     require(
-        count >= max(2, evaluator.feature_dim),
-        f"FID is undefined with {count} {what} images for {evaluator.feature_dim}-dim features; "
+        count >= max(2, feature_dim),
+        f"FID is undefined with {count} {what} images for {feature_dim}-dim features; "
         "use at least that many images, or report KID instead (--kid)",
     )
+
+
+def checked_evaluator(
+    real_dir: str | Path,
+    num_generated: int,
+    feature: str | nn.Module = "inception",
+    *,
+    feature_dim: int | None = None,
+    inception_weights: str | Path | None = None,
+    resize: ResizePolicy | str | None = None,
+    kid: bool = False,
+    device: torch.device | str | None = None,
+) -> FIDEvaluator:
+    """:func:`build_evaluator` after the checks that need no weights: a readable resize policy, a known feature
+    space (and Inception's weights file), real images in ``real_dir``, and both sets large enough for FID (or KID)."""
+    policy = resize if isinstance(resize, ResizePolicy) else ResizePolicy.parse(resize)
+    num_real = len(list_image_files(real_dir))
+    dim = feature_dim_of(feature, feature_dim)
+    if feature == "inception":
+        resolve_inception_weights(inception_weights)  # a missing weights file is the first thing to fix
+    check_sample_count(dim, num_generated, "generated", kid)
+    check_sample_count(dim, num_real, "real", kid)
+    return build_evaluator(feature, feature_dim=feature_dim, inception_weights=inception_weights, resize=policy,
+                           kid=kid, device=device)  # fmt: skip
 
 
 def folder_batches(folder: str | Path, files: Sequence[str], resize: ResizePolicy, batch_size: int = 64) -> Iterator[torch.Tensor]:
@@ -155,6 +192,7 @@ def evaluate_folder(
 ) -> dict[str, Any]:
     """What ``distill-diffusion eval`` computes: FID/KID vs ``real`` (if given) and CLIP score (if ``clip_model``)."""
     require(real is not None or clip_model is not None, "nothing to compute; pass a real image folder (FID) and/or a CLIP model")
+    check_device(device)
     count = len(read_manifest(generated)) if prompts is None else len(list_image_files(generated))
     require(
         prompts is None or count == len(prompts),
@@ -162,10 +200,8 @@ def evaluate_folder(
     )
     evaluator = None
     if real is not None:
-        num_real = len(list_image_files(real))
-        evaluator = build_evaluator(feature, feature_dim=feature_dim, inception_weights=inception_weights, resize=resize, kid=kid, device=device)
-        check_sample_count(evaluator, count, "generated", kid)
-        check_sample_count(evaluator, num_real, "real", kid)
+        evaluator = checked_evaluator(real, count, feature, feature_dim=feature_dim, inception_weights=inception_weights,
+                                      resize=resize, kid=kid, device=device)  # fmt: skip
     clip = load_clip(clip_model, device=device) if clip_model else None
     if evaluator is not None:
         prepare_real(evaluator, real, stats_cache)

@@ -19,6 +19,8 @@ import torch
 
 from distill_diffusion.errors import UserError, require
 from distill_diffusion.eval.images import to_uint8, uint8_to_pil
+from distill_diffusion.paths import check_output_dir
+from distill_diffusion.pipelines.presets import check_guidance, check_steps
 
 MANIFEST = "manifest.jsonl"
 DEFAULT_TOY_PROMPTS = 64
@@ -66,16 +68,6 @@ def _call(pipe: Any, prompts: list[str], seeds: list[int], steps: int, guidance:
     return to_uint8(out.images, "[0,1]").cpu()
 
 
-def check_steps(scheduler: Any, steps: int) -> None:
-    """An ``LCMScheduler`` samples on the grid it was distilled on, so at most ``original_inference_steps`` steps."""
-    limit = scheduler.config.get("original_inference_steps") if type(scheduler).__name__ == "LCMScheduler" else None
-    require(
-        limit is None or steps <= limit,
-        f"{steps} sampling steps, but this LCM was distilled on a grid of {limit} timesteps "
-        f"(original_inference_steps); pass {limit} steps or fewer",
-    )
-
-
 @torch.no_grad()
 def generate_images(
     pipe: Any,
@@ -96,6 +88,7 @@ def generate_images(
     require(len(prompts) == len(seeds), f"{len(prompts)} prompts but {len(seeds)} seeds; pass one seed per prompt")
     require(batch_size >= 1, f"batch_size={batch_size}; pass 1 or more")
     check_steps(pipe.scheduler, num_inference_steps)
+    check_guidance(guidance_scale)
     kwargs = dict(pipe_kwargs or {})
     timing = GenerationTiming()
     if warmup and prompts:
@@ -141,6 +134,7 @@ def generate_to_folder(
 
     require(len(prompts) > 0, "the prompt set is empty; pass at least one prompt")
     require(num_inference_steps >= 1, f"num_inference_steps={num_inference_steps}; pass 1 or more")
+    check_output_dir(str(output_dir), "output_dir")
     state = PartialState()
     out = Path(output_dir)
     with state.split_between_processes(list(range(len(prompts)))) as mine:

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from distill_diffusion.errors import require
+from distill_diffusion.paths import check_output_dir, check_output_file
 
 
 def _add_common_model(p: argparse.ArgumentParser) -> None:
@@ -41,18 +42,27 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    from accelerate import PartialState
+
+    from distill_diffusion.config import ModelConfig
     from distill_diffusion.eval.bench_quality import parse_dtype
     from distill_diffusion.eval.generate import generate_to_folder, resolve_prompts
     from distill_diffusion.pipelines import get_preset, load_pipeline
+    from distill_diffusion.pipelines.loader import check_pipeline_request
 
+    # Every check first: a bad argument must fail before the pipeline loads and before anything is written.
     preset_name = args.preset or ("lcm" if args.lora else "ddim")
     kwargs = get_preset(preset_name).call_kwargs(args.steps, args.guidance)
-    prompts = resolve_prompts([args.prompt] if args.prompt else args.prompts, args.num_images, args.seed)
+    prompts = resolve_prompts([args.prompt] if args.prompt is not None else args.prompts, args.num_images, args.seed)
     require(args.batch_size >= 1, f"--batch_size {args.batch_size}; pass 1 or more")
-    from accelerate import PartialState
-
+    check_output_dir(args.output_dir, "--output_dir")
+    dtype = parse_dtype(args.dtype)
+    check_pipeline_request(
+        ModelConfig(pretrained_model_name_or_path=args.model, local_files_only=args.local_files_only), args.lora,
+        preset_name, steps=[kwargs["num_inference_steps"]], device=args.device, lora_scale=args.lora_scale,
+    )  # fmt: skip
     pipe = load_pipeline(
-        args.model, args.lora, preset_name, device=args.device or str(PartialState().device), dtype=parse_dtype(args.dtype),
+        args.model, args.lora, preset_name, device=args.device or str(PartialState().device), dtype=dtype,
         local_files_only=args.local_files_only, fuse_lora=not args.no_fuse_lora, lora_scale=args.lora_scale,
     )  # fmt: skip
     extra = {"model": args.model, "lora": args.lora, "preset": preset_name}
@@ -89,19 +99,28 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_eval)
 
 
+def _check_stats_cache(path: str | None) -> None:
+    """A stats cache that does not exist yet is written after the real set is read: check it can be."""
+    if path is not None and not Path(path).expanduser().is_file():
+        check_output_file(path, "--stats_cache")
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from distill_diffusion.data.prompts import load_prompts
     from distill_diffusion.eval.evaluate import evaluate_folder
 
+    if args.output is not None:
+        check_output_file(args.output, "--output")
+    _check_stats_cache(args.stats_cache)
     result = evaluate_folder(
         args.generated, args.real, feature=args.fid_feature, inception_weights=args.inception_weights,
         clip_model=args.clip_model, resize=args.resize, kid=args.kid, stats_cache=args.stats_cache,
-        prompts=load_prompts(args.prompts) if args.prompts else None, device=args.device,
+        prompts=load_prompts(args.prompts) if args.prompts is not None else None, device=args.device,
     )  # fmt: skip
     text = json.dumps(result, indent=2)
-    if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(text + "\n")
+    if args.output is not None:
+        Path(args.output).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).expanduser().write_text(text + "\n")
     print(text)
     return 0
 
@@ -132,8 +151,9 @@ def cmd_bench_quality(args: argparse.Namespace) -> int:
         run_quality_benchmark,
     )
 
+    _check_stats_cache(args.stats_cache)
     specs = []
-    if args.teacher:
+    if args.teacher is not None:
         specs.append(PipelineSpec("teacher", args.teacher, preset="ddim", guidance_scale=args.teacher_guidance, steps=TEACHER_STEPS))
     specs += [parse_pipeline_spec(text, args.steps) for text in args.pipeline]
     settings = BenchmarkSettings(

@@ -10,6 +10,8 @@ Nothing here is ours at inference time: the same pipeline can be built by hand w
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +19,57 @@ import torch
 
 from distill_diffusion.config import ModelConfig
 from distill_diffusion.errors import UserError, require
-from distill_diffusion.models.loading import PICKLE_SUFFIXES, load_teacher
-from distill_diffusion.pipelines.presets import Preset, build_scheduler, get_preset
+from distill_diffusion.models.loading import PICKLE_SUFFIXES, check_model_source, load_teacher
+from distill_diffusion.pipelines.presets import Preset, build_scheduler, check_steps, get_preset
 
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
+#: The components of a pipeline folder whose weights ``load_pipeline`` reads (the safety checker is not loaded).
+WEIGHT_SUBFOLDERS = ("unet", "vae", "text_encoder")
+
+
+def reject_pickle_weights(folder: str | Path, what: str) -> None:
+    """Refuse a model folder whose weights exist only as pickles (``.bin``, ``.ckpt``, ...): unpickling runs code.
+
+    A folder that also holds ``.safetensors`` passes: loaders are told ``use_safetensors=True`` and take those.
+    """
+    path = Path(folder).expanduser()
+    if not path.is_dir():
+        return
+    pickles = sorted(f.name for f in path.iterdir() if f.suffix.lower() in PICKLE_SUFFIXES and f.is_file())
+    if pickles and not any(path.glob("*.safetensors")):
+        raise UserError(
+            f"{what} {path} has only pickle weights ({', '.join(pickles[:3])}), which run code when unpickled: "
+            "pickle weights are not loaded; convert to safetensors, e.g. save_pretrained(..., safe_serialization=True) "
+            "on a trusted machine"
+        )
+
+
+def check_device(device: torch.device | str | None) -> None:
+    """Refuse a device string torch cannot parse, or a device this machine does not have, before any load."""
+    if device is None:
+        return
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UserError(f"device {device!r} is not a device name; pass cpu, cuda, cuda:N or mps (--device)") from None
+    if parsed.type == "cpu":
+        return
+    require(parsed.type != "meta", f"device {device!r} holds no data; pass cpu, cuda, cuda:N or mps (--device)")
+    backend = getattr(torch, parsed.type, None)
+    available = bool(backend is not None and backend.is_available())
+    count = backend.device_count() if available and hasattr(backend, "device_count") else int(available)
+    require(count > 0, f"device {device!r}: no {parsed.type} device is available here; pass --device cpu or run where one is")
+    require(
+        parsed.index is None or parsed.index < count,
+        f"device {device!r}: this machine has {count} {parsed.type} device(s); pass an index from 0 to {count - 1}",
+    )
+
+
+def check_model_folder(model: str) -> None:
+    """A pipeline folder must be a pipeline, not a LoRA, and must not hold pickle-only component weights."""
+    reject_lora_as_model(model)
+    for sub in WEIGHT_SUBFOLDERS:
+        reject_pickle_weights(Path(model).expanduser() / sub, "model component folder")
 
 
 def reject_lora_as_model(model: str) -> None:
@@ -74,15 +123,19 @@ def trained_scheduler_config(lora: str | Path | None) -> dict[str, Any] | None:
     return config
 
 
-def _pipeline_class(preset: Preset, unet: Any) -> type:
-    import diffusers
-
-    has_w = getattr(unet.config, "time_cond_proj_dim", None) is not None
-    if preset.needs_guidance_embedding and not has_w:
+def check_unet_fits_preset(preset: Preset, unet_config: Mapping[str, Any]) -> None:
+    """A preset for a w-conditioned student (``lcm-full``) needs a UNet with a guidance embedding."""
+    if preset.needs_guidance_embedding and unet_config.get("time_cond_proj_dim") is None:
         raise UserError(
             f"preset {preset.name!r} needs a UNet with a guidance embedding (time_cond_proj_dim), which this model "
             "lacks; use preset 'lcm' for an LCM-LoRA or 'ddim' for a plain model"
         )
+
+
+def _pipeline_class(preset: Preset, unet: Any) -> type:
+    import diffusers
+
+    check_unet_fits_preset(preset, dict(unet.config))
     return getattr(diffusers, preset.pipeline)
 
 
@@ -110,6 +163,55 @@ def apply_lora(pipe: Any, lora: str | Path, fuse: bool, lora_scale: float) -> No
         pipe.set_adapters(pipe.get_active_adapters(), adapter_weights=[lora_scale])
 
 
+def _local_config(model: str, component: str) -> dict[str, Any]:
+    """``model/<component>/<config file>`` of a local pipeline folder; ``{}`` for a hub id or single file."""
+    name = "scheduler_config.json" if component == "scheduler" else "config.json"
+    path = Path(model).expanduser() / component / name
+    if not path.is_file():
+        return {}
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path} is not valid JSON ({exc}); repair or re-download the model folder") from None
+    require(isinstance(config, dict), f"{path} is not a config (a JSON object); repair or re-download the model folder")
+    return config
+
+
+def preview_scheduler(model: str, preset: str, lora: str | Path | None = None) -> Any:
+    """The scheduler :func:`load_pipeline` will build, from config files alone (no weights are read).
+
+    Base config: the model folder's ``scheduler/scheduler_config.json``, or the scheduler's defaults for a
+    hub id or single file (SD's 1000 training timesteps); the LoRA's trained fields are applied as in loading.
+    """
+    return build_scheduler(get_preset(preset), _local_config(model, "scheduler"), trained_scheduler_config(lora))
+
+
+def check_pipeline_request(
+    cfg: ModelConfig,
+    lora: str | Path | None = None,
+    preset: str = "ddim",
+    *,
+    steps: Sequence[int] = (),
+    device: torch.device | str | None = None,
+    lora_scale: float = 1.0,
+) -> None:
+    """Every check of a :func:`load_pipeline` call that needs no weights, plus the step counts to sample.
+
+    Run first so that bad input fails in milliseconds, before seconds (or minutes) of loading.
+    """
+    spec = get_preset(preset)
+    check_device(device)
+    require(math.isfinite(lora_scale), f"LoRA scale {lora_scale} is invalid; pass a finite number such as 1.0 (--lora_scale)")
+    check_model_folder(cfg.pretrained_model_name_or_path)
+    check_model_source(cfg)
+    if lora is not None:
+        resolve_lora(lora)
+    if (Path(cfg.pretrained_model_name_or_path).expanduser() / "unet").is_dir():
+        check_unet_fits_preset(spec, _local_config(cfg.pretrained_model_name_or_path, "unet"))
+    if steps:
+        check_steps(preview_scheduler(cfg.pretrained_model_name_or_path, preset, lora), max(steps))
+
+
 def load_pipeline(
     model: str,
     lora: str | Path | None = None,
@@ -127,14 +229,12 @@ def load_pipeline(
     """A stock diffusers pipeline for ``model`` (+ ``lora``) sampling with ``preset``'s scheduler.
 
     ``model``: a diffusers SD 1.x/2.x folder, a hub id, or a single ``.safetensors`` checkpoint (with
-    ``original_config``), validated by :func:`distill_diffusion.models.loading.check_model_source`.
-    ``dtype`` defaults to float32. Returns ``StableDiffusionPipeline`` (or ``LatentConsistencyModelPipeline``
-    for ``lcm-full``) with safety checker off and the progress bar disabled. Bad input → UserError.
+    ``original_config``), validated by :func:`distill_diffusion.models.loading.check_model_source`; pickle
+    weights are refused. ``dtype`` defaults to float32. Returns ``StableDiffusionPipeline`` (or
+    ``LatentConsistencyModelPipeline`` for ``lcm-full``) with safety checker off and the progress bar
+    disabled. Bad input → UserError, raised by :func:`check_pipeline_request` before any weight loads.
     """
     spec = get_preset(preset)
-    reject_lora_as_model(model)
-    if lora is not None:
-        resolve_lora(lora)  # fail on a bad LoRA path before the (slow) model load
     cfg = ModelConfig(
         pretrained_model_name_or_path=model,
         revision=revision,
@@ -142,6 +242,7 @@ def load_pipeline(
         original_config=original_config,
         local_files_only=local_files_only,
     )
+    check_pipeline_request(cfg, lora, preset, device=device, lora_scale=lora_scale)
     parts = load_teacher(cfg, weight_dtype=dtype or torch.float32)
     cls = _pipeline_class(spec, parts.unet)
     pipe = cls(

@@ -9,10 +9,11 @@ embedding and runs no CFG pass.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from distill_diffusion.errors import UserError
+from distill_diffusion.errors import UserError, require
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,37 @@ class Preset:
         if steps < 1:
             raise UserError(f"num_inference_steps={steps} is invalid; pass a step count of 1 or more")
         guidance = self.guidance_scale if guidance_scale is None else float(guidance_scale)
+        check_guidance(guidance)
         return {"num_inference_steps": steps, "guidance_scale": guidance}
+
+
+def check_guidance(guidance: float) -> None:
+    """A guidance scale must be a finite number ≥ 0: NaN would sample garbage and still exit 0, and a
+    negative scale has no meaning (diffusers turns CFG off at ≤ 1; a full LCM would embed w < -1)."""
+    require(
+        math.isfinite(guidance) and guidance >= 0,
+        f"guidance scale {guidance} is invalid; pass a finite number of 0 or more (1 or less turns CFG off)",
+    )
+
+
+def check_steps(scheduler: Any, steps: int) -> None:
+    """Refuse more sampling steps than ``scheduler`` can take, before any image is made.
+
+    Any scheduler: at most its ``num_train_timesteps`` (diffusers raises a ValueError mid-run otherwise).
+    An ``LCMScheduler`` samples on the grid it was distilled on, so at most ``original_inference_steps``.
+    """
+    config = scheduler.config
+    trained = config.get("num_train_timesteps")
+    require(
+        trained is None or steps <= trained,
+        f"{steps} sampling steps, but the model was trained with {trained} timesteps; pass {trained} steps or fewer",
+    )
+    limit = config.get("original_inference_steps") if type(scheduler).__name__ == "LCMScheduler" else None
+    require(
+        limit is None or steps <= limit,
+        f"{steps} sampling steps, but this LCM was distilled on a grid of {limit} timesteps "
+        f"(original_inference_steps); pass {limit} steps or fewer",
+    )
 
 
 PRESETS: dict[str, Preset] = {

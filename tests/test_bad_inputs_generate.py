@@ -1,0 +1,304 @@
+"""Hostile input to ``generate``, ``eval`` and ``bench quality``: one ``error:`` line, exit 2, nothing written.
+
+Each case is one bad argument on top of an otherwise valid command line, run in-process through
+``cli.main``. Every case must fail before a pipeline is sampled (most before any weight loads), so the
+whole matrix runs in seconds on one CPU thread.
+"""
+
+from __future__ import annotations
+
+import errno
+import importlib
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from distill_diffusion.cli import main
+from distill_diffusion.eval.generate import image_name, write_manifest
+from distill_diffusion.toy.clip import build_toy_clip, save_toy_clip
+from distill_diffusion.toy.tokenizer import build_tokenizer
+
+
+@dataclass(frozen=True)
+class World:
+    """Valid inputs (pipeline, real images, CLIP, a generated folder) and bad ones, built once per module."""
+
+    root: Path
+    pipeline: Path
+    real: Path
+    clip: Path
+    gen: Path
+
+    def __getattr__(self, name: str) -> Path:  # w.afile, w.empty_dir, ...: paths under root
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return self.root / name
+
+
+def _pickle_copy(src: Path, dst: Path, subfolder: str) -> Path:
+    """A copy of a model folder whose ``subfolder`` weights are a ``.bin`` pickle (never read: refused first)."""
+    shutil.copytree(src, dst)
+    for weights in (dst / subfolder).glob("*.safetensors"):
+        weights.rename(weights.with_suffix(".bin"))
+    return dst
+
+
+def _images(folder: Path, count: int) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        Image.new("RGB", (32, 32), (40 * i, 0, 0)).save(folder / image_name(i))
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory, tiny_pipeline_dir: Path, toy_data_dir: Path) -> World:
+    root = tmp_path_factory.mktemp("bad_inputs")
+    clip = save_toy_clip(build_toy_clip(build_tokenizer(), projection_dim=8), build_tokenizer(), root / "clip")
+    gen = root / "gen"
+    _images(gen, 4)
+    write_manifest(gen, ["a red circle"] * 4, 0, {"steps": 1})
+    w = World(root, tiny_pipeline_dir, toy_data_dir, clip, gen)
+    w.afile.write_text("not a folder\n")
+    for name in ("empty_dir", "empty_real", "lora_empty"):
+        (root / name).mkdir()
+    _images(w.no_manifest, 3)
+    _images(w.bad_manifest, 1)
+    (w.bad_manifest / "manifest.jsonl").write_text("{not json\n")
+    _images(w.lost_image, 1)
+    write_manifest(w.lost_image, ["a", "b"], 0, {})
+    (root / "lora.bin").write_bytes(b"\x80\x04.")
+    (w.lora_dir).mkdir()
+    (w.lora_dir / "pytorch_lora_weights.safetensors").write_bytes(b"")
+    (root / "model.ckpt").write_bytes(b"\x80\x04.")
+    (w.empty_prompts).write_text("\n  \n")
+    (root / "bad.json").write_text("[\"a\",")
+    (w.two_prompts).write_text("a\nb\n")
+    _pickle_copy(tiny_pipeline_dir, w.pickle_pipeline, "unet")
+    _pickle_copy(clip, w.pickle_clip, ".")
+    return w
+
+
+def _readonly(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read-only disk: root ignores permission bits, so make the write probe fail as EROFS would."""
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr("distill_diffusion.paths.tempfile.mkstemp", refuse)
+
+
+def _no_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
+def _one_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+
+
+def _no_mps(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.mps, "is_available", lambda: False)
+
+
+Argv = Callable[[World, Path], list[str]]
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    argv: Argv  # (world, output path) -> command line
+    needle: str  # a fragment of the expected error line
+    patch: Callable[[pytest.MonkeyPatch], None] | None = None
+
+
+def gen(*extra: str, model: str | None = None, prompt: tuple[str, ...] = ("--prompt", "a red circle")) -> Argv:
+    """``generate`` on the tiny pipeline, writing to the case's output folder, plus ``extra`` (may name w.<path>)."""
+    return lambda w, out: [
+        "generate", "--model", model and str(getattr(w, model)) or str(w.pipeline), *[_fill(a, w) for a in prompt],
+        "--output_dir", str(out), "--device", "cpu", *[_fill(a, w) for a in extra],
+    ]  # fmt: skip
+
+
+def gen_out(output_dir: Callable[[World], str]) -> Argv:
+    return lambda w, out: ["generate", "--model", str(w.pipeline), "--prompt", "a", "--steps", "1",
+                           "--output_dir", output_dir(w), "--device", "cpu"]  # fmt: skip
+
+
+def ev(folder: str, *extra: str) -> Argv:
+    """``eval`` of ``w.<folder>``, writing its JSON under the case's output folder."""
+    return lambda w, out: ["eval", str(getattr(w, folder)), "--output", str(out / "result.json"),
+                           *[_fill(a, w) for a in extra]]  # fmt: skip
+
+
+def bench(*extra: str) -> Argv:
+    return lambda w, out: ["bench", "quality", "--prompts", "toy", "--num_images", "2", "--device", "cpu",
+                           "--output_dir", str(out), *[_fill(a, w) for a in extra]]  # fmt: skip
+
+
+def _fill(arg: str, w: World) -> str:
+    """``{name}`` in an argument becomes the path ``w.name``, so cases stay one line each."""
+    return arg.format_map(_Paths(w)) if "{" in arg else arg
+
+
+class _Paths(dict):
+    def __init__(self, w: World):
+        super().__init__()
+        self.w = w
+
+    def __missing__(self, key: str) -> str:
+        return str(getattr(self.w, key))
+
+
+CASES = [
+    # generate: sampling settings
+    Case("gen-steps-2000", gen("--steps", "2000"), "trained with 1000 timesteps; pass 1000 steps or fewer"),
+    Case("gen-steps-0", gen("--steps", "0"), "num_inference_steps=0 is invalid"),
+    Case("gen-steps-negative", gen("--steps", "-3"), "num_inference_steps=-3 is invalid"),
+    Case("gen-steps-not-int", gen("--steps", "four"), "invalid int value"),
+    Case("gen-lcm-steps-over-grid", gen("--preset", "lcm", "--steps", "60"), "distilled on a grid of 50"),
+    Case("gen-guidance-nan", gen("--guidance", "nan"), "guidance scale nan is invalid"),
+    Case("gen-guidance-inf", gen("--guidance", "inf"), "guidance scale inf is invalid"),
+    Case("gen-guidance-negative", gen("--guidance", "-1"), "guidance scale -1.0 is invalid"),
+    Case("gen-num-images-0", gen("--num_images", "0"), "num_images=0; pass 1 or more"),
+    Case("gen-num-images-negative", gen("--num_images", "-2"), "num_images=-2"),
+    Case("gen-batch-size-0", gen("--batch_size", "0"), "--batch_size 0; pass 1 or more"),
+    Case("gen-unknown-preset", gen("--preset", "turbo"), "invalid choice: 'turbo'"),
+    Case("gen-lcm-full-on-plain-unet", gen("--preset", "lcm-full", "--steps", "1"), "needs a UNet with a guidance embedding"),
+    # generate: prompts
+    Case("gen-prompt-empty", gen(prompt=("--prompt", "")), "holds an empty prompt"),
+    Case("gen-prompt-whitespace", gen(prompt=("--prompt", "   ")), "holds an empty prompt"),
+    Case("gen-prompts-missing-file", gen(prompt=("--prompts", "/nonexistent/p.txt")), "does not exist"),
+    Case("gen-prompts-blank-file", gen(prompt=("--prompts", "{empty_prompts}")), "holds no prompt"),
+    Case("gen-prompts-bad-json", gen(prompt=("--prompts", "{root}/bad.json")), "is not valid JSON"),
+    Case("gen-prompt-and-prompts", gen("--prompts", "toy"), "not allowed with argument"),
+    # generate: devices
+    Case("gen-device-cuda-without-gpu", gen("--device", "cuda"), "no cuda device is available", _no_gpu),
+    Case("gen-device-cuda-index-too-high", gen("--device", "cuda:7"), "has 1 cuda device(s)", _one_gpu),
+    Case("gen-device-unknown", gen("--device", "gpu9"), "'gpu9' is not a device name"),
+    Case("gen-device-meta", gen("--device", "meta"), "holds no data"),
+    Case("gen-device-mps-unavailable", gen("--device", "mps"), "no mps device is available", _no_mps),
+    # generate: output folder
+    Case("gen-output-is-file", gen_out(lambda w: str(w.afile)), "afile is a file, not a folder; pass a folder path"),
+    Case("gen-output-below-file", gen_out(lambda w: str(w.afile / "run")), "is a file, so no folder can be created"),
+    Case("gen-output-under-proc", gen_out(lambda w: "/proc/distill-diffusion/run"), "cannot write in /proc"),
+    Case("gen-output-read-only", gen("--steps", "1"), "Read-only file system", _readonly),
+    Case("gen-output-empty", gen_out(lambda w: ""), "--output_dir is empty"),
+    # generate: model and LoRA
+    Case("gen-model-missing", gen(model="no_such_model"), "no such file or folder"),
+    Case("gen-model-empty-folder", gen(model="empty_dir"), "not a diffusers pipeline"),
+    Case("gen-model-pickle-folder", gen(model="pickle_pipeline"), "pickle weights are not loaded; convert to safetensors"),
+    Case("gen-model-ckpt-file", gen(model="model.ckpt"), "is a pickle"),
+    Case("gen-model-is-lora", gen(model="lora_dir"), "holds LoRA weights, not a pipeline"),
+    Case("gen-lora-missing", gen("--lora", "{no_such_lora}"), "no such file or folder"),
+    Case("gen-lora-folder-without-weights", gen("--lora", "{lora_empty}"), "has 0 .safetensors files"),
+    Case("gen-lora-pickle-file", gen("--lora", "{root}/lora.bin"), "only .safetensors files are loaded"),
+    Case("gen-lora-scale-nan", gen("--lora_scale", "nan"), "LoRA scale nan is invalid"),
+    Case("gen-lora-scale-inf", gen("--lora_scale", "inf"), "LoRA scale inf is invalid"),
+    # eval: the generated folder
+    Case("eval-generated-missing", ev("no_such_gen", "--real", "{real}"), "no such folder"),
+    Case("eval-generated-empty", ev("empty_dir", "--real", "{real}"), "has no manifest.jsonl"),
+    Case("eval-generated-without-manifest", ev("no_manifest", "--real", "{real}"), "or --prompts"),
+    Case("eval-manifest-not-json", ev("bad_manifest", "--real", "{real}"), "line 1 is not JSON"),
+    Case("eval-manifest-image-missing", ev("lost_image", "--real", "{real}"), "is listed in manifest.jsonl but missing"),
+    Case("eval-prompt-count-mismatch", ev("no_manifest", "--prompts", "{two_prompts}", "--real", "{real}"), "3 images but 2 prompts"),
+    Case("eval-nothing-to-compute", ev("gen"), "nothing to compute"),
+    # eval: the real set and the feature space
+    Case("eval-real-missing", ev("gen", "--real", "{no_such_real}"), "no such folder"),
+    Case("eval-real-empty", ev("gen", "--real", "{empty_real}"), "contains no images"),
+    Case("eval-unknown-feature", ev("gen", "--real", "{real}", "--fid_feature", "vgg16"), "FID feature 'vgg16' is unknown"),
+    Case("eval-resize-garbage", ev("gen", "--real", "{real}", "--resize", "big"), "resize policy 'big' is not understood"),
+    Case("eval-resize-zero", ev("gen", "--real", "{real}", "--resize", "0"), "resize size 0 is invalid"),
+    Case("eval-resize-unknown-filter", ev("gen", "--real", "{real}", "--resize", "nearest-64"), "is not understood"),
+    Case("eval-inception-weights-missing", ev("gen", "--real", "{real}", "--inception_weights", "{no_weights}.pth"), "Inception weights file"),
+    Case("eval-fid-undefined", ev("gen", "--real", "{real}", "--fid_feature", "clip:{clip}"), "FID is undefined with 4 generated"),
+    Case("eval-fid-clip-missing", ev("gen", "--real", "{real}", "--fid_feature", "clip:{no_such_clip}"), "no such folder"),
+    Case("eval-fid-clip-pickle", ev("gen", "--real", "{real}", "--fid_feature", "clip:{pickle_clip}"), "pickle weights are not loaded"),
+    Case("eval-clip-model-pickle", ev("gen", "--clip_model", "{pickle_clip}"), "pickle weights are not loaded; convert to safetensors"),
+    Case("eval-clip-model-missing", ev("gen", "--clip_model", "{no_such_clip}"), "no such folder"),
+    Case("eval-device-unknown", ev("gen", "--clip_model", "{clip}", "--device", "tpu0"), "'tpu0' is not a device name"),
+    # eval: where it writes
+    Case("eval-output-below-file", lambda w, out: ["eval", str(w.gen), "--clip_model", str(w.clip), "--output", str(w.afile / "r.json")],
+         "afile is a file, not a folder; pass a file path inside a folder"),  # fmt: skip
+    Case("eval-output-is-folder", lambda w, out: ["eval", str(w.gen), "--clip_model", str(w.clip), "--output", str(w.empty_dir)],
+         "is a folder; pass a file path"),  # fmt: skip
+    Case("eval-output-empty", lambda w, out: ["eval", str(w.gen), "--clip_model", str(w.clip), "--output", ""], "--output is empty"),
+    Case("eval-stats-cache-below-file", ev("gen", "--real", "{real}", "--stats_cache", "{afile}/s.safetensors"), "--stats_cache"),
+    # bench quality: --pipeline specs
+    Case("bench-spec-without-equals", bench("--pipeline", "teacher"), "write NAME=PATH"),
+    Case("bench-spec-empty-name", bench("--pipeline", "={pipeline}"), "write NAME=PATH"),
+    Case("bench-spec-slash-in-name", bench("--pipeline", "a/b={pipeline}"), "without '/'"),
+    Case("bench-spec-unknown-key", bench("--pipeline", "p={pipeline},foo=1"), "unknown option 'foo'"),
+    Case("bench-spec-option-without-equals", bench("--pipeline", "p={pipeline},lora"), "has no '='"),
+    Case("bench-spec-steps-not-number", bench("--pipeline", "p={pipeline},steps=two"), "bad value for steps"),
+    Case("bench-spec-steps-zero", bench("--pipeline", "p={pipeline},steps=0|1"), "must be ≥ 1"),
+    Case("bench-spec-steps-2000", bench("--pipeline", "p={pipeline},steps=2000"), "p: 2000 sampling steps"),
+    Case("bench-spec-unknown-preset", bench("--pipeline", "p={pipeline},preset=turbo"), "unknown inference preset 'turbo'"),
+    Case("bench-spec-guidance-nan", bench("--pipeline", "p={pipeline},guidance=nan"), "p: guidance scale nan is invalid"),
+    Case("bench-spec-pickle-model", bench("--pipeline", "p={pickle_pipeline}"), "pickle weights are not loaded"),
+    Case("bench-spec-names-repeat", bench("--pipeline", "p={pipeline}", "--pipeline", "p={pipeline}"), "pipeline names repeat"),
+    # bench quality: everything else
+    Case("bench-no-pipelines", bench(), "no pipeline to benchmark"),
+    Case("bench-teacher-missing", bench("--teacher", "{no_such_teacher}"), "no such file or folder"),
+    Case("bench-num-images-0", bench("--teacher", "{pipeline}", "--num_images", "0"), "num_images=0"),
+    Case("bench-steps-0", bench("--pipeline", "p={pipeline}", "--steps", "0"), "p: steps (0,) must be ≥ 1"),
+    Case("bench-teacher-guidance-nan", bench("--teacher", "{pipeline}", "--teacher_guidance", "nan"), "teacher: guidance scale nan"),
+    Case("bench-teacher-guidance-negative", bench("--teacher", "{pipeline}", "--teacher_guidance", "-2"), "guidance scale -2.0"),
+    Case("bench-batch-size-0", bench("--teacher", "{pipeline}", "--batch_size", "0"), "batch size 0"),
+    Case("bench-grid-rows-0", bench("--teacher", "{pipeline}", "--grid_rows", "0"), "grid rows 0"),
+    Case("bench-device-unknown", bench("--teacher", "{pipeline}", "--device", "gpu9"), "'gpu9' is not a device name"),
+    Case("bench-real-empty", bench("--teacher", "{pipeline}", "--real", "{empty_real}"), "contains no images"),
+    Case("bench-output-is-file", lambda w, out: bench("--teacher", "{pipeline}")(w, w.afile), "is a file, not a folder"),
+    Case("bench-output-under-proc", lambda w, out: bench("--teacher", "{pipeline}")(w, Path("/proc/dd/q")), "cannot write in /proc"),
+]
+
+
+def _snapshot(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_size for p in root.rglob("*")}
+
+
+def test_cases_are_distinct_and_many():
+    assert len({c.id for c in CASES}) == len(CASES) >= 50
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(case: Case, world: World, capsys, monkeypatch):
+    if case.patch is not None:
+        case.patch(monkeypatch)
+    out = world.root / "out" / case.id
+    watched = (world.root, world.pipeline, world.real)
+    before = [_snapshot(root) for root in watched]
+    assert main(case.argv(world, out)) == 2
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), captured.err
+    assert case.needle in lines[0], lines[0]
+    assert "Traceback" not in captured.err + captured.out
+    assert not out.exists()
+    assert [_snapshot(root) for root in watched] == before, "a refused command wrote files"
+
+
+def test_loaders_never_unpickle_even_past_the_folder_check(world: World, monkeypatch):
+    """Defence in depth: with the pickle-folder check switched off, use_safetensors=True still refuses the load."""
+    from distill_diffusion.errors import UserError
+    from distill_diffusion.eval.clip_score import load_clip
+    from distill_diffusion.pipelines import load_pipeline
+
+    unpickled: list[object] = []  # diffusers wraps a loader's exception in OSError, so record the calls
+
+    def no_unpickling(*args: object, **kwargs: object) -> None:
+        unpickled.append(args)
+        raise AssertionError("torch.load was called on a user file")
+
+    monkeypatch.setattr("distill_diffusion.pipelines.loader.reject_pickle_weights", lambda *args: None)
+    # (the package exports a function named clip_score, which hides the module from a dotted path)
+    monkeypatch.setattr(importlib.import_module("distill_diffusion.eval.clip_score"), "reject_pickle_weights", lambda *args: None)
+    monkeypatch.setattr(torch, "load", no_unpickling)
+    with pytest.raises(UserError, match="cannot load model"):
+        load_pipeline(str(world.pickle_pipeline), device="cpu")
+    with pytest.raises(UserError, match="cannot load CLIP model"):
+        load_clip(str(world.pickle_clip))
+    assert not unpickled
