@@ -166,6 +166,8 @@ CASES = [
     Case("gen-num-images-0", gen("--num_images", "0"), "num_images=0; pass 1 or more"),
     Case("gen-num-images-negative", gen("--num_images", "-2"), "num_images=-2"),
     Case("gen-batch-size-0", gen("--batch_size", "0"), "--batch_size 0; pass 1 or more"),
+    Case("gen-seed-too-large", gen("--seed", str(2**64)), "leaves torch's 64-bit seed range"),
+    Case("gen-seed-too-small", gen("--seed", str(-(2**63) - 1)), "leaves torch's 64-bit seed range"),
     Case("gen-unknown-preset", gen("--preset", "turbo"), "invalid choice: 'turbo'"),
     Case("gen-lcm-full-on-plain-unet", gen("--preset", "lcm-full", "--steps", "1"), "needs a UNet with a guidance embedding"),
     # generate: prompts
@@ -200,6 +202,7 @@ CASES = [
     Case("gen-lora-scale-inf", gen("--lora_scale", "inf"), "LoRA scale inf is invalid"),
     # eval: the generated folder
     Case("eval-generated-missing", ev("no_such_gen", "--real", "{real}"), "no such folder"),
+    Case("eval-generated-is-file", ev("afile", "--real", "{real}"), "is a file, not a folder"),
     Case("eval-generated-empty", ev("empty_dir", "--real", "{real}"), "has no manifest.jsonl"),
     Case("eval-generated-without-manifest", ev("no_manifest", "--real", "{real}"), "or --prompts"),
     Case("eval-manifest-not-json", ev("bad_manifest", "--real", "{real}"), "line 1 is not JSON"),
@@ -208,6 +211,7 @@ CASES = [
     Case("eval-nothing-to-compute", ev("gen"), "nothing to compute"),
     # eval: the real set and the feature space
     Case("eval-real-missing", ev("gen", "--real", "{no_such_real}"), "no such folder"),
+    Case("eval-real-is-file", ev("gen", "--real", "{afile}"), "is a file, not a folder; pass a folder of .png/.jpg images"),
     Case("eval-real-empty", ev("gen", "--real", "{empty_real}"), "contains no images"),
     Case("eval-unknown-feature", ev("gen", "--real", "{real}", "--fid_feature", "vgg16"), "FID feature 'vgg16' is unknown"),
     Case("eval-resize-garbage", ev("gen", "--real", "{real}", "--resize", "big"), "resize policy 'big' is not understood"),
@@ -250,6 +254,7 @@ CASES = [
     Case("bench-batch-size-0", bench("--teacher", "{pipeline}", "--batch_size", "0"), "batch size 0"),
     Case("bench-grid-rows-0", bench("--teacher", "{pipeline}", "--grid_rows", "0"), "grid rows 0"),
     Case("bench-device-unknown", bench("--teacher", "{pipeline}", "--device", "gpu9"), "'gpu9' is not a device name"),
+    Case("bench-seed-overflows", bench("--teacher", "{pipeline}", "--seed", str(2**64 - 1)), "64-bit seed range"),
     Case("bench-real-empty", bench("--teacher", "{pipeline}", "--real", "{empty_real}"), "contains no images"),
     Case("bench-output-is-file", lambda w, out: bench("--teacher", "{pipeline}")(w, w.afile), "is a file, not a folder"),
     Case("bench-output-under-proc", lambda w, out: bench("--teacher", "{pipeline}")(w, Path("/proc/dd/q")), "cannot write in /proc"),

@@ -17,7 +17,7 @@ from torch import nn
 
 from distill_diffusion.errors import UserError, require
 from distill_diffusion.eval.evaluate import checked_evaluator, prepare_real, score_generated
-from distill_diffusion.eval.generate import generate_to_folder, resolve_prompts
+from distill_diffusion.eval.generate import check_seeds, generate_to_folder, resolve_prompts
 from distill_diffusion.eval.grid import make_grid
 from distill_diffusion.eval.report import write_report
 from distill_diffusion.paths import check_output_dir
@@ -129,6 +129,7 @@ def _validate(pipelines: Sequence[PipelineSpec], s: BenchmarkSettings, output_di
     require(s.grid_rows >= 1, f"grid rows {s.grid_rows}; pass 1 or more (--grid_rows)")
     check_output_dir(str(output_dir), "--output_dir")
     prompts = resolve_prompts(s.prompts, s.num_images, s.seed)
+    check_seeds(s.seed, len(prompts))
     evaluator = None
     if s.real_dir is not None:
         evaluator = checked_evaluator(s.real_dir, len(prompts), s.fid_feature, feature_dim=s.feature_dim,

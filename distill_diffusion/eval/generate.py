@@ -48,6 +48,14 @@ def resolve_prompts(prompts: str | Path | Sequence[str], num_images: int | None 
     return found
 
 
+def check_seeds(seed: int, count: int) -> None:
+    """Image ``i`` is seeded ``seed + i``; torch generators take 64-bit seeds, so all of them must fit."""
+    require(
+        -(2**63) <= seed and seed + count - 1 < 2**64,
+        f"seed {seed} with {count} images leaves torch's 64-bit seed range; pass a seed such as 0 (--seed)",
+    )
+
+
 @dataclass
 class GenerationTiming:
     """Wall-clock seconds of the timed pipeline calls (warm-up excluded) and how many images they made."""
@@ -134,6 +142,7 @@ def generate_to_folder(
 
     require(len(prompts) > 0, "the prompt set is empty; pass at least one prompt")
     require(num_inference_steps >= 1, f"num_inference_steps={num_inference_steps}; pass 1 or more")
+    check_seeds(seed, len(prompts))
     check_output_dir(str(output_dir), "output_dir")
     state = PartialState()
     out = Path(output_dir)
@@ -176,7 +185,8 @@ def read_manifest(folder: str | Path) -> list[dict[str, Any]]:
     """Entries of ``folder/manifest.jsonl``; a missing/empty manifest or a listed file that is absent is a UserError."""
     root = Path(folder).expanduser()
     path = root / MANIFEST
-    require(root.is_dir(), f"generated folder {root}: no such folder; pass a folder written by `distill-diffusion generate`")
+    problem = "is a file, not a folder" if root.is_file() else "no such folder"
+    require(root.is_dir(), f"generated folder {root}: {problem}; pass a folder written by `distill-diffusion generate`")
     require(path.is_file(), f"{root} has no {MANIFEST}; pass a folder written by `distill-diffusion generate`, or --prompts")
     entries = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):

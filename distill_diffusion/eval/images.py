@@ -129,7 +129,8 @@ def list_image_files(path: str | Path) -> list[Path]:
     """Image files under ``path`` (recursive, sorted, hidden files skipped); UserError if there are none."""
     root = Path(path).expanduser()
     if not root.is_dir():
-        raise UserError(f"image folder {root}: no such folder; pass a folder of .png/.jpg images")
+        problem = "is a file, not a folder" if root.is_file() else "no such folder"
+        raise UserError(f"image folder {root}: {problem}; pass a folder of .png/.jpg images")
     files = sorted(
         p
         for p in root.rglob("*")

@@ -46,7 +46,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     from distill_diffusion.config import ModelConfig
     from distill_diffusion.eval.bench_quality import parse_dtype
-    from distill_diffusion.eval.generate import generate_to_folder, resolve_prompts
+    from distill_diffusion.eval.generate import check_seeds, generate_to_folder, resolve_prompts
     from distill_diffusion.pipelines import get_preset, load_pipeline
     from distill_diffusion.pipelines.loader import check_pipeline_request
 
@@ -55,6 +55,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     kwargs = get_preset(preset_name).call_kwargs(args.steps, args.guidance)
     prompts = resolve_prompts([args.prompt] if args.prompt is not None else args.prompts, args.num_images, args.seed)
     require(args.batch_size >= 1, f"--batch_size {args.batch_size}; pass 1 or more")
+    check_seeds(args.seed, len(prompts))
     check_output_dir(args.output_dir, "--output_dir")
     dtype = parse_dtype(args.dtype)
     check_pipeline_request(
