@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -37,6 +38,8 @@ PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
 SDXL_ERROR = "SDXL teachers are not supported yet; use an SD 1.x/2.x checkpoint"
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.\-]*(/[A-Za-z0-9][\w.\-]*)?")
 _FIX = "pass a diffusers pipeline folder, a hub id (owner/name) or a .safetensors file"
+#: Key prefixes of the three parts of an original LDM/A1111 SD 1.x/2.x checkpoint.
+_SINGLE_FILE_PARTS = (("model.diffusion_model.", "UNet"), ("first_stage_model.", "VAE"), ("cond_stage_model.", "text encoder"))
 
 
 @dataclass
@@ -104,11 +107,12 @@ def _check_single_file(path: Path, cfg: ModelConfig) -> None:
     except Exception as exc:  # safetensors raises its own SafetensorError for a bad header
         raise UserError(f"{path} is not a readable safetensors file ({exc}); re-export or re-download it") from None
     require(not any(k.startswith("conditioner.embedders.1.") for k in keys), f"{path}: {SDXL_ERROR}")
-    require(
-        any(k.startswith("model.diffusion_model.") for k in keys),
-        f"{path} is not a single-file SD checkpoint (no model.diffusion_model.* keys); "
-        "pass a full LDM/A1111 checkpoint, or a diffusers pipeline folder",
-    )
+    for prefix, part in _SINGLE_FILE_PARTS:
+        require(
+            any(k.startswith(prefix) for k in keys),
+            f"{path} has no {part} weights (no {prefix}* keys), so it is not a full single-file SD checkpoint; "
+            "pass a full LDM/A1111 checkpoint (UNet, VAE and text encoder), or a diffusers pipeline folder",
+        )
     if cfg.original_config is None:
         require(
             not cfg.local_files_only,
@@ -160,6 +164,66 @@ def _load_error(cfg: ModelConfig, kind: str, exc: Exception) -> UserError:
     return UserError(f"cannot load model {name!r} ({first}); check the id/revision/variant, network and HF token, or pass a local folder")
 
 
+@dataclass(frozen=True)
+class TeacherConfigs:
+    """The teacher's pipeline index, UNet and scheduler configs, read without its weights (checks before loading)."""
+
+    model_index: dict[str, Any]
+    unet: dict[str, Any]
+    scheduler: dict[str, Any]
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return int(self.scheduler.get("num_train_timesteps", 1000))
+
+    def meta_unet(self) -> Any:
+        """The UNet built on the meta device: its module tree without memory or weights (milliseconds)."""
+        from diffusers import UNet2DConditionModel
+
+        try:
+            with torch.device("meta"):
+                return UNet2DConditionModel.from_config(self.unet)
+        except Exception as exc:  # diffusers raises ValueError, TypeError or KeyError for configs it cannot build
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            raise UserError(f"the teacher's UNet config does not build a UNet2DConditionModel ({exc.__class__.__name__}: "
+                            f"{first}); repair unet/config.json or pass another model") from None
+
+
+_CONFIG_FILES = ("model_index.json", "unet/config.json", "scheduler/scheduler_config.json")
+
+
+def read_teacher_configs(cfg: ModelConfig) -> TeacherConfigs | None:
+    """The teacher's configs without its weights: from a local folder (or a single file's local
+    ``original_config``) on disk, from the hub through diffusers' ``load_config`` (small JSON files).
+
+    None for a single file whose configs diffusers infers while loading (no local ``original_config``).
+    """
+    kind = check_model_source(cfg)
+    if kind == "hub":
+        return _hub_configs(cfg)
+    root = Path(cfg.pretrained_model_name_or_path if kind == "diffusers_dir" else cfg.original_config or "").expanduser()
+    if kind == "single_file" and not (cfg.original_config and root.is_dir()):
+        return None
+    return TeacherConfigs(*(_read_json(root / name) for name in _CONFIG_FILES))
+
+
+def _hub_configs(cfg: ModelConfig) -> TeacherConfigs:
+    from diffusers import DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+
+    src, common = cfg.pretrained_model_name_or_path, {"revision": cfg.revision, "local_files_only": cfg.local_files_only}
+    try:
+        with warnings.catch_warnings():
+            # diffusers' load_config passes an argument huggingface_hub deprecated: noise before our error line
+            warnings.filterwarnings("ignore", message="The `local_dir_use_symlinks`")
+            return TeacherConfigs(
+                dict(StableDiffusionPipeline.load_config(src, **common)),
+                dict(UNet2DConditionModel.load_config(src, subfolder="unet", **common)),
+                dict(DDPMScheduler.load_config(src, subfolder="scheduler", **common)),
+            )
+    except (OSError, ValueError) as exc:  # the same failures loading would meet, named the same way
+        raise _load_error(cfg, "hub", exc) from None
+
+
 def _dtype_kwarg() -> str:
     """diffusers renamed ``torch_dtype`` to ``dtype`` (the old name warns); use what this version knows."""
     from diffusers.utils import deprecation_utils
@@ -170,6 +234,7 @@ def _dtype_kwarg() -> str:
 def _load_pipeline(cfg: ModelConfig, kind: str, weight_dtype: torch.dtype) -> Any:
     """Stock diffusers loading; loader errors (missing repo, offline, bad variant) become UserErrors."""
     from diffusers import StableDiffusionPipeline
+    from diffusers.loaders.single_file_utils import SingleFileComponentError
 
     src = str(Path(cfg.pretrained_model_name_or_path).expanduser()) if kind != "hub" else cfg.pretrained_model_name_or_path
     common = {_dtype_kwarg(): weight_dtype, "local_files_only": cfg.local_files_only, "safety_checker": None}
@@ -187,6 +252,10 @@ def _load_pipeline(cfg: ModelConfig, kind: str, weight_dtype: torch.dtype) -> An
             src, revision=cfg.revision, variant=cfg.variant, feature_extractor=None, requires_safety_checker=False,
             use_safetensors=True, **common,
         )
+    except SingleFileComponentError as exc:  # a component's weights are missing or do not fit its config
+        first = str(exc).strip().splitlines()[0][:300]
+        raise UserError(f"cannot load {src} ({first}); pass a full SD checkpoint (UNet, VAE and text encoder) "
+                        "whose architecture matches model.original_config, or a diffusers folder") from None
     except (OSError, ValueError) as exc:
         raise _load_error(cfg, kind, exc) from None
 

@@ -75,6 +75,16 @@ class MethodBase:
     paper: ClassVar[str] = ""
     models: dict[str, nn.Module]
 
+    @classmethod
+    def check_before_loading(cls, run: Any, teacher: Any | None) -> None:
+        """Refuse options that cannot work with this teacher, from configs alone, before any weights load.
+
+        ``run`` is the :class:`~distill_diffusion.config.RunConfig` (the method's options are
+        ``run.method_config``); ``teacher`` the :class:`~distill_diffusion.models.loading.TeacherConfigs`, or
+        None where they cannot be read without loading. Raise :class:`UserError`; the default checks nothing.
+        """
+        return None
+
     def trainable_parameters(self, phase: Phase) -> list[nn.Parameter]:
         return [p for p in self.models[phase.module].parameters() if p.requires_grad]
 

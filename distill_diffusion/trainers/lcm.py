@@ -21,15 +21,17 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from distill_diffusion.config import RunConfig, TrainConfig
 from distill_diffusion.core import guidance_embedding, previous_on_grid, skipping_step_grid
 from distill_diffusion.errors import UserError, require
 from distill_diffusion.models.denoiser import Denoiser
 from distill_diffusion.models.encode import encode_prompt
-from distill_diffusion.models.loading import SDXL_ERROR, SDComponents
+from distill_diffusion.models.loading import SDXL_ERROR, SDComponents, TeacherConfigs
 from distill_diffusion.models.lora import (
     DEFAULT_TARGET_MODULES,
     adapters_disabled,
     attach_lora,
+    check_target_modules,
     save_lora,
     tuner_layers,
 )
@@ -84,7 +86,7 @@ class LCMConfig:
     def __post_init__(self) -> None:
         require(self.lora_rank >= 1, f"method.lora_rank={self.lora_rank} must be >= 1; pass a positive rank such as 64")
         require(self.lora_alpha > 0, f"method.lora_alpha={self.lora_alpha} must be > 0; pass e.g. the rank")
-        require(0.0 <= self.lora_dropout < 1.0, f"method.lora_dropout={self.lora_dropout} must be in [0, 1)")
+        require(0.0 <= self.lora_dropout < 1.0, f"method.lora_dropout={self.lora_dropout} must be in [0, 1); pass e.g. 0.0")
         require(bool(self.lora_target_modules) and all(self.lora_target_modules), "method.lora_target_modules is empty; list UNet module names such as to_q,to_k,to_v")
         require(self.num_ddim_timesteps >= 1, f"method.num_ddim_timesteps={self.num_ddim_timesteps} must be >= 1; the reference uses 50")
         require(self.solver_substeps >= 1, f"method.solver_substeps={self.solver_substeps} must be >= 1; 1 is the reference solver")
@@ -95,27 +97,46 @@ class LCMConfig:
         require(self.timestep_scaling > 0, f"method.timestep_scaling={self.timestep_scaling} must be > 0; LCMScheduler uses 10")
         if self.target_ema_decay is None and not self.lora:
             self.target_ema_decay = 0.95
-        require(self.target_ema_decay is None or 0.0 <= self.target_ema_decay < 1.0, f"method.target_ema_decay={self.target_ema_decay} must be in [0, 1)")
+        require(self.target_ema_decay is None or 0.0 <= self.target_ema_decay < 1.0, f"method.target_ema_decay={self.target_ema_decay} must be in [0, 1); pass e.g. 0.95")
         require(self.time_cond_proj_dim >= 4, f"method.time_cond_proj_dim={self.time_cond_proj_dim} must be >= 4; the reference uses 256")
         require(self.uncond_embedding in UNCOND_EMBEDDINGS, f"method.uncond_embedding={self.uncond_embedding!r}; use one of {', '.join(UNCOND_EMBEDDINGS)}")
         require(self.export_dtype in EXPORT_DTYPES, f"method.export_dtype={self.export_dtype!r}; use one of {', '.join(EXPORT_DTYPES)}")
         if self.validation_guidance_scale is None:
             self.validation_guidance_scale = 1.0 if self.lora else 8.5
-        require(self.validation_guidance_scale >= 0, "method.validation_guidance_scale must be >= 0")
+        require(self.validation_guidance_scale >= 0, f"method.validation_guidance_scale={self.validation_guidance_scale} must be >= 0; pass e.g. 1.0")
 
 
 def check_teacher(components: SDComponents, config: LCMConfig) -> None:
     """Teachers LCD cannot use, refused before anything is built (one-line :class:`UserError`)."""
     require(components.family != "sdxl", f"{components.source}: {SDXL_ERROR}")
-    steps = components.schedule.num_train_timesteps
-    require(
-        steps >= config.num_ddim_timesteps,
-        f"the teacher's scheduler has {steps} training timesteps, fewer than method.num_ddim_timesteps="
-        f"{config.num_ddim_timesteps}; pass --method.num_ddim_timesteps {steps} or less",
-    )
+    check_solver_grid(components.schedule.num_train_timesteps, config)
     if not config.lora:
-        have = components.unet.config.get("time_cond_proj_dim")
-        require(have in (None, config.time_cond_proj_dim), f"the teacher UNet already has time_cond_proj_dim={have}; pass --method.time_cond_proj_dim {have}")
+        check_proj_dim(components.unet.config.get("time_cond_proj_dim"), config)
+
+
+def check_solver_grid(num_train_timesteps: int, config: LCMConfig) -> None:
+    """N <= T, and at most k = T // N sub-steps per hop (more would repeat timesteps: zero-length DDIM steps)."""
+    steps, n = num_train_timesteps, config.num_ddim_timesteps
+    require(steps >= n, f"the teacher's scheduler has {steps} training timesteps, fewer than method.num_ddim_timesteps="
+            f"{n}; pass --method.num_ddim_timesteps {steps} or less")
+    k = steps // n
+    require(config.solver_substeps <= k, f"method.solver_substeps={config.solver_substeps} is more than the k={k} timesteps "
+            f"of one solver hop (T={steps} // N={n}); pass --method.solver_substeps {k} or less")
+
+
+def check_proj_dim(have: int | None, config: LCMConfig) -> None:
+    """A teacher that already has a w-embedding must keep its size (its weights are loaded into the student)."""
+    require(have in (None, config.time_cond_proj_dim),
+            f"the teacher UNet already has time_cond_proj_dim={have}; pass --method.time_cond_proj_dim {have}")
+
+
+def check_validation_steps(train: TrainConfig, config: LCMConfig) -> None:
+    """LCMScheduler samples at most N steps (its original_inference_steps); more fails at the first validation."""
+    if train.validation_steps and train.validation_prompts:
+        require(train.validation_inference_steps <= config.num_ddim_timesteps,
+                f"train.validation_inference_steps={train.validation_inference_steps} is more than LCMScheduler allows with "
+                f"method.num_ddim_timesteps={config.num_ddim_timesteps}; pass --validation_inference_steps 4 "
+                "(LCM samples in 2-8 steps)")
 
 
 def build_w_student(teacher: Any, proj_dim: int) -> Any:
@@ -140,6 +161,19 @@ class LCM(MethodBase):
 
     paper: ClassVar[str] = "Luo et al., Latent Consistency Models, arXiv:2310.04378, Alg. 1; LCM-LoRA, arXiv:2311.05556"
     config_class: ClassVar[type] = LCMConfig
+
+    @classmethod
+    def check_before_loading(cls, run: RunConfig, teacher: TeacherConfigs | None) -> None:
+        """Validation steps, the solver grid and the LoRA targets (on a meta-device UNet), before any weights load."""
+        config = run.method_config
+        check_validation_steps(run.train, config)
+        if teacher is None:
+            return
+        check_solver_grid(teacher.num_train_timesteps, config)
+        if config.lora:
+            check_target_modules(teacher.meta_unet(), config.lora_target_modules)
+        else:
+            check_proj_dim(teacher.unet.get("time_cond_proj_dim"), config)
 
     def __init__(self, components: SDComponents, config: LCMConfig):
         check_teacher(components, config)

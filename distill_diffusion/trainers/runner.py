@@ -16,6 +16,7 @@ from accelerate.utils import ProjectConfiguration, set_seed
 
 from distill_diffusion.config import RunConfig, TrainConfig
 from distill_diffusion.errors import UserError, require
+from distill_diffusion.paths import check_output_dir
 from distill_diffusion.trainers import checkpointing as ckpt
 from distill_diffusion.trainers.engine import Engine
 from distill_diffusion.trainers.registry import get_method_class
@@ -38,8 +39,7 @@ def check_environment(cfg: TrainConfig) -> None:
         _require_module("wandb", "--report_to wandb needs wandb; pip install 'distill-diffusion[wandb]'")
     if cfg.use_8bit_adam:
         _require_module("bitsandbytes", "--use_8bit_adam needs bitsandbytes; pip install 'distill-diffusion[bnb]'")
-    out = Path(cfg.output_dir)
-    require(not out.exists() or out.is_dir(), f"--output_dir {out} is a file; pass a folder")
+    check_output_dir(cfg.output_dir, "--output_dir")
 
 
 def _require_module(name: str, message: str) -> None:
@@ -67,13 +67,14 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
 def build_engine(run: RunConfig) -> Engine:
     """Validate, load the teacher and data, build the method and the engine, resume if asked."""
     from distill_diffusion.data import build_train_dataset, collate_examples
-    from distill_diffusion.models.loading import check_model_source, load_teacher
+    from distill_diffusion.models.loading import check_model_source, load_teacher, read_teacher_configs
     from distill_diffusion.trainers.data_loop import build_dataloader
 
     method_cls = get_method_class(run.method)
     require(bool(run.model.pretrained_model_name_or_path), "no teacher given; pass --pretrained_model_name_or_path (a diffusers folder, hub id or .safetensors file)")
     check_model_source(run.model)
     check_environment(run.train)
+    method_cls.check_before_loading(run, read_teacher_configs(run.model))
     resume_from = ckpt.resolve_resume(run.train.resume_from_checkpoint, run.train.output_dir)
     dataset = build_train_dataset(run.data, seed=run.train.seed)
 
