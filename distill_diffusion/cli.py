@@ -51,7 +51,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if "--config" in rest:
         i = rest.index("--config")
         if i + 1 >= len(rest):
-            raise UserError("--config needs a YAML file path")
+            raise UserError("--config needs a YAML file path; pass --config FILE.yaml")
         preset = load_yaml(rest[i + 1])
         del rest[i : i + 2]
     run = build_run_config(args.method, method_cls.config_class, preset, parse_overrides(rest))

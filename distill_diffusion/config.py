@@ -9,6 +9,8 @@ resolved to the one section that has the field). The resolved config is saved ne
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -31,6 +33,8 @@ LR_SCHEDULERS = (
 )
 REPORT_TO = ("none", "tensorboard", "wandb", "all")
 DATA_SOURCES = ("imagefolder", "hf", "webdataset")
+#: numpy/accelerate seeds are unsigned 32-bit.
+MAX_SEED = 2**32 - 1
 
 
 def _choice(name: str, value: Any, choices: Sequence[Any]) -> None:
@@ -89,8 +93,8 @@ class DataConfig:
         _choice("data.source", self.source, DATA_SOURCES)
         _positive("data.resolution", self.resolution)
         require(self.resolution % 8 == 0, f"data.resolution={self.resolution} must be a multiple of 8 (SD's VAE downsamples by 8); pick e.g. 512 or 768")
-        require(0.0 <= self.proportion_empty_prompts <= 1.0, "data.proportion_empty_prompts must be in [0, 1]")
-        require(0.0 <= self.max_bad_fraction <= 1.0, "data.max_bad_fraction must be in [0, 1]")
+        require(0.0 <= self.proportion_empty_prompts <= 1.0, f"data.proportion_empty_prompts={self.proportion_empty_prompts} must be in [0, 1]; pass e.g. 0.1")
+        require(0.0 <= self.max_bad_fraction <= 1.0, f"data.max_bad_fraction={self.max_bad_fraction} must be in [0, 1]; pass e.g. 0.05")
         _positive("data.dataloader_num_workers", self.dataloader_num_workers, allow_zero=True)
         if self.max_train_samples is not None:
             _positive("data.max_train_samples", self.max_train_samples)
@@ -130,7 +134,11 @@ class TrainConfig:
     logging_dir: str = "logs"
     tracker_project_name: str = "distill-diffusion"
     validation_steps: int = 0
+    #: Prompts for validation images. On the command line: comma-separated (``a cat,a dog``) or, for prompts
+    #: that contain commas, a JSON list (``'["a cat, sitting", "a dog"]'``); or use validation_prompts_file.
     validation_prompts: list[str] = field(default_factory=list)
+    #: A text file with one validation prompt per line (commas allowed), or a JSON list; fills validation_prompts.
+    validation_prompts_file: str | None = None
     num_validation_images: int = 1
     validation_inference_steps: int = 25
     #: Stop with an error after this many non-finite losses in a row (each is skipped and counted).
@@ -139,7 +147,10 @@ class TrainConfig:
     progress_bar: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("train_batch_size", "max_train_steps", "gradient_accumulation_steps", "learning_rate", "max_nonfinite_steps"):
+        require(bool(self.output_dir.strip()), "train.output_dir is empty; pass a folder for the run, e.g. --output_dir outputs/run")
+        require(self.seed is None or 0 <= self.seed <= MAX_SEED, f"train.seed={self.seed} is out of range; pass a seed in [0, {MAX_SEED}]")
+        for name in ("train_batch_size", "max_train_steps", "gradient_accumulation_steps", "learning_rate", "max_nonfinite_steps",
+                     "lr_num_cycles", "lr_power", "num_validation_images", "validation_inference_steps"):
             _positive(f"train.{name}", getattr(self, name))
         for name in ("lr_warmup_steps", "max_grad_norm", "adam_weight_decay", "validation_steps"):
             _positive(f"train.{name}", getattr(self, name), allow_zero=True)
@@ -150,8 +161,20 @@ class TrainConfig:
         _choice("train.lr_scheduler", self.lr_scheduler, LR_SCHEDULERS)
         _choice("train.report_to", self.report_to, REPORT_TO)
         _choice("train.optimizer", self.optimizer, ("adamw",))
-        require(0.0 < self.ema_decay < 1.0, f"train.ema_decay={self.ema_decay} must be in (0, 1)")
-        require(0.0 <= self.adam_beta1 < 1.0 and 0.0 <= self.adam_beta2 < 1.0, "train.adam_beta1/adam_beta2 must be in [0, 1)")
+        require(0.0 < self.ema_decay < 1.0, f"train.ema_decay={self.ema_decay} must be in (0, 1); pass e.g. 0.9999")
+        require(0.0 <= self.adam_beta1 < 1.0 and 0.0 <= self.adam_beta2 < 1.0, "train.adam_beta1/adam_beta2 must be in [0, 1); pass e.g. 0.9 and 0.999")
+        if self.validation_prompts_file:
+            self._read_validation_prompts()
+
+    def _read_validation_prompts(self) -> None:
+        """Fill ``validation_prompts`` from the file. The saved config.yaml holds both, so equal lists are accepted."""
+        # imported here: distill_diffusion.data imports this module
+        from distill_diffusion.data.prompts import load_prompts
+
+        prompts = load_prompts(self.validation_prompts_file)
+        require(not self.validation_prompts or self.validation_prompts == prompts,
+                "train.validation_prompts and train.validation_prompts_file are both given and differ; pass only one")
+        self.validation_prompts = prompts
 
 
 # --------------------------------------------------------------------------------------------------
@@ -161,6 +184,45 @@ class TrainConfig:
 def _field_types(cls: type) -> dict[str, Any]:
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _split_list(name: str, value: str) -> list[Any]:
+    """A list option given as one string: a JSON list (``'["a, b", "c"]'``, items may hold commas) or comma-separated."""
+    if value.lstrip().startswith("["):
+        try:
+            items = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{name}={value!r} is not a valid JSON list ({exc.msg}); write e.g. '[\"a, b\", \"c\"]'") from None
+        require(isinstance(items, list), f"{name}={value!r} must be a JSON list; write e.g. '[\"a\", \"b\"]'")
+        return items
+    return [v for v in value.split(",") if v]
+
+
+def _number(name: str, value: Any, tp: type) -> int | float:
+    """``value`` as a finite int or float; NaN and infinities are refused for every numeric option."""
+    require(not isinstance(value, (bool, list, dict)), f"{name}={value!r} must be a {tp.__name__}; pass a single number")
+    try:
+        if isinstance(value, str):
+            text = value.strip()
+            number: float = float(text) if tp is float else _parse_int(text)
+        else:
+            number = float(value) if tp is float else value
+    except (TypeError, ValueError):
+        raise UserError(f"{name}={value!r} is not a number; pass a {tp.__name__}") from None
+    require(isinstance(number, (int, float)), f"{name}={value!r} must be a {tp.__name__}; pass a single number")
+    require(math.isfinite(number), f"{name}={value!r} is not a finite number; pass a finite {tp.__name__}")
+    if tp is int:
+        require(float(number) == int(number), f"{name}={value!r} must be a whole number; pass e.g. {round(number)}")
+        return int(number)
+    return float(number)
+
+
+def _parse_int(text: str) -> int | float:
+    """``"12"``, ``"0x10"``, and also ``"1e3"`` or ``"2.0"`` (checked to be whole by the caller)."""
+    try:
+        return int(text, 0)
+    except ValueError:
+        return float(text)
 
 
 def _convert(name: str, value: Any, tp: Any) -> Any:
@@ -175,27 +237,19 @@ def _convert(name: str, value: Any, tp: Any) -> Any:
         return _convert(name, value, inner[0])
     if origin in (list, Sequence):
         if isinstance(value, str):
-            value = [v for v in value.split(",") if v] if value else []
-        require(isinstance(value, (list, tuple)), f"{name}={value!r} must be a list")
+            value = _split_list(name, value)
+        require(isinstance(value, (list, tuple)), f"{name}={value!r} must be a list; write a YAML list, or a,b or '[\"a\", \"b\"]' on the command line")
         return [_convert(name, v, args[0] if args else str) for v in value]
     if tp is bool:
         if isinstance(value, bool):
             return value
         text = str(value).lower()
-        require(text in ("true", "false", "1", "0", "yes", "no"), f"{name}={value!r} must be true or false")
+        require(text in ("true", "false", "1", "0", "yes", "no"), f"{name}={value!r} must be true or false; write true or false")
         return text in ("true", "1", "yes")
     if tp in (int, float):
-        try:
-            number = float(value) if tp is float else int(str(value), 0) if isinstance(value, str) else value
-        except ValueError:
-            raise UserError(f"{name}={value!r} is not a number; pass a {tp.__name__}") from None
-        require(isinstance(number, (int, float)) and not isinstance(number, bool), f"{name}={value!r} must be a {tp.__name__}")
-        if tp is int:
-            require(float(number) == int(number), f"{name}={value!r} must be a whole number")
-            return int(number)
-        return float(number)
+        return _number(name, value, tp)
     if tp is str:
-        require(not isinstance(value, (list, dict)), f"{name}={value!r} must be a string")
+        require(not isinstance(value, (list, dict)), f"{name}={value!r} must be a string; write plain text")
         return str(value)
     return value
 
@@ -203,6 +257,8 @@ def _convert(name: str, value: Any, tp: Any) -> Any:
 def build_dataclass(cls: type, data: Mapping[str, Any] | None, section: str) -> Any:
     """Instantiate ``cls`` from ``data``; unknown keys fail with the list of valid ones."""
     data = dict(data or {})
+    for key in data:
+        require(isinstance(key, str), f"{section} option name {key!r} is not a name; write options as name: value")
     types_ = _field_types(cls)
     unknown = sorted(set(data) - set(types_))
     require(not unknown, f"unknown {section} option(s) {', '.join(unknown)}; valid ones: {', '.join(sorted(types_))}")
@@ -242,13 +298,18 @@ SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML preset; a missing or malformed file is a :class:`UserError`."""
     path = Path(path)
-    require(path.is_file(), f"config file {path} does not exist; pass an existing YAML file to --config")
+    state = "is not a file" if path.exists() else "does not exist"
+    require(path.is_file(), f"config file {path} {state}; pass an existing YAML file to --config")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise UserError(f"config file {path} is not UTF-8 text (a binary file?); pass a YAML file to --config") from None
+    except OSError as exc:
+        raise UserError(f"config file {path} cannot be read ({exc.strerror}); check its permissions") from None
+    except (yaml.YAMLError, ValueError) as exc:  # PyYAML raises ValueError for impossible dates such as 2001-13-45
         first = str(exc).splitlines()[0] if str(exc) else "parse error"
         raise UserError(f"config file {path} is not valid YAML ({first}); fix the syntax") from None
-    require(isinstance(data, dict), f"config file {path} must hold a mapping of sections (model, data, train, method)")
+    require(isinstance(data, dict), f"config file {path} must hold a mapping of sections; write 'model:', 'data:', 'train:' and 'method:' sections")
     return data
 
 
@@ -286,6 +347,15 @@ def _resolve_key(key: str, method_cls: type) -> tuple[str, str]:
     return owners[0], key
 
 
+def _section(preset: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """One section of a preset as a dict; a scalar or list there (``train: 5``) is a UserError."""
+    value = preset.get(name)
+    require(value is None or isinstance(value, Mapping),
+            f"config section {name!r} holds {value!r}, not a mapping; write it as '{name}:' followed by "
+            "indented 'option: value' lines")
+    return dict(value or {})
+
+
 def build_run_config(
     method: str,
     method_cls: type,
@@ -293,9 +363,10 @@ def build_run_config(
     overrides: Sequence[tuple[str, str]] = (),
 ) -> RunConfig:
     """Merge a preset and overrides, then validate every section."""
-    raw: dict[str, dict[str, Any]] = {s: dict((preset or {}).get(s) or {}) for s in (*SECTIONS, "method")}
-    extra = sorted(set(preset or {}) - {*SECTIONS, "method", "method_name"})
+    preset = preset or {}
+    extra = sorted(map(str, set(preset) - {*SECTIONS, "method", "method_name"}))
     require(not extra, f"unknown config section(s) {', '.join(extra)}; valid: model, data, train, method")
+    raw = {s: _section(preset, s) for s in (*SECTIONS, "method")}
     for key, value in overrides:
         section, name = _resolve_key(key, method_cls)
         raw[section][name] = value

@@ -75,15 +75,22 @@ def _check_caption(caption: Any, where: str, column: str) -> None:
             'write a string (or a list of strings) such as "a red circle", or "" for no caption')
 
 
+def _read_lines(path: Path) -> list[str]:
+    try:
+        return path.read_text(encoding="utf-8").split("\n")  # not splitlines(): JSON strings may hold U+2028
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise UserError(f"{path} line {line} is not UTF-8 text; save the file as UTF-8") from None
+
+
 def read_metadata(path: str | Path, caption_column: str = "text") -> list[tuple[Path, Any]]:
     """Parse ``metadata.jsonl`` into (absolute image path, raw caption); files must exist."""
     path = Path(path)
     records: list[tuple[Path, Any]] = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if line.strip():
-                name, caption = _parse_line(line, number, path, caption_column)
-                records.append((path.parent / name, caption))
+    for number, line in enumerate(_read_lines(path), start=1):
+        if line.strip():
+            name, caption = _parse_line(line, number, path, caption_column)
+            records.append((path.parent / name, caption))
     require(bool(records), f"{path} lists no images; add one JSON line per image")
     missing = [(p, i) for i, (p, _) in enumerate(records) if not p.is_file()]
     if missing:

@@ -33,8 +33,8 @@ class FineTuneConfig:
     noise_offset: float = 0.0
 
     def __post_init__(self) -> None:
-        require(self.snr_gamma is None or self.snr_gamma > 0, "method.snr_gamma must be > 0 (or omitted)")
-        require(self.noise_offset >= 0, "method.noise_offset must be >= 0")
+        require(self.snr_gamma is None or self.snr_gamma > 0, "method.snr_gamma must be > 0; pass e.g. 5, or omit it for the unweighted loss")
+        require(self.noise_offset >= 0, "method.noise_offset must be >= 0; pass e.g. 0.05, or 0 for none")
 
 
 class FineTune(MethodBase):
