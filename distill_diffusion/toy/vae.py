@@ -72,9 +72,7 @@ def train_toy_vae(
     vae.train()
     for _ in tqdm(range(steps), desc="vae", disable=not progress):
         x = data[torch.randint(0, len(data), (batch_size,), generator=generator)]
-        posterior = vae.encode(x).latent_dist
-        reconstruction = vae.decode(posterior.sample(generator)).sample
-        loss = (reconstruction - x).pow(2).mean() + kl_weight * posterior.kl().mean() / x[0].numel()
+        loss = vae_loss(vae, x, generator, kl_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -86,6 +84,13 @@ def train_toy_vae(
     scaling_factor = calibrate_scaling_factor(vae, resolution, seed=seed)
     vae.register_to_config(scaling_factor=scaling_factor)
     return {"mse": mse, "scaling_factor": scaling_factor}
+
+
+def vae_loss(vae, x: Tensor, generator: torch.Generator, kl_weight: float = 1e-4) -> Tensor:
+    """LDM objective on a batch ``x`` in [-1, 1]: pixel MSE + ``kl_weight`` * KL per pixel value."""
+    posterior = vae.encode(x).latent_dist
+    reconstruction = vae.decode(posterior.sample(generator)).sample
+    return (reconstruction - x).pow(2).mean() + kl_weight * posterior.kl().mean() / x[0].numel()
 
 
 def roundtrip(vae, x: Tensor) -> Tensor:
