@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from distill_diffusion.errors import UserError
+from distill_diffusion.threads import configure_cpu_threads
 
 EXIT_USER_ERROR = 2
 
@@ -153,9 +154,11 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     con.add_argument("--output", default="benchmarks/results/lcm_consistency.json")
     con.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     con.set_defaults(func=_cmd_bench_consistency)
+    from distill_diffusion.bench.threads import add_bench_threads
     from distill_diffusion.pipelines.commands import add_bench_quality
 
     add_bench_quality(bench)
+    add_bench_threads(bench)
 
 
 def _cmd_bench_lcm(args: argparse.Namespace) -> int:
@@ -235,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code (0 ok, 2 user error)."""
+    configure_cpu_threads()  # first: OpenMP reads its settings once, when torch is imported
     try:
         args = build_parser().parse_args(argv)
         return args.func(args)
