@@ -81,19 +81,37 @@ def _free_port() -> int:
 
 
 def test_two_process_run_counts_steps(tiny_pipeline_dir: Path, toy_data_dir: Path, tmp_path: Path) -> None:
-    """``accelerate launch --num_processes 2`` on CPU (gloo): step counts and the LR schedule stay per optimizer step."""
+    """``ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2`` on CPU (gloo): step counts and the LR
+    schedule stay per optimizer step. (``--cpu --num_processes 2`` would start one process, which the CLI refuses.)"""
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--cpu", "--main_process_port", str(_free_port()),
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--multi_gpu", "--main_process_port", str(_free_port()),
            "-m", "distill_diffusion.cli",
            *finetune_args(tiny_pipeline_dir, toy_data_dir, out, "--max_train_steps", "3", "--checkpointing_steps", "3",
                           "--lr_scheduler", "linear", "--train_batch_size", "2")]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_CONFIG_FILE": str(tmp_path / "none.yaml")}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1", "ACCELERATE_CONFIG_FILE": str(tmp_path / "none.yaml")}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     state = json.loads((out / "checkpoint-3" / "training_state.json").read_text())
     assert state["train"]["global_step"] == 3
     assert state["train"]["batches_seen"] == 3  # per process; 2 processes × 2 images = global batch 4
+    assert state["num_processes"] == 2
     sched = state["lr_schedulers"]["unet"]
     assert sched["last_epoch"] == 3 and sched["_last_lr"][0] == pytest.approx(0.0)  # linear decay ends at step 3, not 1.5
     assert (out / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+
+
+def test_finetune_starts_from_the_stored_fp32_weights_under_bf16(tiny_pipeline_dir: Path) -> None:
+    """The frozen teacher is loaded in bf16 under mixed precision; the trainable UNet must not start from its rounding."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from distill_diffusion.config import ModelConfig
+    from distill_diffusion.models.loading import load_teacher
+    from distill_diffusion.trainers.finetune import FineTune, FineTuneConfig
+
+    parts = load_teacher(ModelConfig(str(tiny_pipeline_dir), local_files_only=True), torch.bfloat16)
+    method = FineTune(parts, FineTuneConfig())
+    stored = UNet2DConditionModel.from_pretrained(tiny_pipeline_dir, subfolder="unet").state_dict()
+    trained = method.unet.state_dict()
+    assert all(torch.equal(trained[k], v) for k, v in stored.items())

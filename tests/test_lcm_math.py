@@ -227,7 +227,7 @@ def test_ema_lora_target_update_swap_and_state() -> None:
 
 def test_full_student_is_the_teacher_plus_a_w_projection() -> None:
     parts = components()
-    student = build_w_student(parts.unet, 256)
+    student = build_w_student(parts, 256)
     assert student.config.time_cond_proj_dim == 256 and student.time_embedding.cond_proj.weight.shape[1] == 256
     teacher_state = parts.unet.state_dict()
     for key, value in student.state_dict().items():
@@ -280,3 +280,20 @@ def test_the_consistency_benchmark_reference_is_successive_guided_ddim_steps() -
         expected = guided_ddim_step(teacher, guided_ddim_step(teacher, z, t(45), t(25), c, u, w), t(25), t(5), c, u, w)
         expected = guided_ddim_step(teacher, expected, t(5), t(0), c, u, w)  # the last step stops at 0
         torch.testing.assert_close(teacher_ode(teacher, z, 45, c, u, w, ode_step=20), expected)
+
+
+def test_full_student_starts_from_the_fp32_weights_not_the_half_precision_teacher(tiny_pipeline_dir) -> None:
+    """Under bf16 mixed precision the frozen teacher is bf16; the student must not inherit its rounding."""
+    from diffusers import UNet2DConditionModel
+
+    from distill_diffusion.config import ModelConfig
+    from distill_diffusion.models.loading import load_teacher
+
+    parts = load_teacher(ModelConfig(str(tiny_pipeline_dir), local_files_only=True), torch.bfloat16)
+    assert next(parts.unet.parameters()).dtype == torch.bfloat16
+    stored = UNet2DConditionModel.from_pretrained(tiny_pipeline_dir, subfolder="unet").state_dict()
+    student = build_w_student(parts, 256).state_dict()
+    rounded = [k for k, v in stored.items() if not torch.equal(v.to(torch.bfloat16).float(), v)]
+    assert rounded, "the tiny teacher's weights must differ from their bf16 rounding for this test to mean anything"
+    for key, value in stored.items():
+        assert torch.equal(student[key], value), key

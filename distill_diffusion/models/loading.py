@@ -22,7 +22,7 @@ import re
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,18 @@ class SDComponents:
     family: str  # "sd1" | "sd2" ("sdxl" is refused at load time)
     prediction_type: str
     source: str
+    #: Loads the UNet again from its source in a given dtype (set by :func:`load_teacher`).
+    reload_unet: Any = None
+
+    def fp32_unet_state(self) -> dict[str, torch.Tensor]:
+        """The UNet's weights in fp32 as stored, for trainable copies (a full student, a fine-tune).
+
+        The teacher lives in the weight dtype (fp16/bf16 under mixed precision); upcasting it would start the
+        student from rounded weights, so those are read from the source again instead.
+        """
+        if next(self.unet.parameters()).dtype == torch.float32 or self.reload_unet is None:
+            return {k: v.float() for k, v in self.unet.state_dict().items()}
+        return self.reload_unet(torch.float32).state_dict()
 
     @cached_property
     def schedule(self) -> NoiseSchedule:
@@ -292,4 +304,20 @@ def load_teacher(cfg: ModelConfig, weight_dtype: torch.dtype = torch.float32, de
         family=family,
         prediction_type=prediction_type,
         source=source,
+        reload_unet=partial(_load_unet, cfg, kind),
     )
+
+
+def _load_unet(cfg: ModelConfig, kind: str, dtype: torch.dtype) -> Any:
+    """The teacher's UNet alone, from the same source as :func:`load_teacher` (used for fp32 trainable copies)."""
+    from diffusers import UNet2DConditionModel
+
+    src = str(Path(cfg.pretrained_model_name_or_path).expanduser()) if kind != "hub" else cfg.pretrained_model_name_or_path
+    common = {_dtype_kwarg(): dtype, "local_files_only": cfg.local_files_only}
+    try:
+        if kind == "single_file":
+            return UNet2DConditionModel.from_single_file(src, config=cfg.original_config, subfolder="unet", **common)
+        return UNet2DConditionModel.from_pretrained(src, subfolder="unet", revision=cfg.revision, variant=cfg.variant,
+                                                    use_safetensors=True, **common)
+    except (OSError, ValueError) as exc:
+        raise _load_error(cfg, kind, exc) from None

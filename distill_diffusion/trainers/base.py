@@ -73,6 +73,9 @@ class MethodBase:
     """Defaults for the optional hooks, so a method writes only what it needs."""
 
     paper: ClassVar[str] = ""
+    #: Method options that shape the trainable weights or the method's state (e.g. a LoRA rank): a checkpoint
+    #: resumes only under the same values, checked before any model loads.
+    resume_fields: ClassVar[tuple[str, ...]] = ()
     models: dict[str, nn.Module]
 
     @classmethod

@@ -48,7 +48,9 @@ class FineTune(MethodBase):
         self.unet = components.unet
         self.unet.requires_grad_(True)
         if self.unet.dtype != torch.float32:  # trainable weights in fp32; autocast does the half-precision compute
+            stored = components.fp32_unet_state()  # as stored, not upcast from fp16/bf16 (read before the cast)
             self.unet.to(torch.float32)
+            self.unet.load_state_dict(stored)
         self.unet.train()
         self.schedule = components.schedule
         self.denoiser = Denoiser(self.unet, self.schedule, components.prediction_type)

@@ -139,18 +139,20 @@ def check_validation_steps(train: TrainConfig, config: LCMConfig) -> None:
                 "(LCM samples in 2-8 steps)")
 
 
-def build_w_student(teacher: Any, proj_dim: int) -> Any:
+def build_w_student(components: SDComponents, proj_dim: int) -> Any:
     """The teacher's UNet config plus ``time_cond_proj_dim``, teacher weights loaded, the new projection random.
 
     LCM (arXiv:2310.04378, Sec. 4.2) conditions the student on w through ``time_embedding.cond_proj``
-    (the only key the teacher lacks). fp32 and trainable.
+    (the only key the teacher lacks). fp32 and trainable, from the teacher's fp32 weights as stored (not
+    the frozen teacher's fp16/bf16 copy, which would start the student from rounded weights).
     """
     from diffusers import UNet2DConditionModel
 
+    teacher = components.unet
     device = next(teacher.parameters()).device
     with torch.device(device):
         student = UNet2DConditionModel.from_config(teacher.config, time_cond_proj_dim=proj_dim)
-    missing, unexpected = student.load_state_dict(teacher.state_dict(), strict=False)
+    missing, unexpected = student.load_state_dict(components.fp32_unet_state(), strict=False)
     if set(missing) - {"time_embedding.cond_proj.weight"} or unexpected:
         raise UserError(f"the teacher UNet does not fit a w-conditioned copy of itself (missing {missing[:3]}, unexpected {unexpected[:3]}); use a UNet2DConditionModel teacher")
     return student.to(torch.float32).requires_grad_(True)
@@ -161,6 +163,9 @@ class LCM(MethodBase):
 
     paper: ClassVar[str] = "Luo et al., Latent Consistency Models, arXiv:2310.04378, Alg. 1; LCM-LoRA, arXiv:2311.05556"
     config_class: ClassVar[type] = LCMConfig
+    resume_fields: ClassVar[tuple[str, ...]] = (
+        "lora", "lora_rank", "lora_alpha", "lora_target_modules", "time_cond_proj_dim", "target_ema_decay",
+    )
 
     @classmethod
     def check_before_loading(cls, run: RunConfig, teacher: TeacherConfigs | None) -> None:
@@ -202,7 +207,7 @@ class LCM(MethodBase):
     def _init_full(self) -> None:
         """Frozen teacher (weight dtype), fp32 w-conditioned student, fp32 EMA target (decay 0.95)."""
         self.teacher_unet = self.components.unet
-        self.unet = build_w_student(self.teacher_unet, self.config.time_cond_proj_dim)
+        self.unet = build_w_student(self.components, self.config.time_cond_proj_dim)
         self.target_unet = copy.deepcopy(self.unet).requires_grad_(False).eval()
         self.online = list(self.unet.parameters())
         self.shadow = list(self.target_unet.parameters())
