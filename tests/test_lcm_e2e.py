@@ -62,6 +62,11 @@ def test_resume_from_a_checkpoint_missing_weights_is_refused(capsys, lora_run: P
     shutil.copytree(lora_run / "checkpoint-2", out / "checkpoint-2")
     weights = load_file(str(out / "checkpoint-2" / "model.safetensors"))
     save_file(dict(list(weights.items())[1:]), str(out / "checkpoint-2" / "model.safetensors"))
+    # a self-consistent file (its size in the checkpoint's manifest updated) that lacks a weight
+    state_path = out / "checkpoint-2" / "training_state.json"
+    state = json.loads(state_path.read_text())
+    state["files"]["model.safetensors"] = (out / "checkpoint-2" / "model.safetensors").stat().st_size
+    state_path.write_text(json.dumps(state))
     code = main(lcm_args(tiny_pipeline_dir, toy_data_dir, out, "--max_train_steps", "4", *LORA_OPTS, "--resume_from_checkpoint", "latest"))
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("error:")]

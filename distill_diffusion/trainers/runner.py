@@ -8,6 +8,9 @@ model load, and nothing is written for a run that cannot start.
 from __future__ import annotations
 
 import logging
+import os
+import random
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -59,9 +62,59 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
         mixed_precision=cfg.mixed_precision,
         log_with=None if cfg.report_to == "none" else cfg.report_to,
         project_config=project,
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        # one data seed for every process (accelerate's default is each process's own torch seed, seed + rank
+        # after a device-specific set_seed): the ranks then shuffle alike and an epoch is a partition of the data
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed),
         step_scheduler_with_optimizer=False,
     )
+
+
+def check_process_count(started: int, env: Mapping[str, str] | None = None) -> None:
+    """Refuse a launch whose process count is not what the launcher asked for.
+
+    ``accelerate launch --cpu --num_processes N`` starts ONE process (it sets MASTER_ADDR but no WORLD_SIZE), and
+    ``--multi_gpu`` on a machine without GPUs starts N independent single-process runs that race on one output
+    folder (each sees ``num_processes == 1`` under a WORLD_SIZE of N).
+    """
+    env = os.environ if env is None else env
+    fix = (f"on CPUs launch with: ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N --num_machines 1 ...; "
+           f"on GPUs check that {started} process(es) see their GPU")
+    if "WORLD_SIZE" in env:
+        asked = int(env["WORLD_SIZE"])
+        require(asked == started, f"the launcher started {asked} processes but each sees {started} (no shared process group); {fix}")
+    elif "MASTER_ADDR" in env and "ACCELERATE_USE_CPU" in env:
+        require(started > 1, f"accelerate launch was asked for several processes but started one (--cpu ignores --num_processes); {fix}")
+
+
+def shared_seed(accelerator: Accelerator, seed: int | None) -> int:
+    """``seed``, or without one a random seed drawn by the main process and sent to all (they must agree)."""
+    if seed is not None:
+        return seed
+    from accelerate.utils import broadcast_object_list
+
+    drawn = broadcast_object_list([random.randrange(2**31)])[0]
+    accelerator.dataloader_config.data_seed = drawn  # read when the engine prepares the data loader
+    return int(drawn)
+
+
+def check_resumable(folder: Path, run: RunConfig, method_cls: type) -> None:
+    """Before any model loads: the checkpoint is complete, and was written by a run whose weights fit this one."""
+    ckpt.verify_checkpoint(folder)
+    saved = ckpt.read_state(folder).get("run")
+    if not saved:  # written before checkpoints recorded their run
+        return
+    now = run.to_dict()
+    require(saved.get("method_name") == run.method, f"{folder} was written by `train {saved.get('method_name')}`; "
+            f"resume it with that method, or pass a new --output_dir")
+    fields = [("train", "use_ema")] + [("method", name) for name in getattr(method_cls, "resume_fields", ())]
+    for section, name in fields:
+        was, is_ = saved.get(section, {}).get(name), now[section].get(name)
+        require(was == is_, f"{folder} was trained with --{section}.{name} {_show(was)}, this run has {_show(is_)}; "
+                f"resume with --{section}.{name} {_show(was)}, or pass a new --output_dir")
+
+
+def _show(value: object) -> str:
+    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
 def build_engine(run: RunConfig) -> Engine:
@@ -76,11 +129,14 @@ def build_engine(run: RunConfig) -> Engine:
     check_environment(run.train)
     method_cls.check_before_loading(run, read_teacher_configs(run.model))
     resume_from = ckpt.resolve_resume(run.train.resume_from_checkpoint, run.train.output_dir)
+    if resume_from is not None:
+        check_resumable(resume_from, run, method_cls)
     dataset = build_train_dataset(run.data, seed=run.train.seed)
 
     accelerator = make_accelerator(run.train)
-    if run.train.seed is not None:
-        set_seed(run.train.seed, device_specific=True)
+    check_process_count(accelerator.num_processes)
+    seed = shared_seed(accelerator, run.train.seed)
+    set_seed(seed)  # the same on every process: a method's random init (LoRA A, new projections, targets) must not differ per rank
     components = load_teacher(run.model, weight_dtype(run.train.mixed_precision), device=accelerator.device)
     method = method_cls(components, run.method_config)
     if run.train.gradient_checkpointing:
@@ -90,6 +146,7 @@ def build_engine(run: RunConfig) -> Engine:
         dataset = _cached(dataset, run, components, accelerator)
     loader = build_dataloader(dataset, run.train.train_batch_size, run.data.dataloader_num_workers, collate_examples, run.train.seed)
     engine = Engine(run, accelerator, method, loader)
+    set_seed(seed, device_specific=True)  # models and data order are shared; noise and timesteps differ per process
     if resume_from is not None:
         engine.resume(resume_from)
     if accelerator.is_main_process:
