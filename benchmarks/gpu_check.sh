@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The checks that need a CUDA GPU, as one short script: the `gpu`-marked tests (CUDA and mixed-precision
+# paths: EMA resume on the GPU, ...) and the SD 1.5-sized LCM-LoRA training benchmark.
+# Run from the repository root on a machine with a GPU: bash benchmarks/gpu_check.sh
+# Results: benchmarks/results/lcm_gpu_sd15.{json,md} and gpu_tests.txt (copied to $OUT when set).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+[ -d .venv ] || { python3 -m venv .venv && . .venv/bin/activate && pip install -q -e ".[test]"; }
+. .venv/bin/activate
+python -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name(0))" || exit 1
+python -m pytest -q -p no:cacheprovider -m gpu 2>&1 | tee benchmarks/results/gpu_tests.txt
+tests=${PIPESTATUS[0]}
+distill-diffusion bench lcm-gpu --mixed_precision bf16 --batch_size 8 --steps 20
+bench=$?
+if [ -n "${OUT:-}" ]; then cp benchmarks/results/gpu_tests.txt benchmarks/results/lcm_gpu_sd15.* "$OUT"/ 2>/dev/null; fi
+echo "gpu tests exit $tests, benchmark exit $bench"
+exit $(( tests || bench ))
