@@ -113,13 +113,16 @@ def trained_scheduler_config(lora: str | Path | None) -> dict[str, Any] | None:
         return None
     folder, _ = resolve_lora(lora)
     path = Path(folder) / "scheduler_config.json"
-    if not path.is_file():
-        return None
+    return _json_object(path, "delete it or re-export the LoRA") if path.is_file() else None
+
+
+def _json_object(path: Path, fix: str) -> dict[str, Any]:
+    """A config file that must hold a JSON object; anything else is a one-line error ending in ``fix``."""
     try:
         config = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise UserError(f"{path} is not valid JSON ({exc}); delete it or re-export the LoRA") from None
-    require(isinstance(config, dict), f"{path} is not a scheduler config (a JSON object); delete it or re-export the LoRA")
+        raise UserError(f"{path} is not valid JSON ({exc}); {fix}") from None
+    require(isinstance(config, dict), f"{path} is not a config (a JSON object); {fix}")
     return config
 
 
@@ -167,14 +170,7 @@ def _local_config(model: str, component: str) -> dict[str, Any]:
     """``model/<component>/<config file>`` of a local pipeline folder; ``{}`` for a hub id or single file."""
     name = "scheduler_config.json" if component == "scheduler" else "config.json"
     path = Path(model).expanduser() / component / name
-    if not path.is_file():
-        return {}
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{path} is not valid JSON ({exc}); repair or re-download the model folder") from None
-    require(isinstance(config, dict), f"{path} is not a config (a JSON object); repair or re-download the model folder")
-    return config
+    return _json_object(path, "repair or re-download the model folder") if path.is_file() else {}
 
 
 def preview_scheduler(model: str, preset: str, lora: str | Path | None = None) -> Any:
