@@ -99,3 +99,16 @@ def test_load_image_folder_errors(tmp_path):
     (tmp_path / "c.png").write_bytes(b"garbage")
     with pytest.raises(UserError, match="cannot read image"):
         list(load_image_folder(tmp_path, ResizePolicy(size=8)))
+
+
+def test_real_16_bit_images_are_scaled_like_training_images(tmp_path) -> None:
+    """eval reads real images as training does: a 16-bit ramp becomes the 8-bit ramp, not a clipped white image."""
+    import numpy as np
+    from PIL import Image
+
+    from distill_diffusion.eval.images import open_rgb
+
+    ramp = (np.arange(256, dtype=np.uint16) * 257).reshape(16, 16)
+    Image.fromarray(ramp).save(tmp_path / "ramp.png")
+    out = np.asarray(open_rgb(tmp_path / "ramp.png"))
+    assert out.shape == (16, 16, 3) and (out[..., 0].reshape(-1) == np.arange(256)).all()

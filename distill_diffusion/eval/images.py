@@ -147,9 +147,14 @@ def list_image_files(path: str | Path) -> list[Path]:
 
 
 def open_rgb(path: Path) -> Image.Image:
+    """An image as RGB the way training reads it (:func:`~distill_diffusion.data.transforms.to_rgb`: 16-bit and
+    float images scaled, not clipped; transparency on white), so real and training images match."""
+    from distill_diffusion.data.transforms import to_rgb
+
     try:
         with Image.open(path) as im:
-            return im.convert("RGB")
+            rgb = to_rgb(im)
+            return rgb.copy() if rgb is im else rgb  # an RGB file is returned as is: read it before it closes
     except (UnidentifiedImageError, OSError) as exc:
         raise UserError(f"cannot read image {path} ({exc}); remove or replace the file") from exc
 
