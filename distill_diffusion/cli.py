@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from distill_diffusion.errors import UserError
-from distill_diffusion.threads import configure_cpu_threads
+from distill_diffusion.threads import enable_adaptive_threads, fix_threads
 
 EXIT_USER_ERROR = 2
 
@@ -162,23 +162,20 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_bench_lcm(args: argparse.Namespace) -> int:
-    import torch
 
     from distill_diffusion.trainers.bench_lcm import run_lcm_benchmark
 
-    torch.set_num_threads(args.threads)
-
+    fix_threads(args.threads)
     run_lcm_benchmark(steps=args.steps, batch_sizes=tuple(args.batch_sizes), output=args.output)
     return 0
 
 
 def _cmd_bench_consistency(args: argparse.Namespace) -> int:
-    import torch
 
     from distill_diffusion.eval.consistency import ConsistencySettings, run_consistency_benchmark
 
     if args.threads:
-        torch.set_num_threads(args.threads)
+        fix_threads(args.threads)
     settings = ConsistencySettings(num_samples=args.num_samples, timesteps=tuple(args.timesteps), ode_step=args.ode_step,
                                    guidance_scale=args.guidance, batch_size=args.batch_size, seed=args.seed, device=args.device)
     run_consistency_benchmark(args.runs, settings, args.output)
@@ -195,12 +192,10 @@ def _cmd_bench_lcm_gpu(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench_engine(args: argparse.Namespace) -> int:
-    import torch
 
     from distill_diffusion.trainers.bench_engine import run_engine_benchmark
 
-    torch.set_num_threads(args.threads)
-
+    fix_threads(args.threads)
     run_engine_benchmark(steps=args.steps, batch_sizes=tuple(args.batch_sizes), output=args.output)
     return 0
 
@@ -238,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code (0 ok, 2 user error)."""
-    configure_cpu_threads()  # first: OpenMP reads its settings once, when torch is imported
+    enable_adaptive_threads()  # torch's CPU threads follow the cores other processes leave free
     try:
         args = build_parser().parse_args(argv)
         return args.func(args)

@@ -14,6 +14,9 @@ import torch
 # One thread: on a shared 2-core machine, OpenMP spin-waiting under contention made tiny forward
 # passes 100x slower; the tiny models here gain nothing from a second thread anyway.
 torch.set_num_threads(1)
+# ...and the CLI's adaptive thread policy stays off in-process (it is off when the user fixed the count), while
+# subprocesses the tests start inherit the single thread.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 # Nothing in the suite may reach a model hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

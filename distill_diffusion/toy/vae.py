@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from distill_diffusion import threads
 from distill_diffusion.errors import require
 from distill_diffusion.toy.world import toy_images
 
@@ -71,6 +72,7 @@ def train_toy_vae(
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
     vae.train()
     for _ in tqdm(range(steps), desc="vae", disable=not progress):
+        threads.tick()
         x = data[torch.randint(0, len(data), (batch_size,), generator=generator)]
         loss = vae_loss(vae, x, generator, kl_weight)
         optimizer.zero_grad(set_to_none=True)

@@ -21,6 +21,7 @@ from diffusers.training_utils import EMAModel
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from distill_diffusion import threads
 from distill_diffusion.config import RunConfig
 from distill_diffusion.errors import UserError, require
 from distill_diffusion.trainers import checkpointing as ckpt
@@ -173,7 +174,10 @@ class Engine:
             desc="train",
             disable=not (acc.is_local_main_process and cfg.progress_bar),
         )
+        on_cpu = acc.device.type == "cpu"
         while self.state.global_step < cfg.max_train_steps:
+            if on_cpu:
+                threads.tick()  # torch's thread count follows the cores other processes leave free
             micro = [next(stream) for _ in range(cfg.gradient_accumulation_steps)]
             self.state.batches_seen += len(micro)
             logs = self.step(micro)
