@@ -32,8 +32,8 @@ TEACHER_GUIDANCE = 3.0
 def distil_lcm_lora(teacher: Path, data: Path, output_dir: Path, max_train_steps: int | None = None) -> Path:
     """Train (or resume, or reuse when finished) the toy LCM-LoRA; returns the export folder."""
     from distill_diffusion.config import build_run_config
-    from distill_diffusion.trainers.lcm import LCMConfig
-    from distill_diffusion.trainers.runner import train
+    from distill_diffusion.trainers.engine.build import train
+    from distill_diffusion.trainers.methods.lcm import LCMConfig
 
     if (output_dir / "pytorch_lora_weights.safetensors").is_file():
         return output_dir

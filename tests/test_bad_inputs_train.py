@@ -428,7 +428,7 @@ def test_mostly_good_data_with_a_few_truncated_images_is_accepted(bad: Path) -> 
 
 def test_validation_prompts_keep_their_commas(bad: Path) -> None:
     from distill_diffusion.config import build_run_config
-    from distill_diffusion.trainers.finetune import FineTuneConfig
+    from distill_diffusion.trainers.methods.finetune import FineTuneConfig
 
     from_json = build_run_config("finetune", FineTuneConfig, {}, [("validation_prompts", '["a cat, small", "a dog"]')])
     assert from_json.train.validation_prompts == ["a cat, small", "a dog"]

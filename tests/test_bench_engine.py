@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from distill_diffusion.trainers.bench_engine import run_engine_benchmark
+from distill_diffusion.bench.engine import run_engine_benchmark
 
 
 def test_engine_benchmark_writes_results(tmp_path: Path) -> None:
@@ -19,7 +19,7 @@ def test_engine_benchmark_writes_results(tmp_path: Path) -> None:
 
 
 def test_lcm_benchmark_writes_results(tmp_path: Path) -> None:
-    from distill_diffusion.trainers.bench_lcm import run_lcm_benchmark
+    from distill_diffusion.trainers.methods.lcm.bench_speed import run_lcm_benchmark
 
     out = tmp_path / "lcm.json"
     result = run_lcm_benchmark(steps=2, batch_sizes=(2,), repeats=1, output=out)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from distill_diffusion.toy.tiny import tiny_unet_config
-from distill_diffusion.trainers.bench_lcm_gpu import (
+from distill_diffusion.trainers.methods.lcm.bench_gpu import (
     SD15_UNET_CONFIG,
     build_lora_engine,
     run_sd15_lora_benchmark,

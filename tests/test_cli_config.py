@@ -11,7 +11,7 @@ import pytest
 from distill_diffusion.cli import main
 from distill_diffusion.config import TrainConfig, build_run_config, parse_overrides
 from distill_diffusion.errors import UserError
-from distill_diffusion.trainers.finetune import FineTuneConfig
+from distill_diffusion.trainers.methods.finetune import FineTuneConfig
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

@@ -13,11 +13,11 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from distill_diffusion.config import build_run_config
-from distill_diffusion.trainers import checkpointing as ckpt
-from distill_diffusion.trainers.base import LossOutput, MethodBase, Phase
-from distill_diffusion.trainers.data_loop import build_dataloader
-from distill_diffusion.trainers.engine import Engine, NonFiniteLossError
-from distill_diffusion.trainers.runner import make_accelerator
+from distill_diffusion.trainers.engine import checkpoints as ckpt
+from distill_diffusion.trainers.engine.build import make_accelerator
+from distill_diffusion.trainers.engine.data_loop import build_dataloader
+from distill_diffusion.trainers.engine.loop import Engine, NonFiniteLossError
+from distill_diffusion.trainers.methods.base import LossOutput, MethodBase, Phase
 
 
 @dataclass

@@ -14,9 +14,9 @@ import torch
 from test_engine import FakeConfig, FakeMethod, make_engine
 
 from distill_diffusion.errors import UserError
-from distill_diffusion.trainers import checkpointing as ckpt
-from distill_diffusion.trainers.base import LossOutput
-from distill_diffusion.trainers.engine import NonFiniteLossError
+from distill_diffusion.trainers.engine import checkpoints as ckpt
+from distill_diffusion.trainers.engine.loop import NonFiniteLossError
+from distill_diffusion.trainers.methods.base import LossOutput
 
 
 class _NaNGrad(torch.autograd.Function):

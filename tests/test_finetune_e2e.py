@@ -58,9 +58,9 @@ def test_train_resume_export_and_load(tiny_pipeline_dir: Path, toy_data_dir: Pat
 
 def test_finetune_loss_decreases(tiny_pipeline_dir: Path, toy_data_dir: Path, tmp_path: Path) -> None:
     from distill_diffusion.config import build_run_config
-    from distill_diffusion.trainers.runner import build_engine
+    from distill_diffusion.trainers.engine.build import build_engine
 
-    run = build_run_config("finetune", __import__("distill_diffusion.trainers.finetune", fromlist=["x"]).FineTuneConfig, {
+    run = build_run_config("finetune", __import__("distill_diffusion.trainers.methods.finetune", fromlist=["x"]).FineTuneConfig, {
         "model": {"pretrained_model_name_or_path": str(tiny_pipeline_dir), "local_files_only": True},
         "data": {"train_data_dir": str(toy_data_dir), "resolution": 32},
         "train": {"output_dir": str(tmp_path / "o"), "train_batch_size": 16, "max_train_steps": 30,
@@ -68,7 +68,7 @@ def test_finetune_loss_decreases(tiny_pipeline_dir: Path, toy_data_dir: Path, tm
     })
     engine = build_engine(run)
     losses = []
-    stream = iter(__import__("distill_diffusion.trainers.data_loop", fromlist=["x"]).batch_stream(engine.accelerator, engine.dataloader))
+    stream = iter(__import__("distill_diffusion.trainers.engine.data_loop", fromlist=["x"]).batch_stream(engine.accelerator, engine.dataloader))
     for _ in range(30):
         losses.append(engine.step([next(stream)])["unet/loss"])
     assert sum(losses[-8:]) / 8 < 0.8 * sum(losses[:8]) / 8, losses
@@ -108,7 +108,7 @@ def test_finetune_starts_from_the_stored_fp32_weights_under_bf16(tiny_pipeline_d
 
     from distill_diffusion.config import ModelConfig
     from distill_diffusion.models.loading import load_teacher
-    from distill_diffusion.trainers.finetune import FineTune, FineTuneConfig
+    from distill_diffusion.trainers.methods.finetune import FineTune, FineTuneConfig
 
     parts = load_teacher(ModelConfig(str(tiny_pipeline_dir), local_files_only=True), torch.bfloat16)
     method = FineTune(parts, FineTuneConfig())

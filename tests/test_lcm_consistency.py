@@ -13,7 +13,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from distill_diffusion.cli import main
-from distill_diffusion.eval.consistency import TEACHER_ROW
+from distill_diffusion.trainers.methods.lcm.consistency import TEACHER_ROW
 
 ROOT = Path(__file__).resolve().parents[1]
 LORA_FILE = "pytorch_lora_weights.safetensors"

@@ -69,7 +69,7 @@ def test_sdxl_teacher_is_refused(capsys, tiny_pipeline_dir: Path, toy_data_dir: 
 
 def test_method_refuses_sdxl_components() -> None:
     from distill_diffusion.models.loading import SDComponents
-    from distill_diffusion.trainers.lcm import LCM, LCMConfig
+    from distill_diffusion.trainers.methods.lcm import LCM, LCMConfig
 
     parts = SDComponents(unet=None, vae=None, text_encoder=None, tokenizer=None, scheduler=None, family="sdxl",
                          prediction_type="epsilon", source="xl")

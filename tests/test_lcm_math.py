@@ -10,13 +10,14 @@ import torch
 from diffusers import DDIMScheduler, LCMScheduler
 from torch import nn
 
-from distill_diffusion.core import consistency_scalings, previous_on_grid, skipping_step_grid
+from distill_diffusion.core import SIGMA_DATA, consistency_scalings, previous_on_grid, skipping_step_grid
 from distill_diffusion.models.denoiser import Denoiser
 from distill_diffusion.models.encode import encode_prompt
 from distill_diffusion.models.loading import SDComponents
+from distill_diffusion.models.students import build_w_student
+from distill_diffusion.models.teacher import guided_ddim_step
 from distill_diffusion.toy.tiny import SD15_SCHEDULER_CONFIG, build_tiny_components
-from distill_diffusion.trainers.lcm import LCM, LCMConfig, build_w_student
-from distill_diffusion.trainers.lcm_solver import SIGMA_DATA, guided_ddim_step
+from distill_diffusion.trainers.methods.lcm import LCM, LCMConfig
 
 
 @functools.cache
@@ -266,7 +267,7 @@ def test_loss_goes_down_on_a_fixed_batch() -> None:
 
 
 def test_the_consistency_benchmark_reference_is_successive_guided_ddim_steps() -> None:
-    from distill_diffusion.eval.consistency import teacher_ode
+    from distill_diffusion.trainers.methods.lcm.consistency import teacher_ode
 
     parts = components()
     teacher = Denoiser(parts.unet, parts.schedule, "epsilon")

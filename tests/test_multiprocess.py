@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from distill_diffusion.trainers.runner import check_process_count
+from distill_diffusion.trainers.engine.build import check_process_count
 
 ROOT = Path(__file__).resolve().parents[1]
 PROBE = Path(__file__).with_name("two_process_probe.py")
@@ -155,7 +155,7 @@ def test_without_a_seed_one_shared_seed_is_drawn_for_models_and_data() -> None:
     from accelerate import Accelerator
 
     from distill_diffusion.config import TrainConfig
-    from distill_diffusion.trainers.runner import make_accelerator, shared_seed
+    from distill_diffusion.trainers.engine.build import make_accelerator, shared_seed
 
     acc: Accelerator = make_accelerator(TrainConfig(seed=None, output_dir="unused"))
     seed = shared_seed(acc, None)

@@ -116,7 +116,7 @@ def test_kill_9_during_training_leaves_a_complete_latest(tiny_pipeline_dir: Path
     import sys
     import time
 
-    from distill_diffusion.trainers import checkpointing as ckpt
+    from distill_diffusion.trainers.engine import checkpoints as ckpt
 
     out = tmp_path / "killed"
     args = lcm(tiny_pipeline_dir, toy_data_dir, out, "--max_train_steps", "400", "--checkpointing_steps", "1")

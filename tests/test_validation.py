@@ -12,9 +12,9 @@ from PIL import Image
 from test_lcm_math import components
 
 from distill_diffusion.config import TrainConfig
-from distill_diffusion.trainers.base import MethodBase
-from distill_diffusion.trainers.lcm import LCM, LCMConfig
-from distill_diffusion.trainers.validation import run_validation
+from distill_diffusion.trainers.engine.validation import run_validation
+from distill_diffusion.trainers.methods.base import MethodBase
+from distill_diffusion.trainers.methods.lcm import LCM, LCMConfig
 
 
 class _RecordingPipeline:

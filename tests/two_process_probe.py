@@ -42,8 +42,8 @@ def main() -> None:
     split = sys.argv.index("--")
     prefix, flags, train_args = sys.argv[1], sys.argv[2:split], sys.argv[split + 1 :]
     from distill_diffusion.config import build_run_config, load_yaml, parse_overrides
-    from distill_diffusion.trainers.registry import get_method_class
-    from distill_diffusion.trainers.runner import build_engine
+    from distill_diffusion.trainers.engine.build import build_engine
+    from distill_diffusion.trainers.methods.registry import get_method_class
 
     method, rest = train_args[0], train_args[1:]
     i = rest.index("--config")

@@ -9,6 +9,8 @@ from distill_diffusion.core.guidance import (
 )
 from distill_diffusion.core.parameterization import (
     PREDICTION_TYPES,
+    SIGMA_DATA,
+    consistency_function,
     consistency_scalings,
     from_x0_eps,
     to_x0_eps,
@@ -25,11 +27,13 @@ from distill_diffusion.core.timesteps import (
 
 __all__ = [
     "PREDICTION_TYPES",
+    "SIGMA_DATA",
     "SPACINGS",
     "NoiseSchedule",
     "append_dims",
     "cfg",
     "cfg_lcm",
+    "consistency_function",
     "consistency_scalings",
     "ddim_step",
     "from_x0_eps",

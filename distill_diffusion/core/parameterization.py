@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from distill_diffusion.core.schedule import append_dims
 from distill_diffusion.errors import UserError
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
@@ -70,6 +71,10 @@ def x0_error_scale(alpha_t: Tensor, sigma_t: Tensor, prediction_type: str) -> Te
     return 1.0 / sigma_t**2
 
 
+#: σ_data of the consistency boundary scalings. Fixed, because diffusers' LCMScheduler hard-codes 0.5 at inference.
+SIGMA_DATA = 0.5
+
+
 def consistency_scalings(
     t: Tensor, sigma_data: float = 0.5, timestep_scaling: float = 10.0
 ) -> tuple[Tensor, Tensor]:
@@ -87,3 +92,9 @@ def consistency_scalings(
     c_skip = sigma_data**2 / denom
     c_out = scaled / denom.sqrt()
     return c_skip.to(torch.float32), c_out.to(torch.float32)
+
+
+def consistency_function(x0: Tensor, z: Tensor, t: Tensor, timestep_scaling: float) -> Tensor:
+    """``f(z, t) = c_skip(t)·z + c_out(t)·x0_hat(z, t)`` (LCM Sec. 4.1); exactly z at t = 0 (c_skip = 1, c_out = 0)."""
+    c_skip, c_out = consistency_scalings(t, SIGMA_DATA, timestep_scaling)
+    return append_dims(c_skip, z.ndim) * z.float() + append_dims(c_out, z.ndim) * x0

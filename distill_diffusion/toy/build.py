@@ -144,7 +144,7 @@ def _stage_vae(tmp: Path, b: BuildBudget, progress: bool) -> dict[str, Any]:
 def unet_run_config(tmp: Path, b: BuildBudget, progress: bool) -> Any:
     """The engine run that trains the teacher UNet: plain fine-tune on cached latents, EMA, caption dropout."""
     from distill_diffusion.config import build_run_config
-    from distill_diffusion.trainers.finetune import FineTuneConfig
+    from distill_diffusion.trainers.methods.finetune import FineTuneConfig
 
     preset = {
         "model": {"pretrained_model_name_or_path": str(tmp / "init_teacher"), "local_files_only": True},
@@ -178,8 +178,8 @@ def unet_run_config(tmp: Path, b: BuildBudget, progress: bool) -> Any:
 
 def _stage_unet(tmp: Path, b: BuildBudget, progress: bool) -> dict[str, Any]:
     """Train through ``trainers.runner.train`` and keep only the exported pipeline as ``teacher/``."""
-    from distill_diffusion.trainers.engine import Engine
-    from distill_diffusion.trainers.runner import train
+    from distill_diffusion.trainers.engine.build import train
+    from distill_diffusion.trainers.engine.loop import Engine
 
     losses: list[float] = []
     after_step = Engine._after_step

@@ -1,7 +1,7 @@
 """The one training loop every method runs through (accumulation, autocast, clipping, EMA, checkpoints).
 
 The engine does not know which method it runs: it asks the method for its phases and losses
-(:mod:`distill_diffusion.trainers.base`) and owns everything else. Gradient accumulation is explicit:
+(:mod:`distill_diffusion.trainers.methods.base`) and owns everything else. Gradient accumulation is explicit:
 one optimizer step consumes ``gradient_accumulation_steps`` micro-batches, gradients are synchronised
 only on the last one (``no_sync``), and ``global_step`` counts optimizer steps on every process.
 """
@@ -24,11 +24,15 @@ from tqdm.auto import tqdm
 from distill_diffusion import threads
 from distill_diffusion.config import RunConfig
 from distill_diffusion.errors import UserError, require
-from distill_diffusion.trainers import checkpointing as ckpt
-from distill_diffusion.trainers.base import DistillationMethod, Phase
-from distill_diffusion.trainers.data_loop import batch_stream
-from distill_diffusion.trainers.ema import ema_weights, load_ema, save_ema
-from distill_diffusion.trainers.optim import build_lr_scheduler, build_optimizer, effective_learning_rate
+from distill_diffusion.trainers.engine import checkpoints as ckpt
+from distill_diffusion.trainers.engine.data_loop import batch_stream
+from distill_diffusion.trainers.engine.ema import ema_weights, load_ema, save_ema
+from distill_diffusion.trainers.engine.optim import (
+    build_lr_scheduler,
+    build_optimizer,
+    effective_learning_rate,
+)
+from distill_diffusion.trainers.methods.base import DistillationMethod, Phase
 
 logger = get_logger(__name__)
 
@@ -66,7 +70,7 @@ class _Skipped(Exception):
 class Engine:
     """Runs ``method`` under ``accelerator`` with the ``run.train`` settings.
 
-    Build it with :func:`distill_diffusion.trainers.runner.build_engine` (which loads models and data),
+    Build it with :func:`distill_diffusion.trainers.engine.build.build_engine` (which loads models and data),
     or directly in tests with already-built objects.
     """
 
@@ -325,7 +329,7 @@ class Engine:
         return nullcontext()
 
     def validate(self) -> None:
-        from distill_diffusion.trainers.validation import run_validation
+        from distill_diffusion.trainers.engine.validation import run_validation
 
         if self.accelerator.is_main_process and self.cfg.validation_prompts:
             with self.ema_context():
@@ -333,7 +337,7 @@ class Engine:
 
     def export(self) -> Path:
         """Write the method's artefact into ``output_dir`` (via a temporary folder; main process only)."""
-        from distill_diffusion.trainers.exporting import atomic_export
+        from distill_diffusion.trainers.engine.export import atomic_export
 
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:

@@ -1,4 +1,4 @@
-"""Atomic export of a method's artefact and the model card written next to it."""
+"""Atomic export of a method's artefact into the run's output folder."""
 
 from __future__ import annotations
 
@@ -32,26 +32,3 @@ def atomic_export(export: Callable[[Path], None], output_dir: Path) -> Path:
         os.replace(entry, dest)
     tmp.rmdir()
     return output_dir
-
-
-def write_model_card(folder: Path, *, base_model: str, method: str, paper: str, usage: str, extra: str = "") -> Path:
-    """A short README.md: what was distilled from what, and how to load it with stock diffusers."""
-    text = f"""---
-library_name: diffusers
-base_model: {base_model}
-tags: [distill-diffusion, {method}]
----
-
-# {method} distilled from `{base_model}`
-
-Trained with distill-diffusion's `{method}` method ({paper}).
-{extra}
-## How to load
-
-```python
-{usage.strip()}
-```
-"""
-    path = folder / "README.md"
-    path.write_text(text)
-    return path

@@ -3,7 +3,7 @@
 The step is latent consistency distillation (Luo et al., "Latent Consistency Models", arXiv:2310.04378,
 Alg. 1) in LoRA mode (Luo et al., "LCM-LoRA", arXiv:2311.05556): one UNet whose frozen base is the teacher
 (batched cond+uncond forward and DDIM step), one target forward and one student forward+backward through
-the LoRA, then AdamW on the LoRA weights, all through :class:`~distill_diffusion.trainers.engine.Engine`.
+the LoRA, then AdamW on the LoRA weights, all through :class:`~distill_diffusion.trainers.engine.loop.Engine`.
 The UNet is SD 1.5's architecture (about 860M parameters) built from its config with random weights, on
 pre-encoded latents and text embeddings (as with the latent cache, so the VAE is not in the step). Speed and
 memory depend on shapes and dtypes, not on weight values, so nothing needs to be downloaded. Reported:
@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 
+from distill_diffusion.bench.engine import latent_engine, median_seconds
 from distill_diffusion.errors import UserError, require
-from distill_diffusion.trainers.bench_engine import latent_engine, median_seconds
 
 #: Stable Diffusion 1.5's ``UNet2DConditionModel`` config (859.5M parameters).
 SD15_UNET_CONFIG: dict[str, Any] = {
@@ -85,7 +85,7 @@ def _components(unet_config: dict[str, Any], dtype: torch.dtype, device: torch.d
 def build_lora_engine(tmp: Path, batch_size: int, resolution: int, mixed_precision: str, gradient_checkpointing: bool,
                       lora_rank: int, unet_config: dict[str, Any], device: torch.device) -> tuple[Any, Any]:
     """The engine running LCM-LoRA (SD defaults, alpha = rank) over random latent batches, and its data."""
-    from distill_diffusion.trainers.runner import weight_dtype
+    from distill_diffusion.trainers.engine.build import weight_dtype
 
     def make_components(actual: torch.device) -> Any:
         require(actual.type == device.type, f"accelerate runs this process on {actual}, not {device}; pass device={actual.type!r}")
@@ -119,7 +119,7 @@ def _check_args(device: str | None, batch_size: int, resolution: int, steps: int
 
 def _time_steps(engine: Any, dev: torch.device, steps: int) -> tuple[float, float | None]:
     """Median seconds of an engine step (CUDA synchronised) and the peak CUDA memory in GiB (None on CPU)."""
-    from distill_diffusion.trainers.data_loop import batch_stream
+    from distill_diffusion.trainers.engine.data_loop import batch_stream
 
     stream = batch_stream(engine.accelerator, engine.dataloader)
     cuda = dev.type == "cuda"

@@ -1,8 +1,10 @@
-"""The pieces of latent consistency distillation that the trainer and the consistency benchmark share.
+"""The guided teacher: its classifier-free-guided prediction and one deterministic DDIM step of it.
 
-Luo et al., "Latent Consistency Models", arXiv:2310.04378: the teacher's classifier-free-guided prediction
-(Eq. 9, LCM form ``(1 + w)·cond − w·uncond``), one DDIM hop of the guided teacher (the skipping-step solver of
-Sec. 4.3) and the consistency function with its boundary scalings (Sec. 4.1).
+Shared by every method that distils a guided teacher (latent consistency distillation, progressive
+distillation's guidance stage, adversarial distillation's distillation term). Guidance in the LCM form
+``(1 + w)·cond − w·uncond`` (Luo et al., "Latent Consistency Models", arXiv:2310.04378, Eq. 9; Meng et al.,
+"On Distillation of Guided Diffusion Models", arXiv:2210.03142, Eq. 3 uses the same w); diffusers' guidance
+scale is ``w + 1`` (:mod:`distill_diffusion.core.guidance`).
 """
 
 from __future__ import annotations
@@ -10,11 +12,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from distill_diffusion.core import append_dims, cfg_lcm, consistency_scalings, ddim_step
+from distill_diffusion.core import append_dims, cfg_lcm, ddim_step
 from distill_diffusion.models.denoiser import Denoiser
-
-#: σ_data of the boundary scalings. Fixed, because diffusers' LCMScheduler hard-codes 0.5 at inference.
-SIGMA_DATA = 0.5
 
 
 def guided_prediction(teacher: Denoiser, z: Tensor, t: Tensor, c: Tensor, uncond: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
@@ -34,9 +33,3 @@ def guided_ddim_step(teacher: Denoiser, z: Tensor, t: Tensor, s: Tensor, c: Tens
     x0, eps = guided_prediction(teacher, z, t, c, uncond, w)
     schedule = teacher.schedule
     return ddim_step(x0, eps, append_dims(schedule.alpha(s), z.ndim), append_dims(schedule.sigma(s), z.ndim))
-
-
-def consistency_function(x0: Tensor, z: Tensor, t: Tensor, timestep_scaling: float) -> Tensor:
-    """``f(z, t) = c_skip(t)·z + c_out(t)·x0_hat(z, t)`` (LCM Sec. 4.1); exactly z at t = 0 (c_skip = 1, c_out = 0)."""
-    c_skip, c_out = consistency_scalings(t, SIGMA_DATA, timestep_scaling)
-    return append_dims(c_skip, z.ndim) * z.float() + append_dims(c_out, z.ndim) * x0

@@ -8,8 +8,8 @@ from distill_diffusion.errors import UserError
 
 #: Import lazily so `distill-diffusion --help` does not import torch-heavy modules.
 METHODS: dict[str, str] = {
-    "finetune": "distill_diffusion.trainers.finetune:FineTune",
-    "lcm": "distill_diffusion.trainers.lcm:LCM",
+    "finetune": "distill_diffusion.trainers.methods.finetune:FineTune",
+    "lcm": "distill_diffusion.trainers.methods.lcm:LCM",
 }
 
 

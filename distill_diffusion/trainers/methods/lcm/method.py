@@ -22,10 +22,17 @@ import torch
 from torch import Tensor
 
 from distill_diffusion.config import RunConfig, TrainConfig
-from distill_diffusion.core import guidance_embedding, previous_on_grid, skipping_step_grid
-from distill_diffusion.errors import UserError, require
+from distill_diffusion.core import (
+    consistency_function,
+    guidance_embedding,
+    previous_on_grid,
+    skipping_step_grid,
+)
+from distill_diffusion.errors import require
+from distill_diffusion.models.batch import latents_and_embeddings
 from distill_diffusion.models.denoiser import Denoiser
 from distill_diffusion.models.encode import encode_prompt
+from distill_diffusion.models.export import write_model_card
 from distill_diffusion.models.loading import SDXL_ERROR, SDComponents, TeacherConfigs
 from distill_diffusion.models.lora import (
     DEFAULT_TARGET_MODULES,
@@ -35,10 +42,9 @@ from distill_diffusion.models.lora import (
     save_lora,
     tuner_layers,
 )
-from distill_diffusion.trainers.base import LossOutput, MethodBase, Phase
-from distill_diffusion.trainers.batch import latents_and_embeddings
-from distill_diffusion.trainers.exporting import write_model_card
-from distill_diffusion.trainers.lcm_solver import consistency_function, guided_ddim_step
+from distill_diffusion.models.students import build_w_student
+from distill_diffusion.models.teacher import guided_ddim_step
+from distill_diffusion.trainers.methods.base import LossOutput, MethodBase, Phase
 
 LOSS_TYPES = ("huber", "l2")
 UNCOND_EMBEDDINGS = ("empty_prompt", "zeros")
@@ -137,25 +143,6 @@ def check_validation_steps(train: TrainConfig, config: LCMConfig) -> None:
                 f"train.validation_inference_steps={train.validation_inference_steps} is more than LCMScheduler allows with "
                 f"method.num_ddim_timesteps={config.num_ddim_timesteps}; pass --validation_inference_steps 4 "
                 "(LCM samples in 2-8 steps)")
-
-
-def build_w_student(components: SDComponents, proj_dim: int) -> Any:
-    """The teacher's UNet config plus ``time_cond_proj_dim``, teacher weights loaded, the new projection random.
-
-    LCM (arXiv:2310.04378, Sec. 4.2) conditions the student on w through ``time_embedding.cond_proj``
-    (the only key the teacher lacks). fp32 and trainable, from the teacher's fp32 weights as stored (not
-    the frozen teacher's fp16/bf16 copy, which would start the student from rounded weights).
-    """
-    from diffusers import UNet2DConditionModel
-
-    teacher = components.unet
-    device = next(teacher.parameters()).device
-    with torch.device(device):
-        student = UNet2DConditionModel.from_config(teacher.config, time_cond_proj_dim=proj_dim)
-    missing, unexpected = student.load_state_dict(components.fp32_unet_state(), strict=False)
-    if set(missing) - {"time_embedding.cond_proj.weight"} or unexpected:
-        raise UserError(f"the teacher UNet does not fit a w-conditioned copy of itself (missing {missing[:3]}, unexpected {unexpected[:3]}); use a UNet2DConditionModel teacher")
-    return student.to(torch.float32).requires_grad_(True)
 
 
 class LCM(MethodBase):
@@ -327,7 +314,7 @@ class LCM(MethodBase):
         )
 
     def validation_pipeline(self) -> Any:
-        from distill_diffusion.trainers.pipeline_export import build_pipeline
+        from distill_diffusion.models.export import build_pipeline
 
         return build_pipeline(self.components, unet=self.unet, scheduler=self.scheduler())
 

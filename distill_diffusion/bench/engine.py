@@ -67,10 +67,10 @@ def latent_engine(tmp: Path, method_name: str, batch_size: int, sections: dict[s
     """
     from distill_diffusion.config import build_run_config
     from distill_diffusion.models.loading import load_teacher
-    from distill_diffusion.trainers.data_loop import build_dataloader
-    from distill_diffusion.trainers.engine import Engine
-    from distill_diffusion.trainers.registry import get_method_class
-    from distill_diffusion.trainers.runner import enable_gradient_checkpointing, make_accelerator
+    from distill_diffusion.trainers.engine.build import enable_gradient_checkpointing, make_accelerator
+    from distill_diffusion.trainers.engine.data_loop import build_dataloader
+    from distill_diffusion.trainers.engine.loop import Engine
+    from distill_diffusion.trainers.methods.registry import get_method_class
 
     preset: dict[str, dict[str, Any]] = {"train": {
         "output_dir": str(tmp / "out"), "train_batch_size": batch_size, "max_train_steps": 10**6,
@@ -104,7 +104,7 @@ def tiny_engine(tmp: Path, method_name: str, batch_size: int, method: dict[str, 
 
 def _measure(tmp: Path, batch_size: int, steps: int) -> dict[str, float]:
     """Median seconds per step of the three paths at one batch size."""
-    from distill_diffusion.trainers.data_loop import batch_stream
+    from distill_diffusion.trainers.engine.data_loop import batch_stream
 
     engine, data = tiny_engine(tmp, "finetune", batch_size)
     schedule, unet = engine.method.schedule, engine.method.unet

@@ -38,7 +38,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from distill_diffusion.config import build_run_config, load_yaml, parse_overrides
-    from distill_diffusion.trainers.registry import METHODS, get_method_class
+    from distill_diffusion.trainers.methods.registry import METHODS, get_method_class
 
     rest = list(args.rest)
     if args.method is None or (args.train_help and not rest):
@@ -56,7 +56,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         preset = load_yaml(rest[i + 1])
         del rest[i : i + 2]
     run = build_run_config(args.method, method_cls.config_class, preset, parse_overrides(rest))
-    from distill_diffusion.trainers.runner import train
+    from distill_diffusion.trainers.engine.build import train
 
     out = train(run)
     print(f"done: {out}")
@@ -155,7 +155,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     con.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     con.set_defaults(func=_cmd_bench_consistency)
     from distill_diffusion.bench.threads import add_bench_threads
-    from distill_diffusion.pipelines.commands import add_bench_quality
+    from distill_diffusion.cli.evaluation import add_bench_quality
 
     add_bench_quality(bench)
     add_bench_threads(bench)
@@ -163,7 +163,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_bench_lcm(args: argparse.Namespace) -> int:
 
-    from distill_diffusion.trainers.bench_lcm import run_lcm_benchmark
+    from distill_diffusion.trainers.methods.lcm.bench_speed import run_lcm_benchmark
 
     fix_threads(args.threads)
     run_lcm_benchmark(steps=args.steps, batch_sizes=tuple(args.batch_sizes), output=args.output)
@@ -172,7 +172,10 @@ def _cmd_bench_lcm(args: argparse.Namespace) -> int:
 
 def _cmd_bench_consistency(args: argparse.Namespace) -> int:
 
-    from distill_diffusion.eval.consistency import ConsistencySettings, run_consistency_benchmark
+    from distill_diffusion.trainers.methods.lcm.consistency import (
+        ConsistencySettings,
+        run_consistency_benchmark,
+    )
 
     if args.threads:
         fix_threads(args.threads)
@@ -183,7 +186,7 @@ def _cmd_bench_consistency(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench_lcm_gpu(args: argparse.Namespace) -> int:
-    from distill_diffusion.trainers.bench_lcm_gpu import run_sd15_lora_benchmark
+    from distill_diffusion.trainers.methods.lcm.bench_gpu import run_sd15_lora_benchmark
 
     run_sd15_lora_benchmark(batch_size=args.batch_size, resolution=args.resolution, steps=args.steps,
                             mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing,
@@ -193,7 +196,7 @@ def _cmd_bench_lcm_gpu(args: argparse.Namespace) -> int:
 
 def _cmd_bench_engine(args: argparse.Namespace) -> int:
 
-    from distill_diffusion.trainers.bench_engine import run_engine_benchmark
+    from distill_diffusion.bench.engine import run_engine_benchmark
 
     fix_threads(args.threads)
     run_engine_benchmark(steps=args.steps, batch_sizes=tuple(args.batch_sizes), output=args.output)
@@ -223,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_toy(sub)
     _add_bench(sub)
-    from distill_diffusion.pipelines.commands import add_eval, add_generate
+    from distill_diffusion.cli.evaluation import add_eval, add_generate
 
     add_generate(sub)
     add_eval(sub)

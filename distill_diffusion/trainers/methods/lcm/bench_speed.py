@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from distill_diffusion.trainers.bench_engine import collate_latents, median_seconds, tiny_engine
+from distill_diffusion.bench.engine import collate_latents, median_seconds, tiny_engine
 
 STEP_TARGET = 1.10
 LATENCY_TARGET = 0.12
@@ -27,7 +27,7 @@ LATENCY_TARGET = 0.12
 def measure_training(batch_size: int, steps: int) -> dict[str, float]:
     """Median seconds of the engine step and of each unavoidable pass, at one batch size."""
     from distill_diffusion.models.denoiser import Denoiser
-    from distill_diffusion.trainers.data_loop import batch_stream
+    from distill_diffusion.trainers.engine.data_loop import batch_stream
 
     with tempfile.TemporaryDirectory() as tmp:
         engine, data = tiny_engine(Path(tmp), "lcm", batch_size, {"lora_rank": 16, "lora_alpha": 16, "w_min": 2.0, "w_max": 2.0})

@@ -41,7 +41,7 @@ class ConsistencySettings:
 def load_lcm_lora_run(run_dir: str | Path) -> Any:
     """The resolved config of a finished LCM-LoRA training run (``config.yaml`` + the exported adapter)."""
     from distill_diffusion.config import build_run_config, load_yaml
-    from distill_diffusion.trainers.lcm import LCMConfig
+    from distill_diffusion.trainers.methods.lcm import LCMConfig
 
     run = Path(run_dir)
     require((run / "config.yaml").is_file(), f"{run} has no config.yaml; pass the output_dir of a `train lcm` run")
@@ -56,7 +56,7 @@ def load_lcm_lora_run(run_dir: str | Path) -> Any:
 
 def teacher_ode(teacher: Any, z: Tensor, t: int, c: Tensor, uncond: Tensor, w: Tensor, ode_step: int) -> Tensor:
     """The guided teacher's deterministic DDIM solution from ``z`` at ``t`` to timestep 0, ``ode_step`` at a time."""
-    from distill_diffusion.trainers.lcm_solver import guided_ddim_step
+    from distill_diffusion.models.teacher import guided_ddim_step
 
     while t > 0:
         s = max(t - ode_step, 0)
@@ -88,7 +88,7 @@ def _training_latents(run: Any, components: Any, settings: ConsistencySettings) 
     from torch.utils.data import DataLoader
 
     from distill_diffusion.data import build_train_dataset, collate_examples
-    from distill_diffusion.trainers.batch import latents_and_embeddings
+    from distill_diffusion.models.batch import latents_and_embeddings
 
     data = dataclasses.replace(run.data, random_flip=False, proportion_empty_prompts=0.0, cache_latents=False)
     loader = DataLoader(build_train_dataset(data, seed=settings.seed), batch_size=settings.batch_size, collate_fn=collate_examples)
@@ -124,10 +124,10 @@ def run_consistency_benchmark(run_dirs: list[str], settings: ConsistencySettings
     from distill_diffusion.core import guidance_scale_to_lcm_w
     from distill_diffusion.models.denoiser import Denoiser
     from distill_diffusion.models.encode import encode_prompt
+    from distill_diffusion.models.export import build_pipeline
     from distill_diffusion.models.loading import load_teacher
+    from distill_diffusion.models.teacher import guided_prediction
     from distill_diffusion.pipelines.loader import apply_lora
-    from distill_diffusion.trainers.lcm_solver import guided_prediction
-    from distill_diffusion.trainers.pipeline_export import build_pipeline
 
     s = settings or ConsistencySettings()
     runs = [load_lcm_lora_run(d) for d in run_dirs]
@@ -169,7 +169,7 @@ def run_consistency_benchmark(run_dirs: list[str], settings: ConsistencySettings
 
 def _mse_per_timestep(x0_of: Any, points: list, refs: list, scaling: float) -> dict[str, float]:
     """Mean over images and elements of ``(f(z_t, t) − ODE(z_t))²`` per t; ``x0_of(z, t, c)`` is the model's x0."""
-    from distill_diffusion.trainers.lcm_solver import consistency_function
+    from distill_diffusion.core import consistency_function
 
     out = {}
     for t in points[0][1]:

@@ -9,7 +9,7 @@ import torch
 from accelerate import Accelerator
 
 from distill_diffusion.config import TrainConfig
-from distill_diffusion.trainers.base import DistillationMethod
+from distill_diffusion.trainers.methods.base import DistillationMethod
 
 
 def run_validation(method: DistillationMethod, cfg: TrainConfig, accelerator: Accelerator, step: int) -> list[Path]:

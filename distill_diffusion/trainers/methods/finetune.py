@@ -16,11 +16,11 @@ import torch
 import torch.nn.functional as F
 
 from distill_diffusion.errors import require
+from distill_diffusion.models.batch import latents_and_embeddings
 from distill_diffusion.models.denoiser import Denoiser
+from distill_diffusion.models.export import save_pipeline
 from distill_diffusion.models.loading import SDComponents
-from distill_diffusion.trainers.base import LossOutput, MethodBase, Phase
-from distill_diffusion.trainers.batch import latents_and_embeddings
-from distill_diffusion.trainers.pipeline_export import save_pipeline
+from distill_diffusion.trainers.methods.base import LossOutput, MethodBase, Phase
 
 
 @dataclass
@@ -83,7 +83,7 @@ class FineTune(MethodBase):
         return clipped / self.denoiser.x0_error_scale(t, x0)
 
     def validation_pipeline(self) -> Any:
-        from distill_diffusion.trainers.pipeline_export import build_pipeline
+        from distill_diffusion.models.export import build_pipeline
 
         return build_pipeline(self.components, unet=self.unet)
 

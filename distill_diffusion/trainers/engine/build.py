@@ -20,9 +20,9 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from distill_diffusion.config import RunConfig, TrainConfig
 from distill_diffusion.errors import UserError, require
 from distill_diffusion.paths import check_output_dir
-from distill_diffusion.trainers import checkpointing as ckpt
-from distill_diffusion.trainers.engine import Engine
-from distill_diffusion.trainers.registry import get_method_class
+from distill_diffusion.trainers.engine import checkpoints as ckpt
+from distill_diffusion.trainers.engine.loop import Engine
+from distill_diffusion.trainers.methods.registry import get_method_class
 
 WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -121,7 +121,7 @@ def build_engine(run: RunConfig) -> Engine:
     """Validate, load the teacher and data, build the method and the engine, resume if asked."""
     from distill_diffusion.data import build_train_dataset, collate_examples
     from distill_diffusion.models.loading import check_model_source, load_teacher, read_teacher_configs
-    from distill_diffusion.trainers.data_loop import build_dataloader
+    from distill_diffusion.trainers.engine.data_loop import build_dataloader
 
     method_cls = get_method_class(run.method)
     require(bool(run.model.pretrained_model_name_or_path), "no teacher given; pass --pretrained_model_name_or_path (a diffusers folder, hub id or .safetensors file)")

@@ -1,4 +1,4 @@
-"""Stock diffusers pipelines from our components: for validation, and as the exported artefact."""
+"""Stock diffusers pipelines from our components (for validation, and as the exported artefact) and model cards."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from diffusers import DDIMScheduler, StableDiffusionPipeline
 from torch import nn
 
 from distill_diffusion.models.loading import SDComponents
-from distill_diffusion.trainers.exporting import write_model_card
 
 
 def build_pipeline(components: SDComponents, unet: nn.Module | None = None, scheduler: Any = None) -> StableDiffusionPipeline:
@@ -37,3 +36,26 @@ image = pipe("a prompt", num_inference_steps=50).images[0]
 """
     write_model_card(output_dir, base_model=components.source, method=method, paper=paper, usage=usage)
     return output_dir
+
+
+def write_model_card(folder: Path, *, base_model: str, method: str, paper: str, usage: str, extra: str = "") -> Path:
+    """A short README.md: what was distilled from what, and how to load it with stock diffusers."""
+    text = f"""---
+library_name: diffusers
+base_model: {base_model}
+tags: [distill-diffusion, {method}]
+---
+
+# {method} distilled from `{base_model}`
+
+Trained with distill-diffusion's `{method}` method ({paper}).
+{extra}
+## How to load
+
+```python
+{usage.strip()}
+```
+"""
+    path = folder / "README.md"
+    path.write_text(text)
+    return path

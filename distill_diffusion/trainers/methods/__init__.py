@@ -1,0 +1,1 @@
+"""Distillation methods: the contract (:mod:`.base`), the registry, and one module per method."""
