@@ -115,7 +115,7 @@ def _bad_inputs(pipeline: Path, data: Path, clip: Path, tmp: Path) -> list[tuple
     (lora / "pytorch_lora_weights.safetensors").write_bytes(b"")
     (lora / "scheduler_config.json").write_text(json.dumps({"_class_name": "LCMScheduler", "original_inference_steps": 2}))
     return [
-        (["--pipeline", f"p={pipeline},lora={lora},preset=lcm,steps=4", "--prompts", "toy"], "p: 4 sampling steps, but this LCM was distilled on a grid of 2"),
+        (["--pipeline", f"p={pipeline},lora={lora},preset=lcm,steps=4", "--prompts", "toy"], "p: 4 sampling steps, but this model was distilled on a grid of 2"),
         (["--pipeline", f"p={pipeline}", "--prompts", str(tmp / "empty.txt")], "holds no prompt"),
         ([*ok, "--real", str(tmp / "no_images"), "--kid"], "contains no images"),
         ([*ok, "--real", str(data), "--inception_weights", str(tmp / "w.pth")], "Inception weights file"),

@@ -2,7 +2,7 @@
 
 ``load_pipeline("teacher/", lora="lcm_lora/", preset="lcm")`` returns a ``StableDiffusionPipeline`` with
 ``LCMScheduler.from_config(teacher.scheduler.config)`` and the LoRA loaded through diffusers'
-``load_lora_weights`` (fused by default). A ``scheduler_config.json`` beside the LoRA weights (our LCM
+``load_lora_weights`` (fused by default). A ``scheduler_config.json`` beside the LoRA weights (distilled
 exports write one) sets the fields the adapter was distilled for (``original_inference_steps``, ``timestep_scaling``). Sample with ``pipe(prompt, **get_preset("lcm").call_kwargs())``.
 Nothing here is ours at inference time: the same pipeline can be built by hand with stock diffusers.
 """
@@ -20,7 +20,14 @@ import torch
 from distill_diffusion.config import ModelConfig
 from distill_diffusion.errors import UserError, require
 from distill_diffusion.models.loading import PICKLE_SUFFIXES, check_model_source, load_teacher
-from distill_diffusion.pipelines.presets import Preset, build_scheduler, check_steps, get_preset
+from distill_diffusion.pipelines.presets import (
+    PRESETS,
+    Preset,
+    attach_preset,
+    build_scheduler,
+    check_steps,
+    get_preset,
+)
 
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 #: The components of a pipeline folder whose weights ``load_pipeline`` reads (the safety checker is not loaded).
@@ -108,7 +115,7 @@ def resolve_lora(lora: str | Path) -> tuple[str, str | None]:
 
 
 def trained_scheduler_config(lora: str | Path | None) -> dict[str, Any] | None:
-    """The ``scheduler_config.json`` saved next to a LoRA's weights (our LCM exports write one), if any."""
+    """The ``scheduler_config.json`` saved next to a LoRA's weights (distilled exports write one), if any."""
     if lora is None:
         return None
     folder, _ = resolve_lora(lora)
@@ -127,11 +134,12 @@ def _json_object(path: Path, fix: str) -> dict[str, Any]:
 
 
 def check_unet_fits_preset(preset: Preset, unet_config: Mapping[str, Any]) -> None:
-    """A preset for a w-conditioned student (``lcm-full``) needs a UNet with a guidance embedding."""
+    """A preset for a w-conditioned student (``needs_guidance_embedding``) needs a UNet with a guidance embedding."""
     if preset.needs_guidance_embedding and unet_config.get("time_cond_proj_dim") is None:
+        plain = ", ".join(name for name, p in PRESETS.items() if not p.needs_guidance_embedding)
         raise UserError(
             f"preset {preset.name!r} needs a UNet with a guidance embedding (time_cond_proj_dim), which this model "
-            "lacks; use preset 'lcm' for an LCM-LoRA or 'ddim' for a plain model"
+            f"lacks; use a preset for a plain UNet or its adapter ({plain})"
         )
 
 
@@ -205,7 +213,7 @@ def check_pipeline_request(
     if (Path(cfg.pretrained_model_name_or_path).expanduser() / "unet").is_dir():
         check_unet_fits_preset(spec, _local_config(cfg.pretrained_model_name_or_path, "unet"))
     if steps:
-        check_steps(preview_scheduler(cfg.pretrained_model_name_or_path, preset, lora), max(steps))
+        check_steps(preview_scheduler(cfg.pretrained_model_name_or_path, preset, lora), max(steps), spec)
 
 
 def load_pipeline(
@@ -226,9 +234,10 @@ def load_pipeline(
 
     ``model``: a diffusers SD 1.x/2.x folder, a hub id, or a single ``.safetensors`` checkpoint (with
     ``original_config``), validated by :func:`distill_diffusion.models.loading.check_model_source`; pickle
-    weights are refused. ``dtype`` defaults to float32. Returns ``StableDiffusionPipeline`` (or
-    ``LatentConsistencyModelPipeline`` for ``lcm-full``) with safety checker off and the progress bar
-    disabled. Bad input → UserError, raised by :func:`check_pipeline_request` before any weight loads.
+    weights are refused. ``dtype`` defaults to float32. Returns the preset's ``pipeline`` class (e.g.
+    ``StableDiffusionPipeline``) with the preset recorded on it (:func:`~.presets.attach_preset`), safety
+    checker off and the progress bar disabled. Bad input → UserError, raised by :func:`check_pipeline_request`
+    before any weight loads.
     """
     spec = get_preset(preset)
     cfg = ModelConfig(
@@ -256,4 +265,5 @@ def load_pipeline(
     if device is not None:
         pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
+    attach_preset(pipe, spec)
     return pipe

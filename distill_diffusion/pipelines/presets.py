@@ -23,7 +23,10 @@ class Preset:
     ``scheduler``: a class name in ``diffusers`` (``DDIMScheduler``, ``LCMScheduler``, ...), built with
     ``from_config(teacher.scheduler.config, **scheduler_kwargs)`` so the training schedule is kept.
     ``pipeline``: the diffusers pipeline class to return. ``needs_guidance_embedding``: the UNet must
-    have ``time_cond_proj_dim`` (a w-conditioned full LCM student).
+    have ``time_cond_proj_dim`` (a w-conditioned student). ``max_steps_key``: the scheduler-config key
+    holding the timestep grid a distilled model was trained on; sampling takes at most that many steps.
+    ``trained_fields``: scheduler-config fields an export saves next to its adapter, which override the
+    scheduler's defaults when the saved config is of this preset's scheduler class.
     """
 
     name: str
@@ -34,6 +37,8 @@ class Preset:
     pipeline: str = "StableDiffusionPipeline"
     scheduler_kwargs: dict[str, Any] = field(default_factory=dict)
     needs_guidance_embedding: bool = False
+    max_steps_key: str | None = None
+    trained_fields: tuple[str, ...] = ()
 
     def call_kwargs(self, steps: int | None = None, guidance_scale: float | None = None) -> dict[str, Any]:
         """Keyword arguments for ``pipe(prompt, **kwargs)``: the preset's defaults unless overridden."""
@@ -54,11 +59,11 @@ def check_guidance(guidance: float) -> None:
     )
 
 
-def check_steps(scheduler: Any, steps: int) -> None:
+def check_steps(scheduler: Any, steps: int, preset: Preset | None = None) -> None:
     """Refuse more sampling steps than ``scheduler`` can take, before any image is made.
 
     Any scheduler: at most its ``num_train_timesteps`` (diffusers raises a ValueError mid-run otherwise).
-    An ``LCMScheduler`` samples on the grid it was distilled on, so at most ``original_inference_steps``.
+    With a ``preset`` that has a ``max_steps_key``: at most the grid the model was distilled on.
     """
     config = scheduler.config
     trained = config.get("num_train_timesteps")
@@ -66,13 +71,18 @@ def check_steps(scheduler: Any, steps: int) -> None:
         trained is None or steps <= trained,
         f"{steps} sampling steps, but the model was trained with {trained} timesteps; pass {trained} steps or fewer",
     )
-    limit = config.get("original_inference_steps") if type(scheduler).__name__ == "LCMScheduler" else None
+    if preset is None or preset.max_steps_key is None:
+        return
+    limit = config.get(preset.max_steps_key)
     require(
         limit is None or steps <= limit,
-        f"{steps} sampling steps, but this LCM was distilled on a grid of {limit} timesteps "
-        f"(original_inference_steps); pass {limit} steps or fewer",
+        f"{steps} sampling steps, but this model was distilled on a grid of {limit} timesteps "
+        f"({preset.max_steps_key}, preset {preset.name!r}); pass {limit} steps or fewer",
     )
 
+
+#: LCMScheduler fields an LCM export writes (the solver grid N and the boundary scaling s).
+LCM_TRAINED_FIELDS = ("original_inference_steps", "timestep_scaling")
 
 PRESETS: dict[str, Preset] = {
     p.name: p
@@ -99,6 +109,8 @@ PRESETS: dict[str, Preset] = {
             4,
             1.0,
             "LCM-LoRA / LCM student: LCMScheduler (original_inference_steps 50), guidance 1 (off) to 2",
+            max_steps_key="original_inference_steps",
+            trained_fields=LCM_TRAINED_FIELDS,
         ),
         Preset(
             "lcm-full",
@@ -108,6 +120,8 @@ PRESETS: dict[str, Preset] = {
             "full LCM student with a guidance embedding (w = guidance - 1), LatentConsistencyModelPipeline",
             pipeline="LatentConsistencyModelPipeline",
             needs_guidance_embedding=True,
+            max_steps_key="original_inference_steps",
+            trained_fields=LCM_TRAINED_FIELDS,
         ),
     )
 }
@@ -121,21 +135,36 @@ def get_preset(name: str) -> Preset:
         raise UserError(f"unknown inference preset {name!r}; use one of {', '.join(PRESETS)}") from None
 
 
-#: Scheduler fields a distilled model was trained for (LCM: the solver grid N and the boundary scaling s),
-#: read from the ``scheduler_config.json`` an export writes next to its LoRA weights.
-TRAINED_SCHEDULER_FIELDS = ("original_inference_steps", "timestep_scaling")
+#: The attribute :func:`attach_preset` sets on a pipeline: the name of the preset it samples with.
+PRESET_ATTRIBUTE = "inference_preset"
+
+
+def attach_preset(pipe: Any, preset: Preset) -> None:
+    """Record on ``pipe`` the preset it was built for, so generation checks that preset's limits."""
+    setattr(pipe, PRESET_ATTRIBUTE, preset.name)
+
+
+def preset_of(pipe: Any) -> Preset | None:
+    """The preset :func:`attach_preset` recorded on ``pipe``; None for a pipeline built elsewhere."""
+    name = getattr(pipe, PRESET_ATTRIBUTE, None)
+    return get_preset(name) if name is not None else None
+
+
+def default_preset(lora: bool) -> str:
+    """The preset for a model given without one: the distilled adapter's (LCM-LoRA) or the teacher's."""
+    return "lcm" if lora else "ddim"
 
 
 def build_scheduler(preset: Preset, scheduler_config: Any, trained: dict[str, Any] | None = None) -> Any:
     """The preset's scheduler from a checkpoint's scheduler config (betas, prediction type kept).
 
     ``trained``: a scheduler config saved with a distilled adapter; when it is the preset's scheduler
-    class, its :data:`TRAINED_SCHEDULER_FIELDS` override the defaults (e.g. an LCM-LoRA distilled with N = 20).
+    class, its ``preset.trained_fields`` override the defaults (e.g. an LCM-LoRA distilled with N = 20).
     """
     import diffusers
 
     cls = getattr(diffusers, preset.scheduler)
     kwargs = dict(preset.scheduler_kwargs)
     if trained and trained.get("_class_name") == preset.scheduler:
-        kwargs.update({k: trained[k] for k in TRAINED_SCHEDULER_FIELDS if k in trained})
+        kwargs.update({k: trained[k] for k in preset.trained_fields if k in trained})
     return cls.from_config(scheduler_config, **kwargs)
