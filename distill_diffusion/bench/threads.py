@@ -28,6 +28,7 @@ from typing import Any
 from distill_diffusion import threads
 from distill_diffusion.bench import write_results
 
+HELP = "CPU thread count and OpenMP wait policy, idle vs a busy neighbour (toy VAE steps)"
 OUTPUT = "benchmarks/results/cpu_threads.json"
 SPIN = "while True: pass"
 #: The caller's thread settings, removed from each child's environment so that only the variant's apply.
@@ -223,16 +224,15 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def add_bench_threads(bench: argparse._SubParsersAction) -> None:
-    """Register ``distill-diffusion bench threads``."""
-    p = bench.add_parser("threads", help="CPU thread count and OpenMP wait policy, idle vs a busy neighbour (toy VAE steps)")
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``distill-diffusion bench threads``."""
     p.add_argument("--steps", type=int, default=5, help="timed steps per setting (after one warm-up step)")
     p.add_argument("--max_seconds", type=float, default=20.0, help="stop timing a setting after this long")
     p.add_argument("--output", default=OUTPUT)
-    p.set_defaults(func=_cmd_bench_threads)
 
 
-def _cmd_bench_threads(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
+    """Run the benchmark with the parsed options; returns the exit code."""
     run_threads_benchmark(args.steps, args.max_seconds, args.output)
     return 0
 

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from distill_diffusion.errors import UserError
-from distill_diffusion.threads import enable_adaptive_threads, fix_threads
+from distill_diffusion.threads import enable_adaptive_threads
 
 EXIT_USER_ERROR = 2
 
@@ -119,88 +119,18 @@ def _cmd_toy_build(args: argparse.Namespace) -> int:
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
+    """``bench NAME``: one subcommand per registered benchmark (generic ones and each method's)."""
+    import importlib
+
+    from distill_diffusion.bench.registry import benchmarks
+
     p = sub.add_parser("bench", help="benchmarks that print a table and write a results file")
     bench = p.add_subparsers(dest="bench_cmd", required=True, parser_class=_Parser)
-    eng = bench.add_parser("engine", help="engine overhead: fine-tune step vs bare forward+backward (tiny UNet, CPU)")
-    eng.add_argument("--steps", type=int, default=30)
-    eng.add_argument("--batch_sizes", type=int, nargs="+", default=[8, 16, 32])
-    eng.add_argument("--output", default="benchmarks/results/engine_overhead.json")
-    eng.add_argument("--threads", type=int, default=1, help="torch threads (1 keeps shared CPUs reproducible)")
-    eng.set_defaults(func=_cmd_bench_engine)
-    lcm = bench.add_parser("lcm", help="LCM-LoRA speed: step vs its unavoidable passes; 4-step vs 50-step latency")
-    lcm.add_argument("--steps", type=int, default=20)
-    lcm.add_argument("--batch_sizes", type=int, nargs="+", default=[8, 32])
-    lcm.add_argument("--output", default="benchmarks/results/lcm_speed.json")
-    lcm.add_argument("--threads", type=int, default=1, help="torch threads (1 keeps shared CPUs reproducible)")
-    lcm.set_defaults(func=_cmd_bench_lcm)
-    gpu = bench.add_parser("lcm-gpu", help="LCM-LoRA training images/s and peak memory, SD 1.5 UNet (random weights), CUDA GPU")
-    gpu.add_argument("--batch_size", type=int, default=8)
-    gpu.add_argument("--resolution", type=int, default=512)
-    gpu.add_argument("--steps", type=int, default=20, help="timed steps (after 3 warm-up steps)")
-    gpu.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default="bf16")
-    gpu.add_argument("--gradient_checkpointing", action="store_true")
-    gpu.add_argument("--lora_rank", type=int, default=64)
-    gpu.add_argument("--output", default="benchmarks/results/lcm_gpu_sd15.json")
-    gpu.set_defaults(func=_cmd_bench_lcm_gpu)
-    con = bench.add_parser("consistency", help="LCM-LoRA runs: consistency error per timestep vs the guided teacher's ODE")
-    con.add_argument("runs", nargs="+", help="output folders of `train lcm` runs (config.yaml + exported LoRA), one teacher")
-    con.add_argument("--num_samples", type=int, default=64, help="training images (first in dataset order)")
-    con.add_argument("--timesteps", type=int, nargs="+", default=[999, 759, 499, 259, 99, 39])
-    con.add_argument("--ode_step", type=int, default=20, help="DDIM step (in timesteps) of the reference ODE solve")
-    con.add_argument("--guidance", type=float, default=None, help="teacher guidance scale (default: the first run's w + 1)")
-    con.add_argument("--batch_size", type=int, default=16)
-    con.add_argument("--seed", type=int, default=0)
-    con.add_argument("--device", default=None, help="e.g. cuda (default: cpu)")
-    con.add_argument("--output", default="benchmarks/results/lcm_consistency.json")
-    con.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    con.set_defaults(func=_cmd_bench_consistency)
-    from distill_diffusion.bench.threads import add_bench_threads
-    from distill_diffusion.cli.evaluation import add_bench_quality
-
-    add_bench_quality(bench)
-    add_bench_threads(bench)
-
-
-def _cmd_bench_lcm(args: argparse.Namespace) -> int:
-
-    from distill_diffusion.trainers.methods.lcm.bench_speed import run_lcm_benchmark
-
-    fix_threads(args.threads)
-    run_lcm_benchmark(steps=args.steps, batch_sizes=tuple(args.batch_sizes), output=args.output)
-    return 0
-
-
-def _cmd_bench_consistency(args: argparse.Namespace) -> int:
-
-    from distill_diffusion.trainers.methods.lcm.consistency import (
-        ConsistencySettings,
-        run_consistency_benchmark,
-    )
-
-    if args.threads:
-        fix_threads(args.threads)
-    settings = ConsistencySettings(num_samples=args.num_samples, timesteps=tuple(args.timesteps), ode_step=args.ode_step,
-                                   guidance_scale=args.guidance, batch_size=args.batch_size, seed=args.seed, device=args.device)
-    run_consistency_benchmark(args.runs, settings, args.output)
-    return 0
-
-
-def _cmd_bench_lcm_gpu(args: argparse.Namespace) -> int:
-    from distill_diffusion.trainers.methods.lcm.bench_gpu import run_sd15_lora_benchmark
-
-    run_sd15_lora_benchmark(batch_size=args.batch_size, resolution=args.resolution, steps=args.steps,
-                            mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing,
-                            lora_rank=args.lora_rank, output=args.output)
-    return 0
-
-
-def _cmd_bench_engine(args: argparse.Namespace) -> int:
-
-    from distill_diffusion.bench.engine import run_engine_benchmark
-
-    fix_threads(args.threads)
-    run_engine_benchmark(steps=args.steps, batch_sizes=tuple(args.batch_sizes), output=args.output)
-    return 0
+    for name, module_path in benchmarks().items():
+        module = importlib.import_module(module_path)
+        command = bench.add_parser(name, help=module.HELP)
+        module.add_arguments(command)
+        command.set_defaults(func=module.run)
 
 
 def _add_quickstart(sub: argparse._SubParsersAction) -> None:

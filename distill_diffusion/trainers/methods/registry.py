@@ -1,23 +1,41 @@
-"""The method registry: method name → (module path, class name). Adding a method is one line here."""
+"""The method registry: method name → its class and its benchmarks. Adding a method is one entry here."""
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from distill_diffusion.errors import UserError
 
-#: Import lazily so `distill-diffusion --help` does not import torch-heavy modules.
-METHODS: dict[str, str] = {
-    "finetune": "distill_diffusion.trainers.methods.finetune:FineTune",
-    "lcm": "distill_diffusion.trainers.methods.lcm:LCM",
-}
+
+@dataclass(frozen=True)
+class MethodEntry:
+    """Where a method lives, as import paths so that `distill-diffusion --help` imports nothing heavy.
+
+    ``target``: ``"module:Class"``. ``benchmarks``: ``distill-diffusion bench`` subcommand name → module
+    exposing ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int`` (see :mod:`distill_diffusion.bench.registry`).
+    """
+
+    target: str
+    benchmarks: Mapping[str, str] = field(default_factory=dict)
+
+
+_LCM = "distill_diffusion.trainers.methods.lcm"
+METHODS: dict[str, MethodEntry] = {
+    "finetune": MethodEntry("distill_diffusion.trainers.methods.finetune:FineTune"),
+    "lcm": MethodEntry(f"{_LCM}:LCM", benchmarks={
+        "lcm": f"{_LCM}.bench_speed_command", "lcm-gpu": f"{_LCM}.bench_gpu_command",
+        "consistency": f"{_LCM}.consistency_command",
+    }),
+}  # fmt: skip
 
 
 def get_method_class(name: str) -> type:
     """Return the method class for ``name``; unknown names fail with the list of valid ones."""
     if name not in METHODS:
         raise UserError(f"unknown method {name!r}; choose one of: {', '.join(sorted(METHODS))}")
-    module_name, class_name = METHODS[name].split(":")
+    module_name, class_name = METHODS[name].target.split(":")
     return getattr(importlib.import_module(module_name), class_name)
 
 

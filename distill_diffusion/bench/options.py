@@ -1,0 +1,33 @@
+"""Command-line options shared by ``generate``, ``eval`` and ``bench quality`` (argparse only, no torch)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from distill_diffusion.paths import check_output_file
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    """Seeds, batch size, device and dtype of a pipeline that generates images."""
+    p.add_argument("--seed", type=int, default=0, help="image i uses seed+i (independent of batch size)")
+    p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--device", default=None, help="default: accelerate's device (cuda if available)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    p.add_argument("--local_files_only", action="store_true", help="never download from the hub")
+
+
+def add_metric_options(p: argparse.ArgumentParser) -> None:
+    """The FID feature network, CLIP model, resizing, KID and the real set's statistics cache."""
+    p.add_argument("--fid_feature", default="inception", help="inception | clip:PATH (a CLIPModel folder)")
+    p.add_argument("--inception_weights", default=None, help="path of weights-inception-2015-12-05-6726825d.pth")
+    p.add_argument("--clip_model", default=None, help="CLIPModel folder or hub id for the CLIP score")
+    p.add_argument("--resize", default="none", help="none | 256 | lanczos-256 (applied to real and generated)")
+    p.add_argument("--kid", action="store_true", help="also report KID (unbiased at small N; FID blank if N < dim)")
+    p.add_argument("--stats_cache", default=None, help="file for the real set's feature statistics")
+
+
+def check_stats_cache(path: str | None) -> None:
+    """A stats cache that does not exist yet is written after the real set is read: check it can be."""
+    if path is not None and not Path(path).expanduser().is_file():
+        check_output_file(path, "--stats_cache")

@@ -1,0 +1,28 @@
+"""``distill-diffusion bench lcm-gpu``: the arguments of the SD 1.5 LCM-LoRA GPU benchmark (:mod:`.bench_gpu`)."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "LCM-LoRA training images/s and peak memory, SD 1.5 UNet (random weights), CUDA GPU"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The benchmark's options."""
+    p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--resolution", type=int, default=512)
+    p.add_argument("--steps", type=int, default=20, help="timed steps (after 3 warm-up steps)")
+    p.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default="bf16")
+    p.add_argument("--gradient_checkpointing", action="store_true")
+    p.add_argument("--lora_rank", type=int, default=64)
+    p.add_argument("--output", default="benchmarks/results/lcm_gpu_sd15.json")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run it with the parsed options; returns the exit code."""
+    from distill_diffusion.trainers.methods.lcm.bench_gpu import run_sd15_lora_benchmark
+
+    run_sd15_lora_benchmark(batch_size=args.batch_size, resolution=args.resolution, steps=args.steps,
+                            mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing,
+                            lora_rank=args.lora_rank, output=args.output)  # fmt: skip
+    return 0
