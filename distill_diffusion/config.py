@@ -1,44 +1,31 @@
-"""Typed run configuration: model, data and training sections plus a per-method section.
+"""Typed run configuration: model, data and training sections, per-phase optimizer settings, the method's section.
 
 Every section is a dataclass validated in ``__post_init__`` (bad values raise :class:`UserError`
-naming the field and the fix). A run config is built from a YAML preset, then dotted command-line
-overrides (``--train.learning_rate 1e-4``) or diffusers-style bare flags (``--learning_rate 1e-4``,
-resolved to the one section that has the field). The resolved config is saved next to every output.
+naming the field and the fix); ``Literal`` fields list their valid values. A run config is built from a
+YAML preset (a file, or a preset shipped in ``distill_diffusion/configs`` by name: ``tiny/lcm_lora``),
+then dotted command-line overrides (``--train.learning_rate 1e-4``, ``--phases.unet.learning_rate 1e-5``)
+or diffusers-style bare flags (``--learning_rate 1e-4``, resolved to the one section that has the field).
+The method class then checks rules across sections (``check_config``). The resolved config is saved
+next to every output and loads back with ``--config``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
-import types
-import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
+from distill_diffusion.config_types import build_dataclass, check_choices, set_dotted
 from distill_diffusion.errors import UserError, require
 
-MIXED_PRECISION = ("no", "fp16", "bf16")
-LR_SCHEDULERS = (
-    "constant",
-    "constant_with_warmup",
-    "linear",
-    "cosine",
-    "cosine_with_restarts",
-    "polynomial",
-)
-REPORT_TO = ("none", "tensorboard", "wandb", "all")
-DATA_SOURCES = ("imagefolder", "hf", "webdataset")
 #: numpy/accelerate seeds are unsigned 32-bit.
 MAX_SEED = 2**32 - 1
-
-
-def _choice(name: str, value: Any, choices: Sequence[Any]) -> None:
-    require(value in choices, f"{name}={value!r} is not valid; use one of: {', '.join(map(str, choices))}")
+#: Presets shipped with the package (package data), loadable by name: ``--config tiny/lcm_lora``.
+PRESETS_DIR = Path(__file__).resolve().with_name("configs")
 
 
 def _positive(name: str, value: float, allow_zero: bool = False) -> None:
@@ -50,12 +37,15 @@ def _positive(name: str, value: float, allow_zero: bool = False) -> None:
 class ModelConfig:
     """Which teacher to load (a local diffusers folder, a hub id, or a single ``.safetensors`` file)."""
 
+    #: Teacher: a diffusers folder, a hub id, or a single .safetensors checkpoint.
     pretrained_model_name_or_path: str = ""
+    #: Hub revision (branch, tag or commit) of the teacher.
     revision: str | None = None
+    #: Weight file variant of the teacher, e.g. fp16.
     variant: str | None = None
     #: For single-file checkpoints: a local diffusers folder (or hub id) holding the component configs.
     original_config: str | None = None
-    #: Allow hub downloads. Off means local files only (tests and air-gapped clusters).
+    #: Load only local files, never download from the hub (tests and air-gapped clusters).
     local_files_only: bool = False
 
     def __post_init__(self) -> None:
@@ -67,30 +57,42 @@ class DataConfig:
     """Captioned images for training (see ``distill_diffusion.data``)."""
 
     #: imagefolder (folder with metadata.jsonl), hf (a `datasets` name or path), webdataset (tar shards).
-    source: str = "imagefolder"
+    source: Literal["imagefolder", "hf", "webdataset"] = "imagefolder"
+    #: Image folder (source imagefolder): images plus metadata.jsonl with file_name and text.
     train_data_dir: str | None = None
+    #: A `datasets` name or local path (source hf).
     dataset_name: str | None = None
+    #: The `datasets` configuration name, if the dataset has several.
     dataset_config_name: str | None = None
+    #: Split to train on (source hf).
     dataset_split: str = "train"
     #: Webdataset shard spec, e.g. ``/data/shards/{00000..00099}.tar``.
     shards: str | None = None
+    #: Column (or webdataset key) of the images.
     image_column: str = "image"
+    #: Column (or webdataset key) of the captions.
     caption_column: str = "text"
+    #: Training image size in pixels (a multiple of 8); images are resized and cropped to it.
     resolution: int = 512
+    #: Crop the centre (true) or a random square (false).
     center_crop: bool = True
+    #: Flip images horizontally at random.
     random_flip: bool = False
     #: Share of captions replaced by the empty prompt (caption dropout, for CFG training).
     proportion_empty_prompts: float = 0.0
     #: Largest tolerated share of unreadable images before the run stops with an error.
     max_bad_fraction: float = 0.05
+    #: Train on the first N samples only (quick tries).
     max_train_samples: int | None = None
+    #: Data-loading worker processes (0 loads in the training process).
     dataloader_num_workers: int = 0
     #: Pre-compute VAE latents and text embeddings once (disables random crop/flip per epoch).
     cache_latents: bool = False
+    #: Folder of the latent cache (default: inside output_dir).
     cache_dir: str | None = None
 
     def __post_init__(self) -> None:
-        _choice("data.source", self.source, DATA_SOURCES)
+        check_choices(self, "data")
         _positive("data.resolution", self.resolution)
         require(self.resolution % 8 == 0, f"data.resolution={self.resolution} must be a multiple of 8 (SD's VAE downsamples by 8); pick e.g. 512 or 768")
         require(0.0 <= self.proportion_empty_prompts <= 1.0, f"data.proportion_empty_prompts={self.proportion_empty_prompts} must be in [0, 1]; pass e.g. 0.1")
@@ -104,42 +106,73 @@ class DataConfig:
 class TrainConfig:
     """The engine's settings; names follow the diffusers training scripts."""
 
+    #: Folder of the run: checkpoints, config.yaml, logs and the exported model.
     output_dir: str = "outputs/run"
+    #: Seed of noise, timesteps and data order (None: a random seed, recorded).
     seed: int | None = 0
+    #: Images per device per micro-batch.
     train_batch_size: int = 4
+    #: Optimizer steps to train.
     max_train_steps: int = 1000
+    #: Micro-batches per optimizer step.
     gradient_accumulation_steps: int = 1
+    #: Peak learning rate (phases.PHASE.learning_rate overrides it per phase).
     learning_rate: float = 1e-4
+    #: Multiply the learning rate by batch size x accumulation x processes.
     scale_lr: bool = False
-    lr_scheduler: str = "constant"
+    #: Learning-rate schedule after the warm-up (diffusers get_scheduler names).
+    lr_scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial"] = "constant"
+    #: Steps of linear warm-up from 0 to the learning rate.
     lr_warmup_steps: int = 0
+    #: Restarts of cosine_with_restarts.
     lr_num_cycles: int = 1
+    #: Power of the polynomial schedule.
     lr_power: float = 1.0
-    optimizer: str = "adamw"
+    #: Optimizer (AdamW, as the diffusers scripts).
+    optimizer: Literal["adamw"] = "adamw"
+    #: bitsandbytes' 8-bit AdamW (pip install 'distill-diffusion[bnb]').
     use_8bit_adam: bool = False
+    #: Adam beta1 (phases.PHASE.adam_beta1 overrides it per phase; likewise beta2 and weight decay).
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     adam_weight_decay: float = 1e-2
+    #: Adam epsilon.
     adam_epsilon: float = 1e-8
+    #: Clip the gradient norm to this (0 = no clipping).
     max_grad_norm: float = 1.0
-    mixed_precision: str = "no"
+    #: Autocast dtype; the frozen teacher is stored in it too (fp16 needs a CUDA GPU).
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    #: Recompute activations in the backward pass: less memory, slower steps.
     gradient_checkpointing: bool = False
+    #: Allow TF32 matrix products on Ampere and newer GPUs.
     allow_tf32: bool = False
+    #: Keep an EMA of the trained weights and export it.
     use_ema: bool = False
+    #: Decay of that EMA.
     ema_decay: float = 0.9999
+    #: Save a resumable checkpoint every N steps.
     checkpointing_steps: int = 500
+    #: Keep only the newest N checkpoints.
     checkpoints_total_limit: int | None = None
+    #: A checkpoint folder, or latest (the newest in output_dir) to resume from.
     resume_from_checkpoint: str | None = None
-    report_to: str = "none"
+    #: Where to log metrics.
+    report_to: Literal["none", "tensorboard", "wandb", "all"] = "none"
+    #: Tracker log folder, inside output_dir.
     logging_dir: str = "logs"
+    #: Project name in tensorboard or wandb.
     tracker_project_name: str = "distill-diffusion"
+    #: Make validation images every N steps (0 = never).
     validation_steps: int = 0
-    #: Prompts for validation images. On the command line: comma-separated (``a cat,a dog``) or, for prompts
-    #: that contain commas, a JSON list (``'["a cat, sitting", "a dog"]'``); or use validation_prompts_file.
+    #: Prompts for validation images (on the command line: comma-separated, or a JSON list).
+    #: Comma-separated (``a cat,a dog``) or, for prompts that contain commas, a JSON list
+    #: (``'["a cat, sitting", "a dog"]'``); or use validation_prompts_file.
     validation_prompts: list[str] = field(default_factory=list)
     #: A text file with one validation prompt per line (commas allowed), or a JSON list; fills validation_prompts.
     validation_prompts_file: str | None = None
+    #: Images per validation prompt.
     num_validation_images: int = 1
+    #: Sampling steps of the validation images.
     validation_inference_steps: int = 25
     #: Stop with an error after this many non-finite losses in a row (each is skipped and counted).
     max_nonfinite_steps: int = 10
@@ -157,10 +190,7 @@ class TrainConfig:
         _positive("train.checkpointing_steps", self.checkpointing_steps)
         if self.checkpoints_total_limit is not None:
             _positive("train.checkpoints_total_limit", self.checkpoints_total_limit)
-        _choice("train.mixed_precision", self.mixed_precision, MIXED_PRECISION)
-        _choice("train.lr_scheduler", self.lr_scheduler, LR_SCHEDULERS)
-        _choice("train.report_to", self.report_to, REPORT_TO)
-        _choice("train.optimizer", self.optimizer, ("adamw",))
+        check_choices(self, "train")
         require(0.0 < self.ema_decay < 1.0, f"train.ema_decay={self.ema_decay} must be in (0, 1); pass e.g. 0.9999")
         require(0.0 <= self.adam_beta1 < 1.0 and 0.0 <= self.adam_beta2 < 1.0, "train.adam_beta1/adam_beta2 must be in [0, 1); pass e.g. 0.9 and 0.999")
         if self.validation_prompts_file:
@@ -177,103 +207,46 @@ class TrainConfig:
         self.validation_prompts = prompts
 
 
-# --------------------------------------------------------------------------------------------------
-# Building dataclasses from plain data, with clear errors
+@dataclass
+class PhaseConfig:
+    """One phase's overrides of the train section's optimizer settings (``phases: {discriminator: {...}}``).
 
+    A value left None takes the train section's (times the phase's own ``lr_scale`` for the learning rate).
+    """
 
-def _field_types(cls: type) -> dict[str, Any]:
-    hints = typing.get_type_hints(cls)
-    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+    #: Learning rate of this phase's optimizer (None: train.learning_rate).
+    learning_rate: float | None = None
+    #: Adam beta1 of this phase (None: train.adam_beta1); GAN discriminators often use 0.
+    adam_beta1: float | None = None
+    #: Adam beta2 of this phase (None: train.adam_beta2).
+    adam_beta2: float | None = None
+    #: Weight decay of this phase (None: train.adam_weight_decay).
+    adam_weight_decay: float | None = None
+    #: Gradient clipping norm of this phase's parameters (None: train.max_grad_norm; 0 = off).
+    max_grad_norm: float | None = None
 
-
-def _split_list(name: str, value: str) -> list[Any]:
-    """A list option given as one string: a JSON list (``'["a, b", "c"]'``, items may hold commas) or comma-separated."""
-    if value.lstrip().startswith("["):
-        try:
-            items = json.loads(value)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{name}={value!r} is not a valid JSON list ({exc.msg}); write e.g. '[\"a, b\", \"c\"]'") from None
-        require(isinstance(items, list), f"{name}={value!r} must be a JSON list; write e.g. '[\"a\", \"b\"]'")
-        return items
-    return [v for v in value.split(",") if v]
-
-
-def _number(name: str, value: Any, tp: type) -> int | float:
-    """``value`` as a finite int or float; NaN and infinities are refused for every numeric option."""
-    require(not isinstance(value, (bool, list, dict)), f"{name}={value!r} must be a {tp.__name__}; pass a single number")
-    try:
-        if isinstance(value, str):
-            text = value.strip()
-            number: float = float(text) if tp is float else _parse_int(text)
-        else:
-            number = float(value) if tp is float else value
-    except (TypeError, ValueError):
-        raise UserError(f"{name}={value!r} is not a number; pass a {tp.__name__}") from None
-    require(isinstance(number, (int, float)), f"{name}={value!r} must be a {tp.__name__}; pass a single number")
-    require(math.isfinite(number), f"{name}={value!r} is not a finite number; pass a finite {tp.__name__}")
-    if tp is int:
-        require(float(number) == int(number), f"{name}={value!r} must be a whole number; pass e.g. {round(number)}")
-        return int(number)
-    return float(number)
-
-
-def _parse_int(text: str) -> int | float:
-    """``"12"``, ``"0x10"``, and also ``"1e3"`` or ``"2.0"`` (checked to be whole by the caller)."""
-    try:
-        return int(text, 0)
-    except ValueError:
-        return float(text)
-
-
-def _convert(name: str, value: Any, tp: Any) -> Any:
-    """Convert ``value`` (from YAML or a command-line string) to the annotated type ``tp``."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
-            require(type(None) in args, f"{name} may not be empty; give a value")
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _convert(name, value, inner[0])
-    if origin in (list, Sequence):
-        if isinstance(value, str):
-            value = _split_list(name, value)
-        require(isinstance(value, (list, tuple)), f"{name}={value!r} must be a list; write a YAML list, or a,b or '[\"a\", \"b\"]' on the command line")
-        return [_convert(name, v, args[0] if args else str) for v in value]
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        text = str(value).lower()
-        require(text in ("true", "false", "1", "0", "yes", "no"), f"{name}={value!r} must be true or false; write true or false")
-        return text in ("true", "1", "yes")
-    if tp in (int, float):
-        return _number(name, value, tp)
-    if tp is str:
-        require(not isinstance(value, (list, dict)), f"{name}={value!r} must be a string; write plain text")
-        return str(value)
-    return value
-
-
-def build_dataclass(cls: type, data: Mapping[str, Any] | None, section: str) -> Any:
-    """Instantiate ``cls`` from ``data``; unknown keys fail with the list of valid ones."""
-    data = dict(data or {})
-    for key in data:
-        require(isinstance(key, str), f"{section} option name {key!r} is not a name; write options as name: value")
-    types_ = _field_types(cls)
-    unknown = sorted(set(data) - set(types_))
-    require(not unknown, f"unknown {section} option(s) {', '.join(unknown)}; valid ones: {', '.join(sorted(types_))}")
-    return cls(**{k: _convert(f"{section}.{k}", v, types_[k]) for k, v in data.items()})
+    def __post_init__(self) -> None:
+        if self.learning_rate is not None:
+            _positive("phases.learning_rate", self.learning_rate)
+        for name in ("adam_beta1", "adam_beta2"):
+            value = getattr(self, name)
+            require(value is None or 0.0 <= value < 1.0, f"phases.{name}={value} must be in [0, 1); pass e.g. 0.9")
+        for name in ("adam_weight_decay", "max_grad_norm"):
+            if getattr(self, name) is not None:
+                _positive(f"phases.{name}", getattr(self, name), allow_zero=True)
 
 
 @dataclass
 class RunConfig:
-    """A whole run: the three shared sections and the method's own section."""
+    """A whole run: the three shared sections, per-phase optimizer overrides and the method's own section."""
 
     method: str
     model: ModelConfig
     data: DataConfig
     train: TrainConfig
     method_config: Any
+    #: Optimizer overrides by phase name (``phases.<phase>``); phases not named use the train section's values.
+    phases: dict[str, PhaseConfig] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -281,6 +254,7 @@ class RunConfig:
             "model": dataclasses.asdict(self.model),
             "data": dataclasses.asdict(self.data),
             "train": dataclasses.asdict(self.train),
+            "phases": {name: dataclasses.asdict(p) for name, p in self.phases.items()},
             "method": dataclasses.asdict(self.method_config),
         }
 
@@ -293,6 +267,24 @@ class RunConfig:
 
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+#: Top-level keys of a preset (``method_name`` is written by :meth:`RunConfig.save`).
+PRESET_KEYS = (*SECTIONS, "phases", "method", "method_name")
+
+
+def preset_names() -> list[str]:
+    """Names of the presets shipped in ``distill_diffusion/configs`` (``lcm_lora_sd15``, ``tiny/lcm_lora``, ...)."""
+    return sorted(p.relative_to(PRESETS_DIR).with_suffix("").as_posix() for p in PRESETS_DIR.rglob("*.yaml"))
+
+
+def load_preset(name_or_path: str | Path) -> dict[str, Any]:
+    """A YAML file by path, or a shipped preset by name; an unknown name fails with the list of shipped ones."""
+    path = Path(name_or_path)
+    if path.exists() or path.suffix in (".yaml", ".yml"):
+        return load_yaml(path)
+    name = str(name_or_path)
+    require(name in preset_names(), f"--config {name}: no such file, nor a shipped preset; pass a YAML file or "
+            f"one of: {', '.join(preset_names())}")
+    return load_yaml(PRESETS_DIR / f"{name}.yaml")
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -334,12 +326,15 @@ def parse_overrides(args: Sequence[str]) -> list[tuple[str, str]]:
     return pairs
 
 
-def _resolve_key(key: str, method_cls: type) -> tuple[str, str]:
-    """Map ``section.name`` or a bare diffusers-style ``name`` to (section, field)."""
-    classes = {**SECTIONS, "method": method_cls}
+def _resolve_key(key: str, config_cls: type) -> tuple[str, str]:
+    """Map ``section.name`` (``name`` may be dotted: a nested option or ``phases.<phase>.<field>``) or a bare
+    diffusers-style ``name`` to (section, name). Bare names never resolve to ``phases``: ``--learning_rate``
+    is the train section's."""
+    classes = {**SECTIONS, "method": config_cls}
     if "." in key:
         section, name = key.split(".", 1)
-        require(section in classes, f"unknown section {section!r} in --{key}; use one of: {', '.join(classes)}")
+        require(section in (*classes, "phases"), f"unknown section {section!r} in --{key}; use one of: {', '.join((*classes, 'phases'))}")
+        require(section != "phases" or "." in name, f"--{key} names no option; write --phases.PHASE.OPTION VALUE")
         return section, name
     owners = [s for s, cls in classes.items() if key in {f.name for f in dataclasses.fields(cls)}]
     require(bool(owners), f"unknown option --{key}; use --section.name with a section of: {', '.join(classes)}")
@@ -356,20 +351,44 @@ def _section(preset: Mapping[str, Any], name: str) -> dict[str, Any]:
     return dict(value or {})
 
 
+def _build_phases(raw: Mapping[str, Any], phase_names: Sequence[str]) -> dict[str, PhaseConfig]:
+    """The ``phases`` section: each key a phase of the method, each value that phase's :class:`PhaseConfig`."""
+    unknown = sorted(map(str, set(raw) - set(phase_names)))
+    require(not unknown, f"unknown phase(s) {', '.join(unknown)} in the phases section; this method's phases: "
+            f"{', '.join(phase_names)}")
+    return {name: build_dataclass(PhaseConfig, _section(raw, name), f"phases.{name}") for name in raw}
+
+
+def _method_parts(method_cls: type) -> tuple[type, tuple[str, ...], Any]:
+    """(config class, phase names, cross-section check) of a method class; a bare config dataclass also works
+    (tests, benchmarks), with the default phase ``unet`` and no cross-section check."""
+    if dataclasses.is_dataclass(method_cls):
+        return method_cls, ("unet",), None
+    return method_cls.config_class, tuple(getattr(method_cls, "phase_names", ("unet",))), getattr(method_cls, "check_config", None)
+
+
 def build_run_config(
     method: str,
     method_cls: type,
     preset: Mapping[str, Any] | None = None,
     overrides: Sequence[tuple[str, str]] = (),
 ) -> RunConfig:
-    """Merge a preset and overrides, then validate every section."""
+    """Merge a preset and overrides, validate every section, then run the method's cross-section checks.
+
+    ``method_cls`` is the method class (its ``config_class`` is the method section, its ``phase_names`` the
+    valid keys of ``phases``, its ``check_config(run)`` the rules across sections), or a config dataclass.
+    """
+    config_cls, phase_names, check_config = _method_parts(method_cls)
     preset = preset or {}
-    extra = sorted(map(str, set(preset) - {*SECTIONS, "method", "method_name"}))
-    require(not extra, f"unknown config section(s) {', '.join(extra)}; valid: model, data, train, method")
-    raw = {s: _section(preset, s) for s in (*SECTIONS, "method")}
+    extra = sorted(map(str, set(preset) - set(PRESET_KEYS)))
+    require(not extra, f"unknown config section(s) {', '.join(extra)}; valid: {', '.join(PRESET_KEYS[:-1])}")
+    raw = {s: _section(preset, s) for s in (*SECTIONS, "phases", "method")}
     for key, value in overrides:
-        section, name = _resolve_key(key, method_cls)
-        raw[section][name] = value
+        section, name = _resolve_key(key, config_cls)
+        set_dotted(raw[section], name, value, key)
     built = {s: build_dataclass(cls, raw[s], s) for s, cls in SECTIONS.items()}
-    method_config = build_dataclass(method_cls, raw["method"], "method")
-    return RunConfig(method=method, method_config=method_config, **built)
+    run = RunConfig(method=method, method_config=build_dataclass(config_cls, raw["method"], "method"),
+                    phases=_build_phases(raw["phases"], phase_names), **built)
+    if check_config is not None:
+        check_config(run)
+    return run

@@ -4,13 +4,24 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
 from distill_diffusion.cli import main
-from distill_diffusion.config import TrainConfig, build_run_config, parse_overrides
-from distill_diffusion.errors import UserError
+from distill_diffusion.config import (
+    PRESETS_DIR,
+    PhaseConfig,
+    RunConfig,
+    TrainConfig,
+    build_run_config,
+    load_preset,
+    parse_overrides,
+    preset_names,
+)
+from distill_diffusion.errors import UserError, require
 from distill_diffusion.trainers.methods.finetune import FineTuneConfig
 
 
@@ -179,3 +190,186 @@ def test_corrupt_dataset_is_user_error(capsys: pytest.CaptureFixture[str], tiny_
                            "--train_data_dir", str(data), "--output_dir", str(tmp_path / "out"))
     assert_user_error(code, err, "metadata.jsonl")
     assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# The configuration layer: Literal choices, nested sections, help, phases, check_config, presets
+
+
+@pytest.mark.parametrize(
+    ("overrides", "needle"),
+    [
+        ([("lr_scheduler", "warp")], "train.lr_scheduler='warp' is not valid; use one of: constant, constant_with_warmup, linear"),
+        ([("report_to", "mlflow")], "use one of: none, tensorboard, wandb, all"),
+        ([("data.source", "parquet")], "use one of: imagefolder, hf, webdataset"),
+        ([("optimizer", "sgd")], "use one of: adamw"),
+    ],
+)
+def test_literal_fields_list_their_values(overrides: list[tuple[str, str]], needle: str) -> None:
+    with pytest.raises(UserError) as info:
+        build_run_config("finetune", FineTuneConfig, {}, overrides)
+    assert needle in str(info.value)
+
+
+def test_literal_fields_are_checked_when_built_directly() -> None:
+    from distill_diffusion.trainers.methods.lcm import LCMConfig
+
+    with pytest.raises(UserError, match="method.export_dtype='int8' is not valid; use one of: fp16, bf16, fp32"):
+        LCMConfig(export_dtype="int8")  # type: ignore[arg-type]
+
+
+def test_literal_converter_matches_numbers_and_optional() -> None:
+    from typing import Literal
+
+    from distill_diffusion.config_types import convert
+
+    assert convert("x", "2", Literal[1, 2]) == 2
+    assert convert("x", "none", Literal["a", "b"] | None) is None
+    with pytest.raises(UserError, match="use one of: 1, 2"):
+        convert("x", "3", Literal[1, 2])
+
+
+@dataclass
+class Inner:
+    #: Size of the inner thing.
+    size: int = 2
+    kind: Literal["a", "b"] = "a"
+
+
+@dataclass
+class NestedConfig:
+    #: An option group.
+    inner: Inner = field(default_factory=Inner)
+    scale: float = 1.0
+
+
+def test_nested_dataclass_fields_from_yaml_and_dotted_overrides() -> None:
+    run = build_run_config("fake", NestedConfig, {"method": {"inner": {"size": 5}}}, [("method.inner.kind", "b")])
+    assert run.method_config.inner == Inner(size=5, kind="b")
+    with pytest.raises(UserError, match="unknown method.inner option"):
+        build_run_config("fake", NestedConfig, {}, [("method.inner.colour", "red")])
+    with pytest.raises(UserError, match="method.inner.kind='c' is not valid; use one of: a, b"):
+        build_run_config("fake", NestedConfig, {}, [("method.inner.kind", "c")])
+    with pytest.raises(UserError, match="method.inner=3 must be a mapping"):
+        build_run_config("fake", NestedConfig, {"method": {"inner": 3}})
+
+
+def test_help_shows_field_help_choices_and_phases(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(capsys, "train", "lcm", "--help")
+    assert code == 0
+    line = next(ln for ln in out.splitlines() if "--train.mixed_precision" in ln)
+    assert "(default: 'no'; one of: no, fp16, bf16)" in line and "Autocast dtype" in line
+    assert any("--method.num_ddim_timesteps (default: 50)  N of the skipping-step DDIM solver" in ln for ln in out.splitlines())
+    assert "--phases.unet.learning_rate (default: None)" in out
+
+
+def test_help_expands_nested_fields() -> None:
+    from distill_diffusion.cli import method_help
+
+    class Fake:
+        config_class = NestedConfig
+        phase_names = ("generator", "discriminator")
+
+    text = method_help("fake", Fake)
+    assert "--method.inner.size (default: 2)  Size of the inner thing." in text
+    assert "--phases.discriminator.adam_beta1" in text and "--phases.generator.learning_rate" in text
+
+
+class TwoPhase:
+    """A method class as the engine sees it before building: config class, phase names, cross-section check."""
+
+    config_class = FineTuneConfig
+    phase_names = ("generator", "discriminator")
+    checked: list = []
+
+    @classmethod
+    def check_config(cls, run: RunConfig) -> None:
+        cls.checked.append(run)
+        if "discriminator" in run.phases:
+            require(run.train.train_batch_size >= 2, "a discriminator needs train.train_batch_size >= 2; pass 2 or more")
+
+
+def test_phases_section_from_yaml_and_overrides(tmp_path: Path) -> None:
+    preset = {"phases": {"discriminator": {"learning_rate": 2e-4, "adam_beta1": 0.0}}}
+    run = build_run_config("gan", TwoPhase, preset, [("phases.generator.max_grad_norm", "0.5"), ("learning_rate", "1e-5")])
+    assert run.phases["discriminator"] == PhaseConfig(learning_rate=2e-4, adam_beta1=0.0)
+    assert run.phases["generator"].max_grad_norm == 0.5
+    assert run.train.learning_rate == pytest.approx(1e-5)  # a bare name stays the train section's
+    again = build_run_config("gan", TwoPhase, load_preset(run.save(tmp_path / "config.yaml")))
+    assert again.to_dict() == run.to_dict() and again.to_dict()["phases"]["discriminator"]["adam_beta1"] == 0.0
+
+
+@pytest.mark.parametrize(
+    ("preset", "overrides", "needle"),
+    [
+        ({}, [("phases.critic.learning_rate", "1")], "unknown phase(s) critic in the phases section; this method's phases: generator, discriminator"),
+        ({"phases": {"gen": {}}}, [], "unknown phase(s) gen"),
+        ({}, [("phases.generator.lr", "1")], "unknown phases.generator option(s) lr; valid ones: adam_beta1"),
+        ({}, [("phases.generator.adam_beta2", "1.5")], "phases.adam_beta2=1.5 must be in [0, 1)"),
+        ({}, [("phases.generator.learning_rate", "0")], "phases.learning_rate=0.0 must be > 0"),
+        ({}, [("phases.generator", "1")], "write --phases.PHASE.OPTION VALUE"),
+        ({"phases": [1]}, [], "config section 'phases' holds [1], not a mapping"),
+    ],
+)
+def test_bad_phases_are_user_errors(preset: dict, overrides: list[tuple[str, str]], needle: str) -> None:
+    with pytest.raises(UserError) as info:
+        build_run_config("gan", TwoPhase, preset, overrides)
+    assert needle in str(info.value)
+
+
+def test_phase_names_default_to_unet_for_a_config_class() -> None:
+    assert build_run_config("finetune", FineTuneConfig, {}, [("phases.unet.learning_rate", "1e-5")]).phases["unet"].learning_rate == 1e-5
+    with pytest.raises(UserError, match="this method's phases: unet"):
+        build_run_config("finetune", FineTuneConfig, {}, [("phases.discriminator.learning_rate", "1")])
+
+
+def test_check_config_hook_is_called_with_the_built_run() -> None:
+    TwoPhase.checked.clear()
+    run = build_run_config("gan", TwoPhase, {}, [("train_batch_size", "4")])
+    assert TwoPhase.checked == [run]
+    with pytest.raises(UserError, match="a discriminator needs train.train_batch_size >= 2"):
+        build_run_config("gan", TwoPhase, {"phases": {"discriminator": {}}}, [("train_batch_size", "1")])
+
+
+def test_registered_methods_build_from_their_class() -> None:
+    from distill_diffusion.trainers.methods.registry import get_method_class
+
+    for name, preset in (("finetune", "tiny/finetune"), ("lcm", "tiny/lcm_lora")):
+        run = build_run_config(name, get_method_class(name), load_preset(preset))
+        assert isinstance(run.method_config, get_method_class(name).config_class)
+
+
+def test_presets_ship_in_the_package_and_load_by_name(tmp_path: Path) -> None:
+    import distill_diffusion
+
+    assert {"finetune_sd15", "lcm_full_sd15", "lcm_lora_sd15", "tiny/finetune", "tiny/lcm_lora"} <= set(preset_names())
+    assert PRESETS_DIR == Path(distill_diffusion.__file__).resolve().parent / "configs"
+    assert load_preset("tiny/lcm_lora")["method"]["num_ddim_timesteps"] == 8
+    assert load_preset(PRESETS_DIR / "tiny" / "lcm_lora.yaml") == load_preset("tiny/lcm_lora")
+    from distill_diffusion.trainers.methods.registry import get_method_class
+
+    for name in preset_names():  # every shipped preset builds for its method
+        method = "finetune" if "finetune" in name else "lcm"
+        build_run_config(method, get_method_class(method), load_preset(name))
+
+
+def test_unknown_preset_lists_the_shipped_ones(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(capsys, "train", "lcm", "--config", "tiny/lcm")
+    assert_user_error(code, err, "--config tiny/lcm", "tiny/lcm_lora", "lcm_lora_sd15", "pass a YAML file")
+
+
+def test_preset_name_through_the_cli_reaches_the_engine(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """``--config tiny/finetune`` loads the preset; the run then stops at the (missing) teacher, before writing."""
+    code, _, err = run_cli(capsys, "train", "finetune", "--config", "tiny/finetune", "--pretrained_model_name_or_path",
+                           str(tmp_path / "missing"), "--output_dir", str(tmp_path / "out"))
+    assert_user_error(code, err, str(tmp_path / "missing"))
+
+
+def test_saved_lcm_config_reloads(tmp_path: Path) -> None:
+    from distill_diffusion.trainers.methods.registry import get_method_class
+
+    lcm = get_method_class("lcm")
+    run = build_run_config("lcm", lcm, load_preset("tiny/lcm_lora"), [("phases.unet.learning_rate", "1e-4"), ("loss_type", "l2")])
+    again = build_run_config("lcm", lcm, load_preset(str(run.save(tmp_path / "config.yaml"))))
+    assert again.to_dict() == run.to_dict()
+    assert again.method_config.loss_type == "l2" and again.phases["unet"].learning_rate == 1e-4

@@ -11,11 +11,9 @@ import pytest
 from distill_diffusion.cli import main
 from distill_diffusion.errors import UserError
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def run(capsys: pytest.CaptureFixture, teacher: Path, data: Path, out: Path, *extra: str) -> str:
-    args = ["train", "lcm", "--config", str(ROOT / "configs/tiny/lcm_lora.yaml"), "--pretrained_model_name_or_path", str(teacher),
+    args = ["train", "lcm", "--config", "tiny/lcm_lora", "--pretrained_model_name_or_path", str(teacher),
             "--train_data_dir", str(data), "--output_dir", str(out), "--max_train_steps", "1", "--train_batch_size", "2",
             "--progress_bar", "false", "--validation_steps", "0", *extra]
     capsys.readouterr()

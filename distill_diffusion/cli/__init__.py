@@ -37,7 +37,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from distill_diffusion.config import build_run_config, load_yaml, parse_overrides
+    from distill_diffusion.config import build_run_config, load_preset, parse_overrides
     from distill_diffusion.trainers.methods.registry import METHODS, get_method_class
 
     rest = list(args.rest)
@@ -46,16 +46,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
         return 0
     method_cls = get_method_class(args.method)
     if "-h" in rest or "--help" in rest:
-        print(method_help(args.method, method_cls.config_class))
+        print(method_help(args.method, method_cls))
         return 0
     preset: dict = {}
     if "--config" in rest:
         i = rest.index("--config")
         if i + 1 >= len(rest):
-            raise UserError("--config needs a YAML file path; pass --config FILE.yaml")
-        preset = load_yaml(rest[i + 1])
+            raise UserError("--config needs a YAML file path or a preset name; pass --config FILE.yaml or e.g. --config tiny/lcm_lora")
+        preset = load_preset(rest[i + 1])
         del rest[i : i + 2]
-    run = build_run_config(args.method, method_cls.config_class, preset, parse_overrides(rest))
+    run = build_run_config(args.method, method_cls, preset, parse_overrides(rest))
     from distill_diffusion.trainers.engine.build import train
 
     out = train(run)
@@ -64,26 +64,44 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _train_usage(methods: dict[str, str]) -> str:
+    from distill_diffusion.config import preset_names
+
     return (
-        "usage: distill-diffusion train METHOD [--config FILE.yaml] [--section.option VALUE ...]\n\n"
+        "usage: distill-diffusion train METHOD [--config FILE.yaml|PRESET] [--section.option VALUE ...]\n\n"
         f"methods: {', '.join(sorted(methods))}\n"
+        f"presets: {', '.join(preset_names())}\n"
         "`distill-diffusion train METHOD --help` lists every option with its default.\n"
-        "Options are --model.*, --data.*, --train.*, --method.*; diffusers-style bare names such as\n"
+        "Options are --model.*, --data.*, --train.*, --phases.PHASE.*, --method.*; diffusers-style bare names such as\n"
         "--learning_rate, --mixed_precision or --resume_from_checkpoint latest work where unambiguous."
     )
 
 
-def method_help(method: str, method_config: type) -> str:
-    """Every option of every section, with defaults and the first line of its comment."""
-    from distill_diffusion.config import SECTIONS
+def _option_lines(prefix: str, cls: type) -> list[str]:
+    """``--prefix.field (default: ...)  help`` for each field of ``cls``, nested dataclass fields expanded."""
+    from distill_diffusion.config_types import choices, field_help, field_types
 
-    lines = [f"usage: distill-diffusion train {method} [--config FILE.yaml] [--section.option VALUE ...]", ""]
-    for section, cls in {**SECTIONS, "method": method_config}.items():
-        lines.append(f"{section} ({cls.__name__}):")
-        for f in dataclasses.fields(cls):
-            default = f.default if f.default is not dataclasses.MISSING else (f.default_factory() if f.default_factory is not dataclasses.MISSING else None)  # type: ignore[misc]
-            lines.append(f"  --{section}.{f.name} (default: {default!r})")
-        lines.append("")
+    lines, helps, types_ = [], field_help(cls), field_types(cls)
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else (f.default_factory() if f.default_factory is not dataclasses.MISSING else None)  # type: ignore[misc]
+        if dataclasses.is_dataclass(default):
+            lines += _option_lines(f"{prefix}.{f.name}", type(default))
+            continue
+        valid = choices(types_[f.name])
+        text = f"  --{prefix}.{f.name} (default: {default!r}{'; one of: ' + ', '.join(map(str, valid)) if valid else ''})"
+        lines.append(f"{text}  {helps[f.name]}" if f.name in helps else text)
+    return lines
+
+
+def method_help(method: str, method_cls: type) -> str:
+    """Every option of every section (phases: one block per phase of the method), with defaults and the first
+    line of the ``#:`` comment above the field."""
+    from distill_diffusion.config import SECTIONS, PhaseConfig
+
+    lines = [f"usage: distill-diffusion train {method} [--config FILE.yaml|PRESET] [--section.option VALUE ...]", ""]
+    blocks = {**SECTIONS, **{f"phases.{p}": PhaseConfig for p in getattr(method_cls, "phase_names", ("unet",))},
+              "method": method_cls.config_class}
+    for section, cls in blocks.items():
+        lines += [f"{section} ({cls.__name__}):", *_option_lines(section, cls), ""]
     return "\n".join(lines)
 
 

@@ -16,12 +16,13 @@ import copy
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor
 
 from distill_diffusion.config import RunConfig, TrainConfig
+from distill_diffusion.config_types import check_choices
 from distill_diffusion.core import (
     consistency_function,
     guidance_embedding,
@@ -46,8 +47,6 @@ from distill_diffusion.models.students import build_w_student
 from distill_diffusion.models.teacher import guided_ddim_step
 from distill_diffusion.trainers.methods.base import LossOutput, MethodBase, Phase
 
-LOSS_TYPES = ("huber", "l2")
-UNCOND_EMBEDDINGS = ("empty_prompt", "zeros")
 EXPORT_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
@@ -72,7 +71,7 @@ class LCMConfig:
     w_min: float = 5.0
     w_max: float = 15.0
     #: huber: sqrt((a−b)² + c²) − c with c = huber_c; l2: mean squared error. Both in fp32.
-    loss_type: str = "huber"
+    loss_type: Literal["huber", "l2"] = "huber"
     huber_c: float = 0.001
     #: s in c_skip = σ_d²/((s·t)² + σ_d²), c_out = s·t/sqrt((s·t)² + σ_d²); written to the exported LCMScheduler.
     timestep_scaling: float = 10.0
@@ -83,13 +82,14 @@ class LCMConfig:
     time_cond_proj_dim: int = 256
     #: Unconditional input of the teacher's CFG: the empty prompt's embedding (what SD pipelines use),
     #: or zeros (what the diffusers LCM scripts use).
-    uncond_embedding: str = "empty_prompt"
+    uncond_embedding: Literal["empty_prompt", "zeros"] = "empty_prompt"
     #: dtype of the exported LoRA files (fp16 = the size of the published LCM-LoRA adapters).
-    export_dtype: str = "fp16"
+    export_dtype: Literal["fp16", "bf16", "fp32"] = "fp16"
     #: diffusers guidance scale for validation images and the model card; None: 1.0 (LoRA), 8.5 (full).
     validation_guidance_scale: float | None = None
 
     def __post_init__(self) -> None:
+        check_choices(self, "method")
         require(self.lora_rank >= 1, f"method.lora_rank={self.lora_rank} must be >= 1; pass a positive rank such as 64")
         require(self.lora_alpha > 0, f"method.lora_alpha={self.lora_alpha} must be > 0; pass e.g. the rank")
         require(0.0 <= self.lora_dropout < 1.0, f"method.lora_dropout={self.lora_dropout} must be in [0, 1); pass e.g. 0.0")
@@ -98,15 +98,12 @@ class LCMConfig:
         require(self.solver_substeps >= 1, f"method.solver_substeps={self.solver_substeps} must be >= 1; 1 is the reference solver")
         require(self.w_min >= 0, f"method.w_min={self.w_min} must be >= 0 (LCM form, g = w + 1); pass e.g. 5")
         require(self.w_min <= self.w_max, f"method.w_min={self.w_min} is larger than method.w_max={self.w_max}; swap them or make them equal")
-        require(self.loss_type in LOSS_TYPES, f"method.loss_type={self.loss_type!r}; use one of {', '.join(LOSS_TYPES)}")
         require(self.huber_c > 0, f"method.huber_c={self.huber_c} must be > 0; the reference uses 0.001")
         require(self.timestep_scaling > 0, f"method.timestep_scaling={self.timestep_scaling} must be > 0; LCMScheduler uses 10")
         if self.target_ema_decay is None and not self.lora:
             self.target_ema_decay = 0.95
         require(self.target_ema_decay is None or 0.0 <= self.target_ema_decay < 1.0, f"method.target_ema_decay={self.target_ema_decay} must be in [0, 1); pass e.g. 0.95")
         require(self.time_cond_proj_dim >= 4, f"method.time_cond_proj_dim={self.time_cond_proj_dim} must be >= 4; the reference uses 256")
-        require(self.uncond_embedding in UNCOND_EMBEDDINGS, f"method.uncond_embedding={self.uncond_embedding!r}; use one of {', '.join(UNCOND_EMBEDDINGS)}")
-        require(self.export_dtype in EXPORT_DTYPES, f"method.export_dtype={self.export_dtype!r}; use one of {', '.join(EXPORT_DTYPES)}")
         if self.validation_guidance_scale is None:
             self.validation_guidance_scale = 1.0 if self.lora else 8.5
         require(self.validation_guidance_scale >= 0, f"method.validation_guidance_scale={self.validation_guidance_scale} must be >= 0; pass e.g. 1.0")
