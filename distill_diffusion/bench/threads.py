@@ -2,7 +2,7 @@
 
 ``distill-diffusion bench threads``. Two workloads, a few steps per configuration: the toy build's VAE stage
 (``toy.vae.vae_loss`` on batches of 16 toy images at 32^2, AdamW) and the tiny UNet's noise-prediction
-step (batch 32 of 8x8x4 latents, forward + backward + AdamW, what the toy build and LCM training run). Every
+step (batch 32 of 8x8x4 latents, forward + backward + AdamW, what the toy build and distillation training run). Every
 configuration runs in a fresh subprocess because ``OMP_NUM_THREADS`` and ``OMP_WAIT_POLICY`` are read once,
 when the OpenMP runtime starts at ``import torch``. The busy neighbour is a second process spinning on one
 core, like another job on a shared machine. Nothing at module level imports torch (the child must set its
@@ -110,7 +110,7 @@ def _vae_step(batch_size: int = 16) -> Callable[[], None]:
 
 
 def _unet_step(batch_size: int = 32) -> Callable[[], None]:
-    """One tiny-UNet noise-prediction step (forward + backward + AdamW; the toy build's UNet stage, LCM training)."""
+    """One tiny-UNet noise-prediction step (forward + backward + AdamW; the toy build's UNet stage, distillation training)."""
     import torch
 
     from distill_diffusion.toy.tiny import build_tiny_components

@@ -27,7 +27,7 @@ def make_grid(
     """Save a grid PNG: one column per ``(label, generated_folder)``, one row per image (first ``max_rows``).
 
     Images are scaled to ``cell`` pixels (nearest-neighbour when enlarging, so tiny toy images stay crisp);
-    the row label is the prompt, the column header the label (e.g. ``"lcm 4 steps"``).
+    the row label is the prompt, the column header the label (e.g. ``"student 4 steps"``).
     """
     require(len(columns) > 0, "a grid needs at least one generated folder")
     manifests = [read_manifest(folder) for _, folder in columns]
