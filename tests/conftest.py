@@ -45,3 +45,13 @@ def tiny_pipeline_dir(toy_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def toy_data_dir(toy_dir: Path) -> Path:
     return toy_dir / "data"
+
+
+TIERS = ("e2e", "slow", "gpu")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test without another tier marker is a unit test, so `-m unit` selects exactly those."""
+    for item in items:
+        if not any(item.get_closest_marker(tier) for tier in TIERS):
+            item.add_marker(pytest.mark.unit)

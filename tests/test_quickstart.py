@@ -10,6 +10,8 @@ import pytest
 
 from distill_diffusion.toy import build
 
+pytestmark = pytest.mark.e2e  # trains through the CLI or starts processes
+
 
 def test_quickstart_runs_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     tiny = replace(build.BUDGETS["small"], num_images=128, vae_steps=2, unet_steps=2, clip_steps=2, calibration_images=0)

@@ -14,6 +14,8 @@ from distill_diffusion.toy import build as toy_build
 from distill_diffusion.toy.build import BuildBudget, ensure_toy_world
 from distill_diffusion.toy.paths import TOY_VERSION, ToyWorld
 
+pytestmark = pytest.mark.e2e  # trains through the CLI or starts processes
+
 TINY = BuildBudget(
     num_images=64, vae_steps=2, vae_batch_size=8, unet_steps=2, unet_batch_size=8, unet_warmup_steps=1,
     clip_steps=2, clip_batch_size=8, calibration_images=0,
