@@ -17,11 +17,9 @@ from distill_diffusion.cli import main
 
 pytestmark = pytest.mark.e2e  # trains through the CLI or starts processes
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def finetune_args(teacher: Path, data: Path, out: Path, *extra: str) -> list[str]:
-    return ["train", "finetune", "--config", str(ROOT / "configs/tiny/finetune.yaml"),
+    return ["train", "finetune", "--config", "tiny/finetune",
             "--pretrained_model_name_or_path", str(teacher), "--train_data_dir", str(data),
             "--output_dir", str(out), "--train_batch_size", "4", "--progress_bar", "false",
             "--validation_steps", "0", "--lr_warmup_steps", "0", *extra]

@@ -17,12 +17,11 @@ from distill_diffusion.trainers.methods.lcm.consistency import TEACHER_ROW
 
 pytestmark = pytest.mark.e2e  # trains through the CLI or starts processes
 
-ROOT = Path(__file__).resolve().parents[1]
 LORA_FILE = "pytorch_lora_weights.safetensors"
 
 
 def train_lcm(teacher: Path, data: Path, out: Path, *extra: str) -> Path:
-    assert main(["train", "lcm", "--config", str(ROOT / "configs/tiny/lcm_lora.yaml"), "--pretrained_model_name_or_path", str(teacher),
+    assert main(["train", "lcm", "--config", "tiny/lcm_lora", "--pretrained_model_name_or_path", str(teacher),
                  "--train_data_dir", str(data), "--output_dir", str(out), "--max_train_steps", "2", "--train_batch_size", "2",
                  "--progress_bar", "false", "--validation_steps", "0", "--learning_rate", "1e-2", *extra]) == 0
     return out
@@ -82,7 +81,7 @@ def test_bad_runs_are_one_line_errors(capsys, lora_run: Path, tiny_pipeline_dir:
     out = str(tmp_path / "c.json")
     assert "has no config.yaml" in _error(capsys, str(tmp_path), "--output", out)
     finetune = tmp_path / "ft"
-    assert main(["train", "finetune", "--config", str(ROOT / "configs/tiny/finetune.yaml"), "--pretrained_model_name_or_path",
+    assert main(["train", "finetune", "--config", "tiny/finetune", "--pretrained_model_name_or_path",
                  str(tiny_pipeline_dir), "--train_data_dir", str(toy_data_dir), "--output_dir", str(finetune),
                  "--max_train_steps", "1", "--train_batch_size", "2", "--progress_bar", "false", "--validation_steps", "0"]) == 0
     assert "is not an LCM-LoRA run" in _error(capsys, str(finetune), "--output", out)

@@ -20,12 +20,11 @@ from distill_diffusion.models.lora import DEFAULT_TARGET_MODULES, KOHYA_FILE
 
 pytestmark = pytest.mark.e2e  # trains through the CLI or starts processes
 
-ROOT = Path(__file__).resolve().parents[1]
 LORA_FILE = "pytorch_lora_weights.safetensors"
 
 
 def lcm_args(teacher: Path, data: Path, out: Path, *extra: str) -> list[str]:
-    return ["train", "lcm", "--config", str(ROOT / "configs/tiny/lcm_lora.yaml"),
+    return ["train", "lcm", "--config", "tiny/lcm_lora",
             "--pretrained_model_name_or_path", str(teacher), "--train_data_dir", str(data),
             "--output_dir", str(out), "--train_batch_size", "2", "--progress_bar", "false",
             "--validation_steps", "0", "--learning_rate", "1e-2",

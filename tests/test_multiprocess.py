@@ -20,7 +20,6 @@ from distill_diffusion.trainers.engine.build import check_process_count
 
 pytestmark = pytest.mark.e2e  # trains through the CLI or starts processes
 
-ROOT = Path(__file__).resolve().parents[1]
 PROBE = Path(__file__).with_name("two_process_probe.py")
 
 
@@ -31,7 +30,7 @@ def _free_port() -> int:
 
 
 def lcm_args(teacher: Path, data: Path, out: Path, *extra: str) -> list[str]:
-    return ["lcm", "--config", str(ROOT / "configs/tiny/lcm_lora.yaml"), "--pretrained_model_name_or_path", str(teacher),
+    return ["lcm", "--config", "tiny/lcm_lora", "--pretrained_model_name_or_path", str(teacher),
             "--train_data_dir", str(data), "--output_dir", str(out), "--max_train_steps", "4", "--checkpointing_steps", "2",
             "--train_batch_size", "2", "--lora_rank", "4", "--lora_alpha", "4", "--progress_bar", "false",
             "--validation_steps", "0", "--lr_scheduler", "constant", "--export_dtype", "fp32", "--w_max", "3", *extra]

@@ -13,11 +13,9 @@ from distill_diffusion.cli import main
 
 pytestmark = pytest.mark.e2e  # trains through the CLI or starts processes
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def lcm(teacher: Path, data: Path, out: Path, *extra: str) -> list[str]:
-    return ["train", "lcm", "--config", str(ROOT / "configs/tiny/lcm_lora.yaml"), "--pretrained_model_name_or_path", str(teacher),
+    return ["train", "lcm", "--config", "tiny/lcm_lora", "--pretrained_model_name_or_path", str(teacher),
             "--train_data_dir", str(data), "--output_dir", str(out), "--max_train_steps", "2", "--checkpointing_steps", "2",
             "--train_batch_size", "2", "--lora_rank", "4", "--lora_alpha", "4", "--progress_bar", "false",
             "--validation_steps", "0", *extra]
@@ -64,7 +62,7 @@ def test_resume_with_different_weight_shaping_options_is_refused(capsys, trained
 
 
 def test_resume_with_another_method_is_refused(capsys, trained: Path, tiny_pipeline_dir: Path, toy_data_dir: Path) -> None:
-    args = ["train", "finetune", "--config", str(ROOT / "configs/tiny/finetune.yaml"), "--pretrained_model_name_or_path",
+    args = ["train", "finetune", "--config", "tiny/finetune", "--pretrained_model_name_or_path",
             str(tiny_pipeline_dir), "--train_data_dir", str(toy_data_dir), "--output_dir", str(trained), "--progress_bar", "false",
             "--resume_from_checkpoint", "latest"]
     assert "was written by `train lcm`" in refused(capsys, args, trained)
