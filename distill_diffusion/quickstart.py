@@ -13,39 +13,31 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-#: The toy LCM-LoRA recipe (SPECS.md §1's tiny world; the same numbers as configs/tiny/lcm_lora.yaml).
-LCM_RECIPE: dict[str, dict[str, Any]] = {
-    "data": {"source": "imagefolder", "resolution": 32, "center_crop": True, "random_flip": False},
-    "train": {
-        "seed": 0, "train_batch_size": 32, "max_train_steps": 800, "learning_rate": 1e-3,
-        "lr_scheduler": "cosine", "lr_warmup_steps": 0, "adam_weight_decay": 0.0, "max_grad_norm": 1.0,
-        "checkpointing_steps": 200, "checkpoints_total_limit": 2, "mixed_precision": "no",
-    },
-    "method": {"lora": True, "lora_rank": 16, "lora_alpha": 16, "num_ddim_timesteps": 8,
-               "w_min": 1.0, "w_max": 1.0, "loss_type": "huber", "huber_c": 0.001, "target_ema_decay": 0.95},
-}
+#: The toy LCM-LoRA recipe: a preset shipped in distill_diffusion/configs, loaded by name.
+LCM_PRESET = "tiny/lcm_lora"
 #: Teacher guidance for the benchmark rows (the toy world's calibrated scale). The LoRA distils w = 1 (scale 2);
 #: w = 2 scores the same within noise (benchmarks/results/toy_quality/lcm_recipe_ablation.md).
 TEACHER_GUIDANCE = 3.0
 
 
 def distil_lcm_lora(teacher: Path, data: Path, output_dir: Path, max_train_steps: int | None = None) -> Path:
-    """Train (or resume, or reuse when finished) the toy LCM-LoRA; returns the export folder."""
-    from distill_diffusion.config import build_run_config
+    """Train (or resume, or reuse when finished) the toy LCM-LoRA; returns the export folder.
+
+    The recipe is the shipped ``tiny/lcm_lora`` preset; only the paths, resuming and the step count change.
+    """
+    from distill_diffusion.config import build_run_config, load_preset
     from distill_diffusion.trainers.engine.build import train
-    from distill_diffusion.trainers.methods.lcm import LCMConfig
+    from distill_diffusion.trainers.methods.lcm import LCM
 
     if (output_dir / "pytorch_lora_weights.safetensors").is_file():
         return output_dir
-    preset = {
-        "model": {"pretrained_model_name_or_path": str(teacher), "local_files_only": True},
-        "data": {**LCM_RECIPE["data"], "train_data_dir": str(data)},
-        "train": {**LCM_RECIPE["train"], "output_dir": str(output_dir), "resume_from_checkpoint": "latest"},
-        "method": LCM_RECIPE["method"],
-    }
+    preset = load_preset(LCM_PRESET)
+    preset["model"]["pretrained_model_name_or_path"] = str(teacher)
+    preset["data"]["train_data_dir"] = str(data)
+    preset["train"].update(output_dir=str(output_dir), resume_from_checkpoint="latest")
     if max_train_steps is not None:
         preset["train"]["max_train_steps"] = max_train_steps
-    return train(build_run_config("lcm", LCMConfig, preset))
+    return train(build_run_config("lcm", LCM, preset))
 
 
 def run_quickstart(output_dir: str | Path = "quickstart", cache_dir: str | Path | None = None,

@@ -30,14 +30,3 @@ def test_quickstart_runs_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert (tmp_path / "qs" / "lcm_lora" / "pytorch_lora_weights.safetensors").is_file()
     assert (tmp_path / "qs" / "bench" / "grid_lcm-lora.png").is_file()
 
-
-def test_quickstart_recipe_matches_the_tiny_lcm_preset() -> None:
-    """The quickstart carries its recipe in code (configs/ is not installed); it must not drift from the preset."""
-    import yaml
-
-    preset = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs/tiny/lcm_lora.yaml").read_text())
-    from distill_diffusion.quickstart import LCM_RECIPE
-
-    for section, values in LCM_RECIPE.items():
-        for key, value in values.items():
-            assert preset[section][key] == value, f"{section}.{key}"
