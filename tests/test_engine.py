@@ -17,7 +17,7 @@ from distill_diffusion.trainers.engine import checkpoints as ckpt
 from distill_diffusion.trainers.engine.build import make_accelerator
 from distill_diffusion.trainers.engine.data_loop import build_dataloader
 from distill_diffusion.trainers.engine.loop import Engine, NonFiniteLossError
-from distill_diffusion.trainers.methods.base import LossOutput, MethodBase, Phase
+from distill_diffusion.trainers.methods.base import LossOutput, MethodBase, Phase, StepContext
 
 
 @dataclass
@@ -58,8 +58,8 @@ class FakeMethod(MethodBase):
     def phases(self) -> list[Phase]:
         return [Phase("net", "net")]
 
-    def compute_loss(self, phase: str, batch: dict[str, Any], step: int) -> LossOutput:
-        if 0 <= self.config.nan_after <= step:
+    def compute_loss(self, phase: str, batch: dict[str, Any], ctx: StepContext) -> LossOutput:
+        if 0 <= self.config.nan_after <= ctx.step:
             return LossOutput(torch.tensor(float("nan"), requires_grad=True))
         # random input noise exercises the RNG state a resume must restore
         x = batch["x"] + self.config.noise * torch.randn_like(batch["x"])

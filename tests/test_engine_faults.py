@@ -16,7 +16,7 @@ from test_engine import FakeConfig, FakeMethod, make_engine
 from distill_diffusion.errors import UserError
 from distill_diffusion.trainers.engine import checkpoints as ckpt
 from distill_diffusion.trainers.engine.loop import NonFiniteLossError
-from distill_diffusion.trainers.methods.base import LossOutput
+from distill_diffusion.trainers.methods.base import LossOutput, StepContext
 
 
 class _NaNGrad(torch.autograd.Function):
@@ -39,15 +39,15 @@ class FaultyMethod(FakeMethod):
         self.nan_grad_steps, self.step_ends = set(nan_grad_steps), []
         self.target = [p.detach().clone() for p in self.net.parameters()]
 
-    def compute_loss(self, phase: str, batch: dict[str, Any], step: int) -> LossOutput:
-        out = super().compute_loss(phase, batch, step)
-        if step not in self.nan_grad_steps:
+    def compute_loss(self, phase: str, batch: dict[str, Any], ctx: StepContext) -> LossOutput:
+        out = super().compute_loss(phase, batch, ctx)
+        if ctx.step not in self.nan_grad_steps:
             return out
-        self.nan_grad_steps.discard(step)  # a transient fault: the retry of this step is clean
+        self.nan_grad_steps.discard(ctx.step)  # a transient fault: the retry of this step is clean
         return LossOutput(_NaNGrad.apply(out.loss))
 
-    def on_step_end(self, step: int) -> None:
-        self.step_ends.append(step)
+    def on_step_end(self, ctx: StepContext) -> None:
+        self.step_ends.append(ctx.step)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {f"target.{i}": t for i, t in enumerate(self.target)}

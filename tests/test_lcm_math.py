@@ -17,6 +17,7 @@ from distill_diffusion.models.loading import SDComponents
 from distill_diffusion.models.students import build_w_student
 from distill_diffusion.models.teacher import guided_ddim_step
 from distill_diffusion.toy.tiny import SD15_SCHEDULER_CONFIG, build_tiny_components
+from distill_diffusion.trainers.methods.base import StepContext
 from distill_diffusion.trainers.methods.lcm import LCM, LCMConfig
 
 
@@ -191,7 +192,7 @@ def test_gradients_reach_only_lora_and_base_stays_bit_identical() -> None:
         assert len(with_grad) == len(method.online)
         opt.step()
         opt.zero_grad()
-        method.on_step_end(step)
+        method.on_step_end(StepContext(step))
     after = unet.state_dict()
     assert all(torch.equal(after[k], v) for k, v in base.items())
     assert any(not torch.equal(a, b) for a, b in zip(method.online, lora))
@@ -203,7 +204,7 @@ def test_one_unet_base_in_weight_dtype_lora_in_fp32() -> None:
     assert method.teacher_unet is method.unet is parts.unet and method.models["unet"] is parts.unet
     assert all(p.dtype == torch.float32 for p in method.online)
     assert all(p.dtype == torch.bfloat16 for n, p in method.unet.named_parameters() if "lora_" not in n)
-    loss = method.compute_loss("unet", batch(), 0).loss
+    loss = method.compute_loss("unet", batch(), StepContext(0)).loss
     loss.backward()
     assert torch.isfinite(loss) and all(p.grad is not None for p in method.online)
 
@@ -212,7 +213,7 @@ def test_ema_lora_target_update_swap_and_state() -> None:
     method = LCM(components(), LCMConfig(lora_rank=2, target_ema_decay=0.5))
     randomise_lora(method)
     shadow = [s.clone() for s in method.shadow]
-    method.on_step_end(1)
+    method.on_step_end(StepContext(1))
     for s, old, p in zip(method.shadow, shadow, method.online):
         torch.testing.assert_close(s, 0.5 * old + 0.5 * p.detach())
     live = [p.detach().clone() for p in method.online]
@@ -237,7 +238,7 @@ def test_full_student_is_the_teacher_plus_a_w_projection() -> None:
     method = LCM(parts, LCMConfig(lora=False))
     assert method.config.target_ema_decay == 0.95 and method.unet is not parts.unet
     assert not any(p.requires_grad for p in method.target_unet.parameters())
-    loss = method.compute_loss("unet", batch(), 0).loss
+    loss = method.compute_loss("unet", batch(), StepContext(0)).loss
     loss.backward()
     assert method.unet.time_embedding.cond_proj.weight.grad is not None
     assert all(p.grad is None for p in parts.unet.parameters())

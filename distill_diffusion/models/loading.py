@@ -321,3 +321,43 @@ def _load_unet(cfg: ModelConfig, kind: str, dtype: torch.dtype) -> Any:
                                                     use_safetensors=True, **common)
     except (OSError, ValueError) as exc:
         raise _load_error(cfg, kind, exc) from None
+
+
+@dataclass(frozen=True)
+class ExtraModel:
+    """A model a method needs beside the teacher (a discriminator's feature network, a student of another shape).
+
+    ``kind`` is ``"<library>:<class>"`` (``transformers:Dinov2Model``, ``diffusers:UNet2DConditionModel``);
+    ``source`` a local folder or hub id, loaded by :func:`distill_diffusion.models.loading.load_extra_model`
+    with the teacher's rules (``local_files_only``, safetensors only, one-line errors).
+    """
+
+    kind: str
+    source: str
+    subfolder: str | None = None
+
+
+def load_extra_model(spec: ExtraModel, cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> Any:
+    """Load ``spec`` frozen in ``dtype``, by the teacher's rules: a local folder or hub id, ``cfg.local_files_only``,
+    safetensors only (a folder of pickles fails to load instead of being unpickled), one-line errors."""
+    import importlib
+
+    library, _, class_name = spec.kind.partition(":")
+    require(library in ("transformers", "diffusers") and class_name, f"extra model kind {spec.kind!r} is not "
+            "'transformers:<Class>' or 'diffusers:<Class>'; fix the method's extra_models()")
+    cls = getattr(importlib.import_module(library), class_name, None)
+    require(cls is not None, f"{library} has no {class_name}; upgrade {library} or fix the method's extra_models()")
+    src, fix = spec.source.strip(), "pass a local model folder (with safetensors weights) or a hub id"
+    require(bool(src), f"no source for the {class_name} this method needs; {fix}")
+    path = Path(src).expanduser()
+    if path.exists():
+        require(path.is_dir(), f"{src} is a file, not a model folder; {fix}")
+    else:
+        require(not _looks_like_path(src) and bool(_HUB_ID.fullmatch(src)), f"{src}: no such folder; {fix}")
+    try:
+        model = cls.from_pretrained(str(path) if path.exists() else src, subfolder=spec.subfolder or "",
+                                    local_files_only=cfg.local_files_only, use_safetensors=True)
+    except (OSError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:200]
+        raise UserError(f"cannot load {class_name} from {src} ({first}); {fix}") from None
+    return model.to(dtype).requires_grad_(False).eval()

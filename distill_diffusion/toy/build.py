@@ -22,7 +22,6 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import torch
 
@@ -177,20 +176,16 @@ def unet_run_config(tmp: Path, b: BuildBudget, progress: bool) -> Any:
 
 
 def _stage_unet(tmp: Path, b: BuildBudget, progress: bool) -> dict[str, Any]:
-    """Train through ``trainers.runner.train`` and keep only the exported pipeline as ``teacher/``."""
+    """Train through the engine (``trainers.engine.build.train``) and keep only the exported pipeline as ``teacher/``."""
     from distill_diffusion.trainers.engine.build import train
-    from distill_diffusion.trainers.engine.loop import Engine
 
     losses: list[float] = []
-    after_step = Engine._after_step
 
-    def record_loss(engine: Engine, logs: dict[str, float], bar: Any) -> None:
+    def record_loss(step: int, logs: dict[str, float]) -> None:
         # the engine logs to trackers only; keep the loss curve for build.json without one
         losses.append(float(logs["unet/loss"]))
-        after_step(engine, logs, bar)
 
-    with mock.patch.object(Engine, "_after_step", record_loss):
-        out = train(unet_run_config(tmp, b, progress))
+    out = train(unet_run_config(tmp, b, progress), callbacks=[record_loss])
     (tmp / "teacher").mkdir()
     for entry in _PIPELINE_ENTRIES:
         if (out / entry).exists():

@@ -10,8 +10,9 @@ from __future__ import annotations
 import logging
 import os
 import random
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
@@ -21,7 +22,7 @@ from distill_diffusion.config import RunConfig, TrainConfig
 from distill_diffusion.errors import UserError, require
 from distill_diffusion.paths import check_output_dir
 from distill_diffusion.trainers.engine import checkpoints as ckpt
-from distill_diffusion.trainers.engine.loop import Engine
+from distill_diffusion.trainers.engine.loop import Callback, Engine
 from distill_diffusion.trainers.methods.registry import get_method_class
 
 WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -117,7 +118,7 @@ def _show(value: object) -> str:
     return ",".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
-def build_engine(run: RunConfig) -> Engine:
+def build_engine(run: RunConfig, callbacks: Sequence[Callback] = ()) -> Engine:
     """Validate, load the teacher and data, build the method and the engine, resume if asked."""
     from distill_diffusion.data import build_train_dataset, collate_examples
     from distill_diffusion.models.loading import check_model_source, load_teacher, read_teacher_configs
@@ -138,14 +139,14 @@ def build_engine(run: RunConfig) -> Engine:
     seed = shared_seed(accelerator, run.train.seed)
     set_seed(seed)  # the same on every process: a method's random init (LoRA A, new projections, targets) must not differ per rank
     components = load_teacher(run.model, weight_dtype(run.train.mixed_precision), device=accelerator.device)
-    method = method_cls(components, run.method_config)
+    method = build_method(method_cls, run, components)
     if run.train.gradient_checkpointing:
         enable_gradient_checkpointing(method)
     if run.data.cache_latents:
         run.data.cache_dir = run.data.cache_dir or str(Path(run.train.output_dir) / "latent_cache")
         dataset = _cached(dataset, run, components, accelerator)
     loader = build_dataloader(dataset, run.train.train_batch_size, run.data.dataloader_num_workers, collate_examples, run.train.seed)
-    engine = Engine(run, accelerator, method, loader)
+    engine = Engine(run, accelerator, method, loader, callbacks)
     set_seed(seed, device_specific=True)  # models and data order are shared; noise and timesteps differ per process
     if resume_from is not None:
         engine.resume(resume_from)
@@ -156,12 +157,26 @@ def build_engine(run: RunConfig) -> Engine:
     return engine
 
 
-def enable_gradient_checkpointing(method: object) -> None:
-    for phase in method.phases():  # type: ignore[attr-defined]
-        module = method.models[phase.module]  # type: ignore[attr-defined]
-        if not hasattr(module, "enable_gradient_checkpointing"):
-            raise UserError(f"--gradient_checkpointing: module {phase.module!r} does not support it; drop the flag")
-        module.enable_gradient_checkpointing()
+def build_method(method_cls: type, run: RunConfig, components: Any) -> Any:
+    """The method on the teacher's components, with the extra models it declares loaded like the teacher."""
+    from distill_diffusion.models.loading import load_extra_model
+
+    specs = method_cls.extra_models(run.method_config) if hasattr(method_cls, "extra_models") else {}
+    dtype = weight_dtype(run.train.mixed_precision)
+    extras = {name: load_extra_model(spec, run.model, dtype) for name, spec in specs.items()}
+    return method_cls(components, run.method_config, **({"extra_models": extras} if extras else {}))
+
+
+def enable_gradient_checkpointing(method: Any) -> None:
+    """``--gradient_checkpointing`` on the modules of every phase that allows it (not on tapped discriminators)."""
+    for phase in method.phases():
+        if not phase.gradient_checkpointing:
+            continue
+        for name in phase.modules:
+            module = method.models[name]
+            if not hasattr(module, "enable_gradient_checkpointing"):
+                raise UserError(f"--gradient_checkpointing: module {name!r} does not support it; drop the flag")
+            module.enable_gradient_checkpointing()
 
 
 def _cached(dataset, run: RunConfig, components, accelerator: Accelerator):
@@ -192,11 +207,11 @@ def _flat(tree: dict, prefix: str = "") -> dict:
     return out
 
 
-def train(run: RunConfig) -> Path:
-    """Run training to the end and export; returns the output folder."""
+def train(run: RunConfig, callbacks: Sequence[Callback] = ()) -> Path:
+    """Run training to the end and export; returns the output folder. ``callbacks`` see every step's logs."""
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.WARNING)
     logging.getLogger("distill_diffusion").setLevel(logging.INFO)
-    engine = build_engine(run)
+    engine = build_engine(run, callbacks)
     engine.train()
     engine.export()
     engine.accelerator.end_training()

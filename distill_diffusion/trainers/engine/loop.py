@@ -1,40 +1,40 @@
-"""The one training loop every method runs through (accumulation, autocast, clipping, EMA, checkpoints).
+"""The one training loop every method runs through (phases, stages, accumulation, EMA, checkpoints).
 
-The engine does not know which method it runs: it asks the method for its phases and losses
-(:mod:`distill_diffusion.trainers.methods.base`) and owns everything else. Gradient accumulation is explicit:
-one optimizer step consumes ``gradient_accumulation_steps`` micro-batches, gradients are synchronised
-only on the last one (``no_sync``), and ``global_step`` counts optimizer steps on every process.
+The engine does not know which method it runs: it asks the method for its phases, stages and losses
+(:mod:`distill_diffusion.trainers.methods.base`) and owns everything else. A step runs every active phase
+(:mod:`.phase_step`); gradient accumulation is explicit (``gradient_accumulation_steps`` micro-batches per
+phase update, synchronised on the last), and ``global_step`` counts optimizer steps on every process. Stages
+(progressive distillation's rounds) each get fresh optimizer state, an LR schedule over the stage and a
+restarted EMA; the method sees its EMA weights at each stage's end.
 """
 
 from __future__ import annotations
 
-import math
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-from accelerate import Accelerator, DistributedType
+from accelerate import Accelerator
 from accelerate.logging import get_logger
 from diffusers.training_utils import EMAModel
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from distill_diffusion import threads
 from distill_diffusion.config import RunConfig
-from distill_diffusion.errors import UserError, require
+from distill_diffusion.errors import UserError
 from distill_diffusion.trainers.engine import checkpoints as ckpt
+from distill_diffusion.trainers.engine import persist
 from distill_diffusion.trainers.engine.data_loop import batch_stream
-from distill_diffusion.trainers.engine.ema import ema_weights, load_ema, save_ema
-from distill_diffusion.trainers.engine.optim import (
-    build_lr_scheduler,
-    build_optimizer,
-    effective_learning_rate,
-)
-from distill_diffusion.trainers.methods.base import DistillationMethod, Phase
+from distill_diffusion.trainers.engine.ema import ema_weights
+from distill_diffusion.trainers.engine.optim import build_lr_scheduler, build_optimizer, phase_optim
+from distill_diffusion.trainers.engine.phase_step import Skipped, all_agree, run_phase
+from distill_diffusion.trainers.methods.base import DistillationMethod, Phase, Stage, StepContext
 
 logger = get_logger(__name__)
+#: Called after every optimizer step with the step number and its logs (the toy build records losses this way).
+Callback = Callable[[int, dict[str, float]], None]
 
 
 class NonFiniteLossError(UserError):
@@ -60,46 +60,50 @@ class TrainState:
 MAX_OVERFLOWS_IN_A_ROW = 64
 
 
-class _Skipped(Exception):
-    """A phase's optimizer step did not happen: non-finite loss or gradients, or a GradScaler overflow."""
-
-    def __init__(self, overflow: bool):
-        self.overflow = overflow
-
-
 class Engine:
     """Runs ``method`` under ``accelerator`` with the ``run.train`` settings.
 
     Build it with :func:`distill_diffusion.trainers.engine.build.build_engine` (which loads models and data),
-    or directly in tests with already-built objects.
+    or directly in tests with already-built objects. ``callbacks`` are called after every optimizer step.
     """
 
-    def __init__(self, run: RunConfig, accelerator: Accelerator, method: DistillationMethod, dataloader: Any):
+    def __init__(self, run: RunConfig, accelerator: Accelerator, method: DistillationMethod, dataloader: Any,
+                 callbacks: Sequence[Callback] = ()):
         self.run, self.cfg, self.accelerator, self.method = run, run.train, accelerator, method
-        self.output_dir = Path(self.cfg.output_dir)
-        self.state = TrainState()
+        self.output_dir, self.state, self.callbacks = Path(self.cfg.output_dir), TrainState(), list(callbacks)
         self.phases: list[Phase] = method.phases()
-        modules = {p.module for p in self.phases}
-        lr = effective_learning_rate(self.cfg, accelerator.num_processes)
-        self.optimizers = {p.name: build_optimizer(method.trainable_parameters(p), lr * p.lr_scale, self.cfg) for p in self.phases}
-        names = sorted(modules)
-        prepared = accelerator.prepare(*[method.models[n] for n in names], *self.optimizers.values(), dataloader)
+        self.stages: list[Stage] = method.stages() or [Stage("train", self.cfg.max_train_steps)]
+        self.total_steps = sum(stage.steps for stage in self.stages)
+        # listed once, before wrapping: walking a UNet's parameters every step costs milliseconds
+        self.params = {p.name: method.trainable_parameters(p) for p in self.phases}
+        self.phase_settings = {p.name: phase_optim(p, run, accelerator.num_processes) for p in self.phases}
+        optimizers = {p.name: build_optimizer(self.params[p.name], self.phase_settings[p.name], self.cfg) for p in self.phases}
+        names = sorted({m for p in self.phases for m in p.modules})
+        prepared = accelerator.prepare(*[method.models[n] for n in names], *optimizers.values(), dataloader)
+        self.unwrapped = {n: method.models[n] for n in method.models}
         for name, module in zip(names, prepared[: len(names)]):
             method.models[name] = module
-        self.optimizers = dict(zip(self.optimizers, prepared[len(names) : -1]))
+        self.prepared = list(prepared[: len(names)])
+        self.optimizers = dict(zip(optimizers, prepared[len(names) : -1]))
         self.dataloader = prepared[-1]
         ckpt.register_trainable_only_hooks(accelerator)
-        self.lr_schedulers = {n: build_lr_scheduler(o, self.cfg) for n, o in self.optimizers.items()}
-        # listed once: walking a UNet's parameters every step costs milliseconds
-        self.params = {p.name: method.trainable_parameters(p) for p in self.phases}
-        self.emas = self._build_emas() if self.cfg.use_ema else {}
+        self.lr_schedulers = self._schedules()
+        self.emas = self._build_emas()
+        self._stream: Iterator[dict[str, Any]] | None = None
+        self._active: list[Phase] = self.phases  # the phases the last step ran (EMA steps only theirs)
+
+    def _schedules(self) -> dict[str, Any]:
+        steps = self.stages[min(self.state.stage, len(self.stages) - 1)].steps
+        return {n: build_lr_scheduler(o, self.cfg, steps) for n, o in self.optimizers.items()}
 
     def _build_emas(self) -> dict[str, EMAModel]:
-        return {
-            p.name: EMAModel(self.params[p.name], decay=self.cfg.ema_decay)
-            for p in self.phases
-            if p.ema
-        }
+        if not self.cfg.use_ema:
+            return {}
+        return {p.name: EMAModel(self.params[p.name], decay=self.cfg.ema_decay) for p in self.phases if p.ema}
+
+    def modules_for(self, phase: Phase) -> dict[str, Any]:
+        """Every model, wrapped where ``phase`` updates it and unwrapped where it is only used."""
+        return {n: self.method.models[n] if n in phase.modules else self.unwrapped[n] for n in self.method.models}
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -109,37 +113,9 @@ class Engine:
         Refused (the run stops) when a trainable weight, an EMA weight or the method's state is not finite:
         a poisoned checkpoint would become ``latest`` and every resume would start from it.
         """
-        self._check_weights_finite()
-
-        def write(folder: Path) -> None:
-            self.accelerator.save_state(str(folder))
-            if self.accelerator.is_main_process:
-                for name, ema in self.emas.items():
-                    save_ema(ema, folder, name)
-                _save_method_state(self.method, folder)
-
-        state = {
-            "train": asdict(self.state),
-            "lr_schedulers": {n: _jsonable(s.state_dict()) for n, s in self.lr_schedulers.items()},
-            "run": self.run.to_dict(),
-            "num_processes": self.accelerator.num_processes,
-        }
-        return ckpt.save_checkpoint(
-            self.output_dir,
-            self.state.global_step,
-            write,
-            state,
-            self.cfg.checkpoints_total_limit,
-            is_main=self.accelerator.is_main_process,
-            barrier=self.accelerator.wait_for_everyone,
-        )
-
-    def _check_weights_finite(self) -> None:
-        tensors = [p for params in self.params.values() for p in params]
-        tensors += [t for ema in self.emas.values() for t in ema.shadow_params]
-        tensors += list(_method_state(self.method).values())
-        if not self._on_every_process(ckpt.all_finite(tensors)):
+        if not all_agree(self.accelerator, ckpt.all_finite(persist.weights_to_check(self))):
             self._diverged(f"trainable weights are not finite (or exploded) after step {self.state.global_step}, so no checkpoint was written")
+        return persist.save(self)
 
     def resume(self, folder: Path) -> None:
         """Restore everything :meth:`save` wrote; the next step is the one an uninterrupted run takes.
@@ -147,44 +123,29 @@ class Engine:
         A damaged checkpoint (a missing or truncated file) is a :class:`UserError` before anything loads; a
         missing random state of this process (fewer processes wrote it) is a warning: the resume is not exact.
         """
-        for warning in ckpt.verify_checkpoint(folder, self.accelerator.process_index):
-            logger.warning(warning, main_process_only=False)
-        saved = ckpt.read_state(folder)
-        try:
-            self.accelerator.load_state(str(folder))
-            for name, ema in self.emas.items():
-                load_ema(ema, folder, name)
-            _load_method_state(self.method, folder)
-        except UserError:
-            raise
-        except Exception as exc:  # a file that passed the size check but does not parse
-            first = (str(exc).splitlines() or [""])[0][:200]
-            raise UserError(f"checkpoint {folder} could not be loaded ({exc.__class__.__name__}: {first}); "
-                            f"delete {folder.name} to resume from the one before it, or start fresh") from None
+        self.state.stage = ckpt.read_state(folder)["train"].get("stage", 0)
+        # the schedules of the checkpoint's stage, built BEFORE the optimizer state loads: a new schedule resets
+        # each param group's learning rate, which the loaded optimizer state then puts back
+        self.lr_schedulers = self._schedules()
+        saved = persist.resume(self, folder)
         self.state = TrainState(**saved["train"])
         for name, sched_state in saved["lr_schedulers"].items():
             self.lr_schedulers[name].load_state_dict(sched_state)
-        logger.info(f"resumed from {folder} at step {self.state.global_step}")
+        logger.info(f"resumed from {folder} at step {self.state.global_step} (stage {self.state.stage})")
 
     # ------------------------------------------------------------------ the loop
 
     def train(self) -> TrainState:
-        """Run until ``max_train_steps`` optimizer steps; returns the final counters."""
+        """Run every stage to its end; returns the final counters."""
         cfg, acc = self.cfg, self.accelerator
-        stream = batch_stream(acc, self.dataloader, start=self.state.batches_seen)
-        bar = tqdm(
-            total=cfg.max_train_steps,
-            initial=self.state.global_step,
-            desc="train",
-            disable=not (acc.is_local_main_process and cfg.progress_bar),
-        )
+        self._stream = batch_stream(acc, self.dataloader, start=self.state.batches_seen)
+        bar = tqdm(total=self.total_steps, initial=self.state.global_step, desc=self._bar_label(),
+                   disable=not (acc.is_local_main_process and cfg.progress_bar))
         on_cpu = acc.device.type == "cpu"
-        while self.state.global_step < cfg.max_train_steps:
+        while self.state.global_step < self.total_steps:
             if on_cpu:
                 threads.tick()  # torch's thread count follows the cores other processes leave free
-            micro = [next(stream) for _ in range(cfg.gradient_accumulation_steps)]
-            self.state.batches_seen += len(micro)
-            logs = self.step(micro)
+            logs = self.step(self.next_micro())
             if logs is None:
                 continue
             self.state.global_step += 1
@@ -192,77 +153,43 @@ class Engine:
         bar.close()
         return self.state
 
+    def next_micro(self) -> list[dict[str, Any]]:
+        """The micro-batches of one phase update (``gradient_accumulation_steps`` of them)."""
+        if self._stream is None:
+            self._stream = batch_stream(self.accelerator, self.dataloader, start=self.state.batches_seen)
+        micro = [next(self._stream) for _ in range(self.cfg.gradient_accumulation_steps)]
+        self.state.batches_seen += len(micro)
+        return micro
+
     def step(self, micro: list[dict[str, Any]]) -> dict[str, float] | None:
-        """One optimizer step for every phase; ``None`` if a phase's update was skipped (nothing advances)."""
-        logs: dict[str, float] = {}
-        for phase in self.phases:
-            for _ in range(phase.repeats):
-                try:
-                    logs.update(self._phase_step(phase, micro))
-                except _Skipped as skipped:
-                    return self._skip(skipped.overflow)
+        """One optimizer step of every active phase; ``None`` if any update was skipped (then nothing changed)."""
+        ctx = self._context()
+        active = [p for p in self.phases if self.state.global_step % p.every == 0]
+        runs = [(p, r) for p in active for r in range(p.repeats)]
+        undo: list = []
+        try:
+            logs: dict[str, float] = {}
+            for i, (phase, repeat) in enumerate(runs):
+                ctx.repeat = repeat
+                last = i == len(runs) - 1
+                logs.update(run_phase(self, phase, micro if repeat == 0 else self.next_micro(), ctx, None if last else undo))
+        except Skipped as skipped:
+            for phase, snapshot in reversed(undo):
+                snapshot.restore(self.params[phase.name], self.optimizers[phase.name])
+            for optimizer in self.optimizers.values():
+                optimizer.zero_grad(set_to_none=True)
+            return self._skip(skipped.overflow)
+        for phase in active:
+            self.lr_schedulers[phase.name].step()
+            self.optimizers[phase.name].zero_grad(set_to_none=True)
+            logs[f"{phase.name}/lr"] = self.lr_schedulers[phase.name].get_last_lr()[0]
         self.state.nonfinite_in_a_row = self.state.overflow_in_a_row = 0
+        self._active = active
         return logs
 
-    def _phase_step(self, phase: Phase, micro: list[dict[str, Any]]) -> dict[str, float]:
-        """Accumulate over ``micro``, check loss and gradients, then step optimizer and LR schedule.
-
-        Raises :class:`_Skipped` (gradients zeroed, optimizer and schedule untouched) when a loss or a gradient
-        is not finite on any process, or when the fp16 GradScaler skipped the update.
-        """
-        acc, module = self.accelerator, self.method.models[phase.module]
-        optimizer = self.optimizers[phase.name]
-        logs: dict[str, float] = {}
-        for i, batch in enumerate(micro):
-            sync = i == len(micro) - 1
-            with nullcontext() if sync else acc.no_sync(module):
-                with acc.autocast():
-                    out = self.method.compute_loss(phase.name, batch, self.state.global_step)
-                loss = out.loss.float() / len(micro)
-                if not self._all_finite(loss):
-                    optimizer.zero_grad(set_to_none=True)
-                    raise _Skipped(overflow=False)
-                acc.backward(loss)
-            for key, value in {f"{phase.name}/loss": out.loss.detach().item(), **out.logs}.items():
-                logs[key] = logs.get(key, 0.0) + float(value) / len(micro)
-        norm = self._grad_norm(self.params[phase.name], optimizer)
-        finite = self._all_finite(norm)
-        scaled = acc.scaler is not None
-        if finite or scaled:
-            # with a GradScaler the step must run even on overflow: scaler.step skips the update and update() lowers the scale
-            optimizer.step()
-        if not finite or (scaled and optimizer.step_was_skipped):
-            optimizer.zero_grad(set_to_none=True)
-            raise _Skipped(overflow=scaled)
-        self.lr_schedulers[phase.name].step()
-        optimizer.zero_grad(set_to_none=True)
-        if self.cfg.max_grad_norm > 0:
-            logs[f"{phase.name}/grad_norm"] = float(norm)
-        logs[f"{phase.name}/lr"] = self.lr_schedulers[phase.name].get_last_lr()[0]
-        return logs
-
-    def _grad_norm(self, params: list[torch.nn.Parameter], optimizer: Any) -> torch.Tensor:
-        """The total gradient norm before clipping (clipped to ``max_grad_norm`` when > 0); inf/nan if any gradient is."""
-        acc = self.accelerator
-        limit = self.cfg.max_grad_norm if self.cfg.max_grad_norm > 0 else float("inf")
-        if acc.distributed_type in (DistributedType.NO, DistributedType.MULTI_GPU, DistributedType.MULTI_CPU):
-            # unscale (fp16; this phase's optimizer only: a second unscale_ before update() raises) then torch's
-            # clip, 2-3× cheaper than accelerate's DTensor-aware path on small models
-            acc.unscale_gradients(optimizer)
-            norm = torch.nn.utils.clip_grad_norm_(params, limit) if limit < math.inf else _total_norm(params)
-        else:
-            # FSDP and DeepSpeed: accelerate knows how to reduce sharded gradients (DeepSpeed may hide the norm)
-            norm = acc.clip_grad_norm_(params, limit)
-        device = params[0].device if params else acc.device
-        return norm.detach().float() if isinstance(norm, torch.Tensor) else torch.tensor(0.0 if norm is None else float(norm), device=device)
-
-    def _all_finite(self, value: torch.Tensor) -> bool:
-        """Finite on every process: all must agree, or DDP would hang waiting for the skipped all-reduce."""
-        return self._on_every_process(torch.isfinite(value.detach()).all())
-
-    def _on_every_process(self, flag: bool | torch.Tensor) -> bool:
-        as_tensor = torch.as_tensor(flag, dtype=torch.float32, device=self.accelerator.device).reshape(1)
-        return bool(self.accelerator.gather(as_tensor).min().item() > 0)
+    def _context(self) -> StepContext:
+        start = sum(stage.steps for stage in self.stages[: self.state.stage])
+        return StepContext(step=self.state.global_step, stage=self.state.stage, stage_step=self.state.global_step - start)
 
     def _skip(self, overflow: bool) -> None:
         """Count a skipped step; too many in a row stop the run (the weights that diverged are set aside)."""
@@ -294,30 +221,45 @@ class Engine:
 
     def _after_step(self, logs: dict[str, float], bar: tqdm) -> None:
         step = self.state.global_step
-        for phase in self.phases:
+        for phase in self._active:
             if phase.name in self.emas:
                 self.emas[phase.name].step(self.params[phase.name])
-        self.method.on_step_end(step)
-        self._maybe_end_stage(step)
+        self.method.on_step_end(self._context())
         logs["nonfinite_total"] = float(self.state.nonfinite_total)
         self.accelerator.log(logs, step=step)
+        for callback in self.callbacks:
+            callback(step, logs)
         bar.update(1)
         bar.set_postfix({k.split("/")[-1]: f"{v:.4g}" for k, v in logs.items() if k.endswith(("loss", "lr"))}, refresh=False)
-        if step % self.cfg.checkpointing_steps == 0:
+        if self._stage_done():
+            self._end_stage()
+            bar.set_description(self._bar_label())
+        elif step % self.cfg.checkpointing_steps == 0:
             self.save()
         if self.cfg.validation_steps and step % self.cfg.validation_steps == 0:
             self.validate()
 
-    def _maybe_end_stage(self, step: int) -> None:
-        """Stage hook (e.g. progressive distillation: student → teacher, fresh optimizer)."""
-        per_stage = getattr(self.method, "steps_per_stage", None)
-        if not per_stage or step % per_stage:
-            return
-        if self.method.on_stage_end(self.state.stage):
-            for name, optimizer in self.optimizers.items():
-                optimizer.state.clear()
-                self.lr_schedulers[name] = build_lr_scheduler(optimizer, self.cfg)
+    def _stage_done(self) -> bool:
+        return self.state.global_step == sum(stage.steps for stage in self.stages[: self.state.stage + 1])
+
+    def _end_stage(self) -> None:
+        """Hand the method its EMA weights, start the next stage (fresh optimizer state, LR schedule, EMA), checkpoint."""
+        ema = {name: [t.detach().clone() for t in e.shadow_params] for name, e in self.emas.items()}
+        self.method.on_stage_end(self.state.stage, ema)
         self.state.stage += 1
+        if self.state.stage < len(self.stages):
+            for optimizer in self.optimizers.values():
+                optimizer.state.clear()
+            self.lr_schedulers = self._schedules()
+            self.emas = self._build_emas()
+            logger.info(f"stage {self.state.stage} ({self.stages[self.state.stage].name}) starts at step {self.state.global_step}")
+        self.save()
+
+    def _bar_label(self) -> str:
+        if len(self.stages) == 1:
+            return "train"
+        index = min(self.state.stage, len(self.stages) - 1)
+        return f"stage {index + 1}/{len(self.stages)} {self.stages[index].name}"
 
     # ------------------------------------------------------------------ validation and export
 
@@ -345,48 +287,3 @@ class Engine:
                 atomic_export(self.method.export, self.output_dir)
         self.accelerator.wait_for_everyone()
         return self.output_dir
-
-
-def _total_norm(params: list[torch.nn.Parameter]) -> torch.Tensor:
-    """L2 norm over all gradients without touching them (``clip_grad_norm_`` would rescale by 1.0)."""
-    grads = [p.grad.detach() for p in params if p.grad is not None]
-    if not grads:
-        return torch.zeros(())
-    return torch.linalg.vector_norm(torch.stack([n.float() for n in torch._foreach_norm(grads)]))
-
-
-METHOD_STATE = "method_state.safetensors"
-
-
-def _method_state(method: Any) -> dict[str, torch.Tensor]:
-    return method.state_dict() if hasattr(method, "state_dict") else {}
-
-
-def _save_method_state(method: Any, folder: Path) -> None:
-    """The method's own tensors (``MethodBase.state_dict``, e.g. an LCM target network), as safetensors."""
-    state = _method_state(method)
-    if state:
-        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(folder / METHOD_STATE))
-
-
-def _load_method_state(method: Any, folder: Path) -> None:
-    """A method with state resumed from a checkpoint without it would silently restart that state: refuse."""
-    path, current = folder / METHOD_STATE, _method_state(method)
-    if not current:
-        return
-    require(path.is_file(), f"checkpoint {folder} has no {METHOD_STATE} (the method's own state, e.g. the LCM target "
-                            f"network); resume from a checkpoint written with the same method options, or start fresh")
-    method.load_state_dict(load_file(str(path), device=str(next(iter(current.values())).device)))
-
-
-def _jsonable(value: Any) -> Any:
-    """LR-scheduler state is numbers, lists and None (its lambdas are not part of ``state_dict``)."""
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, torch.Tensor):
-        return value.tolist()
-    return value

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from diffusers.optimization import get_scheduler
@@ -19,7 +21,41 @@ def effective_learning_rate(cfg: TrainConfig, num_processes: int) -> float:
     return cfg.learning_rate * cfg.gradient_accumulation_steps * cfg.train_batch_size * num_processes
 
 
-def build_optimizer(params: Sequence[nn.Parameter], lr: float, cfg: TrainConfig) -> torch.optim.Optimizer:
+@dataclass(frozen=True)
+class PhaseOptim:
+    """One phase's resolved optimizer settings."""
+
+    lr: float
+    betas: tuple[float, float]
+    weight_decay: float
+    max_grad_norm: float
+
+
+def phase_optim(phase: Any, run: Any, num_processes: int) -> PhaseOptim:
+    """A phase's settings: the run's ``phases.<name>`` overrides, else the phase's own, else the train section.
+
+    The learning rate is ``(phases.<name>.learning_rate or train.learning_rate) × phase.optimizer.lr_scale``,
+    scaled by the global batch under ``--scale_lr`` like the train section's.
+    """
+    cfg, own = run.train, phase.optimizer
+    over = (getattr(run, "phases", None) or {}).get(phase.name)
+
+    def pick(name: str, fallback: float) -> float:
+        value = getattr(over, name, None) if over is not None else None
+        return fallback if value is None else value
+
+    base = pick("learning_rate", cfg.learning_rate)
+    lr = effective_learning_rate(cfg, num_processes) * base / cfg.learning_rate * own.lr_scale
+    betas = own.betas or (cfg.adam_beta1, cfg.adam_beta2)
+    return PhaseOptim(
+        lr=lr,
+        betas=(pick("adam_beta1", betas[0]), pick("adam_beta2", betas[1])),
+        weight_decay=pick("adam_weight_decay", cfg.adam_weight_decay if own.weight_decay is None else own.weight_decay),
+        max_grad_norm=pick("max_grad_norm", cfg.max_grad_norm),
+    )
+
+
+def build_optimizer(params: Sequence[nn.Parameter], settings: PhaseOptim, cfg: TrainConfig) -> torch.optim.Optimizer:
     """AdamW (torch, fused where possible) or 8-bit AdamW from bitsandbytes (``--use_8bit_adam``)."""
     if not params:
         raise UserError("the method has no trainable parameters for this phase; check the method's options")
@@ -30,14 +66,7 @@ def build_optimizer(params: Sequence[nn.Parameter], lr: float, cfg: TrainConfig)
         except ImportError:
             raise UserError("--use_8bit_adam needs bitsandbytes; pip install 'distill-diffusion[bnb]' or drop the flag") from None
         cls, extra = bnb.optim.AdamW8bit, {}
-    return cls(
-        params,
-        lr=lr,
-        betas=(cfg.adam_beta1, cfg.adam_beta2),
-        weight_decay=cfg.adam_weight_decay,
-        eps=cfg.adam_epsilon,
-        **extra,
-    )
+    return cls(params, lr=settings.lr, betas=settings.betas, weight_decay=settings.weight_decay, eps=cfg.adam_epsilon, **extra)
 
 
 def _fused_ok(params: Sequence[nn.Parameter]) -> bool:
@@ -49,8 +78,8 @@ def _fused_ok(params: Sequence[nn.Parameter]) -> bool:
     return all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
 
 
-def build_lr_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
-    """A diffusers LR schedule counted in optimizer steps.
+def build_lr_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps: int | None = None) -> torch.optim.lr_scheduler.LRScheduler:
+    """A diffusers LR schedule over ``steps`` optimizer steps (a stage's; default ``max_train_steps``).
 
     The engine steps it exactly once per optimizer step and does NOT hand it to ``accelerator.prepare``:
     accelerate's wrapper steps a scheduler ``num_processes`` times per call unless ``split_batches`` is
@@ -61,7 +90,7 @@ def build_lr_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> to
         cfg.lr_scheduler,
         optimizer=optimizer,
         num_warmup_steps=cfg.lr_warmup_steps,
-        num_training_steps=cfg.max_train_steps,
+        num_training_steps=cfg.max_train_steps if steps is None else steps,
         num_cycles=cfg.lr_num_cycles,
         power=cfg.lr_power,
     )

@@ -14,22 +14,78 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 import torch
 from torch import nn
 
+from distill_diffusion.models.loading import ExtraModel
+
+
+@dataclass(frozen=True)
+class OptimizerSettings:
+    """A phase's own optimizer settings; ``None`` takes the train section's value (a run's ``phases:`` section
+    overrides both). A discriminator typically wants its own betas (e.g. (0, 0.99)) and no weight decay."""
+
+    lr_scale: float = 1.0
+    betas: tuple[float, float] | None = None
+    weight_decay: float | None = None
+
 
 @dataclass(frozen=True)
 class Phase:
-    """One optimisation phase per training step (e.g. ``student``; ``generator`` and ``discriminator``).
+    """One optimisation phase of a training step (``unet``; ``generator`` and ``discriminator`` for a GAN).
 
-    ``module`` names the entry of ``method.models`` whose trainable parameters this phase updates.
-    ``lr_scale`` multiplies ``train.learning_rate``; ``repeats`` runs the phase several times a step
-    (e.g. more discriminator than generator updates).
+    ``modules`` name the entries of ``method.models`` this phase updates; the engine gives it its own optimizer
+    and LR schedule, switches ``requires_grad`` on for these modules' trainable weights only, and zeroes every
+    module's gradients first. The phase runs on steps where ``step % every == 0``, ``repeats`` times (each repeat
+    after the first on fresh micro-batches). ``gradient_checkpointing``: ``--gradient_checkpointing`` may enable
+    it on these modules (off for modules whose activations are read through hooks).
     """
 
     name: str
-    module: str
-    lr_scale: float = 1.0
+    modules: tuple[str, ...]
+    optimizer: OptimizerSettings = OptimizerSettings()
+    every: int = 1
     repeats: int = 1
     #: Keep an EMA of this phase's parameters when ``train.use_ema`` is on (off for discriminators).
     ema: bool = True
+    gradient_checkpointing: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.modules, str):  # Phase("unet", "unet"): one module
+            object.__setattr__(self, "modules", (self.modules,))
+        if not self.modules or self.every < 1 or self.repeats < 1:
+            raise ValueError(f"phase {self.name!r}: needs at least one module, every >= 1 and repeats >= 1")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A stretch of training with its own optimizer state and LR schedule (a progressive-distillation round).
+
+    At a stage's end the engine hands the method its EMA weights (:meth:`MethodBase.on_stage_end`), rebuilds
+    the optimizers and LR schedules over the next stage, restarts the EMA, and checkpoints.
+    """
+
+    name: str
+    steps: int
+
+
+@dataclass
+class StepContext:
+    """What ``compute_loss`` knows about where it is: counters, a per-step store, and the modules to call.
+
+    ``store`` is shared by the phases of one step and cleared between steps, so a discriminator phase reads
+    the samples its generator phase made (``ctx.store["fake"]``) without a second generator forward.
+    ``module(name)`` is the wrapped (DDP) module when this phase updates it, else the unwrapped one: a frozen
+    network called through DDP would wait for gradients that never come.
+    """
+
+    step: int
+    stage: int = 0
+    stage_step: int = 0
+    micro_batch: int = 0
+    repeat: int = 0
+    store: dict[str, Any] = field(default_factory=dict)
+    modules: dict[str, nn.Module] = field(default_factory=dict)
+
+    def module(self, name: str) -> nn.Module:
+        return self.modules[name]
 
 
 @dataclass
@@ -42,11 +98,11 @@ class LossOutput:
 
 @runtime_checkable
 class DistillationMethod(Protocol):
-    """What every method in :mod:`distill_diffusion.trainers` implements.
+    """What every method in :mod:`distill_diffusion.trainers.methods` implements (:class:`MethodBase` has defaults).
 
-    ``models`` maps names to the trainable modules. The engine wraps each with accelerate (DDP/FSDP)
-    and writes the wrapped module back into the dict, so methods call ``self.models[name](...)`` for
-    the forward pass and keep their own reference to the unwrapped module for attribute access.
+    ``models`` maps names to the trainable modules. The engine wraps each with accelerate (DDP/FSDP) and writes
+    the wrapped module back into the dict; inside ``compute_loss`` call ``ctx.module(name)`` for the forward
+    pass, and keep your own reference to the unwrapped module for attribute access.
     """
 
     paper: ClassVar[str]
@@ -54,13 +110,15 @@ class DistillationMethod(Protocol):
 
     def phases(self) -> list[Phase]: ...
 
+    def stages(self) -> list[Stage]: ...
+
     def trainable_parameters(self, phase: Phase) -> list[nn.Parameter]: ...
 
-    def compute_loss(self, phase: str, batch: dict[str, Any], step: int) -> LossOutput: ...
+    def compute_loss(self, phase: str, batch: dict[str, Any], ctx: StepContext) -> LossOutput: ...
 
-    def on_step_end(self, step: int) -> None: ...
+    def on_step_end(self, ctx: StepContext) -> None: ...
 
-    def on_stage_end(self, stage: int) -> bool: ...
+    def on_stage_end(self, stage: int, ema: dict[str, list[torch.Tensor]]) -> None: ...
 
     def export(self, output_dir: Path) -> None: ...
 
@@ -73,6 +131,9 @@ class MethodBase:
     """Defaults for the optional hooks, so a method writes only what it needs."""
 
     paper: ClassVar[str] = ""
+    config_class: ClassVar[type] = object
+    #: Names of :meth:`phases`, known without building the method (the config's ``phases:`` section is checked against them).
+    phase_names: ClassVar[tuple[str, ...]] = ("unet",)
     #: Method options that shape the trainable weights or the method's state (e.g. a LoRA rank): a checkpoint
     #: resumes only under the same values, checked before any model loads.
     resume_fields: ClassVar[tuple[str, ...]] = ()
@@ -88,14 +149,30 @@ class MethodBase:
         """
         return None
 
-    def trainable_parameters(self, phase: Phase) -> list[nn.Parameter]:
-        return [p for p in self.models[phase.module].parameters() if p.requires_grad]
-
-    def on_step_end(self, step: int) -> None:
+    @classmethod
+    def check_config(cls, run: Any) -> None:
+        """Checks across config sections (e.g. a discriminator that needs a batch of 2 or more); raise UserError."""
         return None
 
-    def on_stage_end(self, stage: int) -> bool:
-        return False
+    @classmethod
+    def extra_models(cls, config: Any) -> dict[str, ExtraModel]:
+        """Models to load beside the teacher, handed to the constructor as ``extra_models={name: module}``."""
+        return {}
+
+    def stages(self) -> list[Stage]:
+        """One stage of ``train.max_train_steps`` unless the method declares its own."""
+        return []
+
+    def trainable_parameters(self, phase: Phase) -> list[nn.Parameter]:
+        """The weights ``phase`` updates: those of its modules that are trainable (``requires_grad``) when built."""
+        return [p for name in phase.modules for p in self.models[name].parameters() if p.requires_grad]
+
+    def on_step_end(self, ctx: StepContext) -> None:
+        return None
+
+    def on_stage_end(self, stage: int, ema: dict[str, list[torch.Tensor]]) -> None:
+        """Stage ``stage`` finished; ``ema`` holds each EMA phase's averaged weights (empty without ``--use_ema``)."""
+        return None
 
     def validation_pipeline(self) -> Any | None:
         return None

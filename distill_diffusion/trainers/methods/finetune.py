@@ -20,7 +20,7 @@ from distill_diffusion.models.batch import latents_and_embeddings
 from distill_diffusion.models.denoiser import Denoiser
 from distill_diffusion.models.export import save_pipeline
 from distill_diffusion.models.loading import SDComponents
-from distill_diffusion.trainers.methods.base import LossOutput, MethodBase, Phase
+from distill_diffusion.trainers.methods.base import LossOutput, MethodBase, Phase, StepContext
 
 
 @dataclass
@@ -59,7 +59,7 @@ class FineTune(MethodBase):
     def phases(self) -> list[Phase]:
         return [Phase("unet", "unet")]
 
-    def compute_loss(self, phase: str, batch: dict[str, Any], step: int) -> LossOutput:
+    def compute_loss(self, phase: str, batch: dict[str, Any], ctx: StepContext) -> LossOutput:
         # 1. Encode: x0 = E(image)·scaling, c = text embeddings.
         x0, c = latents_and_embeddings(batch, self.components)
         # 2. Sample eps ~ N(0, I) (optionally offset) and t ~ U{0..T−1}; 3. z_t = alpha_t·x0 + sigma_t·eps.

@@ -45,7 +45,7 @@ from distill_diffusion.models.lora import (
 )
 from distill_diffusion.models.students import build_w_student
 from distill_diffusion.models.teacher import guided_ddim_step
-from distill_diffusion.trainers.methods.base import LossOutput, MethodBase, Phase
+from distill_diffusion.trainers.methods.base import LossOutput, MethodBase, Phase, StepContext
 
 EXPORT_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
@@ -202,7 +202,7 @@ class LCM(MethodBase):
 
     # ------------------------------------------------------------------ the algorithm
 
-    def compute_loss(self, phase: str, batch: dict[str, Any], step: int) -> LossOutput:
+    def compute_loss(self, phase: str, batch: dict[str, Any], ctx: StepContext) -> LossOutput:
         # 1. Sample (x, c) from the data: latents x0 = E(image)·scaling and text embeddings c.
         x0, c = latents_and_embeddings(batch, self.components)
         # 2. n ~ U{0..N−1} on the skipping-step grid: t_{n+k} = grid[n], t_n = t_{n+k} − k (≥ 0); w ~ U[w_min, w_max].
@@ -283,7 +283,7 @@ class LCM(MethodBase):
             torch._foreach_copy_([p.data for p in self.online], backup)
 
     @torch.no_grad()
-    def on_step_end(self, step: int) -> None:
+    def on_step_end(self, ctx: StepContext) -> None:
         """θ⁻ ← μ·θ⁻ + (1−μ)·θ after each optimizer step (Alg. 1, last line); plain EMA, no warm-up."""
         if self.shadow:
             torch._foreach_lerp_(self.shadow, [p.detach() for p in self.online], 1.0 - float(self.decay))

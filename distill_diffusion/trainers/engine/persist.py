@@ -1,0 +1,108 @@
+"""An engine's checkpoint: what :meth:`Engine.save` writes and :meth:`Engine.resume` restores.
+
+Models and optimizers through accelerate ``save_state`` (trainable weights only, :mod:`.checkpoints`), plus
+EMA weights, the method's own tensors, LR schedules, counters and the run config, written atomically.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from accelerate.logging import get_logger
+from safetensors.torch import load_file, save_file
+
+from distill_diffusion.errors import UserError, require
+from distill_diffusion.trainers.engine import checkpoints as ckpt
+from distill_diffusion.trainers.engine.ema import load_ema, save_ema
+
+if TYPE_CHECKING:
+    from distill_diffusion.trainers.engine.loop import Engine
+
+logger = get_logger(__name__)
+METHOD_STATE = "method_state.safetensors"
+
+
+def save(engine: Engine) -> Path:
+    """Write ``checkpoint-<global_step>`` of ``engine``; see :meth:`Engine.save`."""
+    acc = engine.accelerator
+
+    def write(folder: Path) -> None:
+        acc.save_state(str(folder))
+        if acc.is_main_process:
+            for name, ema in engine.emas.items():
+                save_ema(ema, folder, name)
+            _save_method_state(engine.method, folder)
+
+    state = {
+        "train": asdict(engine.state),
+        "lr_schedulers": {n: _jsonable(s.state_dict()) for n, s in engine.lr_schedulers.items()},
+        "run": engine.run.to_dict(),
+        "num_processes": acc.num_processes,
+    }
+    return ckpt.save_checkpoint(engine.output_dir, engine.state.global_step, write, state, engine.cfg.checkpoints_total_limit,
+                                is_main=acc.is_main_process, barrier=acc.wait_for_everyone)
+
+
+def weights_to_check(engine: Engine) -> list[torch.Tensor]:
+    """Everything a checkpoint would hold that must be finite: trainable weights, EMA weights, the method's state."""
+    tensors = [p for params in engine.params.values() for p in params]
+    tensors += [t for ema in engine.emas.values() for t in ema.shadow_params]
+    return tensors + list(method_state(engine.method).values())
+
+
+def resume(engine: Engine, folder: Path) -> dict[str, Any]:
+    """Load ``folder`` into ``engine``'s models, optimizers, RNG, EMA and method; returns the saved JSON state."""
+    acc = engine.accelerator
+    for warning in ckpt.verify_checkpoint(folder, acc.process_index):
+        logger.warning(warning, main_process_only=False)
+    saved = ckpt.read_state(folder)
+    try:
+        acc.load_state(str(folder))
+        for name, ema in engine.emas.items():
+            load_ema(ema, folder, name)
+        _load_method_state(engine.method, folder)
+    except UserError:
+        raise
+    except Exception as exc:  # a file that passed the size check but does not parse
+        first = (str(exc).splitlines() or [""])[0][:200]
+        raise UserError(f"checkpoint {folder} could not be loaded ({exc.__class__.__name__}: {first}); "
+                        f"delete {folder.name} to resume from the one before it, or start fresh") from None
+    return saved
+
+
+def method_state(method: Any) -> dict[str, torch.Tensor]:
+    return method.state_dict() if hasattr(method, "state_dict") else {}
+
+
+def _save_method_state(method: Any, folder: Path) -> None:
+    """The method's own tensors (``MethodBase.state_dict``, e.g. an LCM target network), as safetensors."""
+    state = method_state(method)
+    if state:
+        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(folder / METHOD_STATE))
+
+
+def _load_method_state(method: Any, folder: Path) -> None:
+    """A method with state resumed from a checkpoint without it would silently restart that state: refuse."""
+    path, current = folder / METHOD_STATE, method_state(method)
+    if not current:
+        return
+    require(path.is_file(), f"checkpoint {folder} has no {METHOD_STATE} (the method's own state, e.g. the LCM target "
+                            f"network); resume from a checkpoint written with the same method options, or start fresh")
+    method.load_state_dict(load_file(str(path), device=str(next(iter(current.values())).device)))
+
+
+def _jsonable(value: Any) -> Any:
+    """LR-scheduler state is numbers, lists and None (its lambdas are not part of ``state_dict``)."""
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    return value
