@@ -16,7 +16,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from distill_diffusion.cli import main
-from distill_diffusion.models.lora import DEFAULT_TARGET_MODULES, KOHYA_FILE
+from distill_diffusion.models.lora import DEFAULT_TARGET_MODULES
+from distill_diffusion.trainers.methods.lcm.method import KOHYA_FILE
 
 pytestmark = pytest.mark.e2e  # trains through the CLI or starts processes
 

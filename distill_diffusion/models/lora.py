@@ -25,7 +25,8 @@ from torch import nn
 
 from distill_diffusion.errors import require
 
-#: LCM-LoRA's target modules (SPECS §1): attention, feed-forward, resnet convs, resamplers, time projections.
+#: A full-coverage LoRA on an SD UNet (the published LCM-LoRA list, SPECS §1): attention, feed-forward, resnet
+#: convs, resamplers, time projections.
 DEFAULT_TARGET_MODULES: tuple[str, ...] = (
     "to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
     "conv1", "conv2", "conv_shortcut", "downsamplers.0.conv", "upsamplers.0.conv", "time_emb_proj",
@@ -37,7 +38,7 @@ PORTABLE_CONFIG_FIELDS = frozenset({
     "r", "lora_alpha", "target_modules", "lora_dropout", "bias", "use_dora", "use_rslora",
     "rank_pattern", "alpha_pattern", "init_lora_weights",
 })
-KOHYA_FILE = "lcm_lora_kohya.safetensors"
+KOHYA_FILE = "lora_kohya.safetensors"
 _SUPPORTED = (nn.Linear, nn.Conv2d)
 
 
@@ -118,7 +119,8 @@ def adapter_metadata(unet: nn.Module) -> dict[str, Any]:
     return {k: sorted(v) if isinstance(v, set) else v for k, v in meta.items() if k in PORTABLE_CONFIG_FIELDS}
 
 
-def save_lora(unet: nn.Module, output_dir: Path, dtype: torch.dtype = torch.float16, family: str = "sd1") -> dict[str, Path]:
+def save_lora(unet: nn.Module, output_dir: Path, dtype: torch.dtype = torch.float16, family: str = "sd1",
+              kohya_name: str = KOHYA_FILE) -> dict[str, Path]:
     """Write ``pytorch_lora_weights.safetensors`` (stock ``load_lora_weights``) and a kohya copy (ComfyUI/A1111)."""
     from diffusers import StableDiffusionPipeline
 
@@ -127,7 +129,7 @@ def save_lora(unet: nn.Module, output_dir: Path, dtype: torch.dtype = torch.floa
     StableDiffusionPipeline.save_lora_weights(
         output_dir, unet_lora_layers=state, unet_lora_adapter_metadata=meta, safe_serialization=True
     )
-    kohya = save_kohya(state, output_dir / KOHYA_FILE, rank=int(meta["r"]), alpha=float(meta["lora_alpha"]), family=family)
+    kohya = save_kohya(state, output_dir / kohya_name, rank=int(meta["r"]), alpha=float(meta["lora_alpha"]), family=family)
     return {"diffusers": output_dir / "pytorch_lora_weights.safetensors", "kohya": kohya}
 
 

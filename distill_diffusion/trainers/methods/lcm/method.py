@@ -47,6 +47,8 @@ from distill_diffusion.models.students import build_w_student
 from distill_diffusion.models.teacher import guided_ddim_step
 from distill_diffusion.trainers.methods.base import LossOutput, MethodBase, Phase, StepContext
 
+#: The kohya-ss copy of an LCM-LoRA export (ComfyUI/A1111), under the name the published adapters use.
+KOHYA_FILE = "lcm_lora_kohya.safetensors"
 EXPORT_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
@@ -323,7 +325,7 @@ class LCM(MethodBase):
         """LoRA: ``pytorch_lora_weights.safetensors`` + kohya copy + ``scheduler_config.json``. Full: an LCM pipeline folder
         (its ``unet/`` is the online student) and ``unet_target/``, the EMA target network."""
         if self.config.lora:
-            save_lora(self.unet, output_dir, EXPORT_DTYPES[self.config.export_dtype], self.components.family)
+            save_lora(self.unet, output_dir, EXPORT_DTYPES[self.config.export_dtype], self.components.family, KOHYA_FILE)
             # the LCMScheduler trained with (N, s): LCMScheduler.from_pretrained(folder) and load_pipeline use it
             self.scheduler().save_pretrained(output_dir)
         else:
