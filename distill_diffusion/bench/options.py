@@ -1,11 +1,29 @@
-"""Command-line options shared by ``generate``, ``eval`` and ``bench quality`` (argparse only, no torch)."""
+"""Command-line options shared by ``generate``, ``eval`` and the benchmarks (argparse only, no torch)."""
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
 from distill_diffusion.paths import check_output_file
+
+
+def add_speed_options(p: argparse.ArgumentParser, *, steps: int, batch_sizes: list[int], output: str) -> None:
+    """Timed steps, batch sizes, results file and a fixed thread count: the CPU speed benchmarks' options."""
+    p.add_argument("--steps", type=int, default=steps)
+    p.add_argument("--batch_sizes", type=int, nargs="+", default=batch_sizes)
+    p.add_argument("--output", default=output)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1 keeps shared CPUs reproducible)")
+
+
+def run_speed(args: argparse.Namespace, benchmark: Callable[..., object]) -> int:
+    """Run a speed benchmark at the fixed thread count with the options of :func:`add_speed_options`."""
+    from distill_diffusion.threads import fix_threads
+
+    fix_threads(args.threads)
+    benchmark(steps=args.steps, batch_sizes=tuple(args.batch_sizes), output=args.output)
+    return 0
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:

@@ -149,16 +149,9 @@ def generate_to_folder(
     state = PartialState()
     out = Path(output_dir)
     with state.split_between_processes(list(range(len(prompts)))) as mine:
-        images, timing = generate_images(
-            pipe,
-            [prompts[i] for i in mine],
-            [seed + i for i in mine],
-            num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale,
-            batch_size=batch_size,
-            warmup=warmup,
-            pipe_kwargs=pipe_kwargs,
-        )
+        images, timing = generate_images(pipe, [prompts[i] for i in mine], [seed + i for i in mine],
+                                         num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                                         batch_size=batch_size, warmup=warmup, pipe_kwargs=pipe_kwargs)
         out.mkdir(parents=True, exist_ok=True)
         for i, image in zip(mine, uint8_to_pil(images)):
             image.save(out / image_name(i))

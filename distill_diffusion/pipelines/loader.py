@@ -240,26 +240,14 @@ def load_pipeline(
     before any weight loads.
     """
     spec = get_preset(preset)
-    cfg = ModelConfig(
-        pretrained_model_name_or_path=model,
-        revision=revision,
-        variant=variant,
-        original_config=original_config,
-        local_files_only=local_files_only,
-    )
+    cfg = ModelConfig(pretrained_model_name_or_path=model, revision=revision, variant=variant,
+                      original_config=original_config, local_files_only=local_files_only)
     check_pipeline_request(cfg, lora, preset, device=device, lora_scale=lora_scale)
     parts = load_teacher(cfg, weight_dtype=dtype or torch.float32)
     cls = _pipeline_class(spec, parts.unet)
-    pipe = cls(
-        vae=parts.vae,
-        text_encoder=parts.text_encoder,
-        tokenizer=parts.tokenizer,
-        unet=parts.unet,
-        scheduler=build_scheduler(spec, parts.scheduler.config, trained_scheduler_config(lora)),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    scheduler = build_scheduler(spec, parts.scheduler.config, trained_scheduler_config(lora))
+    pipe = cls(vae=parts.vae, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer, unet=parts.unet,
+               scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     if lora is not None:
         apply_lora(pipe, lora, fuse_lora, lora_scale)
     if device is not None:

@@ -75,7 +75,7 @@ def calibrate(
     ``num_images`` must exceed the CLIP projection dimension (the covariance needs that many samples);
     FD at small N is biased up, so the same N, prompts and seeds are used for every step count.
     """
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from diffusers import StableDiffusionPipeline
 
     from distill_diffusion.eval import FIDEvaluator, clip_score, load_clip
     from distill_diffusion.toy.clip import clip_feature_net
@@ -100,24 +100,32 @@ def calibrate(
     real_texts = [caption for _, caption in toy_images(num_images, 32, seed + 2)]
     real = real_uint8(num_images, seed + 2)
     # real images through the VAE and back: the floor of any sampler that decodes through this VAE
-    results: dict[str, Any] = {"real": measure(real, real_texts), "vae_reconstruction": measure(reconstruct_uint8(pipe.vae, real), real_texts), "ddim": {}}
+    results: dict[str, Any] = {"real": measure(real, real_texts), "vae_reconstruction": measure(reconstruct_uint8(pipe.vae, real), real_texts)}
     runs = [(s, k) for s in SPACINGS for k in steps if s == SPACINGS[0] or k < 25]
+    results["ddim"] = _ddim_rows(pipe, runs, prompts, guidance_scale, seed, measure, progress)
+    results.update(_ratios(results["ddim"], max(steps)))
+    results["settings"] = {"num_images": num_images, "num_real": num_real, "guidance_scale": guidance_scale,
+                           "feature": net.name, "headline_spacing": SPACINGS[0], "seed": seed}
+    return results
+
+
+def _ratios(ddim: dict[str, dict[str, dict[str, float]]], top: int) -> dict[str, Any]:
+    """FD at each step count over the many-step FD of the headline spacing, per spacing (the bars: >= 2x at 4
+    steps, many x at 1-2)."""
+    fd_top = ddim[SPACINGS[0]][str(top)]["fd"]
+    by_spacing = {s: {k: round(v["fd"] / fd_top, 2) for k, v in runs.items()} for s, runs in ddim.items()}
+    return {"ratios_by_spacing": by_spacing, "ratios_to_max_steps": by_spacing[SPACINGS[0]]}
+
+
+def _ddim_rows(pipe: Any, runs: list[tuple[str, int]], prompts: Sequence[str], guidance_scale: float, seed: int,
+               measure: Any, progress: bool) -> dict[str, dict[str, dict[str, float]]]:
+    """FD/CLIP (and seconds) of the teacher under DDIM for each (spacing, steps); same prompts and seeds for all."""
+    from diffusers import DDIMScheduler
+
+    rows: dict[str, dict[str, dict[str, float]]] = {}
     for spacing, k in tqdm(runs, desc="calibrate", disable=not progress):
         pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, timestep_spacing=spacing)
         t0 = time.perf_counter()
         images = sample(pipe, prompts, k, guidance_scale, seed=seed * 100_000)
-        entry = {**measure(images, prompts), "seconds": round(time.perf_counter() - t0, 1)}
-        results["ddim"].setdefault(spacing, {})[str(k)] = entry
-    fd_top = results["ddim"][SPACINGS[0]][str(max(steps))]["fd"]
-    # FD at each step count over the many-step FD, per spacing (the bars: >= 2x at 4 steps, many x at 1-2)
-    results["ratios_by_spacing"] = {s: {k: round(v["fd"] / fd_top, 2) for k, v in runs.items()} for s, runs in results["ddim"].items()}
-    results["ratios_to_max_steps"] = results["ratios_by_spacing"][SPACINGS[0]]
-    results["settings"] = {
-        "num_images": num_images,
-        "num_real": num_real,
-        "guidance_scale": guidance_scale,
-        "feature": net.name,
-        "headline_spacing": SPACINGS[0],
-        "seed": seed,
-    }
-    return results
+        rows.setdefault(spacing, {})[str(k)] = {**measure(images, prompts), "seconds": round(time.perf_counter() - t0, 1)}
+    return rows
