@@ -198,8 +198,7 @@ class TrainConfig:
 
     def _read_validation_prompts(self) -> None:
         """Fill ``validation_prompts`` from the file. The saved config.yaml holds both, so equal lists are accepted."""
-        # imported here: distill_diffusion.data imports this module
-        from distill_diffusion.data.prompts import load_prompts
+        from distill_diffusion.prompts import load_prompts
 
         prompts = load_prompts(self.validation_prompts_file)
         require(not self.validation_prompts or self.validation_prompts == prompts,

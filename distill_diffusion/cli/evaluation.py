@@ -86,8 +86,8 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from distill_diffusion.data.prompts import load_prompts
     from distill_diffusion.eval.evaluate import evaluate_folder
+    from distill_diffusion.prompts import load_prompts
 
     if args.output is not None:
         check_output_file(args.output, "--output")

@@ -13,8 +13,8 @@ from distill_diffusion.data.cache import (
     is_cache_valid,
     prepare_latent_cache,
 )
-from distill_diffusion.data.prompts import load_prompts
 from distill_diffusion.data.transforms import ImageTransform
+from distill_diffusion.prompts import load_prompts
 
 __all__ = [
     "CachedLatentDataset",

@@ -38,7 +38,7 @@ def resolve_prompts(prompts: str | Path | Sequence[str], num_images: int | None 
 
         found = toy_prompts(num_images or DEFAULT_TOY_PROMPTS, seed)
     elif isinstance(prompts, (str, Path)):
-        from distill_diffusion.data.prompts import load_prompts
+        from distill_diffusion.prompts import load_prompts
 
         found = load_prompts(prompts)
     else:
