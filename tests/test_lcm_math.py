@@ -299,3 +299,29 @@ def test_full_student_starts_from_the_fp32_weights_not_the_half_precision_teache
     assert rounded, "the tiny teacher's weights must differ from their bf16 rounding for this test to mean anything"
     for key, value in stored.items():
         assert torch.equal(student[key], value), key
+
+
+def test_teacher_mode_is_the_base_model_and_safe_across_backward() -> None:
+    """Adapter on for the student's forward, off for a frozen-backbone forward of its output; one backward."""
+    from distill_diffusion.models.lora import adapters_disabled
+
+    parts = components()
+    method = LCM(parts, LCMConfig(lora_rank=2))
+    unet, layers = method.unet, method.layers
+    with torch.no_grad():
+        for p in method.online:
+            p.add_(0.05 * torch.randn_like(p))  # a non-zero adapter, so the two modes differ
+    z = torch.randn(2, unet.config.in_channels, 8, 8)
+    t = torch.tensor([500, 700])
+    c = torch.randn(2, 77, unet.config.cross_attention_dim)
+    student = unet(z, t, encoder_hidden_states=c).sample
+    with adapters_disabled(layers):
+        scored = unet(student, t, encoder_hidden_states=c).sample
+        with torch.no_grad():
+            base_out = unet(z, t, encoder_hidden_states=c).sample
+    assert not torch.allclose(base_out, student)
+    scored.square().mean().backward()
+    assert all(p.requires_grad for p in method.online)
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in method.online)
+    unet.disable_adapters()  # peft's own switch gives the same base model
+    torch.testing.assert_close(unet(z, t, encoder_hidden_states=c).sample, base_out)

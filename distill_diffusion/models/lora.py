@@ -86,18 +86,21 @@ def tuner_layers(unet: nn.Module) -> list[Any]:
 
 @contextmanager
 def adapters_disabled(layers: Sequence[Any]) -> Iterator[None]:
-    """Run the base model (the LCM-LoRA teacher): what ``unet.disable_adapters()`` does, on a cached layer list.
+    """Teacher mode: the same UNet runs as its frozen base (a LoRA student's teacher, or a discriminator backbone).
 
-    peft also clears ``requires_grad`` on the adapter weights while disabled; re-enabling restores it, so use
-    this only where no gradient is needed (under ``torch.no_grad``) and never across a backward pass.
+    Only peft's per-layer switch (``_disable_adapters``, what ``disable_adapters`` reads) is flipped, not
+    ``unet.disable_adapters()``: that also clears ``requires_grad`` on the adapter weights and re-enabling sets it
+    again, which breaks a backward pass whose graph spans both modes (a generator's sample, made with the adapter
+    on, scored by the backbone with it off, gradients flowing back to the adapter).
     """
+    previous = [layer._disable_adapters for layer in layers]
     for layer in layers:
-        layer.enable_adapters(False)
+        layer._disable_adapters = True
     try:
         yield
     finally:
-        for layer in layers:
-            layer.enable_adapters(True)
+        for layer, was in zip(layers, previous):
+            layer._disable_adapters = was
 
 
 def lora_state_dict(unet: nn.Module, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
