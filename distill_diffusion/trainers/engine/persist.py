@@ -79,7 +79,7 @@ def method_state(method: Any) -> dict[str, torch.Tensor]:
 
 
 def _save_method_state(method: Any, folder: Path) -> None:
-    """The method's own tensors (``MethodBase.state_dict``, e.g. an LCM target network), as safetensors."""
+    """The method's own tensors (``MethodBase.state_dict``, e.g. a target network), as safetensors."""
     state = method_state(method)
     if state:
         save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(folder / METHOD_STATE))
@@ -90,7 +90,7 @@ def _load_method_state(method: Any, folder: Path) -> None:
     path, current = folder / METHOD_STATE, method_state(method)
     if not current:
         return
-    require(path.is_file(), f"checkpoint {folder} has no {METHOD_STATE} (the method's own state, e.g. the LCM target "
+    require(path.is_file(), f"checkpoint {folder} has no {METHOD_STATE} (the method's own state, e.g. a target "
                             f"network); resume from a checkpoint written with the same method options, or start fresh")
     method.load_state_dict(load_file(str(path), device=str(next(iter(current.values())).device)))
 
