@@ -98,28 +98,21 @@ def check_sample_count(feature_dim: int, count: int, what: str, kid: bool) -> No
     )
 
 
-def checked_evaluator(
-    real_dir: str | Path,
-    num_generated: int,
-    feature: str | nn.Module = "inception",
-    *,
-    feature_dim: int | None = None,
-    inception_weights: str | Path | None = None,
-    resize: ResizePolicy | str | None = None,
-    kid: bool = False,
-    device: torch.device | str | None = None,
-) -> FIDEvaluator:
-    """:func:`build_evaluator` after the checks that need no weights: a readable resize policy, a known feature
-    space (and Inception's weights file), real images in ``real_dir``, and both sets large enough for FID (or KID)."""
-    policy = resize if isinstance(resize, ResizePolicy) else ResizePolicy.parse(resize)
+def checked_evaluator(real_dir: str | Path, num_generated: int, feature: str | nn.Module = "inception",
+                      **options: Any) -> FIDEvaluator:
+    """:func:`build_evaluator` (same ``options``) after the checks that need no weights: a readable resize policy,
+    a known feature space (and Inception's weights file), real images in ``real_dir``, and both sets large
+    enough for FID (or KID)."""
+    resize = options.get("resize")
+    options["resize"] = resize if isinstance(resize, ResizePolicy) else ResizePolicy.parse(resize)
     num_real = len(list_image_files(real_dir))
-    dim = feature_dim_of(feature, feature_dim)
+    dim = feature_dim_of(feature, options.get("feature_dim"))
     if feature == "inception":
-        resolve_inception_weights(inception_weights)  # a missing weights file is the first thing to fix
+        resolve_inception_weights(options.get("inception_weights"))  # a missing weights file is the first thing to fix
+    kid = bool(options.get("kid", False))
     check_sample_count(dim, num_generated, "generated", kid)
     check_sample_count(dim, num_real, "real", kid)
-    return build_evaluator(feature, feature_dim=feature_dim, inception_weights=inception_weights, resize=policy,
-                           kid=kid, device=device)  # fmt: skip
+    return build_evaluator(feature, **options)
 
 
 def folder_batches(folder: str | Path, files: Sequence[str], resize: ResizePolicy, batch_size: int = 64) -> Iterator[torch.Tensor]:
