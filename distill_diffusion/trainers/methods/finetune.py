@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 
+from distill_diffusion.core.losses import min_snr_weights, weighted_mse
 from distill_diffusion.errors import require
 from distill_diffusion.models.batch import latents_and_embeddings
 from distill_diffusion.models.denoiser import Denoiser
@@ -71,16 +71,13 @@ class FineTune(MethodBase):
         # 4. Predict in the model's own parameterisation and regress onto its target (loss in fp32).
         output = self.models["unet"](z_t.to(self.unet.dtype), t, encoder_hidden_states=c).sample.float()
         target = self.denoiser.target(x0, eps, t)
-        per_sample = F.mse_loss(output, target, reduction="none").mean(dim=(1, 2, 3))
-        loss = (per_sample * self._weights(t, x0)).mean()
-        return LossOutput(loss, {})
+        return LossOutput(weighted_mse(output, target, self._weights(t, x0)), {})
 
     def _weights(self, t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
         """Min-SNR-γ on the x0 error, min(SNR, γ), moved to the model's target: eps → /SNR, v → /(SNR+1)."""
         if self.config.snr_gamma is None:
             return torch.ones_like(t, dtype=torch.float32)
-        clipped = torch.clamp(self.schedule.snr(t).float(), max=self.config.snr_gamma)
-        return clipped / self.denoiser.x0_error_scale(t, x0)
+        return min_snr_weights(self.schedule.snr(t), self.config.snr_gamma, self.denoiser.x0_error_scale(t, x0))
 
     def validation_pipeline(self) -> Any:
         from distill_diffusion.models.export import build_pipeline

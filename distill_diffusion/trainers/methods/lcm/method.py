@@ -29,6 +29,7 @@ from distill_diffusion.core import (
     previous_on_grid,
     skipping_step_grid,
 )
+from distill_diffusion.core.losses import l2, pseudo_huber
 from distill_diffusion.errors import require
 from distill_diffusion.models.batch import latents_and_embeddings
 from distill_diffusion.models.denoiser import Denoiser
@@ -254,11 +255,9 @@ class LCM(MethodBase):
 
     def distance(self, pred: Tensor, target: Tensor) -> Tensor:
         """Pseudo-Huber ``sqrt((a−b)² + c²) − c`` or L2, mean over elements, in fp32."""
-        diff = pred.float() - target.float()
         if self.config.loss_type == "l2":
-            return (diff**2).mean()
-        c = self.config.huber_c
-        return (torch.sqrt(diff**2 + c**2) - c).mean()
+            return l2(pred, target)
+        return pseudo_huber(pred, target, self.config.huber_c)
 
     def uncond_like(self, c: Tensor) -> Tensor:
         """The teacher's unconditional embedding, expanded to ``c``'s batch (empty prompt encoded once)."""
