@@ -10,14 +10,16 @@ from pathlib import Path
 
 from distill_diffusion.bench.options import add_metric_options, add_model_options, check_stats_cache
 
-HELP = "FID / CLIP / speed vs steps for several pipelines (table + plot)"
+HELP = "FID / CLIP / speed vs steps (and guidance) for several pipelines (table + plots)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The benchmark's options."""
-    p.add_argument("--pipeline", action="append", default=[], metavar="NAME=PATH[,lora=DIR][,preset=P][,guidance=G][,steps=1|2|4]")
+    p.add_argument("--pipeline", action="append", default=[], metavar="NAME=PATH[,lora=DIR][,preset=P][,guidance=1|1.5|2][,steps=1|2|4]",
+                   help="several guidance scales make a sweep: a row per (steps, guidance) and a FID-vs-CLIP curve")  # fmt: skip
     p.add_argument("--teacher", default=None, help="shortcut: --pipeline teacher=PATH,preset=ddim,steps=1|2|4|8|25|50")
-    p.add_argument("--teacher_guidance", type=float, default=None, help="teacher guidance_scale (default 7.5)")
+    p.add_argument("--teacher_guidance", type=float, nargs="+", default=None,
+                   help="teacher guidance_scale (default 7.5); several values sweep it (curve, 'at equal FID' summary)")  # fmt: skip
     p.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4, 8], help="steps for pipelines without steps=")
     p.add_argument("--prompts", required=True, help="text file, JSON list / COCO captions, or 'toy'")
     p.add_argument("--num_images", type=int, default=None, help="images per (pipeline, steps); cycles prompts")
@@ -41,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
     check_stats_cache(args.stats_cache)
     specs = []
     if args.teacher is not None:
-        specs.append(PipelineSpec("teacher", args.teacher, preset="ddim", guidance_scale=args.teacher_guidance, steps=TEACHER_STEPS))
+        guidance = tuple(args.teacher_guidance) if args.teacher_guidance is not None else None
+        specs.append(PipelineSpec("teacher", args.teacher, preset="ddim", guidance_scale=guidance, steps=TEACHER_STEPS))
     specs += [parse_pipeline_spec(text, args.steps) for text in args.pipeline]
     settings = BenchmarkSettings(
         prompts=args.prompts, num_images=args.num_images, real_dir=args.real, fid_feature=args.fid_feature,

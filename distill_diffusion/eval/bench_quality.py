@@ -7,7 +7,7 @@ device and dtype, because FID is biased at small N and only comparable at equal 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from distill_diffusion.errors import UserError, require
+from distill_diffusion.eval.curves import equal_fid_markdown, equal_fid_summary, write_curve_plots
 from distill_diffusion.eval.evaluate import checked_evaluator, prepare_real, score_generated
 from distill_diffusion.eval.generate import check_seeds, generate_to_folder, resolve_prompts
 from distill_diffusion.eval.grid import make_grid
@@ -28,31 +29,52 @@ TEACHER_STEPS = (1, 2, 4, 8, 25, 50)
 
 @dataclass
 class PipelineSpec:
-    """One pipeline of the benchmark: ``load_pipeline(model, lora, preset)`` sampled at each of ``steps``."""
+    """One pipeline of the benchmark: ``load_pipeline(model, lora, preset)`` sampled at each of ``steps``.
+
+    ``guidance_scale`` is one scale (``None``: the preset's) or a sweep of several; every (steps, guidance)
+    pair becomes a row. A one-element sweep is stored as its single value, so both spell the same spec.
+    """
 
     name: str
     model: str
     lora: str | None = None
     preset: str = "ddim"
-    guidance_scale: float | None = None
+    guidance_scale: float | tuple[float, ...] | None = None
     steps: tuple[int, ...] = DEFAULT_STEPS
 
     def __post_init__(self) -> None:
-        from distill_diffusion.pipelines.presets import check_guidance, get_preset
+        from distill_diffusion.pipelines.presets import get_preset
 
         get_preset(self.preset)
         require(bool(self.name) and "/" not in self.name, f"pipeline name {self.name!r} must be non-empty, without '/'")
         require(bool(self.steps) and all(s >= 1 for s in self.steps), f"{self.name}: steps {self.steps} must be ≥ 1")
-        if self.guidance_scale is not None:
-            try:
-                check_guidance(self.guidance_scale)
-            except UserError as exc:
-                raise UserError(f"{self.name}: {exc}") from None
+        if isinstance(self.guidance_scale, Sequence):
+            sweep = tuple(float(g) for g in self.guidance_scale)
+            require(bool(sweep), f"{self.name}: the guidance sweep is empty; pass one or more scales, e.g. guidance=1|2")
+            require(len(set(sweep)) == len(sweep), f"{self.name}: guidance scales {sweep} repeat; list each once")
+            self.guidance_scale = sweep[0] if len(sweep) == 1 else sweep
+        self._check_guidance()
+
+    def _check_guidance(self) -> None:
+        from distill_diffusion.pipelines.presets import check_guidance
+
+        for g in self.guidance_scales:
+            if g is not None:
+                try:
+                    check_guidance(g)
+                except UserError as exc:
+                    raise UserError(f"{self.name}: {exc}") from None
+
+    @property
+    def guidance_scales(self) -> tuple[float | None, ...]:
+        """The scales to sample, in the order given (``(None,)``: the preset's default)."""
+        g = self.guidance_scale
+        return g if isinstance(g, tuple) else (g,)
 
 
 def parse_pipeline_spec(text: str, default_steps: Sequence[int] = DEFAULT_STEPS) -> PipelineSpec:
-    """``NAME=PATH[,lora=DIR][,preset=P][,guidance=G][,steps=1|2|4|8]`` → :class:`PipelineSpec`."""
-    fix = "write NAME=PATH[,lora=DIR][,preset=P][,guidance=G][,steps=1|2|4]"
+    """``NAME=PATH[,lora=DIR][,preset=P][,guidance=G|G2..][,steps=1|2|4|8]`` → :class:`PipelineSpec`."""
+    fix = "write NAME=PATH[,lora=DIR][,preset=P][,guidance=1|1.5|2][,steps=1|2|4]"
     head, *options = text.split(",")
     name, sep, model = head.partition("=")
     require(bool(sep and name.strip() and model.strip()), f"--pipeline {text!r}: {fix}")
@@ -66,7 +88,7 @@ def parse_pipeline_spec(text: str, default_steps: Sequence[int] = DEFAULT_STEPS)
             elif key == "preset":
                 kw["preset"] = value.strip()
             elif key == "guidance":
-                kw["guidance_scale"] = float(value)
+                kw["guidance_scale"] = tuple(float(g) for g in value.split("|"))
             elif key == "steps":
                 kw["steps"] = tuple(int(s) for s in value.split("|"))
             else:
@@ -158,16 +180,17 @@ def _row(p: PipelineSpec, scheduler: str, steps: int, guidance: float, timing: A
 def run_quality_benchmark(
     pipelines: Sequence[PipelineSpec], output_dir: str | Path, settings: BenchmarkSettings | None = None
 ) -> dict[str, Any]:
-    """Generate every (pipeline, steps) with the same prompts and seeds, score, and write the report.
+    """Generate every (pipeline, steps, guidance) with the same prompts and seeds, score, and write the report.
 
-    Writes ``output_dir/images/<pipeline>/steps_<k>/`` (PNGs + manifest), ``results.{csv,json,md}``,
-    ``fid_vs_steps.png`` and ``grid_<pipeline>.png``. Returns ``{"rows", "meta", "files"}`` (files on the
+    Writes ``output_dir/images/<pipeline>/steps_<k>[_g<G>]/`` (PNGs + manifest), ``results.{csv,json,md}``,
+    ``fid_vs_steps.png``, ``grid_<pipeline>.png`` and, for guidance sweeps, ``fid_vs_clip.png`` and
+    ``fid_vs_<acc_*>.png`` (see :mod:`distill_diffusion.eval.curves`). Returns ``{"rows", "meta", "files"}`` (files on the
     main process only). All input errors are raised before anything is written. With several processes,
     seconds per image and images per second are per process (``meta["num_processes"]`` records how many).
     """
     from accelerate import PartialState
 
-    from distill_diffusion.pipelines import get_preset, load_pipeline
+    from distill_diffusion.pipelines import load_pipeline
 
     s = settings or BenchmarkSettings()
     prompts, evaluator, clip = _validate(pipelines, s, output_dir)
@@ -179,28 +202,53 @@ def run_quality_benchmark(
         num_real = prepare_real(evaluator, s.real_dir, s.stats_cache or _stats_cache_path(out, evaluator))
     rows, files = [], {}
     for p in pipelines:
-        preset = get_preset(p.preset)
         pipe = load_pipeline(p.model, p.lora, p.preset, device=device, dtype=parse_dtype(s.dtype), local_files_only=s.local_files_only)
-        columns = []
-        for steps in p.steps:
-            kwargs = preset.call_kwargs(steps, p.guidance_scale)
-            folder, timing = generate_to_folder(
-                pipe, prompts, out / "images" / p.name / f"steps_{steps:03d}", seed=s.seed, batch_size=s.batch_size,
-                warmup=True, manifest_extra={"pipeline": p.name, "preset": p.preset, "model": p.model, "lora": p.lora},
-                **kwargs,
-            )  # fmt: skip
-            columns.append((f"{steps} step" + ("s" if steps > 1 else ""), folder))
-            if state.is_main_process:
-                scores = score_generated(folder, evaluator, clip)
-                rows.append(_row(p, type(pipe.scheduler).__name__, steps, kwargs["guidance_scale"], timing, scores))
+        columns = _bench_pipeline(p, pipe, prompts, out, s, rows, lambda folder: score_generated(folder, evaluator, clip))
         if state.is_main_process:
             files[f"grid_{p.name}"] = make_grid(columns, out / f"grid_{p.name}.png", max_rows=s.grid_rows)
         del pipe
     meta = _meta(s, prompts, num_real, evaluator, device, state.num_processes, clip)
     if state.is_main_process:
-        files.update(write_report(rows, meta, out))
+        files.update(_write_outputs(rows, meta, out))
     state.wait_for_everyone()
     return {"rows": rows, "meta": meta, "files": files}
+
+
+def _bench_pipeline(p: PipelineSpec, pipe: Any, prompts: list[str], out: Path, s: BenchmarkSettings, rows: list[dict],
+                    score: Callable[[Path], dict]) -> list[tuple[str, Path]]:  # fmt: skip
+    """Generate ``p`` at every (steps, guidance) with the benchmark's prompts and seeds; score on the main process.
+
+    Appends one row per pair to ``rows`` and returns the grid's ``(label, folder)`` columns. A sweep's folders
+    and labels carry ``g``; a single guidance keeps the ``steps_<k>`` layout.
+    """
+    from accelerate import PartialState
+
+    from distill_diffusion.pipelines import get_preset
+
+    preset, sweep = get_preset(p.preset), len(p.guidance_scales) > 1
+    columns = []
+    for steps in p.steps:
+        for guidance in p.guidance_scales:
+            kwargs = preset.call_kwargs(steps, guidance)
+            tag = f"_g{kwargs['guidance_scale']:g}" if sweep else ""
+            folder, timing = generate_to_folder(
+                pipe, prompts, out / "images" / p.name / f"steps_{steps:03d}{tag}", seed=s.seed, batch_size=s.batch_size,
+                warmup=True, manifest_extra={"pipeline": p.name, "preset": p.preset, "model": p.model, "lora": p.lora},
+                **kwargs,
+            )  # fmt: skip
+            columns.append((f"{steps} step" + ("s" if steps > 1 else "") + tag.replace("_g", " g="), folder))
+            if PartialState().is_main_process:
+                rows.append(_row(p, type(pipe.scheduler).__name__, steps, kwargs["guidance_scale"], timing, score(folder)))
+    return columns
+
+
+def _write_outputs(rows: list[dict], meta: dict[str, Any], out: Path) -> dict[str, Path]:
+    """The report, the FID-vs-CLIP (and FID-vs-``acc_*``) curves and, when the teacher swept guidance, the
+    "at equal FID" summary in ``results.md`` and ``results.json``."""
+    summary = equal_fid_summary(rows)
+    files = write_report(rows, meta, out, extra={"equal_fid": summary} if summary else None, appendix=equal_fid_markdown(summary))
+    files.update(write_curve_plots(rows, meta, out))
+    return files
 
 
 def _meta(s: BenchmarkSettings, prompts: list[str], num_real: int | None, evaluator: Any, device: str,

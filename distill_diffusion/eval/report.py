@@ -32,10 +32,11 @@ def write_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
     return path
 
 
-def write_json(rows: Sequence[dict[str, Any]], meta: dict[str, Any], path: str | Path) -> Path:
-    """``{"meta": {...settings...}, "rows": [...]}``."""
+def write_json(rows: Sequence[dict[str, Any]], meta: dict[str, Any], path: str | Path, extra: dict[str, Any] | None = None) -> Path:
+    """``{"meta": {...settings...}, "rows": [...], **extra}`` (``extra``: further sections, e.g. ``equal_fid``)."""
     path = Path(path)
-    path.write_text(json.dumps({"meta": meta, "rows": list(rows)}, indent=2, default=str) + "\n", encoding="utf-8")
+    body = {"meta": meta, "rows": list(rows), **(extra or {})}
+    path.write_text(json.dumps(body, indent=2, default=str) + "\n", encoding="utf-8")
     return path
 
 
@@ -78,13 +79,22 @@ def _quality_key(rows: Sequence[dict[str, Any]]) -> tuple[str, str]:
     return "seconds_per_image", "seconds / image"
 
 
+def series_names(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Each row's line in a plot against steps: its pipeline, plus ``g=G`` when that pipeline sweeps guidance."""
+    scales: dict[str, set] = {}
+    for r in rows:
+        scales.setdefault(r["pipeline"], set()).add(r.get("guidance_scale"))
+    return [r["pipeline"] + (f" g={r.get('guidance_scale'):g}" if len(scales[r["pipeline"]]) > 1 else "") for r in rows]
+
+
 def _panel(ax: Any, rows: Sequence[dict[str, Any]], key: str, label: str) -> None:
     """One metric vs steps: a line per pipeline for steps ≤ LINE_MAX_STEPS, dashed lines for reference runs."""
-    names = list(dict.fromkeys(r["pipeline"] for r in rows))
+    series = series_names(rows)
+    names = list(dict.fromkeys(series))
     colours = {n: f"C{i}" for i, n in enumerate(names)}
     ticks = sorted({r["steps"] for r in rows if r["steps"] <= LINE_MAX_STEPS}) or [1]
     for name in names:
-        mine = sorted((r for r in rows if r["pipeline"] == name and r.get(key) is not None), key=lambda r: r["steps"])
+        mine = sorted((r for r, s in zip(rows, series) if s == name and r.get(key) is not None), key=lambda r: r["steps"])
         points = [(r["steps"], r[key]) for r in mine if r["steps"] <= LINE_MAX_STEPS]
         if points:
             ax.plot(*zip(*points), marker="o", color=colours[name], label=name)
@@ -102,37 +112,51 @@ def _panel(ax: Any, rows: Sequence[dict[str, Any]], key: str, label: str) -> Non
 
 def plot_quality(rows: Sequence[dict[str, Any]], meta: dict[str, Any], path: str | Path) -> Path:
     """PNG: FID (or KID) vs steps on a log2 x-axis; a second panel CLIP score vs steps when measured."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # headless: never open a window, never need a display
-    import matplotlib.pyplot as plt
-
     key, label = _quality_key(rows)
     has_clip = any(r.get("clip_score") is not None for r in rows)
-    fig, axes = plt.subplots(1, 2 if has_clip else 1, figsize=(11 if has_clip else 6, 4), squeeze=False)
+    fig, axes = pyplot().subplots(1, 2 if has_clip else 1, figsize=(11 if has_clip else 6, 4), squeeze=False)
     feature = f"{meta.get('feature')}, " if key != "seconds_per_image" else ""
     _panel(axes[0][0], rows, key, f"{label} ({feature}N={meta.get('num_images')}) ↓")
     axes[0][0].set_title(f"{label} vs steps")
     if has_clip:
         _panel(axes[0][1], rows, "clip_score", "CLIP score ↑")
         axes[0][1].set_title("CLIP score vs steps")
+    return save_figure(fig, meta, path)
+
+
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the headless Agg backend: never open a window, never need a display."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig: Any, meta: dict[str, Any], path: str | Path) -> Path:
+    """Caption ``fig`` with the settings that make it comparable (resize, device, dtype), save it, close it."""
     fig.suptitle(f"resize {meta.get('resize')}, {meta.get('device')} {meta.get('dtype')}", fontsize=8)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
+    pyplot().close(fig)
     return path
 
 
-def write_report(rows: Sequence[dict[str, Any]], meta: dict[str, Any], output_dir: str | Path) -> dict[str, Path]:
-    """All four files into ``output_dir``: ``results.csv``, ``results.json``, ``results.md``, ``fid_vs_steps.png``."""
+def write_report(rows: Sequence[dict[str, Any]], meta: dict[str, Any], output_dir: str | Path,
+                 extra: dict[str, Any] | None = None, appendix: str = "") -> dict[str, Path]:  # fmt: skip
+    """All four files into ``output_dir``: ``results.csv``, ``results.json``, ``results.md``, ``fid_vs_steps.png``.
+
+    ``extra`` adds sections to ``results.json`` and ``appendix`` is markdown appended to ``results.md``.
+    """
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     md = out / "results.md"
-    md.write_text(markdown_table(rows, meta), encoding="utf-8")
+    md.write_text(markdown_table(rows, meta) + appendix, encoding="utf-8")
     return {
         "csv": write_csv(rows, out / "results.csv"),
-        "json": write_json(rows, meta, out / "results.json"),
+        "json": write_json(rows, meta, out / "results.json", extra),
         "markdown": md,
         "plot": plot_quality(rows, meta, out / "fid_vs_steps.png"),
     }
