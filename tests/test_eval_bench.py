@@ -84,6 +84,28 @@ def test_benchmark_writes_csv_table_plot_and_grids(tiny_pipeline_dir, toy_data_d
     assert [(e["prompt"], e["seed"]) for e in a] == [(e["prompt"], e["seed"]) for e in b]
 
 
+def test_guidance_sweep_rows_folders_curves_and_equal_fid(tiny_pipeline_dir, toy_data_dir, clip_dir, tmp_path):
+    specs = [
+        PipelineSpec("teacher", str(tiny_pipeline_dir), preset="ddim", guidance_scale=(1.0, 3.0), steps=(1, 2)),
+        PipelineSpec("lcm", str(tiny_pipeline_dir), preset="lcm", guidance_scale=(1.0, 1.5), steps=(1,)),
+    ]
+    settings = BenchmarkSettings(prompts="toy", num_images=4, real_dir=str(toy_data_dir), fid_feature=TinyFeatures(),
+                                 feature_dim=4, clip_model=str(clip_dir), batch_size=4, device="cpu")  # fmt: skip
+    result = run_quality_benchmark(specs, tmp_path, settings)
+    keys = [(r["pipeline"], r["steps"], r["guidance_scale"]) for r in result["rows"]]
+    assert keys == [("teacher", 1, 1.0), ("teacher", 1, 3.0), ("teacher", 2, 1.0), ("teacher", 2, 3.0), ("lcm", 1, 1.0), ("lcm", 1, 1.5)]
+    assert all(r["fid"] is not None and r["clip_score"] is not None for r in result["rows"])
+    manifests = [tmp_path / "images" / p / f"{d}/manifest.jsonl" for p, d in [("teacher", "steps_002_g3"), ("lcm", "steps_001_g1.5")]]
+    a, b = ([json.loads(x) for x in m.read_text().splitlines()] for m in manifests)
+    assert [(e["prompt"], e["seed"]) for e in a] == [(e["prompt"], e["seed"]) for e in b] and a[0]["guidance_scale"] == 3.0
+    assert {"plot", "fid_vs_clip", "grid_teacher", "grid_lcm"} <= set(result["files"])
+    with Image.open(result["files"]["grid_teacher"]) as im:
+        assert im.width == 160 + 4 * 96  # one column per (steps, guidance)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert [(e["pipeline"], e["guidance_scale"], e["teacher_steps"]) for e in saved["equal_fid"]] == [("lcm", 1.0, 2), ("lcm", 1.5, 2)]
+    assert "## At equal FID" in (tmp_path / "results.md").read_text()
+
+
 def test_cli_bench_quality_with_clip_features_and_kid_then_eval(tiny_pipeline_dir, toy_data_dir, clip_dir, tmp_path, capsys):
     out = tmp_path / "bench"
     common = ["--prompts", "toy", "--num_images", "4", "--real", str(toy_data_dir), "--fid_feature", f"clip:{clip_dir}",
@@ -148,13 +170,16 @@ def test_eval_with_mismatched_prompts_is_a_user_error(tmp_path, capsys):
     [
         ("lcm=/m,lora=/l,preset=lcm,guidance=1.5,steps=1|4", PipelineSpec("lcm", "/m", "/l", "lcm", 1.5, (1, 4))),
         ("t=/m", PipelineSpec("t", "/m", steps=(1, 2, 4, 8))),
+        ("t=/m,guidance=1|1.5|2,steps=4", PipelineSpec("t", "/m", guidance_scale=(1.0, 1.5, 2.0), steps=(4,))),
+        ("t=/m,guidance=2", PipelineSpec("t", "/m", guidance_scale=(2.0,))),  # a sweep of one is one scale
     ],
 )
 def test_parse_pipeline_spec(text, expected):
     assert parse_pipeline_spec(text) == expected
 
 
-@pytest.mark.parametrize("text", ["=/m", "lcm", "lcm=/m,foo=1", "lcm=/m,steps=a", "lcm=/m,steps=0", "lcm=/m,preset=x"])
+@pytest.mark.parametrize("text", ["=/m", "lcm", "lcm=/m,foo=1", "lcm=/m,steps=a", "lcm=/m,steps=0", "lcm=/m,preset=x",
+                                  "lcm=/m,guidance=1|", "lcm=/m,guidance=1|nan", "lcm=/m,guidance=2|-1", "lcm=/m,guidance=1|1"])
 def test_parse_pipeline_spec_errors(text):
     with pytest.raises(UserError):
         parse_pipeline_spec(text)
