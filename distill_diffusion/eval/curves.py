@@ -74,7 +74,7 @@ def equal_fid_summary(rows: Sequence[Row], teacher: str = "teacher") -> list[Row
     curve = _teacher_curve(rows, teacher)
     if len(curve) < 2:
         return []
-    fids = [r["fid"] for r in curve]
+    fids, metrics = [r["fid"] for r in curve], metric_fields(rows)
     out = []
     for r in rows:
         if r["pipeline"] == teacher or not _number(r.get("fid")):
@@ -82,7 +82,7 @@ def equal_fid_summary(rows: Sequence[Row], teacher: str = "teacher") -> list[Row
         entry = {"pipeline": r["pipeline"], "steps": r["steps"], "guidance_scale": r["guidance_scale"], "fid": r["fid"],
                  "teacher_steps": curve[0]["steps"],
                  "teacher_guidance": interpolate(list(zip(fids, [t["guidance_scale"] for t in curve])), r["fid"])}  # fmt: skip
-        for m in metric_fields(rows):
+        for m in metrics:
             points = [(t["fid"], t[m]) for t in curve if _number(t.get(m))]
             entry[m], entry[f"teacher_{m}"] = r.get(m), interpolate(points, r["fid"])
         entry["note"] = "" if entry["teacher_guidance"] is not None else f"{OUTSIDE} (FID {min(fids):.2f}–{max(fids):.2f})"
