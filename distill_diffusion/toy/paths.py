@@ -2,8 +2,8 @@
 
 ``$DISTILL_DIFFUSION_CACHE`` (or ``~/.cache/distill-diffusion``) holds ``toy-v2/`` with ``data/`` (the
 imagefolder), ``teacher/`` (a stock ``StableDiffusionPipeline`` folder), ``clip/`` (a stock ``CLIPModel``
-folder with its processor) and ``build.json`` (what was trained, how long, losses, calibration). The
-version suffix changes whenever the world or its training changes, so an old cache is never reused.
+folder with its processor), ``classifier/`` (the shape/colour/background classifier of ``toy.classifier``)
+and ``build.json`` (what was trained, how long, losses, calibration). The version suffix changes whenever the world or its training changes, so an old cache is never reused.
 """
 
 from __future__ import annotations
@@ -48,6 +48,12 @@ class ToyWorld:
     @property
     def clip(self) -> Path:
         return self.root / "clip"
+
+    @property
+    def classifier(self) -> Path:
+        """The attribute classifier (``toy.classifier``); not in :meth:`is_complete`: worlds built before it
+        gain it on first use."""
+        return self.root / "classifier"
 
     @property
     def build_json(self) -> Path:
