@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -10,15 +11,17 @@ import torch
 import torch.nn.functional as F
 
 from distill_diffusion.cli import main
+from distill_diffusion.errors import UserError
 from distill_diffusion.toy import build as toy_build
 from distill_diffusion.toy.build import BuildBudget, ensure_toy_world
+from distill_diffusion.toy.classifier import build_toy_classifier, save_toy_classifier
 from distill_diffusion.toy.paths import TOY_VERSION, ToyWorld
 
 pytestmark = pytest.mark.e2e  # trains through the CLI or starts processes
 
 TINY = BuildBudget(
     num_images=64, vae_steps=2, vae_batch_size=8, unet_steps=2, unet_batch_size=8, unet_warmup_steps=1,
-    clip_steps=2, clip_batch_size=8, calibration_images=0,
+    clip_steps=2, clip_batch_size=8, classifier_images=64, classifier_steps=2, classifier_batch_size=8, calibration_images=0,
 )
 
 
@@ -39,7 +42,7 @@ def test_build_is_stock_loadable(built: ToyWorld) -> None:
     from distill_diffusion.eval import clip_score, load_clip
 
     assert built.is_complete() and built.root.name == TOY_VERSION
-    assert sorted(p.name for p in built.root.iterdir()) == ["build.json", "clip", "data", "teacher"]
+    assert sorted(p.name for p in built.root.iterdir()) == ["build.json", "classifier", "clip", "data", "teacher"]
     pipe = StableDiffusionPipeline.from_pretrained(built.teacher, safety_checker=None)
     pipe.set_progress_bar_config(disable=True)
     image = pipe("a red circle", num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="np").images
@@ -50,7 +53,8 @@ def test_build_is_stock_loadable(built: ToyWorld) -> None:
     assert per_image.shape == (2,) and score >= 0
     info = built.info()
     assert info["budget"]["unet_steps"] == 2 and info["unet"]["steps"] == 2 and "loss_last" in info["unet"]
-    assert set(info["seconds"]) >= {"data", "vae", "unet", "clip", "total"}
+    assert set(info["seconds"]) >= {"data", "vae", "unet", "clip", "classifier", "total"}
+    assert info["classifier"]["steps"] == 2 and set(info["classifier"]["heldout_accuracy"]) == {"shape", "colour", "background"}
 
 
 def test_reused_unless_forced(built: ToyWorld, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -134,4 +138,33 @@ def test_calibration_records_the_vae_floor_and_ratios(built: ToyWorld) -> None:
     assert set(calib) >= {"real", "vae_reconstruction", "ddim", "ratios_by_spacing", "settings"}
     for entry in (calib["real"], calib["vae_reconstruction"], calib["ddim"]["trailing"]["1"], calib["ddim"]["leading"]["2"]):
         assert entry["fd"] >= 0 and 0 <= entry["clip_match"] <= 100
+        # prompt accuracy: the toy classifier's shape/colour/background verdicts beside FD and CLIP
+        assert all(0 <= entry[f"acc_{head}"] <= 1 for head in ("shape", "colour", "background"))
     assert calib["ratios_by_spacing"]["trailing"]["2"] == 1.0  # the largest step count is the reference
+
+
+def test_summary_lines_show_classifier_and_prompt_accuracy(built: ToyWorld, tmp_path: Path) -> None:
+    world = ToyWorld(tmp_path / "w")
+    shutil.copytree(built.root, world.root)
+    info = world.info()
+    entry = {"fd": 1.0, "clip_match": 50.0, "clip_mismatch": 20.0, "acc_shape": 0.5, "acc_colour": 0.9, "acc_background": 1.0}
+    info["calibration"] = {"real": entry, "ddim": {"trailing": {"4": entry}}, "ratios_to_max_steps": {"4": 1.0},
+                           "settings": {"headline_spacing": "trailing"}}  # fmt: skip
+    world.build_json.write_text(json.dumps(info))
+    text = "\n".join(toy_build.summary_lines(world))
+    assert f"classifier: {world.classifier}" in text and "classifier on held-out real images: shape" in text
+    assert "real images: CLIP match 50.0, shape/colour/background 50/90/100%" in text
+    assert "teacher DDIM  4 steps (trailing): FD 1.000 (x1.0), CLIP match 50.0 vs mismatch 20.0, shape/colour/background 50/90/100%" in text
+
+
+def test_toy_classifier_of_a_world_built_before_it_is_trained_on_first_use(built: ToyWorld, tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    from distill_diffusion.toy import classifier
+
+    world = ToyWorld.in_cache(tmp_path)
+    shutil.copytree(built.root, world.root, ignore=shutil.ignore_patterns("classifier"))
+    monkeypatch.setattr(classifier, "fit_toy_classifier", lambda out, seed: save_toy_classifier(build_toy_classifier(seed), out))
+    model = classifier.resolve_toy_classifier("toy", cache_dir=tmp_path)
+    assert (world.classifier / "model.safetensors").is_file() and model.labels["shape"][0] == "circle"
+    with pytest.raises(UserError, match="no built toy world"):
+        classifier.resolve_toy_classifier("toy", cache_dir=tmp_path / "empty")

@@ -7,7 +7,9 @@
 3. unet: train the tiny UNet with the engine's plain fine-tune method (DDPM L_simple, Ho et al. 2020) on
    cached latents, with caption dropout so classifier-free guidance (Ho & Salimans 2022) works;
 4. clip: train the tiny CLIP contrastively (Radford et al. 2021) on real toy images (``toy.clip``);
-5. calibrate: teacher Fréchet distance and CLIP score at 1/2/4/50 DDIM steps (``toy.calibrate``).
+5. classifier: train the shape/colour/background classifier on real toy images and their true attributes
+   (``toy.classifier``), the prompt-faithfulness measure;
+6. calibrate: teacher Fréchet distance, CLIP score and prompt accuracy at 1/2/4/50 DDIM steps (``toy.calibrate``).
 
 Everything is built in a temporary sibling folder and renamed into place at the end, so an interrupted
 build is never mistaken for a finished one (a leftover temporary folder is deleted by the next build).
@@ -49,6 +51,9 @@ class BuildBudget:
     clip_steps: int = 200
     clip_batch_size: int = 64
     clip_projection_dim: int = 32
+    classifier_images: int = 16384  # rendered in seconds; more images, not more steps, is what lifts shape accuracy
+    classifier_steps: int = 1200
+    classifier_batch_size: int = 64
     #: Teacher samples per step count in the calibration (0 skips it); must exceed clip_projection_dim.
     calibration_images: int = 128
     guidance_scale: float = 3.0
@@ -58,7 +63,8 @@ class BuildBudget:
 BUDGETS: dict[str, BuildBudget] = {
     "full": BuildBudget(),
     # a minute-scale world for trying the commands; its teacher draws blobs, not shapes
-    "small": BuildBudget(num_images=1024, vae_steps=150, unet_steps=200, clip_steps=60, calibration_images=64),
+    "small": BuildBudget(num_images=1024, vae_steps=150, unet_steps=200, clip_steps=60, classifier_steps=300,
+                       calibration_images=64),
 }
 
 
@@ -92,7 +98,8 @@ def build_toy_world(root: str | Path, budget: BuildBudget, progress: bool = True
     tmp.mkdir()
     record: dict[str, Any] = {"version": TOY_VERSION, "budget": asdict(budget), "seconds": {}, "torch_threads": torch.get_num_threads()}
     start = time.perf_counter()
-    for name, stage in (("data", _stage_data), ("vae", _stage_vae), ("unet", _stage_unet), ("clip", _stage_clip)):
+    for name, stage in (("data", _stage_data), ("vae", _stage_vae), ("unet", _stage_unet), ("clip", _stage_clip),
+                        ("classifier", _stage_classifier)):
         t0 = time.perf_counter()
         record[name] = stage(tmp, budget, progress)
         record["seconds"][name] = round(time.perf_counter() - t0, 1)
@@ -216,12 +223,23 @@ def _stage_clip(tmp: Path, b: BuildBudget, progress: bool) -> dict[str, Any]:
     return {"steps": b.clip_steps, "batch_size": b.clip_batch_size, "projection_dim": b.clip_projection_dim, **_loss_summary(losses)}
 
 
+def _stage_classifier(tmp: Path, b: BuildBudget, progress: bool) -> dict[str, Any]:
+    from distill_diffusion.toy.classifier import fit_toy_classifier
+
+    return fit_toy_classifier(tmp / "classifier", b.classifier_images, b.classifier_steps, b.classifier_batch_size, seed=b.seed)
+
+
 def summary_lines(world: ToyWorld) -> list[str]:
     """What ``toy build`` prints: the paths, the build time and the calibration headline."""
     info = world.info()
-    lines = [f"{name}: {getattr(world, name)}" for name in ("root", "data", "teacher", "clip")]
+    lines = [f"{name}: {getattr(world, name)}" for name in ("root", "data", "teacher", "clip", "classifier")]
     lines.append(f"built in {info['seconds']['total'] / 60:.1f} min ({', '.join(f'{k} {v:.0f}s' for k, v in info['seconds'].items() if k != 'total')})")
     calib = info.get("calibration")
+    if "classifier" in info:
+        acc = info["classifier"]["heldout_accuracy"]
+        lines.append("classifier on held-out real images: " + ", ".join(f"{k} {v:.1%}" for k, v in acc.items()))
+    if calib and "acc_shape" in calib["real"]:
+        lines.append(f"real images: CLIP match {calib['real']['clip_match']:.1f}{_accuracy_text(calib['real'])}")
     if calib and "vae_reconstruction" in calib:
         floor = calib["vae_reconstruction"]
         lines.append(f"VAE reconstructions of real images (the floor): FD {floor['fd']:.3f}, CLIP match {floor['clip_match']:.1f}")
@@ -231,5 +249,16 @@ def summary_lines(world: ToyWorld) -> list[str]:
             lines.append(
                 f"teacher DDIM {steps:>2} steps ({spacing}): FD {entry['fd']:.3f} "
                 f"(x{calib['ratios_to_max_steps'][steps]:.1f}), CLIP match {entry['clip_match']:.1f} vs mismatch {entry['clip_mismatch']:.1f}"
+                + _accuracy_text(entry)
             )
     return lines
+
+
+def _accuracy_text(entry: dict[str, Any]) -> str:
+    """``, shape/colour/background 91/99/100%`` from a calibration entry (empty for a world without a classifier)."""
+    from distill_diffusion.toy.classifier import HEADS
+
+    values = [entry.get(f"acc_{head}") for head in HEADS]
+    if all(v is None for v in values):
+        return ""
+    return ", shape/colour/background " + "/".join("–" if v is None else f"{100 * v:.0f}" for v in values) + "%"

@@ -1,4 +1,4 @@
-"""Calibrate the trained toy teacher: Fréchet distance and CLIP score of its DDIM samples at 1/2/4/50 steps.
+"""Calibrate the trained toy teacher: Fréchet distance, CLIP score and prompt accuracy of its DDIM samples.
 
 Also measured: real images, and real images passed through the VAE (encode, decode), which is the floor
 no sampler that decodes through this VAE can get under.
@@ -9,7 +9,9 @@ samples should match their captions (CLIP score with the matching caption above 
 
 Features are the toy CLIP's projected image embeddings (``toy.clip.clip_feature_net``), fed through the
 same ``eval.FIDEvaluator`` as Inception for real models (Fréchet distance: Heusel et al. 2017); the
-CLIP score is ``eval.clip_score`` (Hessel et al. 2021) with the toy CLIP. Fixed prompts and per-image seeds,
+CLIP score is ``eval.clip_score`` (Hessel et al. 2021) with the toy CLIP; prompt accuracy (``acc_shape``,
+``acc_colour``, ``acc_background``) is the share of images in which the toy classifier (``toy.classifier``)
+sees what the prompt names, when the world has one. Fixed prompts and per-image seeds,
 so step counts are compared on the same noise. Real images come from a seed the teacher never saw.
 """
 
@@ -70,7 +72,7 @@ def calibrate(
     seed: int = 0,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Teacher FD/CLIP numbers at each DDIM step count and spacing, and the quality-bar ratios.
+    """Teacher FD/CLIP/prompt-accuracy numbers at each DDIM step count and spacing, and the quality-bar ratios.
 
     ``num_images`` must exceed the CLIP projection dimension (the covariance needs that many samples);
     FD at small N is biased up, so the same N, prompts and seeds are used for every step count.
@@ -78,6 +80,12 @@ def calibrate(
     from diffusers import StableDiffusionPipeline
 
     from distill_diffusion.eval import FIDEvaluator, clip_score, load_clip
+    from distill_diffusion.toy.classifier import (
+        WEIGHTS_FILE,
+        accuracy_fields,
+        load_toy_classifier,
+        prompt_accuracy,
+    )
     from distill_diffusion.toy.clip import clip_feature_net
     from distill_diffusion.toy.vae import reconstruct_uint8
     from distill_diffusion.toy.world import toy_images, toy_prompts
@@ -90,12 +98,16 @@ def calibrate(
     evaluator.prepare_real([real_uint8(num_real, seed + 1)])
     prompts = toy_prompts(num_images, seed)
 
-    def measure(images: torch.Tensor, texts: Sequence[str]) -> dict[str, float]:
+    classifier = load_toy_classifier(world.classifier) if (world.classifier / WEIGHTS_FILE).is_file() else None
+
+    def measure(images: torch.Tensor, texts: Sequence[str]) -> dict[str, float | None]:
         evaluator.reset_fake()
         evaluator.update(images, real=False)
         match, _ = clip_score(model, processor, images, texts)
         other, _ = clip_score(model, processor, images, mismatched(texts))
-        return {"fd": round(float(evaluator.compute().fid), 4), "clip_match": round(match, 3), "clip_mismatch": round(other, 3)}
+        scores = {"fd": round(float(evaluator.compute().fid), 4), "clip_match": round(match, 3), "clip_mismatch": round(other, 3)}
+        # prompt faithfulness: does the classifier see the shape/colour/background each prompt names?
+        return {**scores, **(accuracy_fields(prompt_accuracy(classifier, images, texts)) if classifier else {})}
 
     real_texts = [caption for _, caption in toy_images(num_images, 32, seed + 2)]
     real = real_uint8(num_images, seed + 2)
