@@ -183,3 +183,21 @@ def test_parse_pipeline_spec(text, expected):
 def test_parse_pipeline_spec_errors(text):
     with pytest.raises(UserError):
         parse_pipeline_spec(text)
+
+
+def test_cli_bench_quality_adds_prompt_accuracy_columns_with_a_toy_classifier(tiny_pipeline_dir, tmp_path, capsys):
+    from distill_diffusion.toy.classifier import build_toy_classifier, save_toy_classifier
+
+    classifier = save_toy_classifier(build_toy_classifier(seed=0), tmp_path / "classifier")
+    out = tmp_path / "bench"
+    args = ["bench", "quality", "--pipeline", f"lcm={tiny_pipeline_dir},preset=lcm,steps=1|2", "--prompts", "toy",
+            "--num_images", "4", "--device", "cpu", "--output_dir", str(out)]  # fmt: skip
+    assert main([*args, "--toy_classifier", str(tmp_path / "nowhere")]) == 2
+    assert "no toy classifier" in capsys.readouterr().err and not out.exists()
+    assert main([*args, "--toy_classifier", str(classifier)]) == 0, capsys.readouterr().err
+    heads = ["acc_shape", "acc_colour", "acc_background"]
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert list(rows[0])[-3:] == heads and all(0 <= float(r[h]) <= 1 for r in rows for h in heads)
+    saved = json.loads((out / "results.json").read_text())
+    assert all(set(heads) <= set(r) for r in saved["rows"]) and saved["meta"]["prompt_scorer"] == "toy_classifier_accuracy"
+    assert "| CLIP | acc_shape | acc_colour | acc_background | s / image |" in (out / "results.md").read_text()

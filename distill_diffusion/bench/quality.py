@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from distill_diffusion.eval.prompt_accuracy import PromptScorer
 
 from distill_diffusion.bench.options import add_metric_options, add_model_options, check_stats_cache
 
@@ -26,6 +30,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--real", default=None, help="folder of real images for FID (omit: CLIP and speed only)")
     p.add_argument("--output_dir", default="benchmarks/results/quality")
     p.add_argument("--grid_rows", type=int, default=4)
+    p.add_argument("--toy_classifier", default=None, metavar="PATH|toy",
+                   help="add prompt-accuracy columns (acc_shape, acc_colour, acc_background) from a toy classifier "
+                        "folder, or 'toy' for the cached toy world's")  # fmt: skip
     add_metric_options(p)
     add_model_options(p)
 
@@ -51,9 +58,20 @@ def run(args: argparse.Namespace) -> int:
         inception_weights=args.inception_weights, clip_model=args.clip_model, resize=args.resize, kid=args.kid,
         stats_cache=args.stats_cache, seed=args.seed, batch_size=args.batch_size, device=args.device,
         dtype=args.dtype, local_files_only=args.local_files_only, grid_rows=args.grid_rows,
+        prompt_scorer=_toy_scorer(args.toy_classifier),
     )  # fmt: skip
     result = run_quality_benchmark(specs, args.output_dir, settings)
     if result["files"]:
         print(Path(result["files"]["markdown"]).read_text())
         print("\n".join(f"{k}: {v}" for k, v in result["files"].items()))
     return 0
+
+
+def _toy_scorer(spec: str | None) -> PromptScorer | None:
+    """The toy classifier's prompt scorer for ``--toy_classifier`` (None without it); a bad path fails here,
+    before anything is generated."""
+    if spec is None:
+        return None
+    from distill_diffusion.toy.classifier import resolve_toy_classifier, toy_prompt_scorer
+
+    return toy_prompt_scorer(resolve_toy_classifier(spec))

@@ -20,6 +20,7 @@ from distill_diffusion.eval.curves import equal_fid_markdown, equal_fid_summary,
 from distill_diffusion.eval.evaluate import checked_evaluator, prepare_real, score_generated
 from distill_diffusion.eval.generate import check_seeds, generate_to_folder, resolve_prompts
 from distill_diffusion.eval.grid import make_grid
+from distill_diffusion.eval.prompt_accuracy import PromptScorer
 from distill_diffusion.eval.report import write_report
 from distill_diffusion.paths import check_output_dir
 
@@ -111,6 +112,8 @@ class BenchmarkSettings:
     inception_weights: str | None = None
     clip_model: str | None = None
     clip: tuple[Any, Any] | None = field(default=None, repr=False)
+    #: Extra per-set metrics, e.g. the toy world's prompt accuracies (``toy.classifier.toy_prompt_scorer``).
+    prompt_scorer: PromptScorer | None = field(default=None, repr=False)
     resize: str = "none"
     kid: bool = False
     stats_cache: str | None = None
@@ -174,6 +177,7 @@ def _row(p: PipelineSpec, scheduler: str, steps: int, guidance: float, timing: A
         "kid_std": scores.get("kid_std"), "clip_score": scores.get("clip_score"), "seconds_per_image": spi,
         "images_per_second": (1.0 / spi) if spi else None, "num_images": timing.images,
         "num_real": scores.get("num_real"), "feature": scores.get("feature"), "resize": scores.get("resize"),
+        **scores.get("prompt_scores", {}),
     }  # fmt: skip
 
 
@@ -203,7 +207,7 @@ def run_quality_benchmark(
     rows, files = [], {}
     for p in pipelines:
         pipe = load_pipeline(p.model, p.lora, p.preset, device=device, dtype=parse_dtype(s.dtype), local_files_only=s.local_files_only)
-        columns = _bench_pipeline(p, pipe, prompts, out, s, rows, lambda folder: score_generated(folder, evaluator, clip))
+        columns = _bench_pipeline(p, pipe, prompts, out, s, rows, lambda folder: score_generated(folder, evaluator, clip, prompt_scorer=s.prompt_scorer))
         if state.is_main_process:
             files[f"grid_{p.name}"] = make_grid(columns, out / f"grid_{p.name}.png", max_rows=s.grid_rows)
         del pipe
@@ -256,7 +260,7 @@ def _meta(s: BenchmarkSettings, prompts: list[str], num_real: int | None, evalua
     import diffusers
 
     # Not dataclasses.asdict: it would deep-copy an injected CLIP model or feature network.
-    settings = {f.name: getattr(s, f.name) for f in fields(s) if f.name not in ("clip", "fid_feature")}
+    settings = {f.name: getattr(s, f.name) for f in fields(s) if f.name not in ("clip", "fid_feature", "prompt_scorer")}
     return {
         **settings,
         "prompts": s.prompts if isinstance(s.prompts, str) else f"<{len(s.prompts)} prompts>",
@@ -268,6 +272,7 @@ def _meta(s: BenchmarkSettings, prompts: list[str], num_real: int | None, evalua
         "resize": evaluator.resize.describe() if evaluator is not None else s.resize,
         "antialias": evaluator.antialias if evaluator is not None else None,
         "clip_model": s.clip_model or ("injected" if clip is not None else None),
+        "prompt_scorer": getattr(s.prompt_scorer, "__name__", "injected") if s.prompt_scorer else None,
         "device": device + (f" ({torch.cuda.get_device_name()})" if device.startswith("cuda") else ""),
         "num_processes": num_processes,
         "torch": torch.__version__,

@@ -28,6 +28,7 @@ from distill_diffusion.eval.images import (
     pil_to_uint8,
     resize_pil,
 )
+from distill_diffusion.eval.prompt_accuracy import PromptScorer
 from distill_diffusion.pipelines.loader import check_device
 
 
@@ -140,11 +141,12 @@ def score_generated(
     clip: tuple[Any, Any] | None = None,
     prompts: Sequence[str] | None = None,
     batch_size: int = 64,
+    prompt_scorer: PromptScorer | None = None,
 ) -> dict[str, Any]:
-    """FID/KID (real set already in ``evaluator``) and CLIP score of a generated folder.
+    """FID/KID (real set already in ``evaluator``), CLIP score and ``prompt_scorer``'s metrics of a generated folder.
 
     Prompts come from the folder's manifest, or ``prompts`` (one per image, sorted file order) for a
-    folder without one; a count mismatch is a UserError.
+    folder without one; a count mismatch is a UserError. The scorer's metrics go under ``prompt_scores``.
     """
     root = Path(folder).expanduser()
     if prompts is None:
@@ -163,9 +165,12 @@ def score_generated(
         for batch in folder_batches(root, files, evaluator.resize, batch_size):
             evaluator.update(batch, real=False)
         result.update(evaluator.compute().to_dict())
-    if clip is not None:
+    if clip is not None or prompt_scorer is not None:
         images = torch.cat(list(folder_batches(root, files, ResizePolicy(), batch_size)))
+    if clip is not None:
         result["clip_score"], _ = clip_score(clip[0], clip[1], images, texts)
+    if prompt_scorer is not None:
+        result["prompt_scores"] = prompt_scorer(images, texts)
     return result
 
 

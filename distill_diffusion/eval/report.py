@@ -21,14 +21,20 @@ COLUMNS = (
 LINE_MAX_STEPS = 16
 
 
+def extra_columns(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Fields of the rows beyond :data:`COLUMNS` (e.g. a prompt scorer's ``acc_*``), in first-seen order."""
+    return [k for k in dict.fromkeys(k for r in rows for k in r) if k not in COLUMNS]
+
+
 def write_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
-    """One row per (pipeline, steps), columns :data:`COLUMNS` (missing values empty)."""
+    """One row per (pipeline, steps), columns :data:`COLUMNS` then :func:`extra_columns` (missing values empty)."""
     path = Path(path)
+    names = [*COLUMNS, *extra_columns(rows)]
     with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
+        writer = csv.DictWriter(handle, fieldnames=names, extrasaction="ignore")
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in COLUMNS})
+            writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in names})
     return path
 
 
@@ -48,10 +54,12 @@ def _fmt(value: Any, digits: int = 2) -> str:
 
 
 def markdown_table(rows: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str:
-    """A markdown table (pipeline, steps, guidance, FID, KID, CLIP, s/image, images/s) with a settings line."""
+    """A markdown table (pipeline, steps, guidance, FID, KID, CLIP, extra columns, s/image, images/s) with a
+    settings line."""
     has_kid = any(r.get("kid_mean") is not None for r in rows)
+    extra = extra_columns(rows)
     head = ["pipeline", "preset", "steps", "guidance", "FID"] + (["KID ×1e3"] if has_kid else []) + [
-        "CLIP", "s / image", "images / s"]  # fmt: skip
+        "CLIP", *extra, "s / image", "images / s"]  # fmt: skip
     real = f"real: {meta.get('num_real')}, feature {meta.get('feature')}" if meta.get("feature") else "no real set: no FID"
     lines = [
         f"N = {meta.get('num_images')} images ({real}), "
@@ -65,7 +73,8 @@ def markdown_table(rows: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str:
         cells = [r["pipeline"], r.get("preset", ""), str(r["steps"]), _fmt(r.get("guidance_scale"), 1), _fmt(r.get("fid"))]
         if has_kid:
             cells.append(_fmt(kid * 1e3 if kid is not None else None))
-        cells += [_fmt(r.get("clip_score")), _fmt(r.get("seconds_per_image"), 4), _fmt(r.get("images_per_second"), 1)]
+        cells += [_fmt(r.get("clip_score")), *(_fmt(r.get(k), 3) for k in extra)]
+        cells += [_fmt(r.get("seconds_per_image"), 4), _fmt(r.get("images_per_second"), 1)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
