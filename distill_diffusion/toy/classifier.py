@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shutil
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -207,8 +208,6 @@ def fit_toy_classifier(
 
     Returns what build.json records (and ``config.json``'s ``info`` keeps): steps, losses and held-out accuracy.
     """
-    import time
-
     t0 = time.perf_counter()
     images, targets = labelled_images(num_images, seed)
     model = build_toy_classifier(seed)
