@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from distill_diffusion.errors import require
 from distill_diffusion.eval.prompt_accuracy import PromptScorer, attribute_accuracy
+from distill_diffusion.toy.fit import fit
 from distill_diffusion.toy.paths import ToyWorld
 from distill_diffusion.toy.world import BACKGROUNDS, COLOURS, SHAPES, ToyExample, iter_examples, render
 
@@ -116,19 +117,13 @@ def train_toy_classifier(
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=learning_rate, total_steps=steps, pct_start=0.1)
-    model.train()
-    losses = []
-    for _ in range(steps):
-        idx = torch.randint(0, len(images), (batch_size,), generator=generator)
+
+    def batch_loss(idx: Tensor) -> Tensor:
         logits = model(_flip_rotate(images[idx], generator))
-        loss = sum(F.cross_entropy(logits[head], targets[head][idx]) for head in HEADS)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        losses.append(float(loss.detach()))
-    model.eval()
-    return losses
+        return sum(F.cross_entropy(logits[head], targets[head][idx]) for head in HEADS)
+
+    return fit(model, batch_loss, optimizer, schedule, steps=steps, num_items=len(images), batch_size=batch_size,
+               generator=generator, desc="classifier")
 
 
 def _flip_rotate(images: Tensor, generator: torch.Generator) -> Tensor:

@@ -20,11 +20,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
 from distill_diffusion.errors import require
 from distill_diffusion.eval.features import FeatureNet
+from distill_diffusion.toy.fit import fit
 from distill_diffusion.toy.tokenizer import save_tokenizer
 
 #: OpenAI CLIP's pixel normalisation (kept so the saved processor is an ordinary CLIP processor).
@@ -143,21 +143,15 @@ def train_toy_clip(
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.1)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=learning_rate, total_steps=steps, pct_start=0.05)
-    model.train()
-    losses = []
-    for _ in tqdm(range(steps), desc="clip", disable=not progress):
-        idx = torch.randint(0, len(pixels), (batch_size,), generator=generator)
+
+    def batch_loss(idx: torch.Tensor) -> torch.Tensor:
         ids = caption_ids[idx]
         image_embeds = _projected(model.get_image_features(pixel_values=normalised[idx]))
         text_embeds = _projected(model.get_text_features(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]))
-        loss = contrastive_loss(image_embeds, text_embeds[ids], model.logit_scale, ids)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        losses.append(float(loss.detach()))
-    model.eval()
-    return losses
+        return contrastive_loss(image_embeds, text_embeds[ids], model.logit_scale, ids)
+
+    return fit(model, batch_loss, optimizer, schedule, steps=steps, num_items=len(pixels), batch_size=batch_size,
+               generator=generator, desc="clip", progress=progress)
 
 
 def save_toy_clip(model: CLIPModel, tokenizer: Any, out_dir: str | Path, resolution: int = 32) -> Path:

@@ -22,10 +22,9 @@ import math
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
-from distill_diffusion import threads
 from distill_diffusion.errors import require
+from distill_diffusion.toy.fit import fit
 from distill_diffusion.toy.world import toy_images
 
 
@@ -70,16 +69,8 @@ def train_toy_vae(
     # cosine decay to 0 (optional): the last low-lr steps sharpen edges and fix colours noticeably
     lr_at = (lambda i: 0.5 * (1 + math.cos(math.pi * i / steps))) if cosine else (lambda i: 1.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
-    vae.train()
-    for _ in tqdm(range(steps), desc="vae", disable=not progress):
-        threads.tick()
-        x = data[torch.randint(0, len(data), (batch_size,), generator=generator)]
-        loss = vae_loss(vae, x, generator, kl_weight)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-    vae.eval()
+    fit(vae, lambda idx: vae_loss(vae, data[idx], generator, kl_weight), optimizer, schedule, steps=steps,
+        num_items=len(data), batch_size=batch_size, generator=generator, desc="vae", progress=progress)
     with torch.no_grad():
         held_out = toy_pixels(64, resolution, seed + 1).to(vae.device)
         mse = float((roundtrip(vae, held_out) - held_out).pow(2).mean())
