@@ -4,6 +4,7 @@ LR schedule, EMA hand-over and an exact resume in the middle of a stage."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -17,7 +18,7 @@ from distill_diffusion.trainers.engine.build import make_accelerator
 from distill_diffusion.trainers.engine.data_loop import build_dataloader
 from distill_diffusion.trainers.engine.loop import Engine
 from distill_diffusion.trainers.engine.optim import phase_optim
-from distill_diffusion.trainers.methods.base import OptimizerSettings, Phase
+from distill_diffusion.trainers.methods.base import OptimizerSettings, Phase, Stage
 
 
 def engine_for(method: Any, tmp_path: Path, **train: Any) -> Engine:
@@ -126,7 +127,8 @@ def test_stages_run_in_order_with_a_schedule_each_and_hand_over_the_ema(tmp_path
     # linear decay over each stage: 0 at each stage's last step, back up at the next stage's first
     assert [round(x, 6) for x in (lrs[2], lrs[6], lrs[8])] == [0.0, 0.0, 0.0] and lrs[3] > 0.0 and lrs[7] > 0.0
     names = sorted(p.name for p in (tmp_path / "out").iterdir() if p.name.startswith("checkpoint-"))
-    assert names == ["checkpoint-3", "checkpoint-7", "checkpoint-9"]  # every stage end is checkpointed
+    # every stage end is checkpointed, named by the stage its last step belonged to
+    assert names == ["checkpoint-3-round-0", "checkpoint-7-round-1", "checkpoint-9-round-2"]
 
 
 def test_resume_in_the_middle_of_stage_two_ends_equal_to_an_uninterrupted_run(tmp_path: Path) -> None:
@@ -135,7 +137,7 @@ def test_resume_in_the_middle_of_stage_two_ends_equal_to_an_uninterrupted_run(tm
     part = staged(tmp_path / "part", checkpointing_steps=5)
     part.train()  # checkpoints at 3 (stage end), 5 (inside stage 2), 7, 9
     resumed = staged(tmp_path / "part")
-    resumed.resume(tmp_path / "part" / "out" / "checkpoint-5")
+    resumed.resume(tmp_path / "part" / "out" / "checkpoint-5-round-1")
     assert resumed.state.stage == 1 and resumed.state.global_step == 5
     assert resumed.lr_schedulers["net"].last_epoch == 2  # two steps into the 4-step stage
     resumed.train()
@@ -145,3 +147,41 @@ def test_resume_in_the_middle_of_stage_two_ends_equal_to_an_uninterrupted_run(tm
         torch.testing.assert_close(a, b)
     for a, b in zip(resumed.emas["net"].shadow_params, full.emas["net"].shadow_params):
         torch.testing.assert_close(a, b)
+
+
+class ExportingStaged(FakeStaged):
+    """Exports its teacher (the stage's hand-over) at the end of the stages that ask for it."""
+
+    def stages(self) -> list[Stage]:
+        return [Stage(s.name, s.steps, export=s.name != "round-1") for s in super().stages()]
+
+    def export(self, output_dir: Path) -> None:
+        (output_dir / "teacher.json").write_text(json.dumps([t.tolist() for t in self.teacher]))
+
+
+def test_a_stage_that_asks_is_exported_at_its_end_with_the_weights_it_handed_over(tmp_path: Path) -> None:
+    engine = engine_for(ExportingStaged(FakeStagedConfig()), tmp_path, use_ema=True, ema_decay=0.5)
+    exports: dict[str, list] = {}
+
+    def read_exports(step: int, logs: dict[str, float]) -> None:  # the round-0 export, read before round 2 changes it
+        if step == 4:
+            exports["round-0"] = json.loads((tmp_path / "out" / "round-0" / "teacher.json").read_text())
+
+    engine.callbacks.append(read_exports)
+    teacher_after_round_0 = []
+    original = engine.method.on_stage_end
+    engine.method.on_stage_end = lambda stage, ema: (original(stage, ema), teacher_after_round_0.append([t.tolist() for t in engine.method.teacher]))
+    engine.train()
+    assert exports["round-0"] == teacher_after_round_0[0]
+    assert not (tmp_path / "out" / "round-1").exists() and (tmp_path / "out" / "round-2" / "teacher.json").is_file()
+    assert not list((tmp_path / "out" / "round-0").glob(".tmp-*"))
+
+
+def test_a_diverged_checkpoint_of_a_stage_is_set_aside_by_its_step(tmp_path: Path) -> None:
+    from distill_diffusion.trainers.engine import checkpoints as ckpt
+
+    staged(tmp_path).train()
+    aside = ckpt.set_aside_diverged(tmp_path / "out", 7)
+    assert aside is not None and aside.name == "diverged-checkpoint-7-round-1"
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path / "out")] == ["checkpoint-3-round-0", "checkpoint-9-round-2"]
+    assert ckpt.resolve_resume("latest", tmp_path / "out").name == "checkpoint-9-round-2"

@@ -1,6 +1,7 @@
 """Atomic training checkpoints: write to a temporary folder, then rename; find the latest; prune old ones.
 
-Layout (diffusers convention): ``<output_dir>/checkpoint-<global_step>/``. A checkpoint folder only ever
+Layout (diffusers convention): ``<output_dir>/checkpoint-<global_step>/``; a run of several stages names the
+stage too, ``checkpoint-<global_step>-<stage>/`` (e.g. ``checkpoint-1200-round-2-16-steps``). A checkpoint folder only ever
 appears complete, because it is renamed into place after everything in it is written; an interrupted
 save leaves a ``.tmp-checkpoint-*`` folder that is never picked as ``latest`` and is cleaned up later.
 """
@@ -26,7 +27,19 @@ DIVERGED_PREFIX = "diverged-" + PREFIX
 STATE_FILE = "training_state.json"
 #: accelerate's per-process RNG files: a resume without them is not exact, but it can go on.
 RNG_FILE = re.compile(r"^random_states_\d+\.pkl$")
-_PATTERN = re.compile(rf"^{PREFIX}(\d+)$")
+_PATTERN = re.compile(rf"^{PREFIX}(\d+)(?:-[A-Za-z0-9_.-]+)?$")
+
+
+def checkpoint_name(step: int, label: str = "") -> str:
+    """``checkpoint-<step>``, or ``checkpoint-<step>-<label>`` (the stage of a multi-stage run)."""
+    require(not label or re.fullmatch(r"[A-Za-z0-9_.-]+", label), f"checkpoint label {label!r} may hold only letters, digits, _ . -")
+    return f"{PREFIX}{step}-{label}" if label else f"{PREFIX}{step}"
+
+
+def step_of(folder: Path) -> int | None:
+    """The global step of a checkpoint folder's name (None when it is not one)."""
+    match = _PATTERN.match(folder.name)
+    return int(match.group(1)) if match else None
 
 
 def list_checkpoints(output_dir: str | Path) -> list[Path]:
@@ -34,7 +47,7 @@ def list_checkpoints(output_dir: str | Path) -> list[Path]:
     root = Path(output_dir)
     if not root.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _PATTERN.match(p.name))]
+    found = [(step, p) for p in root.iterdir() if p.is_dir() and (step := step_of(p)) is not None]
     return [p for _, p in sorted(found) if (p / STATE_FILE).is_file()]
 
 
@@ -79,16 +92,17 @@ def save_checkpoint(
     total_limit: int | None = None,
     is_main: bool = True,
     barrier: Callable[[], None] = lambda: None,
+    label: str = "",
 ) -> Path:
     """Write a checkpoint atomically and prune the oldest beyond ``total_limit``.
 
     ``write(tmp_dir)`` runs on every process (accelerate ``save_state`` needs all ranks under FSDP and
     DeepSpeed); ``state`` is the small JSON training state, written last by the main process so its
-    presence marks a complete folder even on file systems where rename is not atomic.
+    presence marks a complete folder even on file systems where rename is not atomic. ``label`` names the stage.
     """
     root = Path(output_dir)
-    final = root / f"{PREFIX}{step}"
-    tmp = root / f"{TMP_PREFIX}{step}"
+    name = checkpoint_name(step, label)
+    final, tmp = root / name, root / f".tmp-{name}"
     if is_main:
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
@@ -99,7 +113,7 @@ def save_checkpoint(
     if is_main:
         state = {**state, "files": file_sizes(tmp)}
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
-        old = root / f"{OLD_PREFIX}{step}"
+        old = root / f".old-{name}"
         if final.exists():
             # re-saving the same step: move the old folder aside in one rename, so a kill at any moment
             # leaves either the old complete checkpoint or the new one under the final name, never half of one
@@ -163,11 +177,11 @@ def read_state(checkpoint: Path) -> dict[str, Any]:
 
 
 def set_aside_diverged(output_dir: str | Path, step: int) -> Path | None:
-    """Rename ``checkpoint-<step>`` (weights whose losses were non-finite) so ``latest`` never picks it."""
-    folder = Path(output_dir) / f"{PREFIX}{step}"
-    if not folder.is_dir():
+    """Rename ``checkpoint-<step>[-<stage>]`` (weights whose losses were non-finite) so ``latest`` never picks it."""
+    folder = next((p for p in list_checkpoints(output_dir) if step_of(p) == step), None)
+    if folder is None:
         return None
-    aside = folder.with_name(f"{DIVERGED_PREFIX}{step}")
+    aside = folder.with_name("diverged-" + folder.name)
     shutil.rmtree(aside, ignore_errors=True)
     os.replace(folder, aside)
     return aside

@@ -129,6 +129,8 @@ class Engine:
         self.lr_schedulers = self._schedules()
         saved = persist.resume(self, folder)
         self.state = TrainState(**saved["train"])
+        if self.state.global_step < self.total_steps:  # a finished one-stage run resumed with more steps reopens its stage
+            self.state.stage = min(self.state.stage, len(self.stages) - 1)
         for name, sched_state in saved["lr_schedulers"].items():
             self.lr_schedulers[name].load_state_dict(sched_state)
         logger.info(f"resumed from {folder} at step {self.state.global_step} (stage {self.state.stage})")
@@ -243,9 +245,13 @@ class Engine:
         return self.state.global_step == sum(stage.steps for stage in self.stages[: self.state.stage + 1])
 
     def _end_stage(self) -> None:
-        """Hand the method its EMA weights, start the next stage (fresh optimizer state, LR schedule, EMA), checkpoint."""
+        """Hand the method its EMA weights, export the stage if it asks, start the next stage (fresh optimizer state,
+        LR schedule, EMA), checkpoint."""
         ema = {name: [t.detach().clone() for t in e.shadow_params] for name, e in self.emas.items()}
+        stage = self.stages[self.state.stage]
         self.method.on_stage_end(self.state.stage, ema)
+        if stage.export:
+            self.export(self.output_dir / stage.name, ema=False)
         self.state.stage += 1
         if self.state.stage < len(self.stages):
             for optimizer in self.optimizers.values():
@@ -254,6 +260,17 @@ class Engine:
             self.emas = self._build_emas()
             logger.info(f"stage {self.state.stage} ({self.stages[self.state.stage].name}) starts at step {self.state.global_step}")
         self.save()
+
+    def stage_label(self) -> str:
+        """The name of the stage the last step belonged to, for checkpoint names; empty in a one-stage run."""
+        if len(self.stages) == 1:
+            return ""
+        done = 0
+        for stage in self.stages:
+            done += stage.steps
+            if self.state.global_step <= done:
+                return stage.name
+        return self.stages[-1].name
 
     def _bar_label(self) -> str:
         if len(self.stages) == 1:
@@ -277,13 +294,18 @@ class Engine:
             with self.ema_context():
                 run_validation(self.method, self.cfg, self.accelerator, self.state.global_step)
 
-    def export(self) -> Path:
-        """Write the method's artefact into ``output_dir`` (via a temporary folder; main process only)."""
+    def export(self, folder: Path | None = None, ema: bool = True) -> Path:
+        """Write the method's artefact into ``folder`` (default ``output_dir``) via a temporary folder, main process only.
+
+        ``ema``: with the EMA weights swapped in. A stage's export passes False: the method has already taken the
+        stage's weights (its EMA when kept) in :meth:`~MethodBase.on_stage_end`.
+        """
         from distill_diffusion.trainers.engine.export import atomic_export
 
+        folder = self.output_dir if folder is None else folder
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
-            with self.ema_context():
-                atomic_export(self.method.export, self.output_dir)
+            with self.ema_context() if ema else nullcontext():
+                atomic_export(self.method.export, folder)
         self.accelerator.wait_for_everyone()
-        return self.output_dir
+        return folder

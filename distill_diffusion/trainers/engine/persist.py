@@ -27,7 +27,7 @@ METHOD_STATE = "method_state.safetensors"
 
 
 def save(engine: Engine) -> Path:
-    """Write ``checkpoint-<global_step>`` of ``engine``; see :meth:`Engine.save`."""
+    """Write ``checkpoint-<global_step>`` (``-<stage>`` in a run of several stages) of ``engine``; see :meth:`Engine.save`."""
     acc = engine.accelerator
 
     def write(folder: Path) -> None:
@@ -44,7 +44,7 @@ def save(engine: Engine) -> Path:
         "num_processes": acc.num_processes,
     }
     return ckpt.save_checkpoint(engine.output_dir, engine.state.global_step, write, state, engine.cfg.checkpoints_total_limit,
-                                is_main=acc.is_main_process, barrier=acc.wait_for_everyone)
+                                is_main=acc.is_main_process, barrier=acc.wait_for_everyone, label=engine.stage_label())
 
 
 def weights_to_check(engine: Engine) -> list[torch.Tensor]:

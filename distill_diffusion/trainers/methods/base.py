@@ -7,6 +7,7 @@ other than the export folder. The engine owns the loop.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
@@ -58,12 +59,19 @@ class Phase:
 class Stage:
     """A stretch of training with its own optimizer state and LR schedule (a progressive-distillation round).
 
-    At a stage's end the engine hands the method its EMA weights (:meth:`MethodBase.on_stage_end`), rebuilds
-    the optimizers and LR schedules over the next stage, restarts the EMA, and checkpoints.
+    At a stage's end the engine hands the method its EMA weights (:meth:`MethodBase.on_stage_end`), exports the
+    method's artefact into ``<output_dir>/<name>/`` when ``export`` is set (a round's student), rebuilds the
+    optimizers and LR schedules over the next stage, restarts the EMA, and checkpoints
+    (``checkpoint-<step>-<name>``). ``name`` is a folder name: letters, digits, ``_ . -``.
     """
 
     name: str
     steps: int
+    export: bool = False
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name) or self.steps < 1:
+            raise ValueError(f"stage {self.name!r}: the name must be a folder name (letters, digits, _ . -) and steps >= 1")
 
 
 @dataclass
