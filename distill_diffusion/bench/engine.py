@@ -186,3 +186,20 @@ def _write(result: dict, output: Path) -> None:
     table = "\n".join(lines)
     output.with_suffix(".md").write_text(table + "\n")
     print(table)
+
+
+def passes_row(batch_size: int, seconds: dict[str, float], engine_key: str) -> dict[str, Any]:
+    """One batch size of a "step vs the passes it cannot avoid" benchmark: ``engine_key`` / the sum of the others."""
+    passes = sum(v for k, v in seconds.items() if k != engine_key)
+    return {"batch_size": batch_size, "seconds": seconds, "sum_of_passes": passes, "ratio": seconds[engine_key] / passes}
+
+
+def passes_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Markdown lines of :func:`passes_row` rows: each pass, their sum and step / sum."""
+    names = list(rows[0]["seconds"])
+    lines = ["| batch | " + " | ".join(f"{n} ms" for n in names) + " | sum of passes ms | step / sum |",
+             "|---" * (len(names) + 3) + "|"]
+    for row in rows:
+        cells = " | ".join(f"{row['seconds'][n] * 1e3:.1f}" for n in names)
+        lines.append(f"| {row['batch_size']} | {cells} | {row['sum_of_passes'] * 1e3:.1f} | **{row['ratio']:.3f}** |")
+    return lines

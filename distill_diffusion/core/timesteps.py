@@ -54,3 +54,16 @@ def spaced_timesteps(
         ratio = num_train_timesteps / num_steps
         steps = np.round(np.arange(num_train_timesteps, 0, -ratio)) - 1
     return torch.from_numpy(steps.astype(np.int64).copy())
+
+
+def ddim_step_pairs(num_train_timesteps: int, num_steps: int) -> Tensor:
+    """The ``(t, s)`` pairs a trailing-spacing ``DDIMScheduler`` visits in ``num_steps`` steps, shape [N, 2].
+
+    diffusers' DDIM evaluates the model at ``t`` (``set_timesteps``, trailing spacing: Lin et al.,
+    arXiv:2305.08891, Table 2) and lands on ``s = t − T // N``; ``s < 0`` is the clean end (with
+    ``set_alpha_to_one`` it is alpha = 1, :class:`NoiseSchedule`'s convention). Where ``T / N`` is not an
+    integer, ``s`` can differ by one from the next evaluated ``t``: a student distilled on these pairs
+    learns exactly the steps a stock sampler takes.
+    """
+    t = spaced_timesteps(num_train_timesteps, num_steps, "trailing")
+    return torch.stack([t, t - num_train_timesteps // num_steps], dim=1)

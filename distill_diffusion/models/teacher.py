@@ -9,6 +9,8 @@ scale is ``w + 1`` (:mod:`distill_diffusion.core.guidance`).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -33,3 +35,27 @@ def guided_ddim_step(teacher: Denoiser, z: Tensor, t: Tensor, s: Tensor, c: Tens
     x0, eps = guided_prediction(teacher, z, t, c, uncond, w)
     schedule = teacher.schedule
     return ddim_step(x0, eps, append_dims(schedule.alpha(s), z.ndim), append_dims(schedule.sigma(s), z.ndim))
+
+
+class UncondEmbedding:
+    """The unconditional input of the teacher's CFG, expanded to a batch of text embeddings ``c``.
+
+    ``empty_prompt``: the empty prompt's embedding, encoded once per device/dtype (what SD pipelines use);
+    ``zeros``: zeros (what the diffusers LCM scripts use).
+    """
+
+    def __init__(self, tokenizer: Any, text_encoder: Any, mode: str = "empty_prompt") -> None:
+        self.tokenizer, self.text_encoder, self.mode = tokenizer, text_encoder, mode
+        self._cache: dict[str, Tensor] = {}
+
+    def __call__(self, c: Tensor) -> Tensor:
+        if self.mode == "zeros":
+            return torch.zeros_like(c)
+        key = f"{c.device}/{c.dtype}"
+        if key not in self._cache:
+            from distill_diffusion.models.encode import encode_prompt
+
+            with torch.no_grad():
+                empty = encode_prompt(self.tokenizer, self.text_encoder, [""])
+            self._cache[key] = empty.to(c.device, c.dtype)
+        return self._cache[key].expand(c.shape[0], *c.shape[1:])

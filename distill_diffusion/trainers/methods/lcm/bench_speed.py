@@ -18,7 +18,13 @@ from pathlib import Path
 
 import torch
 
-from distill_diffusion.bench.engine import collate_latents, median_seconds, tiny_engine
+from distill_diffusion.bench.engine import (
+    collate_latents,
+    median_seconds,
+    passes_row,
+    passes_table,
+    tiny_engine,
+)
 
 STEP_TARGET = 1.10
 LATENCY_TARGET = 0.12
@@ -93,10 +99,7 @@ def run_lcm_benchmark(steps: int = 20, batch_sizes: tuple[int, ...] = (8, 32), r
     """Both measurements, a printed table, JSON + markdown results files."""
     rows = []
     for batch_size in batch_sizes:
-        sec = measure_training(batch_size, steps)
-        passes = sum(v for k, v in sec.items() if not k.startswith("engine"))
-        rows.append({"batch_size": batch_size, "seconds": sec, "sum_of_passes": passes,
-                     "ratio": sec["engine LCM-LoRA step"] / passes})
+        rows.append(passes_row(batch_size, measure_training(batch_size, steps), "engine LCM-LoRA step"))
     gen = measure_generation(repeats)
     result = {
         "benchmark": "LCM-LoRA speed (toy UNet, CPU)",
@@ -114,12 +117,7 @@ def run_lcm_benchmark(steps: int = 20, batch_sizes: tuple[int, ...] = (8, 32), r
 def _write(result: dict, output: Path) -> None:
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(result, indent=2))
-    names = list(result["training"][0]["seconds"])
-    lines = ["| batch | " + " | ".join(f"{n} ms" for n in names) + " | sum of passes ms | step / sum |",
-             "|---" * (len(names) + 3) + "|"]
-    for row in result["training"]:
-        cells = " | ".join(f"{row['seconds'][n] * 1e3:.1f}" for n in names)
-        lines.append(f"| {row['batch_size']} | {cells} | {row['sum_of_passes'] * 1e3:.1f} | **{row['ratio']:.3f}** |")
+    lines = passes_table(result["training"])
     gen = result["generation_seconds_per_image"]
     lines += [
         "",

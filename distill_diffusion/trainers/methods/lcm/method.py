@@ -33,7 +33,6 @@ from distill_diffusion.core.losses import l2, pseudo_huber
 from distill_diffusion.errors import require
 from distill_diffusion.models.batch import latents_and_embeddings
 from distill_diffusion.models.denoiser import Denoiser
-from distill_diffusion.models.encode import encode_prompt
 from distill_diffusion.models.export import write_model_card
 from distill_diffusion.models.loading import SDXL_ERROR, SDComponents, TeacherConfigs
 from distill_diffusion.models.lora import (
@@ -45,7 +44,7 @@ from distill_diffusion.models.lora import (
     tuner_layers,
 )
 from distill_diffusion.models.students import build_w_student
-from distill_diffusion.models.teacher import guided_ddim_step
+from distill_diffusion.models.teacher import UncondEmbedding, guided_ddim_step
 from distill_diffusion.trainers.methods.base import LossOutput, MethodBase, Phase, StepContext
 
 #: The kohya-ss copy of an LCM-LoRA export (ComfyUI/A1111), under the name the published adapters use.
@@ -174,7 +173,7 @@ class LCM(MethodBase):
         self.k = self.schedule.num_train_timesteps // config.num_ddim_timesteps
         self.grid = skipping_step_grid(self.schedule.num_train_timesteps, config.num_ddim_timesteps)
         self.decay = config.target_ema_decay
-        self._uncond_cache: dict[str, Tensor] = {}
+        self.uncond = UncondEmbedding(components.tokenizer, components.text_encoder, config.uncond_embedding)
         if config.lora:
             self._init_lora()
         else:
@@ -261,14 +260,7 @@ class LCM(MethodBase):
 
     def uncond_like(self, c: Tensor) -> Tensor:
         """The teacher's unconditional embedding, expanded to ``c``'s batch (empty prompt encoded once)."""
-        if self.config.uncond_embedding == "zeros":
-            return torch.zeros_like(c)
-        key = f"{c.device}/{c.dtype}"
-        if key not in self._uncond_cache:
-            with torch.no_grad():
-                empty = encode_prompt(self.components.tokenizer, self.components.text_encoder, [""])
-            self._uncond_cache[key] = empty.to(c.device, c.dtype)
-        return self._uncond_cache[key].expand(c.shape[0], *c.shape[1:])
+        return self.uncond(c)
 
     @contextmanager
     def _target_weights(self) -> Any:
