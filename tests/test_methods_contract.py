@@ -4,6 +4,7 @@ preset below (the first test fails until it does)."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,10 @@ from distill_diffusion.trainers.methods.registry import METHODS
 pytestmark = pytest.mark.e2e
 
 #: The shipped tiny preset each method trains with on the toy world.
-TINY_PRESETS = {"finetune": "tiny/finetune", "lcm": "tiny/lcm_lora"}
+TINY_PRESETS = {"finetune": "tiny/finetune", "lcm": "tiny/lcm_lora", "progressive": "tiny/progressive"}
+#: Methods whose run is a plan of stages (its length set by the method, not --max_train_steps): a three-stage plan.
+STAGED_ARGS = {"progressive": ["--method.start_steps", "4", "--method.target_steps", "1", "--method.steps_per_round", "1",
+                               "--method.guidance_steps", "1", "--method.time_cond_proj_dim", "8"]}
 
 
 def test_every_registered_method_has_a_tiny_preset() -> None:
@@ -41,7 +45,13 @@ def load_export(out: Path, teacher: Path):
     return pipe
 
 
-@pytest.mark.parametrize("method", sorted(METHODS))
+def sample(pipe) -> None:
+    image = pipe("a red circle", num_inference_steps=2, guidance_scale=1.0, output_type="np",
+                 generator=torch.Generator().manual_seed(0)).images
+    assert image.shape[0] == 1 and torch.isfinite(torch.as_tensor(image)).all()
+
+
+@pytest.mark.parametrize("method", sorted(set(METHODS) - set(STAGED_ARGS)))
 def test_method_trains_resumes_exports_and_loads_in_diffusers(method: str, tiny_pipeline_dir: Path, toy_data_dir: Path,
                                                               tmp_path: Path) -> None:
     out = tmp_path / method
@@ -49,7 +59,24 @@ def test_method_trains_resumes_exports_and_loads_in_diffusers(method: str, tiny_
     assert (out / "checkpoint-2" / "training_state.json").is_file()
     train(method, tiny_pipeline_dir, toy_data_dir, out, 3, "--resume_from_checkpoint", "latest")
     assert (out / "checkpoint-3").is_dir() and (out / "README.md").is_file()
-    pipe = load_export(out, tiny_pipeline_dir)
-    image = pipe("a red circle", num_inference_steps=2, guidance_scale=1.0, output_type="np",
-                 generator=torch.Generator().manual_seed(0)).images
-    assert image.shape[0] == 1 and torch.isfinite(torch.as_tensor(image)).all()
+    sample(load_export(out, tiny_pipeline_dir))
+
+
+@pytest.mark.parametrize("method", sorted(STAGED_ARGS))
+def test_staged_method_checkpoints_each_stage_resumes_inside_its_plan_and_exports(method: str, tiny_pipeline_dir: Path,
+                                                                                 toy_data_dir: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    full, part = tmp_path / "full", tmp_path / "part"
+    train(method, tiny_pipeline_dir, toy_data_dir, full, 1, *STAGED_ARGS[method])
+    names = sorted(p.name for p in full.glob("checkpoint-*"))
+    assert len(names) == 2 and names[-1].startswith("checkpoint-3-")  # total limit 2 of 3 stages, named by stage
+    shutil.copytree(full, part)
+    shutil.rmtree(part / names[-1])
+    for entry in ("model_index.json", "unet"):  # the run's own export, redone by the resume
+        shutil.rmtree(part / entry) if (part / entry).is_dir() else (part / entry).unlink()
+    train(method, tiny_pipeline_dir, toy_data_dir, part, 1, *STAGED_ARGS[method], "--resume_from_checkpoint", "latest")
+    weights = "unet/diffusion_pytorch_model.safetensors"
+    a, b = load_file(full / weights), load_file(part / weights)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # the resume is exact
+    sample(load_export(part, tiny_pipeline_dir))

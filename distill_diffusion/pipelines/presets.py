@@ -104,6 +104,14 @@ PRESETS: dict[str, Preset] = {
             "DPM-Solver++ (2M), a strong plain sampler for the teacher at 10-25 steps",
         ),
         Preset(
+            "progressive",
+            "DDIMScheduler",
+            4,
+            7.5,
+            "progressive-distillation student: its own exported DDIM (trailing, v-prediction) at its round's step count; "
+            "a w-conditioned student reads w = guidance - 1 (one UNet call a step), one with guidance built in needs guidance 1",
+        ),
+        Preset(
             "lcm",
             "LCMScheduler",
             4,

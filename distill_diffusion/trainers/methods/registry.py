@@ -22,12 +22,14 @@ class MethodEntry:
 
 
 _LCM = "distill_diffusion.trainers.methods.lcm"
+_PROGRESSIVE = "distill_diffusion.trainers.methods.progressive"
 METHODS: dict[str, MethodEntry] = {
     "finetune": MethodEntry("distill_diffusion.trainers.methods.finetune:FineTune"),
     "lcm": MethodEntry(f"{_LCM}:LCM", benchmarks={
         "lcm": f"{_LCM}.bench_speed_command", "lcm-gpu": f"{_LCM}.bench_gpu_command",
         "consistency": f"{_LCM}.consistency_command",
     }),
+    "progressive": MethodEntry(f"{_PROGRESSIVE}:Progressive", benchmarks={"progressive": f"{_PROGRESSIVE}.bench_speed_command"}),
 }  # fmt: skip
 
 

@@ -1,0 +1,99 @@
+"""`train progressive` through the CLI on the tiny pipeline: a three-stage plan (guidance, 4 → 2 → 1 steps), an export
+per round that a plain diffusers script samples at its step count, and one-line refusals of bad plans."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+from test_resume_errors import refused
+
+from distill_diffusion.cli import main
+
+pytestmark = pytest.mark.e2e
+
+
+def progressive(teacher: Path, data: Path, out: Path, *extra: str) -> list[str]:
+    return ["train", "progressive", "--config", "tiny/progressive", "--pretrained_model_name_or_path", str(teacher),
+            "--train_data_dir", str(data), "--output_dir", str(out), "--train_batch_size", "2", "--progress_bar", "false",
+            "--start_steps", "4", "--target_steps", "1", "--steps_per_round", "2,1", "--guidance_steps", "1",
+            "--time_cond_proj_dim", "8", "--checkpointing_steps", "100", *extra]
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_pipeline_dir: Path, toy_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("progressive") / "run"
+    assert main(progressive(tiny_pipeline_dir, toy_data_dir, out, "--checkpoints_total_limit", "5")) == 0
+    return out
+
+
+#: Samples an export with stock diffusers only: no import of this project.
+PLAIN_SCRIPT = """
+import json, sys
+import numpy as np, torch
+from diffusers import StableDiffusionPipeline
+folder, steps = sys.argv[1], int(sys.argv[2])
+pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None)
+seen = []
+pipe.unet.register_forward_pre_hook(lambda m, args, kw: seen.append(int(args[1])), with_kwargs=True)
+image = pipe("a red circle", num_inference_steps=steps, guidance_scale=3.0, output_type="np",
+             generator=torch.Generator().manual_seed(0)).images
+print(json.dumps({"timesteps": seen, "finite": bool(np.isfinite(image).all()), "shape": list(image.shape),
+                  "prediction_type": pipe.scheduler.config.prediction_type}))
+"""
+
+
+def test_each_stage_is_checkpointed_under_its_name_and_each_round_exported(trained: Path) -> None:
+    names = sorted((p.name for p in trained.glob("checkpoint-*")), key=lambda n: int(n.split("-")[1]))
+    assert names == ["checkpoint-1-guidance", "checkpoint-3-round-1-2-steps", "checkpoint-4-round-2-1-steps"]
+    for folder in ("round-1-2-steps", "round-2-1-steps"):
+        assert (trained / folder / "model_index.json").is_file() and (trained / folder / "README.md").is_file()
+    # the run's output is the last round's student
+    weights = "unet/diffusion_pytorch_model.safetensors"
+    last, out = load_file(trained / "round-2-1-steps" / weights), load_file(trained / weights)
+    assert all((last[k] == out[k]).all() for k in last)
+    card = (trained / "README.md").read_text()
+    assert "num_inference_steps=1" in card and "guidance_scale=3.0" in card
+    state = json.loads((trained / "checkpoint-3-round-1-2-steps" / "training_state.json").read_text())
+    assert state["train"]["stage"] == 2 and state["run"]["method"]["steps_per_round"] == [2, 1]
+
+
+@pytest.mark.parametrize(("folder", "steps", "timesteps"), [("round-1-2-steps", 2, [999, 499]), ("round-2-1-steps", 1, [999])])
+def test_a_plain_diffusers_script_samples_each_round_on_its_grid(trained: Path, folder: str, steps: int, timesteps: list[int]) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run([sys.executable, "-c", PLAIN_SCRIPT, str(trained / folder), str(steps)], capture_output=True,
+                            text=True, env=env, cwd=trained, timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report == {"timesteps": timesteps, "finite": True, "shape": [1, 32, 32, 3], "prediction_type": "v_prediction"}
+
+
+@pytest.mark.parametrize(("extra", "fragment"), [
+    (("--target_steps", "3"), "not reachable by halving"),
+    (("--start_steps", "2048", "--target_steps", "512"), "more than the teacher's 1000 training timesteps"),
+    (("--prediction_type", "epsilon"), "unstable at high noise"),
+    (("--steps_per_round", "1,2,3"), "one per round (2 rounds"),
+    (("--guidance", "sometimes"), "method.guidance"),
+])
+def test_a_bad_plan_is_one_line_before_loading(capsys, tiny_pipeline_dir: Path, toy_data_dir: Path, tmp_path: Path,
+                                               extra: tuple[str, ...], fragment: str) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    assert fragment in refused(capsys, progressive(tiny_pipeline_dir, toy_data_dir, out, *extra), out)
+    assert not any(out.iterdir())
+
+
+@pytest.mark.parametrize(("extra", "fragment"), [
+    (("--steps_per_round", "2,2"), "--method.steps_per_round 2,1"),
+    (("--target_steps", "2"), "--method.target_steps 1"),
+    (("--guidance", "fixed"), "--method.guidance distill"),
+])
+def test_resume_with_a_changed_round_plan_is_refused(capsys, trained: Path, tiny_pipeline_dir: Path, toy_data_dir: Path,
+                                                     extra: tuple[str, ...], fragment: str) -> None:
+    args = progressive(tiny_pipeline_dir, toy_data_dir, trained, "--resume_from_checkpoint", "latest", *extra)
+    assert fragment in refused(capsys, args, trained)

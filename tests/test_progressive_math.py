@@ -1,0 +1,165 @@
+"""Progressive distillation's invariants on tiny in-memory components (Salimans & Ho Alg. 2; Meng et al. stage 1).
+
+- a perfect student (one that outputs x̃) reproduces the teacher's two DDIM steps with one, at every step i, for
+  eps- and v-prediction teachers, checked against stock ``DDIMScheduler`` stepping;
+- the grid each round trains on is the one the exported ``DDIMScheduler`` visits;
+- the guidance stage's target is the teacher's classifier-free guidance;
+- the stage hand-over (EMA → student → next round's teacher) and its resume state.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+
+import pytest
+import torch
+from diffusers import DDIMScheduler
+
+from distill_diffusion.core import NoiseSchedule, append_dims
+from distill_diffusion.models.loading import SDComponents
+from distill_diffusion.toy.tiny import SD15_SCHEDULER_CONFIG, build_tiny_components
+from distill_diffusion.trainers.methods.base import Phase
+from distill_diffusion.trainers.methods.progressive import Progressive, ProgressiveConfig
+from distill_diffusion.trainers.methods.progressive.plan import (
+    ddim_sample,
+    export_scheduler_config,
+    round_grid,
+)
+
+
+@functools.cache
+def _tiny(prediction_type: str) -> dict:
+    return build_tiny_components(prediction_type=prediction_type)
+
+
+def components(prediction_type: str = "epsilon") -> SDComponents:
+    parts = copy.deepcopy(_tiny(prediction_type))
+    for name in ("unet", "vae", "text_encoder"):
+        parts[name].requires_grad_(False)
+    return SDComponents(family="sd1", prediction_type=prediction_type, source="tiny", **parts)
+
+
+def method(teacher_type: str = "epsilon", **options) -> Progressive:
+    config = ProgressiveConfig(**{"start_steps": 8, "target_steps": 4, "guidance": "none", "steps_per_round": [1], **options})
+    return Progressive(components(teacher_type), config)
+
+
+def inputs(batch: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, 4, 8, 8, generator=gen), torch.randn(batch, 77, 64, generator=gen)
+
+
+def scheduler(prediction_type: str, steps: int) -> DDIMScheduler:
+    sched = DDIMScheduler.from_config(export_scheduler_config(SD15_SCHEDULER_CONFIG, prediction_type))
+    sched.set_timesteps(steps)
+    return sched
+
+
+@pytest.mark.parametrize("teacher_type", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("student_type", ["v_prediction", "sample"])
+def test_a_perfect_student_reproduces_two_teacher_steps_at_every_step(teacher_type: str, student_type: str) -> None:
+    m = method(teacher_type, prediction_type=student_type)
+    n = m.plan.student_steps[0]  # 4 student steps, the teacher's 8 (1000/8 = 125: DDIM's own grid has the midpoints)
+    teacher, student = scheduler(teacher_type, 2 * n), scheduler(student_type, n)
+    schedule = NoiseSchedule.from_scheduler_config(SD15_SCHEDULER_CONFIG)
+    for i in range(n):
+        z, c = inputs(2, seed=i)
+        t = int(student.timesteps[i])
+        # the teacher, two stock DDIM steps from t (its raw UNet output, no project code)
+        z_tpp = z
+        for k in (2 * i, 2 * i + 1):
+            tk = teacher.timesteps[k]
+            z_tpp = teacher.step(m.teacher_unet(z_tpp, tk, encoder_hidden_states=c).sample, tk, z_tpp).prev_sample
+        x_tilde = m.x_tilde(z, torch.full((2,), i), c, torch.zeros(2), stage=0)
+        # a perfect student outputs x̃ in its own parameterisation; one stock DDIM step from t
+        alpha, sigma = (append_dims(v, 4) for v in (schedule.alpha(torch.tensor([t])), schedule.sigma(torch.tensor([t]))))
+        eps = (z - alpha * x_tilde) / sigma
+        output = alpha * eps - sigma * x_tilde if student_type == "v_prediction" else x_tilde
+        one_step = student.step(output, t, z).prev_sample
+        torch.testing.assert_close(one_step, z_tpp, rtol=1e-4, atol=1e-4)
+    assert int(student.timesteps[-1]) - 1000 // n < 0  # the last i lands on the clean end (t'' = 0)
+
+
+def test_at_the_clean_end_the_target_is_the_teachers_x0_after_two_steps() -> None:
+    m = method("v_prediction", start_steps=2, target_steps=1)
+    z, c = inputs(2)
+    x_tilde = m.x_tilde(z, torch.zeros(2, dtype=torch.long), c, torch.zeros(2), stage=0)
+    teacher = scheduler("v_prediction", 2)
+    for tk in teacher.timesteps:
+        z = teacher.step(m.teacher_unet(z, tk, encoder_hidden_states=c).sample, tk, z).prev_sample
+    torch.testing.assert_close(x_tilde, z, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("start", [64, 128])
+def test_every_round_trains_on_the_grid_the_exported_scheduler_visits(start: int) -> None:
+    config = ProgressiveConfig(start_steps=start, target_steps=1)
+    schedule = NoiseSchedule.from_scheduler_config(SD15_SCHEDULER_CONFIG)
+    x0, eps = inputs(1)[0], inputs(1, seed=1)[0]
+    for n in [start >> (r + 1) for r in range(config.num_rounds)]:
+        grid, sched = round_grid(1000, n), scheduler("sample", n)
+        assert grid.pairs[:, 0].tolist() == sched.timesteps.tolist()
+        for t, s in grid.pairs.tolist():
+            z_t = schedule.add_noise(x0, eps, torch.tensor([t]))
+            landed = sched.step(x0, t, z_t).prev_sample  # an x0 output: DDIM lands on alpha_s x0 + sigma_s eps
+            torch.testing.assert_close(landed, schedule.add_noise(x0, eps, torch.tensor([s])), rtol=1e-4, atol=1e-5)
+        assert bool(((grid.pairs[:, 1] < grid.midpoints) & (grid.midpoints < grid.pairs[:, 0])).all())
+
+
+def test_the_guidance_stage_target_is_the_teachers_cfg_output_at_fixed_w() -> None:
+    m = method("epsilon", guidance="distill", w_min=2.0, w_max=2.0)
+    assert m.plan.round_index(0) is None  # stage 0 is the guidance stage
+    torch.manual_seed(0)
+    x0, c = inputs(3)
+    w = m.sample_w(3, x0.device)
+    torch.manual_seed(1)
+    z_t, t, target = m.guidance_target(x0, c, w)
+    # diffusers' CFG on the raw eps outputs at guidance_scale w + 1, converted to x0 by the DDIM scheduler's formula
+    uncond = m.uncond(c)
+    eps_c = m.teacher_unet(z_t, t, encoder_hidden_states=c).sample
+    eps_u = m.teacher_unet(z_t, t, encoder_hidden_states=uncond).sample
+    eps = eps_u + 3.0 * (eps_c - eps_u)
+    abar = append_dims(torch.as_tensor(DDIMScheduler.from_config(SD15_SCHEDULER_CONFIG).alphas_cumprod)[t], 4)
+    torch.testing.assert_close(target, (z_t - (1 - abar).sqrt() * eps) / abar.sqrt(), rtol=1e-4, atol=1e-4)
+
+
+def test_the_w_student_starts_equal_to_the_teacher_at_every_w() -> None:
+    m = method("v_prediction", guidance="distill")
+    z, c = inputs(2)
+    t = torch.tensor([999, 500])
+    base = m.teacher_unet(z, t, encoder_hidden_states=c).sample
+    for w in (0.0, 3.0):
+        out = m.unet(z, t, encoder_hidden_states=c, **m.w_condition(torch.full((2,), w))).sample
+        torch.testing.assert_close(out, base, rtol=1e-5, atol=1e-5)
+
+
+def test_the_stage_end_hands_the_ema_to_the_student_and_the_next_teacher_and_resumes() -> None:
+    m = method("epsilon", start_steps=8, target_steps=2)
+    params = m.trainable_parameters(Phase("unet", "unet"))
+    ema = [torch.randn_like(p) for p in params]
+    m.on_stage_end(0, {"unet": ema})
+    assert all(torch.equal(p, e) for p, e in zip(params, ema)) and m.stage == 1
+    teacher = dict(m.round_teacher.state_dict())
+    assert all(torch.equal(teacher[k], v) for k, v in m.unet.state_dict().items())
+    fresh = method("epsilon", start_steps=8, target_steps=2)
+    fresh.load_state_dict(m.state_dict())
+    assert fresh.stage == 1 and all(torch.equal(v, teacher[k]) for k, v in fresh.round_teacher.state_dict().items())
+    assert fresh.sampling_steps() == 4 and fresh.validation_call_kwargs()["num_inference_steps"] == 4
+
+
+def test_the_project_sampler_and_stock_ddim_agree_on_a_w_student(tmp_path) -> None:
+    from diffusers import StableDiffusionPipeline
+
+    m = method("epsilon", guidance="distill", validation_guidance_scale=3.0)
+    with torch.no_grad():
+        for p in m.unet.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    m.on_stage_end(0, {})
+    m.export(tmp_path)
+    pipe = StableDiffusionPipeline.from_pretrained(tmp_path, safety_checker=None)
+    assert pipe.scheduler.config.prediction_type == "v_prediction" and pipe.unet.config.time_cond_proj_dim == 256
+    latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    stock = pipe("a red circle", num_inference_steps=8, guidance_scale=3.0, latents=latents.clone(), output_type="latent").images
+    c = pipe.encode_prompt("a red circle", "cpu", 1, False)[0]
+    ours = ddim_sample(m.student_denoiser(), latents, round_grid(1000, 8).pairs, c, **m.w_condition(torch.tensor([2.0])))
+    torch.testing.assert_close(ours, stock, rtol=1e-4, atol=1e-4)
