@@ -2,10 +2,10 @@
 
 1. Build (or reuse) the trained toy world: teacher, tiny CLIP, data (``toy build``).
 2. Distil an LCM-LoRA from the toy teacher through the engine (``train lcm``, resumable).
-3. Benchmark FID and CLIP score against step count (1024 images per row by default: FID is biased upward
-   at small N, enough to blur the comparisons): the teacher under DDIM at 1, 2, 4, 8, 25, 50 steps and
-   under LCMScheduler at 1, 2, 4, 8, and the LCM-LoRA (LCMScheduler) at 1, 2, 4, 8, same prompts and seeds;
-   print the table and the paths of the plot and the grids.
+3. Benchmark FID, CLIP score and prompt accuracy (the toy classifier's shape/colour/background) against step
+   count (1024 images per row by default: FID is biased upward at small N, enough to blur the comparisons): the
+   teacher under DDIM at 1, 2, 4, 8, 25, 50 steps and under LCMScheduler at 1, 2, 4, 8, and the LCM-LoRA
+   (LCMScheduler) at 1, 2, 4, 8, same prompts and seeds; print the table and the paths of the plot and the grids.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ def run_quickstart(output_dir: str | Path = "quickstart", cache_dir: str | Path 
     """Steps 1-3 above; returns the benchmark result (rows, meta, files)."""
     from distill_diffusion.eval.bench_quality import BenchmarkSettings, PipelineSpec, run_quality_benchmark
     from distill_diffusion.toy.build import ensure_toy_world
+    from distill_diffusion.toy.classifier import resolve_toy_classifier, toy_prompt_scorer
     from distill_diffusion.toy.clip import clip_feature_net, toy_clip_processor
     from distill_diffusion.toy.tokenizer import build_tokenizer
 
@@ -60,6 +61,7 @@ def run_quickstart(output_dir: str | Path = "quickstart", cache_dir: str | Path 
     settings = BenchmarkSettings(
         prompts="toy", num_images=num_images, real_dir=str(world.data), fid_feature=clip_feature_net(clip),
         clip=(clip, toy_clip_processor(build_tokenizer())), local_files_only=True, batch_size=64,
+        prompt_scorer=toy_prompt_scorer(resolve_toy_classifier("toy", cache_dir)),
     )
     specs = [
         PipelineSpec("teacher", str(world.teacher), preset="ddim", guidance_scale=TEACHER_GUIDANCE, steps=(1, 2, 4, 8, 25, 50)),

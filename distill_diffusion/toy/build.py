@@ -42,11 +42,13 @@ class BuildBudget:
     vae_steps: int = 1000
     vae_batch_size: int = 16
     vae_learning_rate: float = 1e-3  # 3e-3 fitted colours badly in some runs (toy.vae)
-    unet_steps: int = 2600
+    unet_steps: int = 5200  # toy-v2 had 2600: under-trained (docs/toy_world.md)
     unet_batch_size: int = 32
     unet_learning_rate: float = 1e-3
     unet_warmup_steps: int = 50
     ema_decay: float = 0.999
+    #: Min-SNR-γ loss weighting of the teacher UNet (Hang et al. 2023); None: plain L_simple.
+    unet_snr_gamma: float | None = 5.0
     proportion_empty_prompts: float = 0.1
     clip_steps: int = 200
     clip_batch_size: int = 64
@@ -55,7 +57,7 @@ class BuildBudget:
     classifier_steps: int = 1200
     classifier_batch_size: int = 64
     #: Teacher samples per step count in the calibration (0 skips it); must exceed clip_projection_dim.
-    calibration_images: int = 128
+    calibration_images: int = 256
     guidance_scale: float = 3.0
     seed: int = 0
 
@@ -177,7 +179,7 @@ def unet_run_config(tmp: Path, b: BuildBudget, progress: bool) -> Any:
             "validation_steps": 0,
             "progress_bar": progress,
         },
-        "method": {},
+        "method": {"snr_gamma": b.unet_snr_gamma},
     }
     return build_run_config("finetune", FineTuneConfig, preset)
 

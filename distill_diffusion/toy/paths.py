@@ -1,6 +1,6 @@
 """Where the trained toy world lives: the user cache folder and the :class:`ToyWorld` paths inside it.
 
-``$DISTILL_DIFFUSION_CACHE`` (or ``~/.cache/distill-diffusion``) holds ``toy-v2/`` with ``data/`` (the
+``$DISTILL_DIFFUSION_CACHE`` (or ``~/.cache/distill-diffusion``) holds ``toy-v3/`` with ``data/`` (the
 imagefolder), ``teacher/`` (a stock ``StableDiffusionPipeline`` folder), ``clip/`` (a stock ``CLIPModel``
 folder with its processor), ``classifier/`` (the shape/colour/background classifier of ``toy.classifier``)
 and ``build.json`` (what was trained, how long, losses, calibration). The version suffix changes whenever the world or its training changes, so an old cache is never reused.
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 CACHE_ENV = "DISTILL_DIFFUSION_CACHE"
-TOY_VERSION = "toy-v2"
+TOY_VERSION = "toy-v3"
 BUILD_FILE = "build.json"
 
 
@@ -29,7 +29,7 @@ def cache_root(cache_dir: str | Path | None = None) -> Path:
 
 @dataclass(frozen=True)
 class ToyWorld:
-    """Paths of one built toy world (``root`` = ``<cache>/toy-v2``)."""
+    """Paths of one built toy world (``root`` = ``<cache>/toy-v3``)."""
 
     root: Path
 

@@ -1,13 +1,13 @@
 """The toy world's procedural captioned dataset: coloured shapes whose captions leave position/size/rotation out.
 
 Each image is one shape (circle, square, triangle, cross, ring, star) in one of eight colours on one of
-three backgrounds, at a random size, position and rotation. Captions name the colour and the shape and,
+three backgrounds, at a random size (radius 28-45% of the side), position and rotation. Captions name the colour and the shape and,
 half of the time, the background -- never position, size or rotation. So one prompt has many images and
 a one-step (mean) prediction is a blur, as with real Stable Diffusion (DESIGN.md, "The toy world").
 
 Resolution: 32x32 RGB by default. The tiny VAE (``distill_diffusion.toy.tiny``) downsamples by 4, like
-the world measured in SPECS.md section 1 (8x8x4 latents of 32^2 glyphs): a shape of 6-13 px radius spans
-3-7 latent pixels, enough for an 8 -> 4 -> 2 UNet to resolve its outline, while 4x4 latents (a x8 VAE at
+the world measured in SPECS.md section 1 (8x8x4 latents of 32^2 glyphs): a shape of 9-14 px radius spans
+4-7 latent pixels, enough for an 8 -> 4 -> 2 UNet to resolve its outline, while 4x4 latents (a x8 VAE at
 32^2) would leave one latent pixel per shape part.
 
 Everything is deterministic from ``seed``: example ``i`` draws from ``numpy.random.default_rng([seed, i])``,
@@ -47,6 +47,11 @@ SHAPES = ("circle", "square", "triangle", "cross", "ring", "star")
 VOCABULARY = ("a", "on", "background", *COLOURS, *BACKGROUNDS, *SHAPES)
 
 _SUPERSAMPLE = 4  # draw at 4x and downsample: anti-aliased edges without a font or a renderer
+#: Shape radius range, as a fraction of the image side. toy-v2 drew 0.2-0.42; its smallest stars and crosses
+#: (radius 6 px) lost their shape in the x4 VAE: 77% of reconstructions kept it; 93% at 0.28-0.45 with STAR_INNER 0.4.
+RADIUS = (0.28, 0.45)
+#: A star's inner radius over its outer one (toy-v2: 0.45; deeper points read as a star, not a pentagon, at 32 px).
+STAR_INNER = 0.4
 _ROTATING = ("square", "triangle", "cross", "star")  # circle and ring look the same at any angle
 
 
@@ -73,7 +78,7 @@ def sample_example(rng: np.random.Generator) -> ToyExample:
     """Draw one example's attributes (shape colour never equals the background colour)."""
     background = str(rng.choice(list(BACKGROUNDS)))
     colour = str(rng.choice([c for c in COLOURS if c != background]))
-    radius = float(rng.uniform(0.2, 0.42))
+    radius = float(rng.uniform(*RADIUS))
     cx, cy = (float(v) for v in rng.uniform(radius, 1.0 - radius, size=2))
     return ToyExample(
         shape=str(rng.choice(SHAPES)),
@@ -123,8 +128,8 @@ def render(example: ToyExample, resolution: int = 32) -> Image.Image:
         draw.polygon(_polygon(cx, cy, [r] * 3, example.angle), fill=fill)
     elif example.shape == "cross":
         draw.polygon(_cross(cx, cy, r, example.angle), fill=fill)
-    else:  # star: five points, inner radius 0.45 r
-        draw.polygon(_polygon(cx, cy, [r, 0.45 * r] * 5, example.angle), fill=fill)
+    else:  # star: five points
+        draw.polygon(_polygon(cx, cy, [r, STAR_INNER * r] * 5, example.angle), fill=fill)
     return image.resize((resolution, resolution), Image.Resampling.BOX)
 
 
