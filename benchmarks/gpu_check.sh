@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The checks that need a CUDA GPU, as one short script: the `gpu`-marked tests (CUDA and mixed-precision
-# paths: EMA resume on the GPU, ...) and the SD 1.5-sized LCM-LoRA training benchmark.
+# paths: EMA resume on the GPU, ...) and the SD 1.5-sized LCM-LoRA and progressive-distillation training benchmarks.
 # Run from the repository root on a machine with a GPU: bash benchmarks/gpu_check.sh
-# Results: benchmarks/results/lcm_gpu_sd15.{json,md} and gpu_tests.txt (copied to $OUT when set).
+# Results: benchmarks/results/{lcm,progressive}_gpu_sd15.{json,md} and gpu_tests.txt (copied to $OUT when set).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 [ -d .venv ] || { python3 -m venv .venv && . .venv/bin/activate && pip install -q -e ".[test]"; }
@@ -12,6 +12,8 @@ python -m pytest -q -p no:cacheprovider -m gpu 2>&1 | tee benchmarks/results/gpu
 tests=${PIPESTATUS[0]}
 distill-diffusion bench lcm-gpu --mixed_precision bf16 --batch_size 8 --steps 20
 bench=$?
-if [ -n "${OUT:-}" ]; then cp benchmarks/results/gpu_tests.txt benchmarks/results/lcm_gpu_sd15.* "$OUT"/ 2>/dev/null; fi
+distill-diffusion bench progressive-gpu --mixed_precision bf16 --batch_size 8 --steps 20
+bench=$(( bench || $? ))
+if [ -n "${OUT:-}" ]; then cp benchmarks/results/gpu_tests.txt benchmarks/results/*_gpu_sd15.* "$OUT"/ 2>/dev/null; fi
 echo "gpu tests exit $tests, benchmark exit $bench"
 exit $(( tests || bench ))

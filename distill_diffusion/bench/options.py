@@ -17,6 +17,16 @@ def add_speed_options(p: argparse.ArgumentParser, *, steps: int, batch_sizes: li
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 keeps shared CPUs reproducible)")
 
 
+def add_gpu_options(p: argparse.ArgumentParser, output: str) -> None:
+    """Batch, resolution, timed steps, precision, checkpointing and results file: the SD 1.5 GPU benchmarks' options."""
+    p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--resolution", type=int, default=512)
+    p.add_argument("--steps", type=int, default=20, help="timed steps (after 3 warm-up steps)")
+    p.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default="bf16")
+    p.add_argument("--gradient_checkpointing", action="store_true")
+    p.add_argument("--output", default=output)
+
+
 def run_speed(args: argparse.Namespace, benchmark: Callable[..., object]) -> int:
     """Run a speed benchmark at the fixed thread count with the options of :func:`add_speed_options`."""
     from distill_diffusion.threads import fix_threads

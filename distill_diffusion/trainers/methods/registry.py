@@ -29,7 +29,10 @@ METHODS: dict[str, MethodEntry] = {
         "lcm": f"{_LCM}.bench_speed_command", "lcm-gpu": f"{_LCM}.bench_gpu_command",
         "consistency": f"{_LCM}.consistency_command",
     }),
-    "progressive": MethodEntry(f"{_PROGRESSIVE}:Progressive", benchmarks={"progressive": f"{_PROGRESSIVE}.bench_speed_command"}),
+    "progressive": MethodEntry(f"{_PROGRESSIVE}:Progressive", benchmarks={
+        "progressive": f"{_PROGRESSIVE}.bench_speed_command", "progressive-gpu": f"{_PROGRESSIVE}.bench_gpu_command",
+        "progressive-toy": f"{_PROGRESSIVE}.bench_toy_command",
+    }),
 }  # fmt: skip
 
 

@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import argparse
 
+from distill_diffusion.bench.options import add_gpu_options
+
 HELP = "LCM-LoRA training images/s and peak memory, SD 1.5 UNet (random weights), CUDA GPU"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The benchmark's options."""
-    p.add_argument("--batch_size", type=int, default=8)
-    p.add_argument("--resolution", type=int, default=512)
-    p.add_argument("--steps", type=int, default=20, help="timed steps (after 3 warm-up steps)")
-    p.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default="bf16")
-    p.add_argument("--gradient_checkpointing", action="store_true")
+    add_gpu_options(p, "benchmarks/results/lcm_gpu_sd15.json")
     p.add_argument("--lora_rank", type=int, default=64)
-    p.add_argument("--output", default="benchmarks/results/lcm_gpu_sd15.json")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,0 +1,62 @@
+"""SD 1.5-sized progressive-distillation training benchmark on a CUDA GPU: images/s and peak memory of a round's step.
+
+The step is a halving round of progressive distillation (Salimans & Ho, arXiv:2202.00512, Alg. 2) on a
+w-conditioned student after the guidance stage (Meng et al., arXiv:2210.03142): two forwards of the round's frozen
+teacher (the previous student, in the weight dtype), one forward+backward of the fp32 student, AdamW on the whole
+UNet, an EMA update, all through the engine; SD 1.5's UNet architecture with random weights
+(:mod:`distill_diffusion.bench.gpu`).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from distill_diffusion.bench import gpu
+
+NO_GPU = ("the SD 1.5 progressive-distillation benchmark needs a CUDA GPU; run it on a GPU machine "
+          "(the CPU benchmark is `distill-diffusion bench progressive`)")
+
+
+def run_sd15_progressive_benchmark(batch_size: int = 8, resolution: int = 512, steps: int = 20, mixed_precision: str = "bf16",
+                                   gradient_checkpointing: bool = False, output: str | Path = "benchmarks/results/progressive_gpu_sd15.json",
+                                   unet_config: dict[str, Any] | None = None, device: str | None = None) -> dict:
+    """Time ``steps`` engine steps of the first halving round (64 → 32) after 3 warm-up steps; print and write results.
+
+    ``device=None`` needs CUDA (a one-line error otherwise, before anything is built); ``device="cpu"`` with a tiny
+    ``unet_config`` runs it anywhere, as the tests do.
+    """
+    import diffusers
+
+    config = dict(unet_config or gpu.SD15_UNET_CONFIG)
+    dev = gpu.check_args(device, batch_size, resolution, steps, mixed_precision, config, NO_GPU)
+    options = {"start_steps": 64, "target_steps": 32, "steps_per_round": [10**6], "guidance_steps": 1}
+    with tempfile.TemporaryDirectory() as tmp:
+        engine, _ = gpu.sd_engine(Path(tmp), "progressive", options, batch_size, resolution, mixed_precision,
+                                  gradient_checkpointing, config, dev)
+        engine.method.on_stage_end(0, {})  # past the guidance stage: the teacher is the (random) w-conditioned student
+        engine.state.stage = engine.state.global_step = 1
+        seconds, peak = gpu.time_steps(engine, dev, steps)
+    unet = engine.method.unet
+    result = {
+        "benchmark": "progressive distillation halving-round step, " + ("SD 1.5 UNet architecture" if unet_config is None else "custom UNet config")
+                     + " (random weights)",
+        "device": gpu.device_name(dev), "torch": torch.__version__, "diffusers": diffusers.__version__,
+        "images_per_second": batch_size / seconds, "median_step_seconds": seconds, "peak_memory_gib": peak,
+        "settings": {
+            "batch_size": batch_size, "resolution": resolution, "latent_size": resolution // 8, "steps_timed": steps,
+            "warmup_steps": 3, "mixed_precision": mixed_precision, "gradient_checkpointing": gradient_checkpointing,
+            "student_parameters": sum(p.numel() for p in unet.parameters()), "round": "64 → 32 steps, w-conditioned student",
+        },
+    }
+    _write(result, Path(output))
+    return result
+
+
+def _write(result: dict, output: Path) -> None:
+    s = result["settings"]
+    gpu.write_results(result, output, {}, f"{result['benchmark']}; {s['student_parameters'] / 1e6:.1f}M trainable student "
+                      f"parameters ({s['round']}).")

@@ -1,0 +1,24 @@
+"""``distill-diffusion bench progressive-gpu``: the SD 1.5 progressive-distillation GPU benchmark (:mod:`.bench_gpu`)."""
+
+from __future__ import annotations
+
+import argparse
+
+from distill_diffusion.bench.options import add_gpu_options
+
+HELP = "progressive distillation training images/s and peak memory, SD 1.5 UNet (random weights), CUDA GPU"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The benchmark's options."""
+    add_gpu_options(p, "benchmarks/results/progressive_gpu_sd15.json")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run it with the parsed options; returns the exit code."""
+    from distill_diffusion.trainers.methods.progressive.bench_gpu import run_sd15_progressive_benchmark
+
+    run_sd15_progressive_benchmark(batch_size=args.batch_size, resolution=args.resolution, steps=args.steps,
+                                   mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing,
+                                   output=args.output)  # fmt: skip
+    return 0

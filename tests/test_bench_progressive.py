@@ -1,0 +1,55 @@
+"""The progressive-distillation benchmarks run end to end on the tiny UNet: the CPU step-vs-passes table and the
+SD 1.5 GPU benchmark's code path (on this machine's device), plus the no-GPU error."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from distill_diffusion.errors import UserError
+from distill_diffusion.toy.tiny import tiny_unet_config
+from distill_diffusion.trainers.methods.progressive.bench_gpu import run_sd15_progressive_benchmark
+from distill_diffusion.trainers.methods.progressive.bench_speed import ENGINE_KEY, run_progressive_benchmark
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def test_cpu_benchmark_times_the_step_against_its_passes(tmp_path: Path) -> None:
+    out = tmp_path / "speed.json"
+    result = run_progressive_benchmark(steps=2, batch_sizes=(2,), output=out)
+    row = result["training"][0]
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    assert set(row["seconds"]) == {"teacher forward + DDIM step, 1st", "teacher forward + DDIM step, 2nd", "student forward+backward", ENGINE_KEY}
+    assert row["ratio"] == pytest.approx(row["seconds"][ENGINE_KEY] / row["sum_of_passes"]) and row["ratio"] > 0
+    assert "step / sum" in out.with_suffix(".md").read_text()
+
+
+def test_gpu_benchmark_runs_a_round_step_on_a_tiny_unet(tmp_path: Path) -> None:
+    out = tmp_path / "gpu.json"
+    result = run_sd15_progressive_benchmark(batch_size=2, resolution=32, steps=2, mixed_precision="no", output=out,
+                                            unet_config=tiny_unet_config(), device=DEVICE)
+    assert result["images_per_second"] > 0 and (result["peak_memory_gib"] is None) == (DEVICE == "cpu")
+    assert result["settings"]["latent_size"] == 4 and result["settings"]["student_parameters"] > 0
+    assert "images/s" in out.with_suffix(".md").read_text()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the error is for machines without a GPU")
+def test_gpu_benchmark_without_a_gpu_is_one_line() -> None:
+    with pytest.raises(UserError, match="needs a CUDA GPU"):
+        run_sd15_progressive_benchmark()
+
+
+def test_the_stage_timer_charges_each_step_to_its_stage_and_survives_a_restart(tmp_path: Path) -> None:
+    from distill_diffusion.trainers.methods.base import Stage
+    from distill_diffusion.trainers.methods.progressive.bench_toy import StageTimer
+
+    stages = [Stage("guidance", 2), Stage("round-1-2-steps", 1)]
+    timer = StageTimer(stages, tmp_path / "seconds.json")
+    for step in (1, 2, 3):
+        timer(step, {})
+    assert set(timer.seconds) == {"guidance", "round-1-2-steps"}
+    again = StageTimer(stages, tmp_path / "seconds.json")  # a resumed run adds to what was recorded
+    assert again.seconds == timer.seconds
