@@ -90,7 +90,7 @@ def test_a_bad_plan_is_one_line_before_loading(capsys, tiny_pipeline_dir: Path, 
 
 @pytest.mark.parametrize(("extra", "fragment"), [
     (("--steps_per_round", "2,2"), "--method.steps_per_round 2,1"),
-    (("--target_steps", "2"), "--method.target_steps 1"),
+    (("--target_steps", "2", "--steps_per_round", "2"), "--method.target_steps 1"),
     (("--guidance", "fixed"), "--method.guidance distill"),
 ])
 def test_resume_with_a_changed_round_plan_is_refused(capsys, trained: Path, tiny_pipeline_dir: Path, toy_data_dir: Path,
