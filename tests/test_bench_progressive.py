@@ -53,3 +53,16 @@ def test_the_stage_timer_charges_each_step_to_its_stage_and_survives_a_restart(t
     assert set(timer.seconds) == {"guidance", "round-1-2-steps"}
     again = StageTimer(stages, tmp_path / "seconds.json")  # a resumed run adds to what was recorded
     assert again.seconds == timer.seconds
+
+
+def test_the_toy_plan_reads_the_teachers_schedule_and_the_shipped_recipe(tiny_pipeline_dir: Path) -> None:
+    from types import SimpleNamespace
+
+    from distill_diffusion.config import build_run_config, load_preset
+    from distill_diffusion.trainers.methods.progressive import Progressive
+    from distill_diffusion.trainers.methods.progressive.bench_toy import PRESET, toy_plan
+
+    run = build_run_config("progressive", Progressive, load_preset(PRESET))
+    plan = toy_plan(SimpleNamespace(teacher=tiny_pipeline_dir), run)
+    assert plan.num_train_timesteps == 1000 and plan.student_steps == [32, 16, 8, 4, 2, 1]
+    assert [s.name for s in plan.stages()][:2] == ["guidance", "round-1-32-steps"]

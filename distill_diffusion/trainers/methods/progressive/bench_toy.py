@@ -35,19 +35,26 @@ class StageTimer:
         self.path.write_text(json.dumps(self.seconds, indent=2))
 
 
+def toy_plan(world: Any, run: Any) -> Any:
+    """The run's :class:`RoundPlan` on the toy teacher's schedule (its training timesteps read from its scheduler config)."""
+    from distill_diffusion.trainers.methods.progressive.plan import RoundPlan
+
+    scheduler = json.loads((world.teacher / "scheduler" / "scheduler_config.json").read_text())
+    return RoundPlan(run.method_config, int(scheduler["num_train_timesteps"]), run.train.max_train_steps)
+
+
 def train_toy_progressive(world: Any, run_dir: Path) -> tuple[Any, dict[str, float]]:
     """Train (or resume, or reuse when finished) the tiny preset on ``world``; returns its run config and stage seconds."""
     from distill_diffusion.config import build_run_config, load_preset
     from distill_diffusion.trainers.engine.build import train
     from distill_diffusion.trainers.methods.progressive import Progressive
-    from distill_diffusion.trainers.methods.progressive.plan import RoundPlan
 
     preset = load_preset(PRESET)
     preset["model"]["pretrained_model_name_or_path"] = str(world.teacher)
     preset["data"]["train_data_dir"] = str(world.data)
     preset["train"].update(output_dir=str(run_dir), resume_from_checkpoint="latest")
     run = build_run_config("progressive", Progressive, preset)
-    stages = RoundPlan(run.method_config, 1000, run.train.max_train_steps).stages()
+    stages = toy_plan(world, run).stages()
     timer = StageTimer(stages, run_dir / "stage_seconds.json")
     if not (run_dir / "model_index.json").is_file():
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -61,11 +68,10 @@ def run_progressive_toy(output_dir: str | Path = "benchmarks/results/toy_quality
     from distill_diffusion.eval.bench_quality import PipelineSpec, run_quality_benchmark
     from distill_diffusion.quickstart import toy_bench_settings
     from distill_diffusion.toy.build import ensure_toy_world
-    from distill_diffusion.trainers.methods.progressive.plan import RoundPlan
 
     world, run_dir, out = ensure_toy_world(cache_dir=cache_dir), Path(run_dir), Path(output_dir)
     run, seconds = train_toy_progressive(world, run_dir)
-    plan = RoundPlan(run.method_config, 1000, run.train.max_train_steps)
+    plan = toy_plan(world, run)
     student_g = guidance_scale if run.method_config.guidance == "distill" else 1.0
     specs = [
         PipelineSpec("teacher", str(world.teacher), preset="ddim", guidance_scale=guidance_scale, steps=(1, 2, 4, 8, 50)),
