@@ -77,8 +77,7 @@ def run_progressive_toy(output_dir: str | Path = "benchmarks/results/toy_quality
         PipelineSpec("teacher", str(world.teacher), preset="ddim", guidance_scale=guidance_scale, steps=(1, 2, 4, 8, 50)),
         PipelineSpec("teacher-trailing", str(world.teacher), preset="ddim-trailing", guidance_scale=guidance_scale, steps=(1, 2, 4, 8)),
     ]
-    for stage in plan.stages()[int(plan.has_guidance_stage):]:
-        steps = int(stage.name.split("-")[2])
+    for stage, steps in zip(plan.stages()[int(plan.has_guidance_stage):], plan.student_steps):
         if steps <= 8:
             specs.append(PipelineSpec(stage.name, str(run_dir / stage.name), preset="progressive", guidance_scale=student_g, steps=(steps,)))
     result = run_quality_benchmark(specs, out, toy_bench_settings(world, num_images, cache_dir))
