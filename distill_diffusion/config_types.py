@@ -31,7 +31,16 @@ def field_types(cls: type) -> dict[str, Any]:
 
 @functools.cache
 def field_help(cls: type) -> dict[str, str]:
-    """The first sentence of the ``#:`` comment above each field of ``cls``, by field name (``--help`` shows it)."""
+    """The first sentence of the ``#:`` comment above each field of ``cls`` and of the dataclasses it extends, by
+    field name (``--help`` shows it)."""
+    helps: dict[str, str] = {}
+    for base in reversed(cls.__mro__[1:]):
+        if dataclasses.is_dataclass(base):
+            helps.update(field_help(base))
+    return {**helps, **_own_field_help(cls)}
+
+
+def _own_field_help(cls: type) -> dict[str, str]:
     try:
         lines = inspect.getsource(cls).splitlines()
     except (OSError, TypeError):  # no source (e.g. a class made at run time)

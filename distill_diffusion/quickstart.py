@@ -20,10 +20,12 @@ LCM_PRESET = "tiny/lcm_lora"
 TEACHER_GUIDANCE = 3.0
 
 
-def distil_lcm_lora(teacher: Path, data: Path, output_dir: Path, max_train_steps: int | None = None) -> Path:
+def distil_lcm_lora(teacher: Path, data: Path, output_dir: Path, max_train_steps: int | None = None,
+                    callbacks: list[Any] | None = None) -> Path:
     """Train (or resume, or reuse when finished) the toy LCM-LoRA; returns the export folder.
 
-    The recipe is the shipped ``tiny/lcm_lora`` preset; only the paths, resuming and the step count change.
+    The recipe is the shipped ``tiny/lcm_lora`` preset; only the paths, resuming and the step count change
+    (``callbacks``: engine callbacks, e.g. a timer).
     """
     from distill_diffusion.config import build_run_config, load_preset
     from distill_diffusion.trainers.engine.build import train
@@ -37,7 +39,7 @@ def distil_lcm_lora(teacher: Path, data: Path, output_dir: Path, max_train_steps
     preset["train"].update(output_dir=str(output_dir), resume_from_checkpoint="latest")
     if max_train_steps is not None:
         preset["train"]["max_train_steps"] = max_train_steps
-    return train(build_run_config("lcm", LCM, preset))
+    return train(build_run_config("lcm", LCM, preset), callbacks=callbacks or ())
 
 
 def toy_bench_settings(world: Any, num_images: int, cache_dir: str | Path | None = None) -> Any:

@@ -43,8 +43,8 @@ def test_gpu_benchmark_without_a_gpu_is_one_line() -> None:
 
 
 def test_the_stage_timer_charges_each_step_to_its_stage_and_survives_a_restart(tmp_path: Path) -> None:
+    from distill_diffusion.bench.toy_runs import StageTimer
     from distill_diffusion.trainers.methods.base import Stage
-    from distill_diffusion.trainers.methods.progressive.bench_toy import StageTimer
 
     stages = [Stage("guidance", 2), Stage("round-1-2-steps", 1)]
     timer = StageTimer(stages, tmp_path / "seconds.json")

@@ -203,3 +203,35 @@ def passes_table(rows: list[dict[str, Any]]) -> list[str]:
         cells = " | ".join(f"{row['seconds'][n] * 1e3:.1f}" for n in names)
         lines.append(f"| {row['batch_size']} | {cells} | {row['sum_of_passes'] * 1e3:.1f} | **{row['ratio']:.3f}** |")
     return lines
+
+
+def engine_stepper(engine: Any) -> Callable[[], None]:
+    """One engine step on the next batch of its own data loader, as the training loop takes it (for timing)."""
+    from distill_diffusion.trainers.engine.data_loop import batch_stream
+
+    stream = batch_stream(engine.accelerator, engine.dataloader)
+
+    def step() -> None:
+        engine.state.batches_seen += 1
+        engine.step([next(stream)])
+
+    return step
+
+
+def write_passes_benchmark(rows: list[dict[str, Any]], benchmark: str, step_target: float, steps: int, output: str | Path,
+                           gpu_note: str) -> dict[str, Any]:
+    """A "step vs the passes it cannot avoid" benchmark's results: JSON, a markdown table (printed too); returns the dict."""
+    result = {
+        "benchmark": benchmark, "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "device": platform.processor() or platform.machine(), "steps_timed": steps,
+        "training": rows, "step_target": step_target, "gpu": gpu_note,
+    }
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(result, indent=2))
+    lines = [*passes_table(rows), "", f"Step target: step / sum of passes ≤ {step_target}. Medians; {result['threads']} threads, "
+             f"torch {result['torch']}, {result['device']}."]
+    table = "\n".join(lines)
+    output.with_suffix(".md").write_text(table + "\n")
+    print(table)
+    return result

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from distill_diffusion.bench.engine import latent_engine, median_seconds
+from distill_diffusion.bench.engine import engine_stepper, latent_engine, median_seconds
 from distill_diffusion.errors import UserError, require
 
 #: Stable Diffusion 1.5's ``UNet2DConditionModel`` config (859.5M parameters).
@@ -110,14 +110,11 @@ def device_name(device: torch.device) -> str:
 
 def time_steps(engine: Any, dev: torch.device, steps: int) -> tuple[float, float | None]:
     """Median seconds of an engine step (CUDA synchronised) and the peak CUDA memory in GiB (None on CPU)."""
-    from distill_diffusion.trainers.engine.data_loop import batch_stream
-
-    stream = batch_stream(engine.accelerator, engine.dataloader)
+    engine_step = engine_stepper(engine)
     cuda = dev.type == "cuda"
 
     def step() -> None:
-        engine.state.batches_seen += 1
-        engine.step([next(stream)])
+        engine_step()
         if cuda:
             torch.cuda.synchronize(dev)
 

@@ -36,6 +36,15 @@ def run_speed(args: argparse.Namespace, benchmark: Callable[..., object]) -> int
     return 0
 
 
+def add_toy_run_options(p: argparse.ArgumentParser, *, output_dir: str, run_dir: str) -> None:
+    """Results folder, training folder, images per row, guidance and toy cache: the toy method benchmarks' options."""
+    p.add_argument("--output_dir", default=output_dir)
+    p.add_argument("--run_dir", default=run_dir, help="training output (resumed when present)")
+    p.add_argument("--num_images", type=int, default=1024, help="images per row (FID is biased at small N)")
+    p.add_argument("--guidance_scale", type=float, default=3.0, help="the teacher's guidance (and the students' where they take one)")
+    p.add_argument("--cache_dir", default=None, help="toy-world cache (default $DISTILL_DIFFUSION_CACHE)")
+
+
 def add_model_options(p: argparse.ArgumentParser) -> None:
     """Seeds, batch size, device and dtype of a pipeline that generates images."""
     p.add_argument("--seed", type=int, default=0, help="image i uses seed+i (independent of batch size)")

@@ -45,21 +45,33 @@ class FineTune(MethodBase):
 
     def __init__(self, components: SDComponents, config: FineTuneConfig):
         self.components, self.config = components, config
-        self.unet = components.unet
-        self.unet.requires_grad_(True)
-        if self.unet.dtype != torch.float32:  # trainable weights in fp32; autocast does the half-precision compute
-            stored = components.fp32_unet_state()  # as stored, not upcast from fp16/bf16 (read before the cast)
-            self.unet.to(torch.float32)
-            self.unet.load_state_dict(stored)
+        self.unet = self.build_unet(components)
         self.unet.train()
         self.schedule = components.schedule
         self.denoiser = Denoiser(self.unet, self.schedule, components.prediction_type)
         self.models = {"unet": self.unet}
 
+    def build_unet(self, components: SDComponents) -> Any:
+        """The UNet to train: the teacher's own, made trainable in fp32 (BK-SDM builds a smaller one here)."""
+        unet = components.unet
+        unet.requires_grad_(True)
+        if unet.dtype != torch.float32:  # trainable weights in fp32; autocast does the half-precision compute
+            stored = components.fp32_unet_state()  # as stored, not upcast from fp16/bf16 (read before the cast)
+            unet.to(torch.float32)
+            unet.load_state_dict(stored)
+        return unet
+
     def phases(self) -> list[Phase]:
         return [Phase("unet", "unet")]
 
     def compute_loss(self, phase: str, batch: dict[str, Any], ctx: StepContext) -> LossOutput:
+        x0, c, eps, t, z_t = self.noised_batch(batch)
+        # 4. Predict in the model's own parameterisation and regress onto its target (loss in fp32).
+        output = ctx.module("unet")(z_t, t, encoder_hidden_states=c).sample.float()  # fp32 weights (build_unet)
+        return LossOutput(self.task_loss(output, x0, eps, t), {})
+
+    def noised_batch(self, batch: dict[str, Any]) -> tuple[torch.Tensor, ...]:
+        """``(x0, c, eps, t, z_t)``: steps 1-3 of the DDPM training loop on a data batch."""
         # 1. Encode: x0 = E(image)·scaling, c = text embeddings.
         x0, c = latents_and_embeddings(batch, self.components)
         # 2. Sample eps ~ N(0, I) (optionally offset) and t ~ U{0..T−1}; 3. z_t = alpha_t·x0 + sigma_t·eps.
@@ -67,11 +79,11 @@ class FineTune(MethodBase):
         if self.config.noise_offset:
             eps = eps + self.config.noise_offset * torch.randn(x0.shape[0], x0.shape[1], 1, 1, device=x0.device)
         t = torch.randint(0, self.schedule.num_train_timesteps, (x0.shape[0],), device=x0.device)
-        z_t = self.schedule.add_noise(x0, eps, t)
-        # 4. Predict in the model's own parameterisation and regress onto its target (loss in fp32).
-        output = self.models["unet"](z_t.to(self.unet.dtype), t, encoder_hidden_states=c).sample.float()
-        target = self.denoiser.target(x0, eps, t)
-        return LossOutput(weighted_mse(output, target, self._weights(t, x0)), {})
+        return x0, c, eps, t, self.schedule.add_noise(x0, eps, t)
+
+    def task_loss(self, output: torch.Tensor, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """L_simple (eq. 14) of the UNet ``output`` against its target in the checkpoint's parameterisation, fp32."""
+        return weighted_mse(output, self.denoiser.target(x0, eps, t), self._weights(t, x0))
 
     def _weights(self, t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
         """Min-SNR-γ on the x0 error, min(SNR, γ), moved to the model's target: eps → /SNR, v → /(SNR+1)."""

@@ -5,16 +5,8 @@ each with a torch-free ``*_command`` module for ``distill-diffusion bench``. Exp
 that building the CLI parser, which imports the command modules, does not import torch.
 """
 
-from __future__ import annotations
+from distill_diffusion.lazy import lazy_exports
 
-import importlib
-from typing import Any
-
-_EXPORTS = ("EXPORT_DTYPES", "LCM", "LCMConfig", "check_solver_grid", "check_teacher")
+_EXPORTS = {name: "method" for name in ("EXPORT_DTYPES", "LCM", "LCMConfig", "check_solver_grid", "check_teacher")}
 __all__ = list(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.method"), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -20,6 +20,7 @@ import torch
 
 from distill_diffusion.bench.engine import (
     collate_latents,
+    engine_stepper,
     median_seconds,
     passes_row,
     passes_table,
@@ -33,7 +34,6 @@ LATENCY_TARGET = 0.12
 def measure_training(batch_size: int, steps: int) -> dict[str, float]:
     """Median seconds of the engine step and of each unavoidable pass, at one batch size."""
     from distill_diffusion.models.denoiser import Denoiser
-    from distill_diffusion.trainers.engine.data_loop import batch_stream
 
     with tempfile.TemporaryDirectory() as tmp:
         engine, data = tiny_engine(Path(tmp), "lcm", batch_size, {"lora_rank": 16, "lora_alpha": 16, "w_min": 2.0, "w_max": 2.0})
@@ -57,17 +57,11 @@ def measure_training(batch_size: int, steps: int) -> dict[str, float]:
             m.consistency(student, z, t_nk, c).float().square().mean().backward()
             engine.optimizers["unet"].zero_grad(set_to_none=True)
 
-        stream = batch_stream(engine.accelerator, engine.dataloader)
-
-        def engine_step() -> None:
-            engine.state.batches_seen += 1
-            engine.step([next(stream)])
-
         return {
             "teacher batched cond+uncond forward + DDIM step": median_seconds(teacher, steps),
             "target forward": median_seconds(target, steps),
             "student forward+backward": median_seconds(student_fb, steps),
-            "engine LCM-LoRA step": median_seconds(engine_step, steps),
+            "engine LCM-LoRA step": median_seconds(engine_stepper(engine), steps),
         }
 
 

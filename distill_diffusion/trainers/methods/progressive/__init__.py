@@ -4,16 +4,8 @@
 (PEP 562), as in :mod:`distill_diffusion.trainers.methods.lcm`, so the CLI's command modules import no torch.
 """
 
-from __future__ import annotations
-
-import importlib
-from typing import Any
+from distill_diffusion.lazy import lazy_exports
 
 _EXPORTS = {"Progressive": "method", "ProgressiveConfig": "config"}
 __all__ = list(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -8,8 +8,6 @@ engine's step is timed against those passes, each alone on the same batch in the
 
 from __future__ import annotations
 
-import json
-import platform
 import tempfile
 from pathlib import Path
 
@@ -23,8 +21,6 @@ ENGINE_KEY = "engine progressive step"
 
 def measure_training(batch_size: int, steps: int) -> dict[str, float]:
     """Median seconds of the engine step and of each unavoidable pass, at one batch size, in a halving round."""
-    from distill_diffusion.trainers.engine.data_loop import batch_stream
-
     with tempfile.TemporaryDirectory() as tmp:
         options = {"start_steps": 64, "target_steps": 32, "steps_per_round": [10**6], "guidance_steps": 1, "time_cond_proj_dim": 32}
         engine, data = bench.tiny_engine(Path(tmp), "progressive", batch_size, options)
@@ -46,18 +42,12 @@ def measure_training(batch_size: int, steps: int) -> dict[str, float]:
             m.student_denoiser(m.models["unet"])(z, t, c, **m.w_condition(w)).x0.square().mean().backward()
             engine.optimizers["unet"].zero_grad(set_to_none=True)
 
-        stream = batch_stream(engine.accelerator, engine.dataloader)
-
-        def engine_step() -> None:
-            engine.state.batches_seen += 1
-            engine.step([next(stream)])
-
         one_teacher = bench.median_seconds(teacher, steps)
         return {
             "teacher forward + DDIM step, 1st": one_teacher,
             "teacher forward + DDIM step, 2nd": one_teacher,
             "student forward+backward": bench.median_seconds(student_fb, steps),
-            ENGINE_KEY: bench.median_seconds(engine_step, steps),
+            ENGINE_KEY: bench.median_seconds(bench.engine_stepper(engine), steps),
         }
 
 
@@ -65,19 +55,6 @@ def run_progressive_benchmark(steps: int = 20, batch_sizes: tuple[int, ...] = (8
                               output: str | Path = "benchmarks/results/progressive_speed.json") -> dict:
     """The measurement at each batch size, a printed table, JSON + markdown results files."""
     rows = [bench.passes_row(b, measure_training(b, steps), ENGINE_KEY) for b in batch_sizes]
-    result = {
-        "benchmark": "progressive distillation speed (toy UNet, CPU, halving round of a w-conditioned student)",
-        "threads": torch.get_num_threads(), "torch": torch.__version__,
-        "device": platform.processor() or platform.machine(), "steps_timed": steps,
-        "training": rows, "step_target": STEP_TARGET,
-        "gpu": "not measured here: benchmarks/gpu_check.sh runs the SD 1.5-size measurement on a GPU",
-    }
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(result, indent=2))
-    lines = [*bench.passes_table(rows), "", f"Step target: step / sum of passes ≤ {STEP_TARGET} (the two teacher passes are one "
-             f"timed pass counted twice). Medians; {result['threads']} threads, torch {result['torch']}, {result['device']}."]
-    table = "\n".join(lines)
-    output.with_suffix(".md").write_text(table + "\n")
-    print(table)
-    return result
+    return bench.write_passes_benchmark(rows, "progressive distillation speed (toy UNet, CPU, halving round of a w-conditioned student)",
+                                        STEP_TARGET, steps, output, "not measured here: benchmarks/gpu_check.sh runs the SD 1.5-size "
+                                        "measurement on a GPU")

@@ -10,29 +10,10 @@ Training resumes where it stopped; the seconds of each stage are kept in ``<run_
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
 PRESET = "tiny/progressive"
-
-
-class StageTimer:
-    """An engine callback adding each step's wall-clock seconds to its stage, saved after every step."""
-
-    def __init__(self, stages: list[Any], path: Path) -> None:
-        self.ends = [sum(s.steps for s in stages[: i + 1]) for i in range(len(stages))]
-        self.names = [s.name for s in stages]
-        self.path = path
-        self.seconds: dict[str, float] = json.loads(path.read_text()) if path.is_file() else {}
-        self.last = time.perf_counter()
-
-    def __call__(self, step: int, logs: dict[str, float]) -> None:
-        now = time.perf_counter()
-        name = self.names[next(i for i, end in enumerate(self.ends) if step <= end)]
-        self.seconds[name] = round(self.seconds.get(name, 0.0) + now - self.last, 1)
-        self.last = now
-        self.path.write_text(json.dumps(self.seconds, indent=2))
 
 
 def toy_plan(world: Any, run: Any) -> Any:
@@ -45,21 +26,10 @@ def toy_plan(world: Any, run: Any) -> Any:
 
 def train_toy_progressive(world: Any, run_dir: Path) -> tuple[Any, dict[str, float]]:
     """Train (or resume, or reuse when finished) the tiny preset on ``world``; returns its run config and stage seconds."""
-    from distill_diffusion.config import build_run_config, load_preset
-    from distill_diffusion.trainers.engine.build import train
-    from distill_diffusion.trainers.methods.progressive import Progressive
+    from distill_diffusion.bench.toy_runs import toy_run_config, train_timed
 
-    preset = load_preset(PRESET)
-    preset["model"]["pretrained_model_name_or_path"] = str(world.teacher)
-    preset["data"]["train_data_dir"] = str(world.data)
-    preset["train"].update(output_dir=str(run_dir), resume_from_checkpoint="latest")
-    run = build_run_config("progressive", Progressive, preset)
-    stages = toy_plan(world, run).stages()
-    timer = StageTimer(stages, run_dir / "stage_seconds.json")
-    if not (run_dir / "model_index.json").is_file():
-        run_dir.mkdir(parents=True, exist_ok=True)
-        train(run, callbacks=[timer])
-    return run, timer.seconds
+    run = toy_run_config("progressive", PRESET, world, run_dir)
+    return run, train_timed(run, toy_plan(world, run).stages(), run_dir)
 
 
 def run_progressive_toy(output_dir: str | Path = "benchmarks/results/toy_quality/progressive", run_dir: str | Path = "toy_runs/progressive",
