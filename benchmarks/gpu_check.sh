@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The checks that need a CUDA GPU, as one short script: the `gpu`-marked tests (CUDA and mixed-precision
-# paths: EMA resume on the GPU, ...) and the SD 1.5-sized LCM-LoRA and progressive-distillation training benchmarks.
+# paths: EMA resume on the GPU, ...) and the SD 1.5-sized LCM-LoRA and progressive-distillation training benchmarks
+# and the SD 1.4-sized BK-SDM-Small one (training, and sampling latency of teacher vs student).
 # Run from the repository root on a machine with a GPU: bash benchmarks/gpu_check.sh
-# Results: benchmarks/results/{lcm,progressive}_gpu_sd15.{json,md} and gpu_tests.txt (copied to $OUT when set).
+# Results: benchmarks/results/{lcm,progressive}_gpu_sd15.{json,md}, bksdm_gpu_sd14.{json,md} and gpu_tests.txt
+# (copied to $OUT when set).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 [ -d .venv ] || { python3 -m venv .venv && . .venv/bin/activate && pip install -q -e ".[test]"; }
@@ -14,6 +16,8 @@ distill-diffusion bench lcm-gpu --mixed_precision bf16 --batch_size 8 --steps 20
 bench=$?
 distill-diffusion bench progressive-gpu --mixed_precision bf16 --batch_size 8 --steps 20
 bench=$(( bench || $? ))
-if [ -n "${OUT:-}" ]; then cp benchmarks/results/gpu_tests.txt benchmarks/results/*_gpu_sd15.* "$OUT"/ 2>/dev/null; fi
+distill-diffusion bench bksdm-gpu --mixed_precision bf16 --batch_size 8 --steps 20
+bench=$(( bench || $? ))
+if [ -n "${OUT:-}" ]; then cp benchmarks/results/gpu_tests.txt benchmarks/results/*_gpu_sd1[45].* "$OUT"/ 2>/dev/null; fi
 echo "gpu tests exit $tests, benchmark exit $bench"
 exit $(( tests || bench ))

@@ -109,6 +109,10 @@ def build_models(root: Path, teacher: Path) -> None:
     edit_copy(teacher, root / "xl_text_time", "unet/config.json", addition_embed_type="text_time")
     edit_copy(teacher, root / "w_teacher", "unet/config.json", time_cond_proj_dim=32)
     edit_copy(teacher, root / "bad_unet_config", "unet/config.json", block_out_channels="wide")
+    edit_copy(teacher, root / "one_layer_per_block", "unet/config.json", layers_per_block=1)
+    edit_copy(teacher, root / "wide_inner_stage", "unet/config.json", block_out_channels=[32, 48, 64])
+    student = json.loads((teacher / "unet" / "config.json").read_text())
+    (root / "wide_student.json").write_text(json.dumps({**student, "layers_per_block": 1, "block_out_channels": [32, 64, 64]}))
     shutil.copytree(teacher, root / "no_vae", ignore=shutil.ignore_patterns("vae"))
     shutil.copytree(teacher, root / "no_unet_config", ignore=shutil.ignore_patterns("config.json"))
     (root / "no_unet_config" / "vae" / "config.json").write_text((teacher / "vae" / "config.json").read_text())
@@ -253,6 +257,16 @@ CONFIG_CASES = [
     ("lcm", ["--validation_steps", "1", "--validation_prompts", "a", "--validation_inference_steps", "60"],
      "validation_inference_steps=60 is more than LCMScheduler allows"),
     ("lcm", ["--method.snr_gamma", "5"], "unknown method option(s) snr_gamma"),
+    ("bksdm", ["--method.variant", "huge"], "method.variant='huge' is not valid; use one of: base, small, tiny"),
+    ("bksdm", ["--method.lambda_feat", "-1"], "KD weights must be >= 0"),
+    ("bksdm", ["--method.feature_loss", "l1"], "feature_loss='l1' is not valid"),
+    ("bksdm", ["--method.snr_gamma", "0"], "snr_gamma must be > 0"),
+    ("bksdm", ["--method.feature_pairs", "down_blocks.0=down_blocks.1"], "the student's output is (1, 32, 2, 2) and the teacher's"),
+    ("bksdm", ["--method.feature_pairs", "down_blocks.0"], "'down_blocks.0' is not a pair"),
+    ("bksdm", ["--method.feature_pairs", "up_blocks.9=up_blocks.0"], "the student UNet has no module 'up_blocks.9'"),
+    ("bksdm", ["--method.student_config", "{bad}/nope.json"], "no such file"),
+    ("bksdm", ["--method.student_config", "{bad}/prompts_latin1.txt"], "not valid JSON"),
+    ("bksdm", ["--method.student_config", "{bad}/wide_student.json"], "cannot be initialised from the teacher"),
 ]
 
 PRESET_CASES = [
@@ -336,6 +350,8 @@ MODEL_CASES = [
      "already has time_cond_proj_dim=32"),
     ("finetune", ["--pretrained_model_name_or_path", "nobody/no-such-model-xyz"], "cannot load model 'nobody/no-such-model-xyz'"),
     ("finetune", ["--pretrained_model_name_or_path", ""], "no teacher given"),
+    ("bksdm", ["--pretrained_model_name_or_path", "{bad}/one_layer_per_block"], "already has layers_per_block=1"),
+    ("bksdm", ["--pretrained_model_name_or_path", "{bad}/wide_inner_stage", "--method.variant", "tiny"], "needs them equal"),
     ("finetune", ["--pretrained_model_name_or_path", "  "], "model.pretrained_model_name_or_path is empty"),
 ]
 

@@ -342,15 +342,15 @@ def test_registered_methods_build_from_their_class() -> None:
 def test_presets_ship_in_the_package_and_load_by_name(tmp_path: Path) -> None:
     import distill_diffusion
 
-    assert {"finetune_sd15", "lcm_full_sd15", "lcm_lora_sd15", "progressive_sd15", "tiny/finetune", "tiny/lcm_lora",
-            "tiny/progressive"} <= set(preset_names())
+    assert {"finetune_sd15", "lcm_full_sd15", "lcm_lora_sd15", "progressive_sd15", "bksdm_small_sd14", "tiny/finetune", "tiny/lcm_lora",
+            "tiny/progressive", "tiny/bksdm"} <= set(preset_names())
     assert PRESETS_DIR == Path(distill_diffusion.__file__).resolve().parent / "configs"
     assert load_preset("tiny/lcm_lora")["method"]["num_ddim_timesteps"] == 8
     assert load_preset(PRESETS_DIR / "tiny" / "lcm_lora.yaml") == load_preset("tiny/lcm_lora")
     from distill_diffusion.trainers.methods.registry import get_method_class
 
     for name in preset_names():  # every shipped preset builds for its method
-        method = next((m for m in ("finetune", "progressive") if m in name), "lcm")
+        method = next((m for m in ("finetune", "progressive", "bksdm") if m in name), "lcm")
         build_run_config(method, get_method_class(method), load_preset(name))
 
 

@@ -1,4 +1,4 @@
-"""The ``distill-diffusion`` command: train, generate, eval, bench, quickstart and toy.
+"""The ``distill-diffusion`` command: train, generate, eval, bench, quickstart, toy and inspect-student.
 
 User errors (bad path, bad config value, unknown method, unsupported model) print one line naming the
 problem and the fix and exit with code 2, before any model is loaded.
@@ -168,6 +168,14 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_inspect_student(sub: argparse._SubParsersAction) -> None:
+    from distill_diffusion.trainers.methods.bksdm import inspect
+
+    p = sub.add_parser("inspect-student", help=inspect.HELP)
+    inspect.add_arguments(p)
+    p.set_defaults(func=inspect.run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="distill-diffusion", description="Make Stable Diffusion fast by distillation.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -179,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_generate(sub)
     add_eval(sub)
     _add_quickstart(sub)
+    _add_inspect_student(sub)
     return parser
 
 

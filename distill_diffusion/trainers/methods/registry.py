@@ -23,6 +23,7 @@ class MethodEntry:
 
 _LCM = "distill_diffusion.trainers.methods.lcm"
 _PROGRESSIVE = "distill_diffusion.trainers.methods.progressive"
+_BKSDM = "distill_diffusion.trainers.methods.bksdm"
 METHODS: dict[str, MethodEntry] = {
     "finetune": MethodEntry("distill_diffusion.trainers.methods.finetune:FineTune"),
     "lcm": MethodEntry(f"{_LCM}:LCM", benchmarks={
@@ -32,6 +33,10 @@ METHODS: dict[str, MethodEntry] = {
     "progressive": MethodEntry(f"{_PROGRESSIVE}:Progressive", benchmarks={
         "progressive": f"{_PROGRESSIVE}.bench_speed_command", "progressive-gpu": f"{_PROGRESSIVE}.bench_gpu_command",
         "progressive-toy": f"{_PROGRESSIVE}.bench_toy_command",
+    }),
+    "bksdm": MethodEntry(f"{_BKSDM}:BKSDM", benchmarks={
+        "bksdm": f"{_BKSDM}.bench_speed_command", "bksdm-gpu": f"{_BKSDM}.bench_gpu_command",
+        "bksdm-toy": f"{_BKSDM}.bench_toy_command",
     }),
 }  # fmt: skip
 

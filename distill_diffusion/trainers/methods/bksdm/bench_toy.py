@@ -1,0 +1,116 @@
+"""The BK-SDM toy benchmark: students of every variant distilled from the toy teacher, the small one also without
+KD and with an LCM-LoRA on top, scored beside the teacher (FID, CLIP score, prompt accuracy; ``bench quality`` format)
+with their parameter counts and measured per-step latency.
+
+Kim et al., arXiv:2305.15798, Table 2-4 compare block-removed students with the teacher at 25 steps, and KD against
+the task loss alone (Table 5); that is this table on the toy world. The composed row is "small and fast together"
+(an LCM-LoRA trained on the small student, sampled in 1-4 steps) beside the teacher's own LCM-LoRA.
+Every run resumes where it stopped; seconds per run are kept in ``<run_dir>/<run>/stage_seconds.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+
+PRESET = "tiny/bksdm"
+#: Runs of the benchmark: name → method options over the preset's.
+RUNS: dict[str, dict[str, Any]] = {
+    "small": {"variant": "small"},
+    "small-no-kd": {"variant": "small", "lambda_out": 0.0, "lambda_feat": 0.0},
+    "base": {"variant": "base"},
+    "tiny": {"variant": "tiny"},
+}
+SAMPLING_STEPS = 25
+
+
+def train_students(world: Any, run_dir: Path, max_train_steps: int | None) -> dict[str, float]:
+    """Train (or resume, or reuse) every run of :data:`RUNS`; returns seconds per run."""
+    from distill_diffusion.bench.toy_runs import toy_run_config, train_timed
+
+    seconds = {}
+    for name, options in RUNS.items():
+        run = toy_run_config("bksdm", PRESET, world, run_dir / name, options)
+        if max_train_steps is not None:
+            run.train.max_train_steps = max_train_steps
+        seconds[name] = sum(train_timed(run, [SimpleNamespace(name="train", steps=run.train.max_train_steps)], run_dir / name).values())
+    return seconds
+
+
+def train_lcm_loras(world: Any, run_dir: Path, lcm_steps: int | None) -> dict[str, float]:
+    """The toy LCM-LoRA recipe on the small student and on the teacher; returns seconds per run."""
+    from distill_diffusion.bench.toy_runs import StageTimer
+    from distill_diffusion.quickstart import distil_lcm_lora
+
+    seconds = {}
+    for name, model in (("small-lcm-lora", run_dir / "small"), ("teacher-lcm-lora", world.teacher)):
+        out = run_dir / name
+        out.mkdir(parents=True, exist_ok=True)
+        timer = StageTimer([SimpleNamespace(name="train", steps=10**9)], out / "stage_seconds.json")
+        distil_lcm_lora(Path(model), world.data, out, lcm_steps, callbacks=[timer])
+        seconds[name] = sum(timer.seconds.values())
+    return seconds
+
+
+@torch.no_grad()
+def unet_latency(unet: Any, batch: int, steps: int = 20) -> float:
+    """Median seconds of one guided sampling step's UNet call (``batch`` = 2 × images: cond + uncond)."""
+    from distill_diffusion.bench.engine import median_seconds
+
+    size, dim = unet.config.sample_size, unet.config.cross_attention_dim
+    z, c, t = torch.randn(batch, unet.config.in_channels, size, size), torch.randn(batch, 77, dim), torch.full((batch,), 500)
+    return median_seconds(lambda: unet(z, t, encoder_hidden_states=c), steps)
+
+
+def size_and_latency(models: dict[str, Path]) -> list[dict[str, Any]]:
+    """Parameters and per-step latency (one image and 64 images, CFG) of each pipeline folder's UNet."""
+    from diffusers import UNet2DConditionModel
+
+    rows = []
+    for name, folder in models.items():
+        unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet").eval()
+        rows.append({"name": name, "parameters": sum(p.numel() for p in unet.parameters()),
+                     "step_ms_1_image": unet_latency(unet, 2) * 1e3, "step_ms_64_images": unet_latency(unet, 128) * 1e3})
+    teacher = rows[0]["parameters"]
+    for row in rows:
+        row["fewer_parameters"] = 1 - row["parameters"] / teacher
+    return rows
+
+
+def size_table(rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["| UNet | parameters | fewer than teacher | step ms, 1 image (CFG) | step ms, 64 images (CFG) |", "|---|---|---|---|---|"]
+    lines += [f"| {r['name']} | {r['parameters']:,} | {100 * r['fewer_parameters']:.0f}% | {r['step_ms_1_image']:.2f} | "
+              f"{r['step_ms_64_images']:.1f} |" for r in rows]
+    return lines
+
+
+def run_bksdm_toy(output_dir: str | Path = "benchmarks/results/toy_quality/bksdm", run_dir: str | Path = "toy_runs/bksdm",
+                  num_images: int = 1024, guidance_scale: float = 3.0, cache_dir: str | Path | None = None,
+                  max_train_steps: int | None = None, lcm_steps: int | None = None) -> dict[str, Any]:
+    """Train every run, then benchmark; writes ``output_dir`` (quality results, sizes.md, training.json)."""
+    from distill_diffusion.eval.bench_quality import PipelineSpec, run_quality_benchmark
+    from distill_diffusion.quickstart import toy_bench_settings
+    from distill_diffusion.toy.build import ensure_toy_world
+
+    world, run_dir, out = ensure_toy_world(cache_dir=cache_dir), Path(run_dir), Path(output_dir)
+    seconds = {**train_students(world, run_dir, max_train_steps), **train_lcm_loras(world, run_dir, lcm_steps)}
+    steps = (SAMPLING_STEPS,)
+    specs = [PipelineSpec("teacher", str(world.teacher), preset="ddim", guidance_scale=guidance_scale, steps=(*steps, 50))]
+    specs += [PipelineSpec(f"bksdm-{name}", str(run_dir / name), preset="ddim", guidance_scale=guidance_scale, steps=steps) for name in RUNS]
+    specs += [PipelineSpec("teacher+lcm-lora", str(world.teacher), lora=str(run_dir / "teacher-lcm-lora"), preset="lcm", guidance_scale=1.0, steps=(1, 2, 4)),
+              PipelineSpec("bksdm-small+lcm-lora", str(run_dir / "small"), lora=str(run_dir / "small-lcm-lora"), preset="lcm", guidance_scale=1.0,
+                           steps=(1, 2, 4))]
+    result = run_quality_benchmark(specs, out, toy_bench_settings(world, num_images, cache_dir))
+    sizes = size_and_latency({"teacher": world.teacher, **{f"bksdm-{name}": run_dir / name for name in RUNS if name != "small-no-kd"}})
+    lines = [*size_table(sizes), "", f"Latency: median of 20 UNet calls, {torch.get_num_threads()} threads, torch {torch.__version__}."]
+    (out / "sizes.md").write_text("\n".join(lines) + "\n")
+    training = {"preset": PRESET, "runs": RUNS, "seconds": seconds, "total_minutes": round(sum(seconds.values()) / 60, 1), "sizes": sizes}
+    (out / "training.json").write_text(json.dumps(training, indent=2))
+    print(Path(result["files"]["markdown"]).read_text())
+    print("\n".join(lines))
+    print(f"training: {training['total_minutes']} min; " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in seconds.items()))
+    return result

@@ -1,0 +1,30 @@
+"""The model card of a BK-SDM export: which blocks were removed, how many parameters remain, how to load it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from distill_diffusion.models.export import write_model_card
+
+
+def write_card(method: Any, folder: Path) -> None:
+    """README.md for the student pipeline folder (stock ``StableDiffusionPipeline``; the UNet is a plain config)."""
+    cfg = method.config
+    teacher, student = method.parameter_counts()
+    arch = f"student config {cfg.student_config}" if cfg.student_config else f"variant {cfg.variant}"
+    usage = """
+from diffusers import StableDiffusionPipeline
+
+pipe = StableDiffusionPipeline.from_pretrained("path/to/this/folder")
+image = pipe("a prompt", num_inference_steps=25, guidance_scale=7.5).images[0]
+"""
+    pairs = "; ".join(map(str, method.pairs)) or "none"
+    extra = f"""
+- Architecture: {arch}; UNet {student / 1e6:.2f}M parameters against the teacher's {teacher / 1e6:.2f}M
+  ({100 * (1 - student / teacher):.0f}% fewer). Initialised from the teacher by name: {method.init_report.summary()}.
+- Loss: task + {cfg.lambda_out}·output KD + {cfg.lambda_feat}·feature KD ({cfg.feature_loss}) over: {pairs}.
+- Faster still: train an LCM-LoRA on this folder (`distill-diffusion train lcm --config lcm_lora_sd15
+  --pretrained_model_name_or_path path/to/this/folder`) and sample it in 2-4 steps.
+"""
+    write_model_card(folder, base_model=method.components.source, method="bksdm", paper=method.paper, usage=usage, extra=extra)
