@@ -58,8 +58,12 @@ def test_the_loss_is_task_plus_weighted_output_and_feature_kd(tiny_pipeline_dir:
 def test_without_kd_the_loss_is_the_plain_fine_tune_loss(tiny_pipeline_dir: Path) -> None:
     m = method(tiny_pipeline_dir, lambda_out=0.0, lambda_feat=0.0)
     assert m.pairs == []  # no feature pairs, no hooks
+    calls = []
+    handle = m.teacher.register_forward_hook(lambda *_: calls.append(1))
     torch.manual_seed(0)
     loss = m.compute_loss("unet", batch(), ctx(m)).loss
+    handle.remove()
+    assert calls == []  # and no teacher forward
     torch.manual_seed(0)
     x0, c, eps, t, z_t = m.noised_batch(batch())
     expected = m.task_loss(m.unet(z_t, t, encoder_hidden_states=c).sample.float(), x0, eps, t)
@@ -197,3 +201,9 @@ def test_the_toy_benchmark_sizes_and_latency_table(tiny_pipeline_dir: Path, stud
     rows = size_and_latency({"teacher": tiny_pipeline_dir, "bksdm-small": student})
     assert rows[0]["fewer_parameters"] == 0 and rows[1]["fewer_parameters"] == pytest.approx(1 - 802_900 / 1_408_644)
     assert all(r["step_ms_1_image"] > 0 for r in rows) and "| bksdm-small | 802,900 | 43% |" in "\n".join(size_table(rows))
+
+
+def test_help_lists_the_inherited_task_loss_options_with_their_help(capsys) -> None:
+    assert main(["train", "bksdm", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--method.snr_gamma (default: None)  Min-SNR-γ loss weighting" in out and "--method.variant (default: 'small'" in out

@@ -31,7 +31,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("core",),
     ("config", "config_types"),
     ("threads",),
-    ("paths", "prompts"),
+    ("paths", "prompts", "lazy"),
     ("errors",),
     ("",),  # the package itself: its version
 )

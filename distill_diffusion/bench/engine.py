@@ -54,6 +54,21 @@ def median_seconds(fn: Callable[[], None], steps: int, warmup: int = 3) -> float
     return statistics.median(times)
 
 
+def interleaved_medians(fns: dict[str, Callable[[], None]], steps: int, warmup: int = 3) -> dict[str, float]:
+    """Median seconds of each function, timed in turns (one call of each per round) so that a machine's slow and
+    fast spells fall on all of them alike: ratios between them are steadier than from back-to-back medians."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(steps):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def latent_engine(tmp: Path, method_name: str, batch_size: int, sections: dict[str, dict[str, Any]],
                   make_components: Callable[[torch.device], Any] | None = None, latent_size: int | None = None,
                   n_batches: int = 64) -> tuple[Any, LatentBatches]:

@@ -9,6 +9,7 @@ L_OutKD = ‖ε_T − ε_S‖² on the UNet outputs, L_FeatKD the summed stage-o
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -23,6 +24,8 @@ from distill_diffusion.trainers.methods.bksdm import architecture as arch
 from distill_diffusion.trainers.methods.bksdm import features as feat
 from distill_diffusion.trainers.methods.bksdm.config import BKSDMConfig
 from distill_diffusion.trainers.methods.finetune import FineTune
+
+logger = logging.getLogger(__name__)
 
 
 def resolve_student_config(teacher_unet: dict[str, Any], config: BKSDMConfig) -> dict[str, Any]:
@@ -72,6 +75,9 @@ class BKSDM(FineTune):
         self.student_cfg, self.mapping, self.pairs = plan(dict(components.unet.config), config)
         super().__init__(components, config)
         self.teacher_denoiser = Denoiser(self.teacher, components.schedule, components.prediction_type)
+        teacher, student = self.parameter_counts()
+        logger.info(f"BK-SDM student: {student:,} UNet parameters against the teacher's {teacher:,}; initialised by name: "
+                    f"{self.init_report.summary()}; feature pairs: {'; '.join(map(str, self.pairs)) or 'none'}")
 
     def build_unet(self, components: SDComponents) -> Any:
         """The student: built from its config in fp32 on the teacher's device, every tensor copied from the teacher."""
@@ -89,11 +95,13 @@ class BKSDM(FineTune):
         # 4. Student forward (engine-wrapped module) with its stage outputs captured on the unwrapped one.
         with feat.FeatureCapture(self.unet, feat.student_outputs(self.pairs)) as f_student:
             out_s = ctx.module("unet")(z_t, t, encoder_hidden_states=c).sample.float()
+        task = self.task_loss(out_s, x0, eps, t)
+        if cfg.lambda_out == 0 and not self.pairs:  # no KD term: the task loss alone, no teacher forward
+            return LossOutput(task, {"loss_task": float(task.detach())})
         # 5. Teacher forward, frozen, in its own dtype.
         with torch.no_grad(), feat.FeatureCapture(self.teacher, feat.teacher_outputs(self.pairs)) as f_teacher:
             out_t = self.teacher_denoiser(z_t, t, c).model_output
         # 6. L = L_Task + λ_out·‖ε_T − ε_S‖² + λ_feat·Σ_l ‖f_T − f_S‖² (eq. 4), in fp32.
-        task = self.task_loss(out_s, x0, eps, t)
         out_kd = torch.nn.functional.mse_loss(out_s, out_t)
         feat_kd = feat.feature_loss(f_student, f_teacher, self.pairs, cfg.feature_loss == "normalized") if self.pairs else torch.zeros_like(task)
         loss = task + cfg.lambda_out * out_kd + cfg.lambda_feat * feat_kd
