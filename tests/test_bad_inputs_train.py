@@ -267,6 +267,15 @@ CONFIG_CASES = [
     ("bksdm", ["--method.student_config", "{bad}/nope.json"], "no such file"),
     ("bksdm", ["--method.student_config", "{bad}/prompts_latin1.txt"], "not valid JSON"),
     ("bksdm", ["--method.student_config", "{bad}/wide_student.json"], "cannot be initialised from the teacher"),
+    ("ladd", ["--train_batch_size", "1"], "collapses at batch 1"),
+    ("ladd", ["--method.disc_blocks", "up_blocks.0"], "['up_blocks.0'] are not blocks of this UNet; tap one or more of: down_blocks.0"),
+    ("ladd", ["--method.student_timesteps", "1500,999", "--method.student_timestep_probs", "0.5,0.5"], "must lie in 0..999"),
+    ("ladd", ["--method.student_timestep_probs", "0.5,0.5"], "give one probability >= 0 per student timestep (4)"),
+    ("ladd", ["--method.student_timesteps", "249,999", "--method.student_timestep_probs", "0.5,0.5"], "list them from the noisiest down"),
+    ("ladd", ["--method.adv_weight", "0"], "are both 0"),
+    ("ladd", ["--method.adv_loss", "wgan"], "adv_loss='wgan' is not valid"),
+    ("ladd", ["--method.disc_updates", "0"], "disc_updates=0 must be >= 1"),
+    ("ladd", ["--method.lora_target_modules", "to_qq"], "'to_qq' matches no layer"),
 ]
 
 PRESET_CASES = [

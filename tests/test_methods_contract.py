@@ -16,7 +16,8 @@ from distill_diffusion.trainers.methods.registry import METHODS
 pytestmark = pytest.mark.e2e
 
 #: The shipped tiny preset each method trains with on the toy world.
-TINY_PRESETS = {"finetune": "tiny/finetune", "lcm": "tiny/lcm_lora", "progressive": "tiny/progressive", "bksdm": "tiny/bksdm"}
+TINY_PRESETS = {"finetune": "tiny/finetune", "lcm": "tiny/lcm_lora", "progressive": "tiny/progressive", "bksdm": "tiny/bksdm",
+                "ladd": "tiny/ladd"}
 #: Methods whose run is a plan of stages (its length set by the method, not --max_train_steps): a three-stage plan.
 STAGED_ARGS = {"progressive": ["--method.start_steps", "4", "--method.target_steps", "1", "--method.steps_per_round", "1",
                                "--method.guidance_steps", "1", "--method.time_cond_proj_dim", "8"]}

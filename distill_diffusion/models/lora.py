@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,25 @@ PORTABLE_CONFIG_FIELDS = frozenset({
 })
 KOHYA_FILE = "lora_kohya.safetensors"
 _SUPPORTED = (nn.Linear, nn.Conv2d)
+#: dtypes an exported LoRA may be written in (fp16: the size of the published adapters).
+EXPORT_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+@dataclass
+class LoRAOptions:
+    """The options of a method whose student is a LoRA on the teacher's UNet, or the whole UNet."""
+
+    #: LoRA student (one UNet: frozen base = teacher, LoRA = student). false trains a full copy of the UNet.
+    lora: bool = True
+    lora_rank: int = 64
+    lora_alpha: int = 64
+    #: UNet module names (peft suffix match); each must match a Linear/Conv2d layer.
+    lora_target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_TARGET_MODULES))
+
+    def __post_init__(self) -> None:
+        require(self.lora_rank >= 1, f"method.lora_rank={self.lora_rank} must be >= 1; pass a positive rank such as 64")
+        require(self.lora_alpha > 0, f"method.lora_alpha={self.lora_alpha} must be > 0; pass e.g. the rank")
+        require(bool(self.lora_target_modules) and all(self.lora_target_modules), "method.lora_target_modules is empty; list UNet module names such as to_q,to_k,to_v")
 
 
 def check_target_modules(unet: nn.Module, target_modules: Sequence[str]) -> None:

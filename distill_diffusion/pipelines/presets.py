@@ -121,6 +121,17 @@ PRESETS: dict[str, Preset] = {
             trained_fields=LCM_TRAINED_FIELDS,
         ),
         Preset(
+            "ladd",
+            "LCMScheduler",
+            1,
+            1.0,
+            "LADD student: LCMScheduler on the full training grid (N steps visit the trailing timesteps 999, 749, ...), "
+            "1-4 steps, guidance 1 (off)",
+            scheduler_kwargs={"original_inference_steps": 1000},
+            max_steps_key="original_inference_steps",
+            trained_fields=LCM_TRAINED_FIELDS,
+        ),
+        Preset(
             "lcm-full",
             "LCMScheduler",
             4,

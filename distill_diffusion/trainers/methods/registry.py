@@ -24,6 +24,7 @@ class MethodEntry:
 _LCM = "distill_diffusion.trainers.methods.lcm"
 _PROGRESSIVE = "distill_diffusion.trainers.methods.progressive"
 _BKSDM = "distill_diffusion.trainers.methods.bksdm"
+_LADD = "distill_diffusion.trainers.methods.ladd"
 METHODS: dict[str, MethodEntry] = {
     "finetune": MethodEntry("distill_diffusion.trainers.methods.finetune:FineTune"),
     "lcm": MethodEntry(f"{_LCM}:LCM", benchmarks={
@@ -38,6 +39,7 @@ METHODS: dict[str, MethodEntry] = {
         "bksdm": f"{_BKSDM}.bench_speed_command", "bksdm-gpu": f"{_BKSDM}.bench_gpu_command",
         "bksdm-toy": f"{_BKSDM}.bench_toy_command",
     }),
+    "ladd": MethodEntry(f"{_LADD}:LADD", benchmarks={"ladd": f"{_LADD}.bench_speed_command"}),
 }  # fmt: skip
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -36,7 +36,8 @@ from distill_diffusion.models.denoiser import Denoiser
 from distill_diffusion.models.export import write_model_card
 from distill_diffusion.models.loading import SDXL_ERROR, SDComponents, TeacherConfigs
 from distill_diffusion.models.lora import (
-    DEFAULT_TARGET_MODULES,
+    EXPORT_DTYPES,
+    LoRAOptions,
     adapters_disabled,
     attach_lora,
     check_target_modules,
@@ -49,21 +50,17 @@ from distill_diffusion.trainers.methods.base import LossOutput, MethodBase, Phas
 
 #: The kohya-ss copy of an LCM-LoRA export (ComfyUI/A1111), under the name the published adapters use.
 KOHYA_FILE = "lcm_lora_kohya.safetensors"
-EXPORT_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 @dataclass
-class LCMConfig:
-    """Options of latent consistency distillation (defaults: SPECS.md §1, the LCM/LCM-LoRA reference values)."""
+class LCMConfig(LoRAOptions):
+    """Options of latent consistency distillation (defaults: SPECS.md §1, the LCM/LCM-LoRA reference values).
 
-    #: LCM-LoRA (one UNet: frozen base = teacher, LoRA = student). false trains a full w-conditioned LCM.
-    lora: bool = True
-    lora_rank: int = 64
-    lora_alpha: int = 64
+    ``lora``: LCM-LoRA (one UNet: frozen base = teacher, LoRA = student); false trains a full w-conditioned LCM.
+    """
+
     #: Dropout on the LoRA input; applies to the target pass too (the same module in train mode, as the reference).
     lora_dropout: float = 0.0
-    #: UNet module names (peft suffix match); each must match a Linear/Conv2d layer.
-    lora_target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_TARGET_MODULES))
     #: N of the skipping-step DDIM solver; k = num_train_timesteps // N (1000/50 → k = 20).
     num_ddim_timesteps: int = 50
     #: DDIM sub-steps the teacher takes from t_{n+k} to t_n (1 = the reference LCD solver). More sub-steps make
@@ -92,10 +89,8 @@ class LCMConfig:
 
     def __post_init__(self) -> None:
         check_choices(self, "method")
-        require(self.lora_rank >= 1, f"method.lora_rank={self.lora_rank} must be >= 1; pass a positive rank such as 64")
-        require(self.lora_alpha > 0, f"method.lora_alpha={self.lora_alpha} must be > 0; pass e.g. the rank")
+        super().__post_init__()
         require(0.0 <= self.lora_dropout < 1.0, f"method.lora_dropout={self.lora_dropout} must be in [0, 1); pass e.g. 0.0")
-        require(bool(self.lora_target_modules) and all(self.lora_target_modules), "method.lora_target_modules is empty; list UNet module names such as to_q,to_k,to_v")
         require(self.num_ddim_timesteps >= 1, f"method.num_ddim_timesteps={self.num_ddim_timesteps} must be >= 1; the reference uses 50")
         require(self.solver_substeps >= 1, f"method.solver_substeps={self.solver_substeps} must be >= 1; 1 is the reference solver")
         require(self.w_min >= 0, f"method.w_min={self.w_min} must be >= 0 (LCM form, g = w + 1); pass e.g. 5")

@@ -1,0 +1,69 @@
+"""LADD speed benchmark: one generator + discriminator cycle vs the passes it cannot avoid (arXiv:2403.12015, §3).
+
+A cycle needs, for the generator, the student's forward and the truncated backbone's forward on its re-noised sample
+and the backward through both; for the discriminator, the backbone's forward on real and fake latents (no gradients)
+and the heads' forward and backward. On the toy UNet (CPU, pre-encoded latents, LoRA student) each pass is timed alone
+on the same batch, in turns with the engine's step, in the same process.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import torch
+
+from distill_diffusion.bench import engine as bench
+
+STEP_TARGET = 1.15
+ENGINE_KEY = "engine LADD cycle"
+
+
+def measure_training(batch_size: int, steps: int) -> dict[str, float]:
+    """Median seconds of the engine's cycle and of each unavoidable pass, at one batch size."""
+    from distill_diffusion.models.denoiser import Denoiser
+    from distill_diffusion.models.lora import adapters_disabled
+    from distill_diffusion.trainers.methods.ladd import backbone as bb
+
+    with tempfile.TemporaryDirectory() as tmp:
+        engine, data = bench.tiny_engine(Path(tmp), "ladd", batch_size, {"lora_rank": 16, "lora_alpha": 16, "head_width": 64})
+        m = engine.method
+        batch = bench.collate_latents([data[i] for i in range(batch_size)])
+        x0, c = batch["latents"], batch["prompt_embeds"]
+        t = torch.full((batch_size,), 999)
+        t_d = torch.randint(500, 1000, (batch_size,))
+        z = m.schedule.add_noise(x0, torch.randn_like(x0), t)
+        lora = [p for p in m.unet.parameters() if p.requires_grad]
+
+        def generator_fb() -> None:
+            fake = Denoiser(m.models["unet"], m.schedule, m.components.prediction_type)(z, t, c).x0
+            with adapters_disabled(m.layers):
+                features = bb.unet_features(m.backbone, m.schedule.add_noise(fake, torch.randn_like(fake), t_d), t_d, c, m.taps)
+            sum(f.float().mean() for f in features.values()).backward()
+            for p in lora:
+                p.grad = None
+
+        both, t2, c2 = torch.cat([x0, x0]), torch.cat([t_d, t_d]), torch.cat([c, c])
+
+        def disc_backbone() -> dict[str, torch.Tensor]:
+            with torch.no_grad(), adapters_disabled(m.layers):
+                return bb.unet_features(m.backbone, both, t2, c2, m.taps)
+
+        features = disc_backbone()
+
+        def heads_fb() -> None:
+            m.models["disc"](features, t2, c2).mean().backward()
+            engine.optimizers["discriminator"].zero_grad(set_to_none=True)
+
+        return bench.interleaved_medians({"generator: student + backbone forward+backward": generator_fb,
+                                          "discriminator: backbone forward (real + fake)": disc_backbone,
+                                          "discriminator: heads forward+backward": heads_fb,
+                                          ENGINE_KEY: bench.engine_stepper(engine)}, steps)
+
+
+def run_ladd_benchmark(steps: int = 30, batch_sizes: tuple[int, ...] = (8, 32),
+                       output: str | Path = "benchmarks/results/ladd_speed.json") -> dict:
+    """The measurement at each batch size, a printed table, JSON + markdown results files."""
+    rows = [bench.passes_row(b, measure_training(b, steps), ENGINE_KEY) for b in batch_sizes]
+    return bench.write_passes_benchmark(rows, "LADD speed (toy UNet, CPU, LoRA student: one generator + one discriminator update)",
+                                        STEP_TARGET, steps, output, "not measured here: no GPU benchmark for LADD yet")

@@ -1,0 +1,34 @@
+"""LADD's two noise levels: the student's timesteps and the discriminator's, biased towards high noise.
+
+Sauer et al., arXiv:2403.12015, §3.2-3.3: the student is trained at timesteps {1, .75, .5, .25} (rectified-flow time)
+with probabilities [0.7, 0.1, 0.1, 0.1]; the discriminator sees samples re-noised at t ~ logit-normal(m = 1, s = 1).
+On SD's discrete DDPM schedule the student timesteps are 999 / 749 / 499 / 249 (trailing spacing) and the
+discriminator's level is the DDPM timestep of equal signal-to-noise ratio: in rectified flow z = (1 − t)·x + t·ε, so
+log SNR = 2·log((1 − t)/t) = −2·u with u ~ N(m, s).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from distill_diffusion.core.schedule import NoiseSchedule
+
+
+def sample_student_timesteps(timesteps: list[int], probs: list[float], batch: int, device: torch.device) -> Tensor:
+    """``batch`` draws from ``timesteps`` with probabilities ``probs`` (normalised)."""
+    p = torch.tensor(probs, dtype=torch.float32)
+    index = torch.multinomial(p / p.sum(), batch, replacement=True)
+    return torch.tensor(timesteps, dtype=torch.long)[index].to(device)
+
+
+def equal_snr_timesteps(schedule: NoiseSchedule, log_snr: Tensor) -> Tensor:
+    """The DDPM timestep whose log SNR is nearest each value (the schedule's log SNR falls as t rises)."""
+    table = schedule.snr(torch.arange(schedule.num_train_timesteps, device=log_snr.device)).float().log()
+    return (table[None, :] - log_snr[:, None]).abs().argmin(dim=1)
+
+
+def sample_disc_timesteps(schedule: NoiseSchedule, batch: int, mean: float, std: float, device: torch.device) -> Tensor:
+    """Logit-normal(mean, std) noise levels in rectified-flow time, as DDPM timesteps of equal SNR."""
+    u = torch.randn(batch, device=device) * std + mean
+    return equal_snr_timesteps(schedule, -2.0 * u)
