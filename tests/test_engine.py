@@ -206,3 +206,24 @@ def test_checkpoint_state_is_json_and_weights_are_safetensors(tmp_path: Path) ->
     assert (folder / "ema_net.safetensors").is_file()
     assert list(folder.glob("*.safetensors"))
     assert not list(folder.glob("custom_checkpoint_*"))  # nothing pickled by us
+
+
+def test_the_rollback_copy_of_an_optimizer_state_equals_a_deepcopy_and_is_independent() -> None:
+    import copy
+
+    from distill_diffusion.trainers.engine.phase_step import clone_optimizer_state
+
+    params = [torch.nn.Parameter(torch.randn(3, 2)), torch.nn.Parameter(torch.randn(4))]
+    optimizer = torch.optim.AdamW(params, lr=1e-2)
+    sum(p.square().sum() for p in params).backward()
+    optimizer.step()
+    state = optimizer.state_dict()
+    fast, slow = clone_optimizer_state(state), copy.deepcopy(state)
+    assert fast["param_groups"] == slow["param_groups"] and fast["state"].keys() == slow["state"].keys()
+    for k in slow["state"]:
+        for name, value in slow["state"][k].items():
+            assert torch.equal(fast["state"][k][name], value)
+    optimizer.step()  # the live state moves on; the copy does not
+    assert not torch.equal(fast["state"][0]["exp_avg"], optimizer.state_dict()["state"][0]["exp_avg"])
+    optimizer.load_state_dict(fast)
+    assert torch.equal(optimizer.state_dict()["state"][0]["exp_avg"], slow["state"][0]["exp_avg"])

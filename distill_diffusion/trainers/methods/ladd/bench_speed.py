@@ -1,7 +1,7 @@
 """LADD speed benchmark: one generator + discriminator cycle vs the passes it cannot avoid (arXiv:2403.12015, §3).
 
-A cycle needs, for the generator, the student's forward and the truncated backbone's forward on its re-noised sample
-and the backward through both; for the discriminator, the backbone's forward on real and fake latents (no gradients)
+A cycle needs, for the generator, the student's forward, the truncated backbone's and the heads' forward on its
+re-noised sample and the backward through all three; for the discriminator, the backbone's forward on real and fake latents (no gradients)
 and the heads' forward and backward. On the toy UNet (CPU, pre-encoded latents, LoRA student) each pass is timed alone
 on the same batch, in turns with the engine's step, in the same process.
 """
@@ -36,10 +36,11 @@ def measure_training(batch_size: int, steps: int) -> dict[str, float]:
         lora = [p for p in m.unet.parameters() if p.requires_grad]
 
         def generator_fb() -> None:
+            m.heads.requires_grad_(False)  # frozen in the generator phase, as the engine sets it
             fake = Denoiser(m.models["unet"], m.schedule, m.components.prediction_type)(z, t, c).x0
             with adapters_disabled(m.layers):
                 features = bb.unet_features(m.backbone, m.schedule.add_noise(fake, torch.randn_like(fake), t_d), t_d, c, m.taps)
-            sum(f.float().mean() for f in features.values()).backward()
+            m.heads(features, t_d, c).mean().backward()  # the generator's loss goes through the (frozen) heads
             for p in lora:
                 p.grad = None
 
@@ -52,10 +53,11 @@ def measure_training(batch_size: int, steps: int) -> dict[str, float]:
         features = disc_backbone()
 
         def heads_fb() -> None:
+            m.heads.requires_grad_(True)
             m.models["disc"](features, t2, c2).mean().backward()
             engine.optimizers["discriminator"].zero_grad(set_to_none=True)
 
-        return bench.interleaved_medians({"generator: student + backbone forward+backward": generator_fb,
+        return bench.interleaved_medians({"generator: student + backbone + heads forward+backward": generator_fb,
                                           "discriminator: backbone forward (real + fake)": disc_backbone,
                                           "discriminator: heads forward+backward": heads_fb,
                                           ENGINE_KEY: bench.engine_stepper(engine)}, steps)

@@ -48,7 +48,11 @@ from distill_diffusion.trainers.methods.base import (
 from distill_diffusion.trainers.methods.ladd import backbone as bb
 from distill_diffusion.trainers.methods.ladd.config import LADDConfig
 from distill_diffusion.trainers.methods.ladd.heads import DiscriminatorHeads
-from distill_diffusion.trainers.methods.ladd.noise import sample_disc_timesteps, sample_student_timesteps
+from distill_diffusion.trainers.methods.ladd.noise import (
+    log_snr_table,
+    sample_disc_timesteps,
+    sample_student_timesteps,
+)
 
 KOHYA_FILE = "ladd_lora_kohya.safetensors"
 
@@ -105,6 +109,7 @@ class LADD(MethodBase):
         text_dim = text_dim[0] if isinstance(text_dim, (list, tuple)) else text_dim
         self.heads = DiscriminatorHeads({tap: bb.tap_channels(unet_config, tap) for tap in self.taps}, text_dim, config.head_width).to(device)
         self.uncond = UncondEmbedding(components.tokenizer, components.text_encoder)
+        self.log_snr = log_snr_table(self.schedule, device)
         self.models = {"unet": self.unet, "disc": self.heads}
 
     def phases(self) -> list[Phase]:
@@ -128,7 +133,7 @@ class LADD(MethodBase):
         ctx.store["fake"], ctx.store["fake_c"] = fake.detach(), c
         # 2. Re-noise the sample at the discriminator's level and score it; gradients reach the student through the
         #    frozen backbone's input (adapter off: its weights are the teacher's).
-        t_d = sample_disc_timesteps(self.schedule, x0.shape[0], cfg.disc_noise_mean, cfg.disc_noise_std, x0.device)
+        t_d = sample_disc_timesteps(self.log_snr, x0.shape[0], cfg.disc_noise_mean, cfg.disc_noise_std)
         logits = self.discriminate(self.schedule.add_noise(fake, torch.randn_like(fake), t_d), t_d, c)
         adv = -logits.mean() if cfg.adv_loss == "hinge" else F.softplus(-logits).mean()
         loss, logs = cfg.adv_weight * adv, {"g_adv": float(adv.detach()), "d_fake_g": float(logits.detach().mean())}
@@ -145,7 +150,7 @@ class LADD(MethodBase):
         n = x0.shape[0]
         # 4. Real latents and the generator's samples, re-noised at independent high-biased levels, through the frozen
         #    backbone in one batch (no gradients: only the heads learn here).
-        t_d = sample_disc_timesteps(self.schedule, n + fake.shape[0], cfg.disc_noise_mean, cfg.disc_noise_std, x0.device)
+        t_d = sample_disc_timesteps(self.log_snr, n + fake.shape[0], cfg.disc_noise_mean, cfg.disc_noise_std)
         both = torch.cat([x0, fake])
         z_d = self.schedule.add_noise(both, torch.randn_like(both), t_d)
         texts = torch.cat([c, fake_c.to(c.dtype)])

@@ -22,13 +22,17 @@ def sample_student_timesteps(timesteps: list[int], probs: list[float], batch: in
     return torch.tensor(timesteps, dtype=torch.long)[index].to(device)
 
 
-def equal_snr_timesteps(schedule: NoiseSchedule, log_snr: Tensor) -> Tensor:
-    """The DDPM timestep whose log SNR is nearest each value (the schedule's log SNR falls as t rises)."""
-    table = schedule.snr(torch.arange(schedule.num_train_timesteps, device=log_snr.device)).float().log()
+def log_snr_table(schedule: NoiseSchedule, device: torch.device) -> Tensor:
+    """log SNR(t) for t = 0 .. T−1 (falling as t rises), computed once per run."""
+    return schedule.snr(torch.arange(schedule.num_train_timesteps, device=device)).float().log()
+
+
+def equal_snr_timesteps(table: Tensor, log_snr: Tensor) -> Tensor:
+    """The DDPM timestep whose log SNR (``table``, from :func:`log_snr_table`) is nearest each value."""
     return (table[None, :] - log_snr[:, None]).abs().argmin(dim=1)
 
 
-def sample_disc_timesteps(schedule: NoiseSchedule, batch: int, mean: float, std: float, device: torch.device) -> Tensor:
+def sample_disc_timesteps(table: Tensor, batch: int, mean: float, std: float) -> Tensor:
     """Logit-normal(mean, std) noise levels in rectified-flow time, as DDPM timesteps of equal SNR."""
-    u = torch.randn(batch, device=device) * std + mean
-    return equal_snr_timesteps(schedule, -2.0 * u)
+    u = torch.randn(batch, device=table.device) * std + mean
+    return equal_snr_timesteps(table, -2.0 * u)
