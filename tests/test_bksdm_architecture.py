@@ -12,7 +12,7 @@ from distill_diffusion.errors import UserError
 from distill_diffusion.toy.tiny import tiny_unet_config
 from distill_diffusion.trainers.methods.bksdm import architecture as arch
 from distill_diffusion.trainers.methods.bksdm import features as feat
-from distill_diffusion.trainers.methods.bksdm.inspect import macs
+from distill_diffusion.trainers.methods.bksdm.inspect_student import macs
 
 #: Kim et al., Table 1 / SPECS.md §4: UNet parameters of SD 1.4 and its three students.
 PAPER_PARAMETERS = {"teacher": 859_520_964, "base": 579_384_964, "small": 482_346_884, "tiny": 323_384_964}

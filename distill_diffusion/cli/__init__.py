@@ -169,11 +169,11 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
 
 
 def _add_inspect_student(sub: argparse._SubParsersAction) -> None:
-    from distill_diffusion.trainers.methods.bksdm import inspect
+    from distill_diffusion.trainers.methods.bksdm import inspect_student
 
-    p = sub.add_parser("inspect-student", help=inspect.HELP)
-    inspect.add_arguments(p)
-    p.set_defaults(func=inspect.run)
+    p = sub.add_parser("inspect-student", help=inspect_student.HELP)
+    inspect_student.add_arguments(p)
+    p.set_defaults(func=inspect_student.run)
 
 
 def build_parser() -> argparse.ArgumentParser:
