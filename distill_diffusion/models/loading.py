@@ -201,6 +201,12 @@ class TeacherConfigs:
                             f"{first}); repair unet/config.json or pass another model") from None
 
 
+def cross_attention_width(unet_config: Any) -> int:
+    """Width of the text embeddings a UNet attends to (``cross_attention_dim``, per stage in some configs: the first)."""
+    dim = unet_config["cross_attention_dim"]
+    return int(dim[0] if isinstance(dim, (list, tuple)) else dim)
+
+
 _CONFIG_FILES = ("model_index.json", "unet/config.json", "scheduler/scheduler_config.json")
 
 

@@ -96,9 +96,13 @@ def weight_map(teacher_config: dict[str, Any], student_config_: dict[str, Any]) 
     samplers, conv_out) by the same name. Raises :class:`UserError` for a student tensor with no teacher tensor of
     its name and shape.
     """
-    teacher, student = meta_unet(teacher_config, "teacher"), meta_unet(student_config_, "student")
-    shift = _stage_count(teacher_config) - _stage_count(student_config_)
-    t_last, s_last = _layers(teacher_config), _layers(student_config_)  # up stages have layers_per_block + 1 layers
+    return weight_map_of(meta_unet(teacher_config, "teacher"), meta_unet(student_config_, "student"))
+
+
+def weight_map_of(teacher: Any, student: Any) -> dict[str, str]:
+    """:func:`weight_map` of two built UNets (meta-device ones are enough: only names and shapes are read)."""
+    shift = _stage_count(teacher.config) - _stage_count(student.config)
+    t_last, s_last = _layers(teacher.config), _layers(student.config)  # up stages have layers_per_block + 1 layers
     t_shapes = {k: v.shape for k, v in teacher.state_dict().items()}
     mapping, bad = {}, []
     for key, value in student.state_dict().items():

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from distill_diffusion.errors import UserError, require
+from distill_diffusion.models.loading import cross_attention_width
 
 
 @dataclass(frozen=True)
@@ -106,8 +107,7 @@ def teacher_outputs(pairs: list[FeaturePair]) -> dict[str, str]:
 def check_pair_shapes(teacher: nn.Module, student: nn.Module, pairs: list[FeaturePair], sample_size: int) -> None:
     """Run both UNets once on the meta device (no memory, no compute) and compare each pair's shapes: a clear error
     at start-up instead of a broadcast error, or a silently broadcast loss, at the first step."""
-    in_channels, dim = teacher.config.in_channels, teacher.config.cross_attention_dim
-    dim = dim[0] if isinstance(dim, (list, tuple)) else dim
+    in_channels, dim = teacher.config.in_channels, cross_attention_width(teacher.config)
     shapes = []
     for model, outputs in ((student, student_outputs(pairs)), (teacher, teacher_outputs(pairs))):
         with torch.device("meta"), FeatureCapture(model, outputs) as feats:

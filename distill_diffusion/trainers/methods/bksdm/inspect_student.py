@@ -32,8 +32,9 @@ def macs(unet: Any, latent_size: int) -> dict[str, float]:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    dim = unet.config.cross_attention_dim
-    dim = dim[0] if isinstance(dim, (list, tuple)) else dim
+    from distill_diffusion.models.loading import cross_attention_width
+
+    dim = cross_attention_width(unet.config)
     with torch.device("meta"), FlopCounterMode(display=False) as counter:
         unet(torch.zeros(1, unet.config.in_channels, latent_size, latent_size), torch.tensor([1]), encoder_hidden_states=torch.zeros(1, 77, dim))
     ops = {str(k): v / 2e9 for k, v in counter.get_flop_counts()["Global"].items()}

@@ -47,10 +47,10 @@ def resolve_student_config(teacher_unet: dict[str, Any], config: BKSDMConfig) ->
 def plan(teacher_unet: dict[str, Any], config: BKSDMConfig) -> tuple[dict[str, Any], dict[str, str], list[feat.FeaturePair]]:
     """From configs alone (meta-device models, no weights): the student config, its weight map and its checked feature pairs."""
     student_cfg = resolve_student_config(teacher_unet, config)
-    mapping = arch.weight_map(teacher_unet, student_cfg)
+    teacher, student = arch.meta_unet(teacher_unet, "teacher"), arch.meta_unet(student_cfg, "student")  # built once
+    mapping = arch.weight_map_of(teacher, student)
     pairs: list[feat.FeaturePair] = []
     if config.lambda_feat > 0:
-        teacher, student = arch.meta_unet(teacher_unet, "teacher"), arch.meta_unet(student_cfg, "student")
         pairs = feat.parse_pairs(config.feature_pairs, teacher, student) if config.feature_pairs else feat.stage_pairs(teacher, student)
         feat.check_pair_shapes(teacher, student, pairs, 2 ** (len(teacher.down_blocks) - 1))
     return student_cfg, mapping, pairs

@@ -27,7 +27,7 @@ from distill_diffusion.core import append_dims
 from distill_diffusion.errors import require
 from distill_diffusion.models.batch import latents_and_embeddings
 from distill_diffusion.models.denoiser import Denoiser
-from distill_diffusion.models.loading import SDXL_ERROR, SDComponents, TeacherConfigs
+from distill_diffusion.models.loading import SDXL_ERROR, SDComponents, TeacherConfigs, cross_attention_width
 from distill_diffusion.models.lora import (
     EXPORT_DTYPES,
     adapters_disabled,
@@ -105,9 +105,8 @@ class LADD(MethodBase):
             self.layers = []
         self.unet.train()
         device = next(self.unet.parameters()).device
-        text_dim = unet_config["cross_attention_dim"]
-        text_dim = text_dim[0] if isinstance(text_dim, (list, tuple)) else text_dim
-        self.heads = DiscriminatorHeads({tap: bb.tap_channels(unet_config, tap) for tap in self.taps}, text_dim, config.head_width).to(device)
+        channels = {tap: bb.tap_channels(unet_config, tap) for tap in self.taps}
+        self.heads = DiscriminatorHeads(channels, cross_attention_width(unet_config), config.head_width).to(device)
         self.uncond = UncondEmbedding(components.tokenizer, components.text_encoder)
         self.log_snr = log_snr_table(self.schedule, device)
         self.models = {"unet": self.unet, "disc": self.heads}
@@ -167,7 +166,7 @@ class LADD(MethodBase):
         logs = {"d_loss": float(loss.detach()), "d_real": float(real.detach().mean()), "d_fake": float(fake_logits.detach().mean())}
         # 6. Optional R1 on the heads' inputs for real samples: γ/2·‖∇_f D(f)‖².
         if cfg.r1_gamma > 0:
-            grads = torch.autograd.grad(real.sum(), [f for f in features.values()], create_graph=True)
+            grads = torch.autograd.grad(real.sum(), list(features.values()), create_graph=True)
             r1 = sum(g[:n].square().sum(dim=(1, 2, 3)).mean() for g in grads)
             loss = loss + cfg.r1_gamma / 2 * r1
             logs["r1"] = float(r1.detach())
