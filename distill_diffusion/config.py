@@ -56,8 +56,9 @@ class ModelConfig:
 class DataConfig:
     """Captioned images for training (see ``distill_diffusion.data``)."""
 
-    #: imagefolder (folder with metadata.jsonl), hf (a `datasets` name or path), webdataset (tar shards).
-    source: Literal["imagefolder", "hf", "webdataset"] = "imagefolder"
+    #: imagefolder (folder with metadata.jsonl), hf (a `datasets` name or path), webdataset (tar shards),
+    #: latents (a folder of latents and text embeddings written by `distill-diffusion prepare-synthetic`).
+    source: Literal["imagefolder", "hf", "webdataset", "latents"] = "imagefolder"
     #: Image folder (source imagefolder): images plus metadata.jsonl with file_name and text.
     train_data_dir: str | None = None
     #: A `datasets` name or local path (source hf).
@@ -68,11 +69,14 @@ class DataConfig:
     dataset_split: str = "train"
     #: Webdataset shard spec, e.g. ``/data/shards/{00000..00099}.tar``.
     shards: str | None = None
+    #: Latent folder (source latents): made by `distill-diffusion prepare-synthetic`, or a latent cache.
+    latents_dir: str | None = None
     #: Column (or webdataset key) of the images.
     image_column: str = "image"
     #: Column (or webdataset key) of the captions.
     caption_column: str = "text"
-    #: Training image size in pixels (a multiple of 8); images are resized and cropped to it.
+    #: Training image size in pixels (a multiple of 8); images are resized and cropped to it (source latents:
+    #: the resolution the latents were made at).
     resolution: int = 512
     #: Crop the centre (true) or a random square (false).
     center_crop: bool = True

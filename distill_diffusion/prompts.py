@@ -1,4 +1,4 @@
-"""Prompt sets for evaluation and validation: plain text files, JSON lists and COCO captions files."""
+"""Prompt sets for evaluation, validation and synthetic data: plain text files, JSON lists, JSON Lines and COCO captions files."""
 
 from __future__ import annotations
 
@@ -60,11 +60,26 @@ def _from_json(path: Path, one_per_image: bool) -> list[str]:
                     "convert it, or use a .txt file with one prompt per line")
 
 
+def _from_jsonl(lines: list[str], path: Path) -> list[str]:
+    """JSON Lines: one string, or one object with a caption/prompt/text key (e.g. an imagefolder's metadata.jsonl), a line."""
+    items = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            items.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{path} line {number} is not valid JSON ({exc.msg}); fix it or use a .txt file "
+                            "with one prompt per line") from None
+    return _from_list(items, path)
+
+
 def load_prompts(path: str | Path, one_per_image: bool = True) -> list[str]:
     """Read prompts from ``path``.
 
     * ``.json``: a list of strings (or of objects with caption/prompt/text), or COCO captions
       (``{"annotations": [{"caption", "image_id"}]}``; first caption per image unless ``one_per_image=False``).
+    * ``.jsonl``: one JSON string or object with a caption/prompt/text key per line.
     * anything else: UTF-8 text, one prompt per line, blank lines skipped, surrounding spaces stripped.
 
     A missing file, or one with no prompt, raises :class:`UserError`.
@@ -78,7 +93,7 @@ def load_prompts(path: str | Path, one_per_image: bool = True) -> list[str]:
             lines = path.read_text(encoding="utf-8").splitlines()
         except UnicodeDecodeError:
             raise UserError(f"prompt file {path} is not UTF-8 text; save it as UTF-8 with one prompt per line") from None
-        prompts = [line.strip() for line in lines]
+        prompts = _from_jsonl(lines, path) if path.suffix.lower() == ".jsonl" else [line.strip() for line in lines]
     prompts = [p for p in prompts if p]
     require(bool(prompts), f"prompt file {path} holds no prompt; write one prompt per line")
     return prompts

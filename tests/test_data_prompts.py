@@ -71,3 +71,20 @@ def test_missing_and_binary_files(tmp_path: Path) -> None:
     path.write_bytes(b"\xff\xfe\x00bad")
     with pytest.raises(UserError, match="not UTF-8"):
         load_prompts(path)
+
+
+def test_jsonl_lines_of_objects_or_strings(tmp_path: Path) -> None:
+    """An imagefolder's metadata.jsonl works as a prompt file: its "text" field is the prompt."""
+    path = tmp_path / "metadata.jsonl"
+    path.write_text('{"file_name": "0.png", "text": " a red circle "}\n\n"a blue square"\n{"prompt": "a star"}\n')
+    assert load_prompts(path) == ["a red circle", "a blue square", "a star"]
+
+
+def test_jsonl_bad_line_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"text": "a"}\n{not json\n')
+    with pytest.raises(UserError, match="line 2 is not valid JSON"):
+        load_prompts(path)
+    path.write_text('{"file_name": "0.png"}\n')
+    with pytest.raises(UserError, match="entry 1 has none of the keys"):
+        load_prompts(path)

@@ -15,7 +15,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset
 
 from distill_diffusion.config import DataConfig
-from distill_diffusion.data import build_train_dataset, collate_examples
+from distill_diffusion.data import build_train_dataset, collate_examples, dataset_captions
 from distill_diffusion.errors import UserError
 
 R = 16
@@ -155,6 +155,18 @@ def test_hf_dataset_dict_split_custom_columns_and_caption_lists(tmp_path: Path) 
         texts.update(ds[i]["text"] for i in range(3))
     check_item(ds[0])
     assert all(t[-1] in "ab" for t in texts) and len(texts) > 3  # one of the list, chosen at random
+
+
+def test_dataset_captions_in_order_without_dropout(tmp_path: Path) -> None:
+    """Prompts for prepare-synthetic: one caption per image, in order; a caption list gives one of its entries."""
+    folder = make_folder(tmp_path / "f", n=4)
+    cfg = DataConfig(train_data_dir=str(folder), resolution=R, proportion_empty_prompts=1.0)
+    assert dataset_captions(cfg) == [f"caption {i}" for i in range(4)]
+    hf_dataset(3, lists=True).save_to_disk(str(tmp_path / "ds"))
+    captions = dataset_captions(DataConfig(source="hf", dataset_name=str(tmp_path / "ds"), resolution=R))
+    assert [c[:-1] for c in captions] == ["c0", "c1", "c2"] and all(c[-1] in "ab" for c in captions)
+    with pytest.raises(UserError, match="captions are read from data.source imagefolder or hf"):
+        dataset_captions(DataConfig(source="webdataset", shards=make_shards(tmp_path / "w"), resolution=R))
 
 
 # -- webdataset -----------------------------------------------------------------------------------

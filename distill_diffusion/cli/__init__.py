@@ -1,4 +1,5 @@
-"""The ``distill-diffusion`` command: train, generate, eval, bench, quickstart, toy and inspect-student.
+"""The ``distill-diffusion`` command: train, generate, eval, bench, quickstart, toy, inspect-student and
+prepare-synthetic (teacher-generated latents for ``data.source: latents``).
 
 User errors (bad path, bad config value, unknown method, unsupported model) print one line naming the
 problem and the fix and exit with code 2, before any model is loaded.
@@ -183,17 +184,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_toy(sub)
     _add_bench(sub)
     from distill_diffusion.cli.evaluation import add_eval, add_generate
+    from distill_diffusion.cli.synthetic import add_prepare_synthetic
 
     add_generate(sub)
     add_eval(sub)
     _add_quickstart(sub)
     _add_inspect_student(sub)
+    add_prepare_synthetic(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code (0 ok, 2 user error)."""
     enable_adaptive_threads()  # torch's CPU threads follow the cores other processes leave free
+    args = None
     try:
         args = build_parser().parse_args(argv)
         return args.func(args)
@@ -201,7 +205,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
-        print("interrupted; resume with --resume_from_checkpoint latest", file=sys.stderr)
+        hint = getattr(args, "resume_hint", "resume with --resume_from_checkpoint latest")
+        print(f"interrupted; {hint}", file=sys.stderr)
         return 130
 
 

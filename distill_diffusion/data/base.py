@@ -85,6 +85,17 @@ class CaptionedImageDataset(Dataset):
         """Return (PIL image not necessarily decoded yet, raw caption value) for ``index``."""
         raise NotImplementedError
 
+    def raw_caption(self, index: int) -> Any:  # pragma: no cover - abstract
+        """The raw caption value of ``index`` without opening its image."""
+        raise NotImplementedError
+
+    def captions(self) -> list[str]:
+        """One caption per item, in order, no dropout, no image read (prompts for teacher-generated latents).
+
+        A list-valued caption gives one entry drawn from the dataset's seed.
+        """
+        return [pick_caption(self.raw_caption(i), item_rng(self.seed, -1, f"caption/{i}")) for i in range(len(self))]
+
     @property
     def bad_count(self) -> int:
         """Unusable images found so far in this process."""

@@ -6,6 +6,7 @@ source is refused (a silently ignored option is the bug SPECS.md §1 lists for t
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,14 +18,17 @@ from distill_diffusion.data.transforms import ImageTransform
 from distill_diffusion.errors import require
 
 _DEFAULTS = DataConfig()
+#: Fields that act on images and captions as read; a latent folder holds both encoded already.
+_IMAGE_FIELDS = {"caption_column", "center_crop", "random_flip", "max_bad_fraction", "cache_latents", "cache_dir"}
 #: Which optional DataConfig fields each source reads (the rest must stay at their defaults).
 _SOURCE_FIELDS = {
-    "imagefolder": {"train_data_dir", "caption_column", "dataset_split"},
-    "hf": {"dataset_name", "dataset_config_name", "dataset_split", "image_column", "caption_column"},
-    "webdataset": {"shards", "image_column", "caption_column"},
+    "imagefolder": {"train_data_dir", "dataset_split", *_IMAGE_FIELDS},
+    "hf": {"dataset_name", "dataset_config_name", "dataset_split", "image_column", *_IMAGE_FIELDS},
+    "webdataset": {"shards", "image_column", *_IMAGE_FIELDS},
+    "latents": {"latents_dir"},
 }
-_REQUIRED = {"imagefolder": "train_data_dir", "hf": "dataset_name", "webdataset": "shards"}
-_SOURCE_SPECIFIC = {"train_data_dir", "dataset_name", "dataset_config_name", "dataset_split", "shards", "image_column"}
+_REQUIRED = {"imagefolder": "train_data_dir", "hf": "dataset_name", "webdataset": "shards", "latents": "latents_dir"}
+_SOURCE_SPECIFIC = set().union(*_SOURCE_FIELDS.values())
 
 
 def check_source_fields(cfg: DataConfig) -> None:
@@ -49,12 +53,18 @@ def build_train_dataset(cfg: DataConfig, seed: int | None = 0, interpolation: st
     """Build the training dataset described by ``cfg``.
 
     Returns a map-style dataset for ``imagefolder`` and ``hf`` and an ``IterableDataset`` for
-    ``webdataset``; items are ``{"pixel_values": FloatTensor[3, R, R] in [-1, 1], "text": str}``. All
+    ``webdataset``; items are ``{"pixel_values": FloatTensor[3, R, R] in [-1, 1], "text": str}``. For
+    ``latents`` a :class:`~distill_diffusion.data.cache.CachedLatentDataset` over the folder, items
+    ``{"latents", "prompt_embeds", "text"}`` (the batch format of ``data.cache_latents``). All
     randomness (max_train_samples subset, crop, flip, caption dropout) derives from ``seed`` and the
     epoch set with ``dataset.set_epoch(epoch)``. Bad inputs raise :class:`UserError` here, before training.
     """
     check_source_fields(cfg)
     seed = 0 if seed is None else int(seed)
+    if cfg.source == "latents":
+        from distill_diffusion.data.synthetic import open_latents_dir
+
+        return open_latents_dir(cfg.latents_dir, cfg.proportion_empty_prompts, seed, cfg.max_train_samples)
     common = dict(transform=build_transform(cfg, interpolation), proportion_empty_prompts=cfg.proportion_empty_prompts,
                   max_bad_fraction=cfg.max_bad_fraction, max_train_samples=cfg.max_train_samples, seed=seed)
     if cfg.source == "imagefolder":
@@ -72,6 +82,15 @@ def build_train_dataset(cfg: DataConfig, seed: int | None = 0, interpolation: st
 
     return WebDatasetSource(cfg.shards, image_keys=keys_for(cfg.image_column, "image", IMAGE_KEYS),
                             caption_keys=keys_for(cfg.caption_column, "text", CAPTION_KEYS), **common)
+
+
+def dataset_captions(cfg: DataConfig, seed: int | None = 0) -> list[str]:
+    """The captions of the image dataset ``cfg`` describes, one per image in dataset order, with the source's own
+    checks (and ``max_train_samples``), no caption dropout, no pixel decoded: prompts for ``prepare-synthetic``."""
+    require(cfg.source in ("imagefolder", "hf"), f"captions are read from data.source imagefolder or hf, not "
+            f"{cfg.source}; pass an image folder or a `datasets` dataset")
+    dataset = build_train_dataset(dataclasses.replace(cfg, proportion_empty_prompts=0.0), seed)
+    return dataset.captions()
 
 
 def collate_examples(examples: Sequence[dict[str, Any]]) -> dict[str, Any]:

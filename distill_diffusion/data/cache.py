@@ -2,9 +2,11 @@
 
 Layout of ``cache_dir``: ``latents-00000.safetensors`` … (tensors ``latents`` [n, C, h, w] and
 ``prompt_embeds`` [n, L, D]), ``empty_prompt.safetensors`` (``prompt_embeds`` [L, D], used for caption
-dropout) and ``index.json`` (version, fingerprint, shard sizes, captions), written last. Every file is
-written to a temporary name and renamed, so an interrupted build never looks complete. A cache whose
-fingerprint (data config + model + seed) differs from the requested one is stale and rebuilt.
+dropout) and ``index.json`` (version, fingerprint, shard sizes, captions, the pixel resolution), written
+last. Every file is written to a temporary name and renamed, so an interrupted build never looks complete.
+A cache whose fingerprint (data config + model + seed) differs from the requested one is stale and rebuilt.
+``distill-diffusion prepare-synthetic`` writes teacher-generated latents in this same layout with these
+writers (:mod:`distill_diffusion.data.synthetic`), read back by the same :class:`CachedLatentDataset`.
 
 Crop and flip are drawn once, at cache time (epoch 0), and the VAE posterior is sampled once, as in the
 diffusers scripts that cache latents. Caption dropout stays per item: :class:`CachedLatentDataset` swaps
@@ -37,7 +39,8 @@ CACHE_VERSION = 1
 INDEX_NAME = "index.json"
 EMPTY_NAME = "empty_prompt.safetensors"
 #: DataConfig fields that do not change what is cached (dropout is applied when reading).
-_NOT_CACHED = {"proportion_empty_prompts", "max_bad_fraction", "dataloader_num_workers", "cache_latents", "cache_dir"}
+_NOT_CACHED = {"proportion_empty_prompts", "max_bad_fraction", "dataloader_num_workers", "cache_latents", "cache_dir",
+               "latents_dir"}
 
 
 def _data_files(cfg: DataConfig) -> list[Path]:
@@ -67,16 +70,31 @@ def fingerprint_digest(fingerprint: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _atomic_save(tensors: dict[str, torch.Tensor], path: Path) -> None:
+def atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """Write safetensors to a temporary name, then rename: a reader never sees half a file."""
     tmp = path.with_name(f".tmp-{path.name}")
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
     os.replace(tmp, path)
 
 
-def _atomic_write_text(text: str, path: Path) -> None:
+def atomic_write_text(text: str, path: Path) -> None:
+    """Write a text file under a temporary name, then rename."""
     tmp = path.with_name(f".tmp-{path.name}")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+def shard_name(number: int) -> str:
+    """File name of shard ``number`` (``latents-00000.safetensors``)."""
+    return f"latents-{number:05d}.safetensors"
+
+
+def write_index(cache_dir: Path, fingerprint: Mapping[str, Any], shards: list[dict[str, Any]], captions: list[str],
+                **extra: Any) -> None:
+    """Write ``index.json`` (last: its presence marks the folder complete). ``extra`` adds fields, e.g. the resolution."""
+    index = {"version": CACHE_VERSION, "fingerprint": fingerprint_digest(fingerprint), "num_items": len(captions),
+             "shards": shards, "captions": captions, "fingerprint_data": dict(fingerprint), **extra}
+    atomic_write_text(json.dumps(index, default=str), cache_dir / INDEX_NAME)
 
 
 def read_index(cache_dir: str | Path) -> dict[str, Any] | None:
@@ -92,13 +110,16 @@ def read_index(cache_dir: str | Path) -> dict[str, Any] | None:
 def is_cache_valid(cache_dir: str | Path, fingerprint: Mapping[str, Any]) -> bool:
     """True when ``cache_dir`` holds a complete cache built for ``fingerprint``."""
     index = read_index(cache_dir)
-    if index is None or index.get("fingerprint") != fingerprint_digest(fingerprint):
-        return False
+    return index is not None and index.get("fingerprint") == fingerprint_digest(fingerprint) and index_complete(cache_dir, index)
+
+
+def index_complete(cache_dir: str | Path, index: Mapping[str, Any]) -> bool:
+    """Every shard ``index`` lists, and the empty-prompt embedding, is in ``cache_dir``."""
     names = [s["file"] for s in index.get("shards", [])] + [EMPTY_NAME]
     return all((Path(cache_dir) / n).is_file() for n in names)
 
 
-def _clear(cache_dir: Path) -> None:
+def clear_cache_files(cache_dir: Path) -> None:
     """Remove our own files only (the folder may be shared with other things)."""
     for path in cache_dir.iterdir():
         name = path.name.removeprefix(".tmp-")
@@ -138,35 +159,42 @@ def build_latent_cache(
     if is_cache_valid(cache_dir, fingerprint):
         return cache_dir
     cache_dir.mkdir(parents=True, exist_ok=True)
-    _clear(cache_dir)
+    clear_cache_files(cache_dir)
     loader = DataLoader(_without_dropout(dataset), batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         collate_fn=collate_examples)
     shards: list[dict[str, Any]] = []
     captions: list[str] = []
     pending: dict[str, list[torch.Tensor]] = {"latents": [], "prompt_embeds": []}
+    resolution = None
     with torch.no_grad():
         for batch in loader:
             pending["latents"].append(encode_images_fn(batch["pixel_values"]).cpu())
             pending["prompt_embeds"].append(encode_text_fn(batch["text"]).cpu())
             captions.extend(batch["text"])
+            resolution = int(batch["pixel_values"].shape[-1])
             if sum(len(t) for t in pending["latents"]) >= shard_size:
-                _flush(pending, cache_dir, shards)
-        _flush(pending, cache_dir, shards)
+                flush_shard(pending, cache_dir, shards)
+        flush_shard(pending, cache_dir, shards)
         require(bool(captions), f"latent cache {cache_dir}: the dataset yielded no item; check the data settings")
-        _atomic_save({"prompt_embeds": encode_text_fn([empty_prompt])[0].cpu()}, cache_dir / EMPTY_NAME)
-    index = {"version": CACHE_VERSION, "fingerprint": fingerprint_digest(fingerprint), "num_items": len(captions),
-             "shards": shards, "captions": captions, "fingerprint_data": fingerprint}
-    _atomic_write_text(json.dumps(index, default=str), cache_dir / INDEX_NAME)
+        save_empty_prompt(encode_text_fn, cache_dir, empty_prompt)
+    write_index(cache_dir, fingerprint, shards, captions, resolution=resolution)
     return cache_dir
 
 
-def _flush(pending: dict[str, list[torch.Tensor]], cache_dir: Path, shards: list[dict[str, Any]]) -> None:
-    """Write the pending batches as the next shard."""
+def save_empty_prompt(encode_text_fn: Callable[[list[str]], torch.Tensor], cache_dir: Path, empty_prompt: str = "") -> None:
+    """``empty_prompt.safetensors``: the embedding swapped in for caption dropout (``prompt_embeds`` [L, D])."""
+    with torch.no_grad():
+        atomic_save({"prompt_embeds": encode_text_fn([empty_prompt])[0].cpu()}, cache_dir / EMPTY_NAME)
+
+
+def flush_shard(pending: dict[str, list[torch.Tensor]], cache_dir: Path, shards: list[dict[str, Any]],
+                metadata: dict[str, str] | None = None) -> None:
+    """Write the pending batches as shard ``len(shards)``, record it in ``shards`` and empty ``pending``."""
     if not pending["latents"]:
         return
     tensors = {k: torch.cat(v) for k, v in pending.items()}
-    name = f"latents-{len(shards):05d}.safetensors"
-    _atomic_save(tensors, cache_dir / name)
+    name = shard_name(len(shards))
+    atomic_save(tensors, cache_dir / name, metadata)
     shards.append({"file": name, "count": len(tensors["latents"])})
     for value in pending.values():
         value.clear()
@@ -177,15 +205,22 @@ class CachedLatentDataset(Dataset):
 
     Shards are memory-mapped (safetensors ``safe_open``) per process, so DataLoader workers share pages.
     Caption dropout: with probability ``proportion_empty_prompts`` (drawn from ``item_rng(seed, epoch,
-    index)``) the item gets the cached empty-prompt embedding and ``text=""``.
+    index)``) the item gets the cached empty-prompt embedding and ``text=""``. ``max_train_samples`` keeps a
+    seeded random subset, as the image sources do.
     """
 
-    def __init__(self, cache_dir: str | Path, proportion_empty_prompts: float = 0.0, seed: int = 0) -> None:
+    def __init__(self, cache_dir: str | Path, proportion_empty_prompts: float = 0.0, seed: int = 0,
+                 max_train_samples: int | None = None) -> None:
+        from distill_diffusion.data.imagefolder import subsample
+
         self.cache_dir = Path(cache_dir).expanduser()
         index = read_index(self.cache_dir)
         if index is None:
             raise UserError(f"no latent cache in {self.cache_dir}; build it first (data.cache_latents=true) or fix data.cache_dir")
         self.captions: list[str] = index["captions"]
+        #: Pixel resolution the latents were made at (None in caches written before it was recorded).
+        self.resolution: int | None = index.get("resolution")
+        self.indices = subsample(len(self.captions), max_train_samples, int(seed or 0))
         self.shards: list[dict[str, Any]] = index["shards"]
         self._ends = _cumulative([s["count"] for s in self.shards])
         self.proportion_empty_prompts, self.seed, self.epoch = proportion_empty_prompts, int(seed or 0), 0
@@ -209,15 +244,16 @@ class CachedLatentDataset(Dataset):
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
-        return len(self.captions)
+        return len(self.indices)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         if not 0 <= index < len(self):
             raise IndexError(index)
-        shard = bisect.bisect_right(self._ends, index)
-        offset = index - (self._ends[shard - 1] if shard else 0)
+        item = self.indices[index]
+        shard = bisect.bisect_right(self._ends, item)
+        offset = item - (self._ends[shard - 1] if shard else 0)
         handle = self._open(self.shards[shard]["file"])
-        caption = self.captions[index]
+        caption = self.captions[item]
         text = drop_caption(caption, self.proportion_empty_prompts, item_rng(self.seed, self.epoch, index))
         dropped = bool(caption) and not text
         embeds = self.empty_embeds if dropped else handle.get_slice("prompt_embeds")[offset]

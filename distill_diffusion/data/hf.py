@@ -92,3 +92,6 @@ class HFImageDataset(CaptionedImageDataset):
         """Open the row's image (path, bytes or PIL) and return it with the raw caption value."""
         row = self.ds[self.indices[index]]
         return open_image(row[self.image_column]), row[self.caption_column]
+
+    def raw_caption(self, index: int) -> Any:
+        return self.ds[self.indices[index]][self.caption_column]

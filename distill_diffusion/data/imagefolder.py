@@ -146,3 +146,6 @@ class ImageFolderDataset(CaptionedImageDataset):
         """Open the image file (header only) and return it with its raw caption."""
         path, caption = self.records[index]
         return Image.open(path), caption
+
+    def raw_caption(self, index: int) -> Any:
+        return self.records[index][1]

@@ -128,17 +128,22 @@ def build_engine(run: RunConfig, callbacks: Sequence[Callback] = ()) -> Engine:
     require(bool(run.model.pretrained_model_name_or_path), "no teacher given; pass --pretrained_model_name_or_path (a diffusers folder, hub id or .safetensors file)")
     check_model_source(run.model)
     check_environment(run.train)
-    method_cls.check_before_loading(run, read_teacher_configs(run.model))
+    teacher = read_teacher_configs(run.model)
+    method_cls.check_before_loading(run, teacher)
     resume_from = ckpt.resolve_resume(run.train.resume_from_checkpoint, run.train.output_dir)
     if resume_from is not None:
         check_resumable(resume_from, run, method_cls)
     dataset = build_train_dataset(run.data, seed=run.train.seed)
+    if teacher is not None:
+        check_data_fits(run, dataset, teacher.unet)
 
     accelerator = make_accelerator(run.train)
     check_process_count(accelerator.num_processes)
     seed = shared_seed(accelerator, run.train.seed)
     set_seed(seed)  # the same on every process: a method's random init (LoRA A, new projections, targets) must not differ per rank
     components = load_teacher(run.model, weight_dtype(run.train.mixed_precision), device=accelerator.device)
+    if teacher is None:  # a single file whose configs only loading reveals
+        check_data_fits(run, dataset, dict(components.unet.config))
     method = build_method(method_cls, run, components)
     if run.train.gradient_checkpointing:
         enable_gradient_checkpointing(method)
@@ -155,6 +160,17 @@ def build_engine(run: RunConfig, callbacks: Sequence[Callback] = ()) -> Engine:
         if run.train.report_to != "none":
             accelerator.init_trackers(run.train.tracker_project_name, config=_flat(run.to_dict()))
     return engine
+
+
+def check_data_fits(run: RunConfig, dataset: Any, unet_config: Mapping[str, Any]) -> None:
+    """Latents read from a folder (``data.source: latents``) must suit this teacher: its UNet's input channels and
+    text width, and the resolution they were made at must be ``data.resolution``."""
+    if run.data.source != "latents":
+        return
+    from distill_diffusion.data.synthetic import check_latents_fit
+    from distill_diffusion.models.loading import cross_attention_width
+
+    check_latents_fit(dataset, run.data.resolution, int(unet_config["in_channels"]), cross_attention_width(unet_config))
 
 
 def build_method(method_cls: type, run: RunConfig, components: Any) -> Any:

@@ -1,0 +1,188 @@
+"""Latent folders made once by a teacher (``distill-diffusion prepare-synthetic``): resumable writing, and the
+``latents`` training source that reads them.
+
+LADD (Sauer et al., arXiv:2403.12015) trains with synthetic data: the discriminator's "real" latents may be the
+teacher's own samples instead of encoded images. Such a folder has exactly the latent cache's layout
+(:mod:`distill_diffusion.data.cache`, written with its writers): ``latents-NNNNN.safetensors`` shards of
+``latents`` [n, C, h, w] (the UNet's scaled latent space, as ``encode_images`` stores) and ``prompt_embeds``
+[n, L, D], ``empty_prompt.safetensors``, and ``index.json`` with the captions, written last.
+
+Resuming: shard k always holds samples ``[k*S, (k+1)*S)`` and is made in batches that start at its first
+sample, and the caller seeds sample i on its own (``seed + i``), so a shard does not depend on whether the
+run was interrupted before it. Each shard carries the digest of the settings that made it in its safetensors
+metadata; a re-run keeps the shards whose digest and size are right and makes the others. Files made with
+other settings are never mixed in: that is a one-line error (or, with ``overwrite``, they are replaced).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+
+from distill_diffusion.data.cache import (
+    INDEX_NAME,
+    CachedLatentDataset,
+    clear_cache_files,
+    fingerprint_digest,
+    flush_shard,
+    index_complete,
+    read_index,
+    save_empty_prompt,
+    shard_name,
+    write_index,
+)
+from distill_diffusion.errors import UserError, require
+
+#: safetensors metadata keys of a shard: the settings digest and the settings themselves (for error messages).
+DIGEST_KEY, SETTINGS_KEY = "settings_digest", "settings"
+#: ``sample_fn(prompt_embeds [B, L, D], sample indices) -> latents [B, C, h, w]``.
+SampleFn = Callable[[torch.Tensor, list[int]], torch.Tensor]
+
+
+def write_synthetic_latents(
+    output_dir: str | Path,
+    captions: Sequence[str],
+    sample_fn: SampleFn,
+    encode_text_fn: Callable[[list[str]], torch.Tensor],
+    settings: Mapping[str, Any],
+    *,
+    batch_size: int = 8,
+    shard_size: int = 1024,
+    overwrite: bool = False,
+    progress: bool = True,
+    index_extra: Mapping[str, Any] | None = None,
+) -> Path:
+    """Make sample i for caption ``captions[i]`` with ``sample_fn`` and store it in the latent-cache layout.
+
+    ``settings`` (JSON-able) is everything that determines the latents; a folder holding files made with other
+    settings is a :class:`UserError` unless ``overwrite`` (then they are deleted first). A complete folder for the
+    same settings and count is left as it is. ``index_extra`` adds fields to ``index.json`` (e.g. the resolution).
+    """
+    from tqdm.auto import tqdm
+
+    out = Path(output_dir).expanduser()
+    require(len(captions) > 0, "no caption to generate from; pass at least one prompt")
+    out.mkdir(parents=True, exist_ok=True)
+    digest = fingerprint_digest(settings)
+    if overwrite:
+        clear_cache_files(out)
+    check_same_settings(out, settings)
+    if is_complete(out, settings, len(captions)):
+        return out
+    (out / INDEX_NAME).unlink(missing_ok=True)  # the folder is incomplete until the new index is written
+    starts = range(0, len(captions), shard_size)
+    _remove_shards_from(out, len(starts))
+    shards: list[dict[str, Any]] = []
+    metadata = {DIGEST_KEY: digest, SETTINGS_KEY: json.dumps(settings, sort_keys=True, default=str)}
+    with tqdm(total=len(captions), disable=not progress, desc="prepare-synthetic", unit="latent") as bar:
+        for start in starts:
+            end = min(start + shard_size, len(captions))
+            if shard_count(out / shard_name(len(shards)), digest) == end - start:
+                shards.append({"file": shard_name(len(shards)), "count": end - start})
+                bar.update(end - start)
+                continue
+            pending: dict[str, list[torch.Tensor]] = {"latents": [], "prompt_embeds": []}
+            for first in range(start, end, batch_size):
+                indices = list(range(first, min(first + batch_size, end)))
+                with torch.no_grad():
+                    embeds = encode_text_fn([captions[i] for i in indices])
+                    pending["latents"].append(sample_fn(embeds, indices).cpu())
+                pending["prompt_embeds"].append(embeds.cpu())
+                bar.update(len(indices))
+            flush_shard(pending, out, shards, metadata)
+    save_empty_prompt(encode_text_fn, out)
+    write_index(out, settings, shards, list(captions), **dict(index_extra or {}))
+    return out
+
+
+def is_complete(output_dir: str | Path, settings: Mapping[str, Any], count: int) -> bool:
+    """``output_dir`` holds all ``count`` samples made with ``settings``, index included (nothing left to make)."""
+    out = Path(output_dir).expanduser()
+    index = read_index(out)
+    return (index is not None and index.get("fingerprint") == fingerprint_digest(settings)
+            and index.get("num_items") == count and index_complete(out, index))
+
+
+def shard_count(path: Path, digest: str) -> int | None:
+    """Samples in the shard at ``path`` when it was made with the settings ``digest``; None otherwise."""
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            if (handle.metadata() or {}).get(DIGEST_KEY) != digest:
+                return None
+            return int(handle.get_slice("latents").get_shape()[0])
+    except Exception:  # a damaged shard (safetensors raises its own error type): made again
+        return None
+
+
+def _shard_settings(path: Path) -> tuple[str | None, dict[str, Any]]:
+    """(digest, settings) recorded in a shard; (None, {}) for a shard without them (a latent cache's)."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            meta = handle.metadata() or {}
+    except Exception:  # unreadable: no settings to compare, it will be made again
+        return "", {}
+    return meta.get(DIGEST_KEY), json.loads(meta.get(SETTINGS_KEY, "{}"))
+
+
+def check_same_settings(out: Path, settings: Mapping[str, Any]) -> None:
+    """Refuse a folder whose index or shards were made with other settings, naming what changed."""
+    digest = fingerprint_digest(settings)
+    settings = json.loads(json.dumps(settings, default=str))  # as recorded: tuples are lists, paths strings
+    index = read_index(out)
+    recorded = [(index.get("fingerprint"), index.get("fingerprint_data") or {})] if index is not None else []
+    recorded += [_shard_settings(p) for p in sorted(out.glob("latents-*.safetensors"))]
+    for found, old in recorded:
+        if found in (digest, ""):
+            continue
+        changed = [k for k in sorted(set(old) | set(settings)) if old.get(k) != settings.get(k)] if old else []
+        what = ", ".join(f"{k} {_short(old.get(k))} -> {_short(settings.get(k))}" for k in changed[:4]) or "other settings"
+        raise UserError(f"--output_dir {out} already holds latents made with other settings ({what}); pick another "
+                        "--output_dir, or pass --overwrite to replace them")
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _remove_shards_from(out: Path, first: int) -> None:
+    """Delete shards numbered ``first`` and up (left by a run of more samples)."""
+    for path in out.glob("latents-*.safetensors"):
+        number = path.name.removeprefix("latents-").removesuffix(".safetensors")
+        if number.isdigit() and int(number) >= first:
+            path.unlink()
+
+
+def open_latents_dir(latents_dir: str | Path | None, proportion_empty_prompts: float = 0.0, seed: int = 0,
+                     max_train_samples: int | None = None) -> CachedLatentDataset:
+    """``data.source: latents``: the folder as a :class:`CachedLatentDataset`, refused unless it is complete."""
+    root = Path(str(latents_dir or "")).expanduser()
+    make = f"make it with `distill-diffusion prepare-synthetic --output_dir {root}`"
+    require(root.is_dir(), f"data.latents_dir {root}: no such folder; {make}, or fix data.latents_dir")
+    index = read_index(root)
+    require(index is not None and index_complete(root, index),
+            f"data.latents_dir {root} has no complete {INDEX_NAME} (an unfinished `prepare-synthetic` run?); run the "
+            "same `distill-diffusion prepare-synthetic` command again to finish it, or fix data.latents_dir")
+    return CachedLatentDataset(root, proportion_empty_prompts, seed, max_train_samples)
+
+
+def check_latents_fit(dataset: CachedLatentDataset, resolution: int, in_channels: int, text_width: int) -> None:
+    """The stored latents and embeddings fit the teacher (its UNet's input channels and text width) and the run's
+    ``data.resolution`` is the one they were made at; each mismatch is a one-line error with the fix."""
+    item = dataset[0]
+    channels, width = int(item["latents"].shape[0]), int(item["prompt_embeds"].shape[-1])
+    where, remake = f"data.latents_dir {dataset.cache_dir}", "make the latents with this teacher (prepare-synthetic)"
+    require(channels == in_channels, f"{where} holds {channels}-channel latents but the teacher's UNet takes {in_channels}; "
+            f"{remake}, or train the teacher they were made with")
+    require(width == text_width, f"{where} holds text embeddings of width {width} but the teacher's UNet attends to "
+            f"{text_width}; {remake}, or train the teacher they were made with")
+    made_at = dataset.resolution
+    require(made_at is None or int(made_at) == resolution, f"{where} was made at resolution {made_at}, but "
+            f"data.resolution is {resolution}; pass --data.resolution {made_at}, or make latents at {resolution}")
