@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The checks that need a CUDA GPU, as one short script: the `gpu`-marked tests (CUDA and mixed-precision
 # paths: EMA resume on the GPU, ...) and the SD 1.5-sized LCM-LoRA and progressive-distillation training benchmarks
-# and the SD 1.4-sized BK-SDM-Small one (training, and sampling latency of teacher vs student).
+# the SD 1.4-sized BK-SDM-Small one (training, and sampling latency of teacher vs student) and the SD 1.5 LADD-LoRA one.
 # Run from the repository root on a machine with a GPU: bash benchmarks/gpu_check.sh
-# Results: benchmarks/results/{lcm,progressive}_gpu_sd15.{json,md}, bksdm_gpu_sd14.{json,md} and gpu_tests.txt
+# Results: benchmarks/results/{lcm,progressive,ladd}_gpu_sd15.{json,md}, bksdm_gpu_sd14.{json,md} and gpu_tests.txt
 # (copied to $OUT when set).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +17,8 @@ bench=$?
 distill-diffusion bench progressive-gpu --mixed_precision bf16 --batch_size 8 --steps 20
 bench=$(( bench || $? ))
 distill-diffusion bench bksdm-gpu --mixed_precision bf16 --batch_size 8 --steps 20
+bench=$(( bench || $? ))
+distill-diffusion bench ladd-gpu --mixed_precision bf16 --batch_size 8 --steps 20
 bench=$(( bench || $? ))
 if [ -n "${OUT:-}" ]; then cp benchmarks/results/gpu_tests.txt benchmarks/results/*_gpu_sd1[45].* "$OUT"/ 2>/dev/null; fi
 echo "gpu tests exit $tests, benchmark exit $bench"

@@ -94,6 +94,8 @@ def build_models(root: Path, teacher: Path) -> None:
     from helpers_sd import save_ldm_single_file
     from safetensors.torch import load_file
 
+    from distill_diffusion.toy.tiny import save_toy_dinov2
+
     (root / "empty_model").mkdir()
     for suffix in (".ckpt", ".bin", ".pt"):
         (root / f"model{suffix}").write_bytes(b"pickle")
@@ -116,6 +118,7 @@ def build_models(root: Path, teacher: Path) -> None:
     shutil.copytree(teacher, root / "no_vae", ignore=shutil.ignore_patterns("vae"))
     shutil.copytree(teacher, root / "no_unet_config", ignore=shutil.ignore_patterns("config.json"))
     (root / "no_unet_config" / "vae" / "config.json").write_text((teacher / "vae" / "config.json").read_text())
+    save_toy_dinov2(root / "dinov2", resolution=R, hidden_size=16, layers=4)
     shutil.copytree(teacher, root / "broken_index")
     (root / "broken_index" / "model_index.json").write_text("{oops")
 
@@ -225,6 +228,9 @@ CONFIG_CASES = [
     ("finetune", ["--data.source", "webdataset"], "data.source=webdataset needs data.shards"),
     ("finetune", ["--data.dataset_name", "some/dataset"], "has no effect with data.source=imagefolder"),
     ("finetune", ["--data.caption_column", "caption"], "has no 'caption' caption key"),
+    ("finetune", ["--data.source", "latents"], "data.source=latents needs data.latents_dir"),
+    ("finetune", ["--data.latents_dir", "{bad}/empty"], "has no effect with data.source=imagefolder"),
+    ("finetune", ["--data.source", "latents", "--data.latents_dir", "{bad}/empty"], "has no effect with data.source=latents"),
     ("finetune", ["--method.snr_gamma", "-5"], "snr_gamma must be > 0"),
     ("finetune", ["--method.noise_offset", "-0.1"], "noise_offset must be >= 0"),
     ("finetune", ["--method.noise_offset", "inf"], "is not a finite number"),
@@ -276,6 +282,16 @@ CONFIG_CASES = [
     ("ladd", ["--method.adv_loss", "wgan"], "adv_loss='wgan' is not valid"),
     ("ladd", ["--method.disc_updates", "0"], "disc_updates=0 must be >= 1"),
     ("ladd", ["--method.lora_target_modules", "to_qq"], "'to_qq' matches no layer"),
+    ("add", ["--method.feature_network", "{teacher}"], "is not a transformers model folder (no config.json)"),
+    ("add", ["--method.feature_network", "{teacher}/unet"], "is a UNet2DConditionModel model, not a DINOv2 ViT"),
+    ("add", ["--method.feature_network", "{teacher}/text_encoder"], "is a clip_text_model model, not a DINOv2 ViT"),
+    ("add", ["--method.feature_network", "{bad}/prompts.txt"], "is not a transformers model folder"),
+    ("add", ["--method.feature_network", "{bad}/dinov2", "--method.feature_layers", "2,9"], "has blocks 1..4; pick among them"),
+    ("add", ["--method.feature_network", "{bad}/dinov2", "--method.feature_layers", "0"], "blocks are numbered from 1"),
+    ("add", ["--method.feature_network", "{bad}/dinov2", "--method.feature_resolution", "30"], "not a multiple of the ViT's patch size 4"),
+    ("add", ["--method.feature_network", "{bad}/dinov2", "--train_batch_size", "1"], "collapses at batch 1"),
+    ("add", ["--method.feature_network", "{bad}/dinov2", "--method.student_timesteps", "1500,999", "--method.student_timestep_probs",
+             "0.5,0.5"], "must lie in 0..999"),
 ]
 
 PRESET_CASES = [
@@ -328,6 +344,10 @@ DATA_CASES = [
     ("finetune", ["--train_data_dir", "{bad}/truncated_jpeg"], "none of the 4 images could be read"),
     ("finetune", ["--train_data_dir", "{bad}/mostly_truncated"], "3 of 4 images (75.0%) are unreadable"),
     ("lcm", ["--train_data_dir", "{bad}/all_truncated"], "none of the 4 images could be read"),
+    ("finetune", ["--train_data_dir", "null", "--data.source", "latents", "--data.latents_dir", "{bad}/empty"],
+     "has no complete index.json (an unfinished `prepare-synthetic` run?)"),
+    ("finetune", ["--train_data_dir", "null", "--data.source", "latents", "--data.latents_dir", "{bad}/nowhere"],
+     "no such folder; make it with `distill-diffusion prepare-synthetic"),
 ]
 
 MODEL_CASES = [
@@ -368,6 +388,7 @@ MODEL_CASES = [
 AFTER_LOAD_CASES = [
     ("finetune", ["--pretrained_model_name_or_path", "{bad}/junk_text.safetensors", "--model.original_config", "{teacher}"],
      "Failed to load CLIPTextModel"),
+    ("add", ["--method.feature_network", "{bad}/missing_dinov2"], "missing_dinov2: no such folder"),
 ]
 
 OUTPUT_CASES = [

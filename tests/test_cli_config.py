@@ -350,7 +350,7 @@ def test_presets_ship_in_the_package_and_load_by_name(tmp_path: Path) -> None:
     from distill_diffusion.trainers.methods.registry import get_method_class
 
     for name in preset_names():  # every shipped preset builds for its method
-        method = next((m for m in ("finetune", "progressive", "bksdm", "ladd") if m in name), "lcm")
+        method = next((m for m in ("finetune", "progressive", "bksdm", "ladd", "add") if m in name), "lcm")
         build_run_config(method, get_method_class(method), load_preset(name))
 
 

@@ -128,7 +128,7 @@ def test_without_the_adversarial_term_the_generator_regresses_on_the_teachers_pr
     """adv_weight 0: the loss is ᾱ_s·‖x̂ − x̂_teacher‖², its gradient reaches the student through x̂ (not the target),
     and it goes down. The teacher's prediction is pinned to a constant (a random teacher's x̂ from a re-noised sample
     is mostly the noise it was given, which no student can match)."""
-    import distill_diffusion.trainers.methods.ladd.method as ladd_method
+    import distill_diffusion.trainers.methods.adversarial.method as ladd_method
 
     target = torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(5))
     monkeypatch.setattr(ladd_method, "guided_prediction", lambda *a, **k: (target, None))
@@ -182,3 +182,33 @@ def test_the_speed_benchmark_times_a_cycle_against_its_passes(tmp_path: Path) ->
     row = result["training"][0]
     assert ENGINE_KEY in row["seconds"] and len(row["seconds"]) == 4 and row["ratio"] > 0
     assert "step / sum" in (tmp_path / "speed.md").read_text()
+
+
+def test_the_toy_benchmarks_bars_compare_each_student_with_the_teachers_50_steps() -> None:
+    from distill_diffusion.trainers.methods.ladd.bench_toy import bar_lines
+
+    def row(name: str, steps: int, fid: float, clip: float, g: float = 1.0) -> dict:
+        return {"pipeline": name, "steps": steps, "fid": fid, "clip_score": clip, "guidance_scale": g}
+
+    rows = [row("teacher", 50, 2.0, 80.0, 2.0), row("teacher", 50, 1.0, 80.0, 3.0), row("ladd", 1, 1.4, 73.0), row("ladd", 4, 1.3, 79.0),
+            row("add", 1, 1.6, 79.0)]
+    lines = bar_lines(rows, 3.0)
+    assert lines[0].startswith("Teacher, 50 DDIM steps, guidance 3: FID 1.000")
+    assert "| ladd | 1 | 1.400 | 1.40 | ≤ 1.5 | 0.91 | ≥ 0.9 | yes |" in lines
+    assert "| ladd | 4 | 1.300 | 1.30 | ≤ 1.2 | 0.99 | - | no |" in lines
+    assert "| add | 1 | 1.600 | 1.60 | ≤ 1.5 | 0.99 | ≥ 0.9 | no |" in lines and not any("lcm-lora" in x for x in lines)
+
+
+def test_the_gpu_benchmark_runs_a_cycle_on_a_tiny_unet_and_refuses_a_machine_without_cuda(tmp_path: Path) -> None:
+    from distill_diffusion.errors import UserError
+    from distill_diffusion.trainers.methods.ladd.bench_gpu import run_sd15_ladd_benchmark
+
+    out = tmp_path / "gpu.json"
+    result = run_sd15_ladd_benchmark(batch_size=2, resolution=32, steps=2, mixed_precision="no", output=out,
+                                     unet_config=tiny_unet_config(), device="cpu")
+    assert result["images_per_second"] > 0 and result["peak_memory_gib"] is None
+    assert result["settings"]["lora_parameters"] > 0 and result["settings"]["head_parameters"] > 0
+    assert "images/s" in out.with_suffix(".md").read_text()
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="needs a CUDA GPU"):
+            run_sd15_ladd_benchmark()

@@ -25,8 +25,9 @@ class _RecordingPipeline:
         pass
 
     def __call__(self, prompt: str, **kwargs: Any) -> Any:
-        self.calls.append({"prompt": prompt, "seed": kwargs.pop("generator").initial_seed(), **kwargs})
-        return SimpleNamespace(images=[Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8))])
+        seed = kwargs.pop("generator").initial_seed()
+        self.calls.append({"prompt": prompt, "seed": seed, **kwargs})
+        return SimpleNamespace(images=[Image.fromarray(np.full((8, 8, 3), seed % 251, dtype=np.uint8))])
 
 
 class _Method(MethodBase):
@@ -54,6 +55,9 @@ def test_prompts_seeds_and_the_methods_call_options_reach_the_pipeline(tmp_path:
     assert all(p.is_file() for p in paths)
     assert [(c["prompt"], c["seed"]) for c in pipe.calls] == [("a red circle", 3), ("a red circle", 4), ("a blue star", 1003), ("a blue star", 1004)]
     assert all(c["guidance_scale"] == 1.5 and c["num_inference_steps"] == 4 for c in pipe.calls)
+    grid = np.asarray(Image.open(tmp_path / "validation" / "step-7" / "grid.png"))  # a row per prompt, a column per image
+    assert grid.shape == (16, 16, 3)
+    assert [int(grid[r, c, 0]) for r, c in ((0, 0), (0, 8), (8, 0), (8, 8))] == [3, 4, 1003 % 251, 1004 % 251]
 
 
 def test_a_method_without_a_pipeline_writes_nothing(tmp_path: Path) -> None:

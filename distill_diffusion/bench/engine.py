@@ -82,7 +82,11 @@ def latent_engine(tmp: Path, method_name: str, batch_size: int, sections: dict[s
     """
     from distill_diffusion.config import build_run_config
     from distill_diffusion.models.loading import load_teacher
-    from distill_diffusion.trainers.engine.build import enable_gradient_checkpointing, make_accelerator
+    from distill_diffusion.trainers.engine.build import (
+        build_method,
+        enable_gradient_checkpointing,
+        make_accelerator,
+    )
     from distill_diffusion.trainers.engine.data_loop import build_dataloader
     from distill_diffusion.trainers.engine.loop import Engine
     from distill_diffusion.trainers.methods.registry import get_method_class
@@ -97,7 +101,7 @@ def latent_engine(tmp: Path, method_name: str, batch_size: int, sections: dict[s
     run = build_run_config(method_name, method_class.config_class, preset)
     accelerator = make_accelerator(run.train)
     components = make_components(accelerator.device) if make_components else load_teacher(run.model)
-    method = method_class(components, run.method_config)
+    method = build_method(method_class, run, components)
     if run.train.gradient_checkpointing:
         enable_gradient_checkpointing(method)
     unet = components.unet

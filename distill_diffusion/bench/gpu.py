@@ -9,6 +9,8 @@ not on weight values, so nothing needs to be downloaded.
 from __future__ import annotations
 
 import platform
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -125,6 +127,32 @@ def time_steps(engine: Any, dev: torch.device, steps: int) -> tuple[float, float
     return seconds, (torch.cuda.max_memory_allocated(dev) / 2**30 if cuda else None)
 
 
+
+
+def time_method_step(method: str, options: dict[str, Any], title: str, no_gpu: str, *, batch_size: int, resolution: int, steps: int,
+                     mixed_precision: str, gradient_checkpointing: bool, unet_config: dict[str, Any] | None, device: str | None,
+                     prepare: Callable[[Any], None] | None = None) -> tuple[dict[str, Any], Any]:
+    """Time ``steps`` engine steps of ``method`` (after 3 warm-ups) on random SD components of ``unet_config`` (SD 1.5's
+    when None); ``prepare(engine)`` runs first (e.g. to move past a stage). Returns the common result fields and the
+    engine (its method, for the caller's own fields). ``device=None`` needs CUDA: a one-line error otherwise, before
+    anything is built."""
+    import diffusers
+
+    config = dict(unet_config or SD15_UNET_CONFIG)
+    dev = check_args(device, batch_size, resolution, steps, mixed_precision, config, no_gpu)
+    with tempfile.TemporaryDirectory() as tmp:
+        engine, _ = sd_engine(Path(tmp), method, options, batch_size, resolution, mixed_precision, gradient_checkpointing, config, dev)
+        if prepare is not None:
+            prepare(engine)
+        seconds, peak = time_steps(engine, dev, steps)
+    result = {
+        "benchmark": f"{title}, " + ("SD 1.5 UNet architecture" if unet_config is None else "custom UNet config") + " (random weights)",
+        "device": device_name(dev), "torch": torch.__version__, "diffusers": diffusers.__version__,
+        "images_per_second": batch_size / seconds, "median_step_seconds": seconds, "peak_memory_gib": peak,
+        "settings": {"batch_size": batch_size, "resolution": resolution, "latent_size": resolution // 8, "steps_timed": steps,
+                     "warmup_steps": 3, "mixed_precision": mixed_precision, "gradient_checkpointing": gradient_checkpointing},
+    }
+    return result, engine
 
 
 def write_results(result: dict[str, Any], output: Path, extra: dict[str, str], note: str) -> None:

@@ -36,6 +36,13 @@ def run_speed(args: argparse.Namespace, benchmark: Callable[..., object]) -> int
     return 0
 
 
+def run_gpu(args: argparse.Namespace, benchmark: Callable[..., object]) -> int:
+    """Run a GPU training benchmark with the options of :func:`add_gpu_options`."""
+    benchmark(batch_size=args.batch_size, resolution=args.resolution, steps=args.steps, mixed_precision=args.mixed_precision,
+              gradient_checkpointing=args.gradient_checkpointing, output=args.output)
+    return 0
+
+
 def add_toy_run_options(p: argparse.ArgumentParser, *, output_dir: str, run_dir: str) -> None:
     """Results folder, training folder, images per row, guidance and toy cache: the toy method benchmarks' options."""
     p.add_argument("--output_dir", default=output_dir)

@@ -44,12 +44,25 @@ def toy_run_config(method: str, preset_name: str, world: Any, run_dir: Path, met
     return build_run_config(method, get_method_class(method), preset)
 
 
-def train_timed(run: Any, stages: list[Any], run_dir: Path) -> dict[str, float]:
-    """Train ``run`` unless its export is already there; returns the seconds of each stage (``stage_seconds.json``)."""
+def train_timed(run: Any, stages: list[Any], run_dir: Path, done_file: str = "model_index.json") -> dict[str, float]:
+    """Train ``run`` unless its export (``done_file``) is already there; returns the seconds of each stage
+    (``stage_seconds.json``)."""
     from distill_diffusion.trainers.engine.build import train
 
     timer = StageTimer(stages, run_dir / "stage_seconds.json")
-    if not (run_dir / "model_index.json").is_file():
+    if not (run_dir / done_file).is_file():
         run_dir.mkdir(parents=True, exist_ok=True)
         train(run, callbacks=[timer])
     return timer.seconds
+
+
+def train_lcm_lora_timed(model: Path, data: Path, out: Path, lcm_steps: int | None) -> float:
+    """The quickstart's toy LCM-LoRA recipe (``tiny/lcm_lora``) on ``model``, resumable; returns its training seconds."""
+    from types import SimpleNamespace
+
+    from distill_diffusion.quickstart import distil_lcm_lora
+
+    out.mkdir(parents=True, exist_ok=True)
+    timer = StageTimer([SimpleNamespace(name="train", steps=10**9)], out / "stage_seconds.json")
+    distil_lcm_lora(Path(model), data, out, lcm_steps, callbacks=[timer])
+    return sum(timer.seconds.values())

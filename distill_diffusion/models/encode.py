@@ -59,8 +59,10 @@ def encode_images(vae: Any, pixel_values: Tensor, generator: torch.Generator | N
     return (latents - shift) * scale
 
 
-def decode_latents(vae: Any, latents: Tensor) -> Tensor:
-    """Images in [-1, 1] from scaled latents (the inverse of :func:`encode_images`), clamped."""
+def decode_latents(vae: Any, latents: Tensor, clamp: bool = True) -> Tensor:
+    """Images in [-1, 1] from scaled latents (the inverse of :func:`encode_images`), clamped unless ``clamp`` is false
+    (a loss on the images whose gradient must reach every pixel, such as ADD's discriminator)."""
     scale, shift = _scale_shift(vae)
     z = latents.to(device=_device(vae), dtype=module_dtype(vae)) / scale + shift
-    return vae.decode(z).sample.clamp(-1.0, 1.0)
+    images = vae.decode(z).sample
+    return images.clamp(-1.0, 1.0) if clamp else images

@@ -15,6 +15,9 @@ Layout mirrors SD 1.x at a fraction of the size (built in well under a second on
 - CLIPTextModel: hidden size 64, 2 layers, 4 heads, 77 positions, ``quick_gelu`` like OpenAI CLIP
   (so family detection calls it SD 1.x); ``cross_attention_dim`` = 64.
 - Tokenizer: :func:`distill_diffusion.toy.tokenizer.build_tokenizer` (generated in code, 77 tokens).
+- A DINOv2-architecture ViT (``transformers.Dinov2Model``: patch 4, hidden size 64, 4 blocks, random weights) for
+  ADD's discriminator (:func:`save_toy_dinov2`): the toy world has no self-supervised ViT, and its trained CLIP is
+  the evaluators' feature network, which a discriminator must not be trained on.
 - Scheduler: ``DDIMScheduler`` with SD 1.5's training schedule (1000 steps, ``scaled_linear``
   0.00085 -> 0.012, ``steps_offset`` 1, ``clip_sample`` False, ``set_alpha_to_one`` False).
 """
@@ -144,7 +147,8 @@ def init_toy(
     prediction_type: str = "epsilon",
     vae_steps: int = 0,
 ) -> dict[str, Path]:
-    """Write the toy dataset to ``directory/data`` and a tiny teacher to ``directory/teacher``.
+    """Write the toy dataset to ``directory/data``, a tiny teacher to ``directory/teacher`` and ADD's toy feature network
+    to ``directory/dinov2``.
 
     The teacher is random-initialised (seconds). ``vae_steps > 0`` first fits its VAE on toy images
     (:func:`distill_diffusion.toy.vae.train_toy_vae`, minutes on a CPU), which a teacher that is then
@@ -155,4 +159,18 @@ def init_toy(
     parts = build_tiny_components(resolution=resolution, seed=seed, prediction_type=prediction_type)
     if vae_steps > 0:
         train_toy_vae(parts["vae"], steps=vae_steps, resolution=resolution, seed=seed)
-    return {"data": data, "teacher": save_tiny_pipeline(root / "teacher", components=parts)}
+    return {"data": data, "teacher": save_tiny_pipeline(root / "teacher", components=parts),
+            "dinov2": save_toy_dinov2(root / "dinov2", resolution=resolution, seed=seed)}
+
+
+def save_toy_dinov2(out_dir: str | Path, resolution: int = 32, seed: int = 0, hidden_size: int = 64, layers: int = 4) -> Path:
+    """A random-initialised ``Dinov2Model`` (patch 4) saved as a transformers folder: ADD's feature network on the toy
+    world (seconds). Random frozen features are a weaker discriminator space than a trained DINOv2 (ADD, Table 1a)."""
+    from transformers import Dinov2Config, Dinov2Model
+
+    torch.manual_seed(seed)
+    config = Dinov2Config(image_size=resolution, patch_size=4, hidden_size=hidden_size, num_hidden_layers=layers,
+                          num_attention_heads=4, mlp_ratio=2)
+    out = Path(out_dir)
+    Dinov2Model(config).eval().save_pretrained(out, safe_serialization=True)
+    return out

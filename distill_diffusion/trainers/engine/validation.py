@@ -13,7 +13,9 @@ from distill_diffusion.trainers.methods.base import DistillationMethod
 
 
 def run_validation(method: DistillationMethod, cfg: TrainConfig, accelerator: Accelerator, step: int) -> list[Path]:
-    """Generate ``num_validation_images`` per prompt into ``output_dir/validation/step-N`` and log them."""
+    """Generate ``num_validation_images`` per prompt into ``output_dir/validation/step-N`` (one PNG per image and
+    ``grid.png``: a row per prompt), and log them. Images, not the loss, show progress where the loss does not (an
+    adversarial generator's)."""
     pipeline = method.validation_pipeline()
     if pipeline is None:
         return []
@@ -31,6 +33,7 @@ def run_validation(method: DistillationMethod, cfg: TrainConfig, accelerator: Ac
             image.save(path)
             paths.append(path)
             arrays.append(np.asarray(image))
+    save_grid(arrays, len(cfg.validation_prompts), folder / "grid.png")
     for tracker in accelerator.trackers:
         if tracker.name == "tensorboard":
             tracker.writer.add_images("validation", np.stack(arrays), step, dataformats="NHWC")
@@ -39,3 +42,14 @@ def run_validation(method: DistillationMethod, cfg: TrainConfig, accelerator: Ac
 
             tracker.log({"validation": [wandb.Image(a, caption=str(p)) for a, p in zip(arrays, paths)]}, step=step)
     return paths
+
+
+def save_grid(arrays: list[np.ndarray], rows: int, path: Path) -> Path:
+    """Equal-sized HWC images, row-major, tiled into one PNG of ``rows`` rows."""
+    from PIL import Image
+
+    cols = len(arrays) // rows
+    h, w = arrays[0].shape[:2]
+    tiles = np.stack(arrays).reshape(rows, cols, h, w, -1).transpose(0, 2, 1, 3, 4).reshape(rows * h, cols * w, -1)
+    Image.fromarray(tiles.squeeze(-1) if tiles.shape[-1] == 1 else tiles).save(path)
+    return path

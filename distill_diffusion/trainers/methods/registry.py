@@ -25,6 +25,7 @@ _LCM = "distill_diffusion.trainers.methods.lcm"
 _PROGRESSIVE = "distill_diffusion.trainers.methods.progressive"
 _BKSDM = "distill_diffusion.trainers.methods.bksdm"
 _LADD = "distill_diffusion.trainers.methods.ladd"
+_ADD = "distill_diffusion.trainers.methods.add"
 METHODS: dict[str, MethodEntry] = {
     "finetune": MethodEntry("distill_diffusion.trainers.methods.finetune:FineTune"),
     "lcm": MethodEntry(f"{_LCM}:LCM", benchmarks={
@@ -39,7 +40,10 @@ METHODS: dict[str, MethodEntry] = {
         "bksdm": f"{_BKSDM}.bench_speed_command", "bksdm-gpu": f"{_BKSDM}.bench_gpu_command",
         "bksdm-toy": f"{_BKSDM}.bench_toy_command",
     }),
-    "ladd": MethodEntry(f"{_LADD}:LADD", benchmarks={"ladd": f"{_LADD}.bench_speed_command"}),
+    "ladd": MethodEntry(f"{_LADD}:LADD", benchmarks={
+        "ladd": f"{_LADD}.bench_speed_command", "ladd-gpu": f"{_LADD}.bench_gpu_command", "adversarial-toy": f"{_LADD}.bench_toy_command",
+    }),
+    "add": MethodEntry(f"{_ADD}:ADD", benchmarks={"add": f"{_ADD}.bench_speed_command"}),
 }  # fmt: skip
 
 

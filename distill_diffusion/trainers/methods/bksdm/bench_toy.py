@@ -48,17 +48,10 @@ def train_students(world: Any, run_dir: Path, max_train_steps: int | None) -> di
 
 def train_lcm_loras(world: Any, run_dir: Path, lcm_steps: int | None) -> dict[str, float]:
     """The toy LCM-LoRA recipe on the small student and on the teacher; returns seconds per run."""
-    from distill_diffusion.bench.toy_runs import StageTimer
-    from distill_diffusion.quickstart import distil_lcm_lora
+    from distill_diffusion.bench.toy_runs import train_lcm_lora_timed
 
-    seconds = {}
-    for name, model in (("small-lcm-lora", run_dir / "small"), ("teacher-lcm-lora", world.teacher)):
-        out = run_dir / name
-        out.mkdir(parents=True, exist_ok=True)
-        timer = StageTimer([SimpleNamespace(name="train", steps=10**9)], out / "stage_seconds.json")
-        distil_lcm_lora(Path(model), world.data, out, lcm_steps, callbacks=[timer])
-        seconds[name] = sum(timer.seconds.values())
-    return seconds
+    return {name: train_lcm_lora_timed(Path(model), world.data, run_dir / name, lcm_steps)
+            for name, model in (("small-lcm-lora", run_dir / "small"), ("teacher-lcm-lora", world.teacher))}
 
 
 @torch.no_grad()

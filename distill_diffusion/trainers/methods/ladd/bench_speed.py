@@ -23,6 +23,7 @@ def measure_training(batch_size: int, steps: int) -> dict[str, float]:
     """Median seconds of the engine's cycle and of each unavoidable pass, at one batch size."""
     from distill_diffusion.models.denoiser import Denoiser
     from distill_diffusion.models.lora import adapters_disabled
+    from distill_diffusion.trainers.methods.adversarial.heads import noise_text_condition
     from distill_diffusion.trainers.methods.ladd import backbone as bb
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -40,7 +41,7 @@ def measure_training(batch_size: int, steps: int) -> dict[str, float]:
             fake = Denoiser(m.models["unet"], m.schedule, m.components.prediction_type)(z, t, c).x0
             with adapters_disabled(m.layers):
                 features = bb.unet_features(m.backbone, m.schedule.add_noise(fake, torch.randn_like(fake), t_d), t_d, c, m.taps)
-            m.heads(features, t_d, c).mean().backward()  # the generator's loss goes through the (frozen) heads
+            m.heads(features, noise_text_condition(t_d, c)).mean().backward()  # the generator's loss goes through the (frozen) heads
             for p in lora:
                 p.grad = None
 
@@ -54,7 +55,7 @@ def measure_training(batch_size: int, steps: int) -> dict[str, float]:
 
         def heads_fb() -> None:
             m.heads.requires_grad_(True)
-            m.models["disc"](features, t2, c2).mean().backward()
+            m.models["disc"](features, noise_text_condition(t2, c2)).mean().backward()
             engine.optimizers["discriminator"].zero_grad(set_to_none=True)
 
         return bench.interleaved_medians({"generator: student + backbone + heads forward+backward": generator_fb,
@@ -68,4 +69,4 @@ def run_ladd_benchmark(steps: int = 30, batch_sizes: tuple[int, ...] = (8, 32),
     """The measurement at each batch size, a printed table, JSON + markdown results files."""
     rows = [bench.passes_row(b, measure_training(b, steps), ENGINE_KEY) for b in batch_sizes]
     return bench.write_passes_benchmark(rows, "LADD speed (toy UNet, CPU, LoRA student: one generator + one discriminator update)",
-                                        STEP_TARGET, steps, output, "not measured here: no GPU benchmark for LADD yet")
+                                        STEP_TARGET, steps, output, "`bench ladd-gpu` (SD 1.5, 512², bf16): not run here, no GPU lent yet")

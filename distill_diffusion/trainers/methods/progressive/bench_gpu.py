@@ -9,11 +9,8 @@ UNet, an EMA update, all through the engine; SD 1.5's UNet architecture with ran
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from distill_diffusion.bench import gpu
 
@@ -29,29 +26,18 @@ def run_sd15_progressive_benchmark(batch_size: int = 8, resolution: int = 512, s
     ``device=None`` needs CUDA (a one-line error otherwise, before anything is built); ``device="cpu"`` with a tiny
     ``unet_config`` runs it anywhere, as the tests do.
     """
-    import diffusers
-
-    config = dict(unet_config or gpu.SD15_UNET_CONFIG)
-    dev = gpu.check_args(device, batch_size, resolution, steps, mixed_precision, config, NO_GPU)
     options = {"start_steps": 64, "target_steps": 32, "steps_per_round": [10**6], "guidance_steps": 1}
-    with tempfile.TemporaryDirectory() as tmp:
-        engine, _ = gpu.sd_engine(Path(tmp), "progressive", options, batch_size, resolution, mixed_precision,
-                                  gradient_checkpointing, config, dev)
-        engine.method.on_stage_end(0, {})  # past the guidance stage: the teacher is the (random) w-conditioned student
+
+    def past_guidance_stage(engine: Any) -> None:  # the teacher is the (random) w-conditioned student
+        engine.method.on_stage_end(0, {})
         engine.state.stage = engine.state.global_step = 1
-        seconds, peak = gpu.time_steps(engine, dev, steps)
-    unet = engine.method.unet
-    result = {
-        "benchmark": "progressive distillation halving-round step, " + ("SD 1.5 UNet architecture" if unet_config is None else "custom UNet config")
-                     + " (random weights)",
-        "device": gpu.device_name(dev), "torch": torch.__version__, "diffusers": diffusers.__version__,
-        "images_per_second": batch_size / seconds, "median_step_seconds": seconds, "peak_memory_gib": peak,
-        "settings": {
-            "batch_size": batch_size, "resolution": resolution, "latent_size": resolution // 8, "steps_timed": steps,
-            "warmup_steps": 3, "mixed_precision": mixed_precision, "gradient_checkpointing": gradient_checkpointing,
-            "student_parameters": sum(p.numel() for p in unet.parameters()), "round": "64 → 32 steps, w-conditioned student",
-        },
-    }
+
+    result, engine = gpu.time_method_step("progressive", options, "progressive distillation halving-round step", NO_GPU, batch_size=batch_size,
+                                          resolution=resolution, steps=steps, mixed_precision=mixed_precision,
+                                          gradient_checkpointing=gradient_checkpointing, unet_config=unet_config, device=device,
+                                          prepare=past_guidance_stage)
+    result["settings"].update(student_parameters=sum(p.numel() for p in engine.method.unet.parameters()),
+                              round="64 → 32 steps, w-conditioned student")
     _write(result, Path(output))
     return result
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from distill_diffusion.bench.options import add_gpu_options
+from distill_diffusion.bench.options import add_gpu_options, run_gpu
 
 HELP = "progressive distillation training images/s and peak memory, SD 1.5 UNet (random weights), CUDA GPU"
 
@@ -18,7 +18,4 @@ def run(args: argparse.Namespace) -> int:
     """Run it with the parsed options; returns the exit code."""
     from distill_diffusion.trainers.methods.progressive.bench_gpu import run_sd15_progressive_benchmark
 
-    run_sd15_progressive_benchmark(batch_size=args.batch_size, resolution=args.resolution, steps=args.steps,
-                                   mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing,
-                                   output=args.output)  # fmt: skip
-    return 0
+    return run_gpu(args, run_sd15_progressive_benchmark)

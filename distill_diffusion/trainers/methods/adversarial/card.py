@@ -1,4 +1,5 @@
-"""The model card of a LADD export: the student's steps and sampler, and how to load it with stock diffusers."""
+"""The model card of an adversarially distilled student (LADD, ADD): its steps and sampler, and how to load it with stock
+diffusers."""
 
 from __future__ import annotations
 
@@ -29,11 +30,10 @@ image = pipe("a prompt", num_inference_steps=1, guidance_scale=1.0).images[0]
 """
     extra = f"""
 - Inference: 1-4 steps, guidance_scale 1 (no CFG pass); `{sched}` visits the trailing timesteps the student was
-  trained at ({', '.join(map(str, cfg.student_timesteps))} for 4 steps; 999 for 1).
+  trained at ({', '.join(map(str, cfg.student_timesteps))} for {len(cfg.student_timesteps)} steps; {cfg.student_timesteps[0]} for 1).
 - Training: {'LoRA rank ' + str(cfg.lora_rank) if cfg.lora else 'full UNet'}, student timesteps {cfg.student_timesteps} drawn with
-  probabilities {cfg.student_timestep_probs}; discriminator heads (width {cfg.head_width}) on {', '.join(method.taps)} of the frozen
-  teacher, noise level logit-normal({cfg.disc_noise_mean}, {cfg.disc_noise_std}) at equal SNR, {cfg.adv_loss} loss, R1 γ {cfg.r1_gamma},
+  probabilities {cfg.student_timestep_probs}; {method.describe_discriminator()}; {cfg.adv_loss} loss, R1 γ {cfg.r1_gamma},
   distillation weight {cfg.distill_weight}.
 """
-    write_model_card(folder, base_model=method.components.source, method="ladd" + ("-lora" if cfg.lora else ""), paper=method.paper,
+    write_model_card(folder, base_model=method.components.source, method=method.card_name + ("-lora" if cfg.lora else ""), paper=method.paper,
                      usage=usage, extra=extra)

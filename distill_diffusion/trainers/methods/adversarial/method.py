@@ -1,0 +1,233 @@
+"""The one-step student trained against a discriminator, as two engine phases; LADD and ADD say what D looks at.
+
+Sauer et al., ADD (arXiv:2311.17042, §3) and LADD (arXiv:2403.12015, §3): the student denoises a noised real latent
+in one step, from a timestep of its own small set; a discriminator (frozen feature network + small trainable heads)
+tells its samples from real ones with the hinge loss; an optional distillation term compares the student's sample with
+the teacher's prediction from it re-noised (ADD eq. 5, c(t) = ᾱ_t). SPECS.md §3 lists the stability knobs users of
+the open re-implementations needed; they are built in here (batch 1 refused, the discriminator's own Adam betas, R1).
+
+With a LoRA student one UNet serves as student (adapter on) and teacher (adapter off: peft's per-layer switch keeps the
+autograd graph, so gradients still reach the adapter through a frozen pass's input). Two engine phases, ``generator``
+(the student) and ``discriminator`` (the heads), each with its own optimizer and LR schedule; the discriminator phase
+reads the generator's samples from the step's store instead of running the student again.
+
+A subclass gives :meth:`AdversarialMethod.build_heads` and :meth:`AdversarialMethod.features` (what the heads read and
+their condition), and optionally :meth:`AdversarialMethod.source_condition`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from distill_diffusion.config import RunConfig
+from distill_diffusion.core import append_dims
+from distill_diffusion.errors import require
+from distill_diffusion.models.batch import latents_and_embeddings
+from distill_diffusion.models.denoiser import Denoiser
+from distill_diffusion.models.loading import SDXL_ERROR, SDComponents, TeacherConfigs
+from distill_diffusion.models.lora import (
+    EXPORT_DTYPES,
+    adapters_disabled,
+    attach_lora,
+    check_target_modules,
+    save_lora,
+    tuner_layers,
+)
+from distill_diffusion.models.students import build_student
+from distill_diffusion.models.teacher import UncondEmbedding, guided_prediction
+from distill_diffusion.trainers.methods.adversarial.config import AdversarialConfig
+from distill_diffusion.trainers.methods.base import (
+    LossOutput,
+    MethodBase,
+    OptimizerSettings,
+    Phase,
+    StepContext,
+)
+from distill_diffusion.trainers.methods.ladd.noise import sample_student_timesteps
+
+#: Store keys the generator phase leaves for the discriminator phase of the same step.
+_FAKE, _FAKE_TEXT, _FAKE_SOURCE, _FAKE_FEATURES = "fake", "fake_c", "fake_source", "fake_features"
+
+
+def hinge_or_softplus(real: Tensor | None, fake: Tensor, kind: str) -> Tensor:
+    """The discriminator's loss max(0, 1 − D(real)) + max(0, 1 + D(fake)) (hinge) or softplus(−D(real)) +
+    softplus(D(fake)); with ``real`` None, the generator's −D(fake) or softplus(−D(fake))."""
+    if real is None:
+        return -fake.mean() if kind == "hinge" else F.softplus(-fake).mean()
+    if kind == "hinge":
+        return F.relu(1 - real).mean() + F.relu(1 + fake).mean()
+    return F.softplus(-real).mean() + F.softplus(fake).mean()
+
+
+class AdversarialMethod(MethodBase):
+    """A 1-4-step student of a Stable Diffusion 1.x/2.x teacher, trained against a discriminator (ADD, LADD)."""
+
+    config_class: ClassVar[type] = AdversarialConfig
+    phase_names: ClassVar[tuple[str, ...]] = ("generator", "discriminator")
+    #: Name of the method in model cards and the kohya copy of a LoRA export.
+    card_name: ClassVar[str] = "adversarial"
+
+    @classmethod
+    def check_config(cls, run: RunConfig) -> None:
+        require(run.train.train_batch_size >= 2, f"train.train_batch_size={run.train.train_batch_size}: the discriminator's hinge loss "
+                "collapses at batch 1 (each step sees one real and one fake sample, and D separates them trivially); pass "
+                "--train_batch_size 2 or more")
+
+    @classmethod
+    def check_before_loading(cls, run: RunConfig, teacher: TeacherConfigs | None) -> None:
+        config: AdversarialConfig = run.method_config
+        if teacher is None:
+            return
+        t_max = teacher.num_train_timesteps - 1
+        require(max(config.student_timesteps) <= t_max and min(config.student_timesteps) >= 0,
+                f"method.student_timesteps={config.student_timesteps} must lie in 0..{t_max} (the teacher's training timesteps); "
+                f"pass e.g. {t_max},{t_max * 3 // 4},{t_max // 2},{t_max // 4}")
+        if config.lora:
+            check_target_modules(teacher.meta_unet(), config.lora_target_modules)
+
+    def __init__(self, components: SDComponents, config: AdversarialConfig):
+        require(components.family != "sdxl", f"{components.source}: {SDXL_ERROR}")
+        self.components, self.config, self.schedule = components, config, components.schedule
+        if config.lora:
+            # ONE UNet: base frozen in the weight dtype (teacher), LoRA in fp32 (student)
+            self.unet = self.teacher_unet = components.unet
+            attach_lora(self.unet, config.lora_rank, config.lora_alpha, 0.0, config.lora_target_modules)
+            self.layers = tuner_layers(self.unet)
+        else:
+            self.teacher_unet = components.unet
+            self.unet = build_student(components)
+            self.layers = []
+        self.unet.train()
+        self.device = next(self.unet.parameters()).device
+        self.uncond = UncondEmbedding(components.tokenizer, components.text_encoder)
+        self.heads = self.build_heads().to(self.device)
+        self.models = {"unet": self.unet, "disc": self.heads}
+
+    # ------------------------------------------------------------------ what a subclass says
+
+    def build_heads(self) -> nn.Module:
+        """The discriminator's trainable heads, called ``heads(features, cond) -> logits [B]``."""
+        raise NotImplementedError
+
+    def features(self, latents: Tensor, c: Tensor, source: Any, own_rows: int) -> tuple[dict[str, Tensor], Tensor]:
+        """The heads' inputs and condition for ``latents`` (gradients flow to ``latents`` unless under no_grad).
+
+        ``source``: what :meth:`source_condition` gave for the real latents the fakes came from, for the rows after
+        the first ``own_rows`` (which are real samples, conditioned on themselves)."""
+        raise NotImplementedError
+
+    def discriminator_inputs(self, x0: Tensor, c: Tensor, store: dict[str, Any]) -> tuple[dict[str, Tensor], Tensor]:
+        """The heads' inputs and condition for the real latents ``x0`` followed by the generator's samples (called under
+        no_grad). Default: both through :meth:`features` in one batch; a method whose features of a sample do not
+        change between the phases reuses the generator's (``store["fake_features"]``)."""
+        texts = torch.cat([c, store[_FAKE_TEXT].to(c.dtype)])
+        return self.features(torch.cat([x0, store[_FAKE]]), texts, store[_FAKE_SOURCE], own_rows=x0.shape[0])
+
+    def source_condition(self, x0: Tensor) -> Any:
+        """What the discriminator's condition needs from the real latents a fake sample came from (None: nothing)."""
+        return None
+
+    def describe_discriminator(self) -> str:
+        """One line for the model card: what the discriminator looked at."""
+        return ""
+
+    # ------------------------------------------------------------------ the algorithm
+
+    def phases(self) -> list[Phase]:
+        # the discriminator's own Adam betas (0, 0.99) and no weight decay, as GANs train; --phases.discriminator.* overrides
+        disc = OptimizerSettings(betas=(0.0, 0.99), weight_decay=0.0)
+        return [Phase("generator", ("unet",)),
+                Phase("discriminator", ("disc",), optimizer=disc, repeats=self.config.disc_updates, ema=False, gradient_checkpointing=False)]
+
+    def compute_loss(self, phase: str, batch: dict[str, Any], ctx: StepContext) -> LossOutput:
+        x0, c = latents_and_embeddings(batch, self.components)
+        return self.generator_loss(x0, c, ctx) if phase == "generator" else self.discriminator_loss(x0, c, ctx)
+
+    def generator_loss(self, x0: Tensor, c: Tensor, ctx: StepContext) -> LossOutput:
+        cfg = self.config
+        # 1. The student denoises z_t in one step, t from its timesteps (LADD: mostly 999, the 1-step case).
+        t = sample_student_timesteps(cfg.student_timesteps, cfg.student_timestep_probs, x0.shape[0], x0.device)
+        z_t = self.schedule.add_noise(x0, torch.randn_like(x0), t)
+        fake = Denoiser(ctx.module("unet"), self.schedule, self.components.prediction_type)(z_t, t, c).x0
+        with torch.no_grad():
+            source = self.source_condition(x0)
+        ctx.store[_FAKE], ctx.store[_FAKE_TEXT], ctx.store[_FAKE_SOURCE] = fake.detach(), c, source
+        # 2. Score the sample; gradients reach the student through the frozen feature network's input.
+        features, cond = self.features(fake, c, source, own_rows=0)
+        ctx.store[_FAKE_FEATURES] = ({k: v.detach() for k, v in features.items()}, cond.detach())
+        logits = self.heads(features, cond)
+        adv = hinge_or_softplus(None, logits, cfg.adv_loss)
+        loss, logs = cfg.adv_weight * adv, {"g_adv": float(adv.detach()), "d_fake_g": float(logits.detach().mean())}
+        # 3. Optional distillation: ᾱ_s·‖x̂ − x̂_teacher(z_s)‖² at a fresh s on the re-noised sample (ADD eq. 5).
+        if cfg.distill_weight > 0:
+            distill = self.distillation_loss(fake, c)
+            loss = loss + cfg.distill_weight * distill
+            logs["g_distill"] = float(distill.detach())
+        return LossOutput(loss, logs)
+
+    def discriminator_loss(self, x0: Tensor, c: Tensor, ctx: StepContext) -> LossOutput:
+        cfg = self.config
+        n = x0.shape[0]
+        # 4. Real latents and the generator's samples through the frozen feature network (no gradients: only the heads
+        #    learn here).
+        with torch.no_grad():
+            features, cond = self.discriminator_inputs(x0, c, ctx.store)
+        features = {k: v.float().requires_grad_(cfg.r1_gamma > 0) for k, v in features.items()}
+        logits = ctx.module("disc")(features, cond)
+        real, fake_logits = logits[:n], logits[n:]
+        # 5. Hinge: max(0, 1 − D(real)) + max(0, 1 + D(fake)); or the non-saturating softplus pair.
+        loss = hinge_or_softplus(real, fake_logits, cfg.adv_loss)
+        logs = {"d_loss": float(loss.detach()), "d_real": float(real.detach().mean()), "d_fake": float(fake_logits.detach().mean())}
+        # 6. Optional R1 on the heads' inputs for real samples: γ/2·‖∇_f D(f)‖².
+        if cfg.r1_gamma > 0:
+            grads = torch.autograd.grad(real.sum(), list(features.values()), create_graph=True)
+            r1 = sum(g[:n].square().flatten(1).sum(1).mean() for g in grads)
+            loss = loss + cfg.r1_gamma / 2 * r1
+            logs["r1"] = float(r1.detach())
+        return LossOutput(loss, logs)
+
+    def distillation_loss(self, fake: Tensor, c: Tensor) -> Tensor:
+        """ᾱ_s-weighted MSE between the student's sample and the guided teacher's x̂0 from it re-noised at s ~ U{0..T−1}."""
+        s = torch.randint(0, self.schedule.num_train_timesteps, (fake.shape[0],), device=fake.device)
+        z_s = self.schedule.add_noise(fake.detach(), torch.randn_like(fake), s)
+        w = torch.full((fake.shape[0],), self.config.distill_guidance_scale - 1.0, device=fake.device)
+        with torch.no_grad(), adapters_disabled(self.layers):
+            teacher = Denoiser(self.teacher_unet, self.schedule, self.components.prediction_type)
+            target, _ = guided_prediction(teacher, z_s, s, c, self.uncond(c), w)
+        weight = append_dims(self.schedule.alpha(s).square().float(), fake.ndim)
+        return (weight * (fake - target).square()).mean()
+
+    # ------------------------------------------------------------------ sampling and export
+
+    def scheduler(self) -> Any:
+        """``LCMScheduler`` on the full training grid, so N steps visit the trailing timesteps 999, 749, ... the student
+        learnt (``original_inference_steps`` = T), each step a one-step denoise then a re-noise to the next."""
+        from diffusers import LCMScheduler
+
+        return LCMScheduler.from_config(self.components.scheduler.config, original_inference_steps=self.schedule.num_train_timesteps)
+
+    def validation_pipeline(self) -> Any:
+        from distill_diffusion.models.export import build_pipeline
+
+        return build_pipeline(self.components, unet=self.unet, scheduler=self.scheduler())
+
+    def validation_call_kwargs(self) -> dict[str, Any]:
+        return {"guidance_scale": 1.0, "num_inference_steps": 1}
+
+    def export(self, output_dir: Path) -> None:
+        """LoRA: ``pytorch_lora_weights.safetensors`` + kohya copy + the sampler's ``scheduler_config.json``; full: a
+        pipeline folder with that scheduler. The discriminator heads live in the checkpoints, to resume."""
+        from distill_diffusion.trainers.methods.adversarial.card import write_card
+
+        if self.config.lora:
+            save_lora(self.unet, output_dir, EXPORT_DTYPES[self.config.export_dtype], self.components.family,
+                      f"{self.card_name}_lora_kohya.safetensors")
+            self.scheduler().save_pretrained(output_dir)
+        else:
+            self.validation_pipeline().save_pretrained(output_dir, safe_serialization=True)
+        write_card(self, output_dir)

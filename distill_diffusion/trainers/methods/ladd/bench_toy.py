@@ -1,0 +1,90 @@
+"""The adversarial toy benchmark: LADD and ADD students beside the teacher and the LCM-LoRA, at 1, 2 and 4 steps.
+
+Sauer et al. compare their 1-step students with LCM at 1-4 steps and with the teacher at 50 steps (ADD, arXiv:2311.17042,
+Fig. 5-7; LADD, arXiv:2403.12015, §4); this is that table on the toy world, in the ``bench quality`` format (FID,
+CLIP score, prompt accuracy), same prompts and seeds for every row. The teacher sweeps guidance at 50 DDIM steps, so
+each student is also read against the teacher's FID-vs-faithfulness curve. Each student is the shipped tiny preset
+(``tiny/ladd``, ``tiny/add``, the quickstart's ``tiny/lcm_lora``) with only paths and step counts changed; every run
+resumes where it stopped, and its seconds are kept in ``<run_dir>/<run>/stage_seconds.json``. ``bars.md`` checks the
+issue's bars: 1-step FID ≤ 1.5× the teacher's 50-step FID at its default guidance, CLIP within 10%, 4-step FID ≤ 1.2×.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+LORA_FILE = "pytorch_lora_weights.safetensors"
+#: Adversarial runs: name → (method, preset).
+RUNS = {"ladd": ("ladd", "tiny/ladd"), "add": ("add", "tiny/add")}
+STUDENT_STEPS = (1, 2, 4)
+TEACHER_STEPS = 50
+TEACHER_SWEEP = (1.5, 2.0, 3.0, 4.5)
+#: The issue's bars: (steps, FID ratio to the teacher's 50 steps at most, CLIP ratio at least).
+BARS = ((1, 1.5, 0.9), (4, 1.2, None))
+
+
+def train_students(world: Any, run_dir: Path, steps: dict[str, int | None]) -> dict[str, float]:
+    """Train (or resume, or reuse) LADD, ADD and the LCM-LoRA; returns seconds per run."""
+    from distill_diffusion.bench.toy_runs import toy_run_config, train_lcm_lora_timed, train_timed
+    from distill_diffusion.toy.tiny import save_toy_dinov2
+
+    dinov2 = run_dir / "dinov2"
+    if not (dinov2 / "config.json").is_file():
+        save_toy_dinov2(dinov2)
+    seconds = {}
+    for name, (method, preset) in RUNS.items():
+        run = toy_run_config(method, preset, world, run_dir / name, {"feature_network": str(dinov2)} if method == "add" else None)
+        if steps.get(name) is not None:
+            run.train.max_train_steps = steps[name]
+        stage = SimpleNamespace(name="train", steps=run.train.max_train_steps)
+        seconds[name] = sum(train_timed(run, [stage], run_dir / name, done_file=LORA_FILE).values())
+    seconds["lcm-lora"] = train_lcm_lora_timed(world.teacher, world.data, run_dir / "lcm-lora", steps.get("lcm-lora"))
+    return seconds
+
+
+def bar_lines(rows: list[dict[str, Any]], guidance: float) -> list[str]:
+    """The bars table: each student's FID and CLIP at 1 and 4 steps against the teacher's at 50 steps."""
+    teacher = next(r for r in rows if r["pipeline"] == "teacher" and r["guidance_scale"] == guidance)
+    lines = [f"Teacher, {TEACHER_STEPS} DDIM steps, guidance {guidance:g}: FID {teacher['fid']:.3f}, CLIP {teacher['clip_score']:.1f}.", "",
+             "| student | steps | FID | FID / teacher | bar | CLIP / teacher | bar | met |", "|---|---|---|---|---|---|---|---|"]
+    for name in ("ladd", "add", "lcm-lora"):
+        for steps, fid_bar, clip_bar in BARS:
+            row = next((r for r in rows if r["pipeline"] == name and r["steps"] == steps), None)
+            if row is None:
+                continue
+            fid, clip = row["fid"] / teacher["fid"], row["clip_score"] / teacher["clip_score"]
+            met = fid <= fid_bar and (clip_bar is None or clip >= clip_bar)
+            lines.append(f"| {name} | {steps} | {row['fid']:.3f} | {fid:.2f} | ≤ {fid_bar} | {clip:.2f} | "
+                         f"{'≥ ' + str(clip_bar) if clip_bar else '-'} | {'yes' if met else 'no'} |")
+    return lines
+
+
+def run_adversarial_toy(output_dir: str | Path = "benchmarks/results/toy_quality/adversarial", run_dir: str | Path = "toy_runs/adversarial",
+                        num_images: int = 1024, guidance_scale: float = 3.0, cache_dir: str | Path | None = None,
+                        steps: dict[str, int | None] | None = None) -> dict[str, Any]:
+    """Train every run, then benchmark; writes ``output_dir`` (quality results, bars.md, training.json)."""
+    from distill_diffusion.eval.bench_quality import PipelineSpec, run_quality_benchmark
+    from distill_diffusion.quickstart import toy_bench_settings
+    from distill_diffusion.toy.build import ensure_toy_world
+
+    world, run_dir, out = ensure_toy_world(cache_dir=cache_dir), Path(run_dir), Path(output_dir)
+    seconds = train_students(world, run_dir, steps or {})
+    teacher = str(world.teacher)
+    sweep = tuple(sorted({*TEACHER_SWEEP, guidance_scale}))
+    specs = [PipelineSpec("teacher", teacher, preset="ddim", guidance_scale=sweep, steps=(TEACHER_STEPS,)),
+             PipelineSpec("teacher-ddim", teacher, preset="ddim", guidance_scale=guidance_scale, steps=STUDENT_STEPS),
+             PipelineSpec("lcm-lora", teacher, lora=str(run_dir / "lcm-lora"), preset="lcm", guidance_scale=1.0, steps=STUDENT_STEPS)]
+    specs += [PipelineSpec(name, teacher, lora=str(run_dir / name), preset="ladd", guidance_scale=1.0, steps=STUDENT_STEPS) for name in RUNS]
+    result = run_quality_benchmark(specs, out, toy_bench_settings(world, num_images, cache_dir))
+    lines = bar_lines(result["rows"], guidance_scale)
+    (out / "bars.md").write_text("\n".join(lines) + "\n")
+    training = {"runs": {name: preset for name, (_, preset) in RUNS.items()} | {"lcm-lora": "tiny/lcm_lora"}, "steps": steps or {},
+                "seconds": seconds, "total_minutes": round(sum(seconds.values()) / 60, 1)}
+    (out / "training.json").write_text(json.dumps(training, indent=2))
+    print(Path(result["files"]["markdown"]).read_text())
+    print("\n".join(lines))
+    print("training: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in seconds.items()))
+    return result

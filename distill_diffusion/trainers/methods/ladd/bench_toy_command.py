@@ -1,0 +1,26 @@
+"""``distill-diffusion bench adversarial-toy``: LADD and ADD beside the teacher and the LCM-LoRA on the toy world
+(:mod:`.bench_toy`)."""
+
+from __future__ import annotations
+
+import argparse
+
+from distill_diffusion.bench.options import add_toy_run_options
+
+HELP = "LADD and ADD on the toy world at 1/2/4 steps beside the teacher (50 steps, guidance sweep) and the LCM-LoRA"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The benchmark's options."""
+    add_toy_run_options(p, output_dir="benchmarks/results/toy_quality/adversarial", run_dir="toy_runs/adversarial")
+    for name, preset in (("ladd", "tiny/ladd"), ("add", "tiny/add"), ("lcm", "tiny/lcm_lora")):
+        p.add_argument(f"--{name}_steps", type=int, default=None, help=f"training steps (default: the {preset} preset's)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run it with the parsed options; returns the exit code."""
+    from distill_diffusion.trainers.methods.ladd.bench_toy import run_adversarial_toy
+
+    steps = {"ladd": args.ladd_steps, "add": args.add_steps, "lcm-lora": args.lcm_steps}
+    run_adversarial_toy(args.output_dir, args.run_dir, args.num_images, args.guidance_scale, args.cache_dir, steps)
+    return 0
