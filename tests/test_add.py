@@ -143,5 +143,5 @@ def test_the_speed_benchmark_times_a_cycle_against_its_passes(tmp_path: Path) ->
 
     result = run_add_benchmark(steps=2, batch_sizes=(2,), output=tmp_path / "speed.json")
     row = result["training"][0]
-    assert ENGINE_KEY in row["seconds"] and len(row["seconds"]) == 5 and row["ratio"] > 0
+    assert ENGINE_KEY in row["seconds"] and len(row["seconds"]) == 6 and row["ratio"] > 0
     assert "step / sum" in (tmp_path / "speed.md").read_text()

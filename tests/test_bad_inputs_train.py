@@ -281,6 +281,7 @@ CONFIG_CASES = [
     ("ladd", ["--method.adv_weight", "0"], "are both 0"),
     ("ladd", ["--method.adv_loss", "wgan"], "adv_loss='wgan' is not valid"),
     ("ladd", ["--method.disc_updates", "0"], "disc_updates=0 must be >= 1"),
+    ("ladd", ["--method.r1_approximate_sigma", "-1"], "r1_approximate_sigma=-1.0 must be >= 0"),
     ("ladd", ["--method.lora_target_modules", "to_qq"], "'to_qq' matches no layer"),
     ("add", ["--method.feature_network", "{teacher}"], "is not a transformers model folder (no config.json)"),
     ("add", ["--method.feature_network", "{teacher}/unet"], "is a UNet2DConditionModel model, not a DINOv2 ViT"),

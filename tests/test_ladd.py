@@ -212,3 +212,16 @@ def test_the_gpu_benchmark_runs_a_cycle_on_a_tiny_unet_and_refuses_a_machine_wit
     if not torch.cuda.is_available():
         with pytest.raises(UserError, match="needs a CUDA GPU"):
             run_sd15_ladd_benchmark()
+
+
+def test_approximate_r1_penalises_the_heads_change_under_input_noise_and_reaches_only_the_heads(tiny_pipeline_dir: Path) -> None:
+    m = method(tiny_pipeline_dir, r1_gamma=1.0, r1_approximate_sigma=0.5)
+    store: dict = {}
+    m.compute_loss("generator", batch(), ctx(m, store))
+    lora = [p for p in m.unet.parameters() if p.requires_grad]
+    for p in lora:
+        p.requires_grad_(False)
+    out = m.compute_loss("discriminator", batch(seed=1), ctx(m, store))
+    out.loss.backward()
+    assert out.logs["r1"] > 0 and out.loss > out.logs["d_loss"]
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.heads.parameters()) and all(p.grad is None for p in lora)

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.e2e
 
 #: The shipped tiny preset each method trains with on the toy world.
 TINY_PRESETS = {"finetune": "tiny/finetune", "lcm": "tiny/lcm_lora", "progressive": "tiny/progressive", "bksdm": "tiny/bksdm",
-                "ladd": "tiny/ladd"}
+                "ladd": "tiny/ladd", "add": "tiny/add"}
 #: Methods whose run is a plan of stages (its length set by the method, not --max_train_steps): a three-stage plan.
 STAGED_ARGS = {"progressive": ["--method.start_steps", "4", "--method.target_steps", "1", "--method.steps_per_round", "1",
                                "--method.guidance_steps", "1", "--method.time_cond_proj_dim", "8"]}
@@ -56,9 +56,11 @@ def sample(pipe) -> None:
 def test_method_trains_resumes_exports_and_loads_in_diffusers(method: str, tiny_pipeline_dir: Path, toy_data_dir: Path,
                                                               tmp_path: Path) -> None:
     out = tmp_path / method
-    train(method, tiny_pipeline_dir, toy_data_dir, out, 2)
+    # a method's extra model from the toy world (ADD's feature network: toy init writes it beside the teacher)
+    extra = ["--method.feature_network", str(tiny_pipeline_dir.parent / "dinov2")] if method == "add" else []
+    train(method, tiny_pipeline_dir, toy_data_dir, out, 2, *extra)
     assert (out / "checkpoint-2" / "training_state.json").is_file()
-    train(method, tiny_pipeline_dir, toy_data_dir, out, 3, "--resume_from_checkpoint", "latest")
+    train(method, tiny_pipeline_dir, toy_data_dir, out, 3, "--resume_from_checkpoint", "latest", *extra)
     assert (out / "checkpoint-3").is_dir() and (out / "README.md").is_file()
     sample(load_export(out, tiny_pipeline_dir))
 

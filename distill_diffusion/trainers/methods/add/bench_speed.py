@@ -3,7 +3,8 @@
 A cycle needs, for the generator, the student's forward, the VAE decode, the ViT's and the heads' forward on its
 sample and the backward through all four, plus the ViT's CLS embedding of the real image the sample came from (decode
 and ViT forward, no gradients: the image condition); for the discriminator, the real latents decoded and read by the
-ViT (no gradients) and the heads' forward and backward with R1's double backward. The fakes' features are the
+ViT (no gradients) and the heads' forward and backward with R1's double backward; and the distillation term's
+guided teacher forward (λ = 2.5, on by default). The fakes' features are the
 generator's, reused (the frozen VAE and ViT give them unchanged). On the toy UNet and VAE with a toy-sized DINOv2 (CPU,
 pre-encoded latents, LoRA student), each pass is timed alone on the same batch, in turns with the engine's step.
 """
@@ -42,6 +43,10 @@ def measure_training(batch_size: int, steps: int) -> dict[str, float]:
                 return m.source_condition(x0)
 
         source = source_condition()
+        fake0 = x0.clone()
+
+        def distillation_target() -> torch.Tensor:
+            return m.distillation_loss(fake0, c)  # the guided teacher's x̂0 (two UNet forwards without gradients)
 
         def generator_fb() -> None:
             m.heads.requires_grad_(False)  # frozen in the generator phase, as the engine sets it
@@ -68,6 +73,7 @@ def measure_training(batch_size: int, steps: int) -> dict[str, float]:
 
         return bench.interleaved_medians({"generator: student + decode + ViT + heads forward+backward": generator_fb,
                                           "generator: source image's CLS (decode + ViT forward)": source_condition,
+                                          "generator: distillation term's guided teacher forward": distillation_target,
                                           "discriminator: real decode + ViT forward": disc_real_features,
                                           "discriminator: heads forward+backward (+ R1)": heads_fb,
                                           ENGINE_KEY: bench.engine_stepper(engine)}, steps)

@@ -34,6 +34,9 @@ class AdversarialConfig(LoRAOptions):
     adv_weight: float = 1.0
     #: R1 penalty γ/2·‖∇D‖² on the heads' inputs for real samples (0 = off; ADD uses 1e-5).
     r1_gamma: float = 0.0
+    #: > 0: approximate R1 instead of the gradient penalty: γ·‖D(f) − D(f + σ·n)‖² for real samples' head inputs f and
+    #: Gaussian n of this std σ (one more heads forward, no double backward; cheaper at SD scale).
+    r1_approximate_sigma: float = 0.0
     #: Weight of the distillation term ᾱ_t·‖x̂_student − x̂_teacher(re-noised student sample)‖² (0 = off; ADD's λ 2.5).
     distill_weight: float = 0.0
     #: Teacher guidance of the distillation term, diffusers scale (1 = no CFG pass).
@@ -55,6 +58,8 @@ class AdversarialConfig(LoRAOptions):
         require(min(self.r1_gamma, self.distill_weight, self.adv_weight) >= 0,
                 f"method.r1_gamma={self.r1_gamma}, method.distill_weight={self.distill_weight}, method.adv_weight={self.adv_weight} "
                 "must be >= 0; pass 0 to turn one off")
+        require(self.r1_approximate_sigma >= 0, f"method.r1_approximate_sigma={self.r1_approximate_sigma} must be >= 0; pass e.g. 0.01 "
+                "(with method.r1_gamma > 0), or 0 for the exact gradient penalty")
         require(self.adv_weight > 0 or self.distill_weight > 0, "method.adv_weight and method.distill_weight are both 0: the generator "
                 "would learn nothing; pass --method.adv_weight 1 (or a distillation weight)")
         require(self.distill_guidance_scale >= 1, f"method.distill_guidance_scale={self.distill_guidance_scale} must be >= 1 (diffusers scale)")

@@ -177,17 +177,23 @@ class AdversarialMethod(MethodBase):
         #    learn here).
         with torch.no_grad():
             features, cond = self.discriminator_inputs(x0, c, ctx.store)
-        features = {k: v.float().requires_grad_(cfg.r1_gamma > 0) for k, v in features.items()}
+        exact_r1 = cfg.r1_gamma > 0 and cfg.r1_approximate_sigma == 0
+        features = {k: v.float().requires_grad_(exact_r1) for k, v in features.items()}
         logits = ctx.module("disc")(features, cond)
         real, fake_logits = logits[:n], logits[n:]
         # 5. Hinge: max(0, 1 − D(real)) + max(0, 1 + D(fake)); or the non-saturating softplus pair.
         loss = hinge_or_softplus(real, fake_logits, cfg.adv_loss)
         logs = {"d_loss": float(loss.detach()), "d_real": float(real.detach().mean()), "d_fake": float(fake_logits.detach().mean())}
-        # 6. Optional R1 on the heads' inputs for real samples: γ/2·‖∇_f D(f)‖².
-        if cfg.r1_gamma > 0:
+        # 6. Optional R1 on the heads' inputs for real samples: γ/2·‖∇_f D(f)‖², or its approximation γ·‖D(f) − D(f + σn)‖².
+        if exact_r1:
             grads = torch.autograd.grad(real.sum(), list(features.values()), create_graph=True)
             r1 = sum(g[:n].square().flatten(1).sum(1).mean() for g in grads)
             loss = loss + cfg.r1_gamma / 2 * r1
+            logs["r1"] = float(r1.detach())
+        elif cfg.r1_gamma > 0:
+            noisy = {k: v[:n] + cfg.r1_approximate_sigma * torch.randn_like(v[:n]) for k, v in features.items()}
+            r1 = (ctx.module("disc")(noisy, cond[:n]) - real).square().mean()
+            loss = loss + cfg.r1_gamma * r1
             logs["r1"] = float(r1.detach())
         return LossOutput(loss, logs)
 
