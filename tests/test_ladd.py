@@ -13,6 +13,7 @@ from distill_diffusion.config import ModelConfig
 from distill_diffusion.core.schedule import NoiseSchedule
 from distill_diffusion.models.loading import load_teacher
 from distill_diffusion.toy.tiny import SD15_SCHEDULER_CONFIG, tiny_unet_config
+from distill_diffusion.trainers.methods.adversarial.method import sample_student_timesteps
 from distill_diffusion.trainers.methods.base import StepContext
 from distill_diffusion.trainers.methods.ladd import LADD, LADDConfig
 from distill_diffusion.trainers.methods.ladd import backbone as bb
@@ -20,7 +21,6 @@ from distill_diffusion.trainers.methods.ladd.noise import (
     equal_snr_timesteps,
     log_snr_table,
     sample_disc_timesteps,
-    sample_student_timesteps,
 )
 
 

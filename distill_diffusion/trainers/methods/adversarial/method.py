@@ -48,10 +48,16 @@ from distill_diffusion.trainers.methods.base import (
     Phase,
     StepContext,
 )
-from distill_diffusion.trainers.methods.ladd.noise import sample_student_timesteps
 
 #: Store keys the generator phase leaves for the discriminator phase of the same step.
 _FAKE, _FAKE_TEXT, _FAKE_SOURCE, _FAKE_FEATURES = "fake", "fake_c", "fake_source", "fake_features"
+
+
+def sample_student_timesteps(timesteps: list[int], probs: list[float], batch: int, device: torch.device) -> Tensor:
+    """``batch`` draws from ``timesteps`` with probabilities ``probs`` (normalised)."""
+    p = torch.tensor(probs, dtype=torch.float32)
+    index = torch.multinomial(p / p.sum(), batch, replacement=True)
+    return torch.tensor(timesteps, dtype=torch.long)[index].to(device)
 
 
 def hinge_or_softplus(real: Tensor | None, fake: Tensor, kind: str) -> Tensor:

@@ -1,4 +1,5 @@
-"""LADD's two noise levels: the student's timesteps and the discriminator's, biased towards high noise.
+"""LADD's discriminator noise level, biased towards high noise (the student's timesteps are drawn by
+:func:`distill_diffusion.trainers.methods.adversarial.method.sample_student_timesteps`).
 
 Sauer et al., arXiv:2403.12015, §3.2-3.3: the student is trained at timesteps {1, .75, .5, .25} (rectified-flow time)
 with probabilities [0.7, 0.1, 0.1, 0.1]; the discriminator sees samples re-noised at t ~ logit-normal(m = 1, s = 1).
@@ -13,13 +14,6 @@ import torch
 from torch import Tensor
 
 from distill_diffusion.core.schedule import NoiseSchedule
-
-
-def sample_student_timesteps(timesteps: list[int], probs: list[float], batch: int, device: torch.device) -> Tensor:
-    """``batch`` draws from ``timesteps`` with probabilities ``probs`` (normalised)."""
-    p = torch.tensor(probs, dtype=torch.float32)
-    index = torch.multinomial(p / p.sum(), batch, replacement=True)
-    return torch.tensor(timesteps, dtype=torch.long)[index].to(device)
 
 
 def log_snr_table(schedule: NoiseSchedule, device: torch.device) -> Tensor:
