@@ -127,13 +127,11 @@ def time_steps(engine: Any, dev: torch.device, steps: int) -> tuple[float, float
     return seconds, (torch.cuda.max_memory_allocated(dev) / 2**30 if cuda else None)
 
 
-
-
 def time_method_step(method: str, options: dict[str, Any], title: str, no_gpu: str, *, batch_size: int, resolution: int, steps: int,
                      mixed_precision: str, gradient_checkpointing: bool, unet_config: dict[str, Any] | None, device: str | None,
-                     prepare: Callable[[Any], None] | None = None) -> tuple[dict[str, Any], Any]:
+                     prepare: Callable[[Any], None] | None = None, architecture: str = "SD 1.5") -> tuple[dict[str, Any], Any]:
     """Time ``steps`` engine steps of ``method`` (after 3 warm-ups) on random SD components of ``unet_config`` (SD 1.5's
-    when None); ``prepare(engine)`` runs first (e.g. to move past a stage). Returns the common result fields and the
+    when None, named ``architecture`` in the title: SD 1.4 shares it); ``prepare(engine)`` runs first (e.g. to move past a stage). Returns the common result fields and the
     engine (its method, for the caller's own fields). ``device=None`` needs CUDA: a one-line error otherwise, before
     anything is built."""
     import diffusers
@@ -146,7 +144,7 @@ def time_method_step(method: str, options: dict[str, Any], title: str, no_gpu: s
             prepare(engine)
         seconds, peak = time_steps(engine, dev, steps)
     result = {
-        "benchmark": f"{title}, " + ("SD 1.5 UNet architecture" if unet_config is None else "custom UNet config") + " (random weights)",
+        "benchmark": f"{title}, " + (f"{architecture} UNet architecture" if unet_config is None else "custom UNet config") + " (random weights)",
         "device": device_name(dev), "torch": torch.__version__, "diffusers": diffusers.__version__,
         "images_per_second": batch_size / seconds, "median_step_seconds": seconds, "peak_memory_gib": peak,
         "settings": {"batch_size": batch_size, "resolution": resolution, "latent_size": resolution // 8, "steps_timed": steps,

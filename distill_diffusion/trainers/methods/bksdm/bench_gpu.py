@@ -10,7 +10,6 @@ dtype, teacher against student. SD 1.4's UNet architecture (the same as SD 1.5's
 from __future__ import annotations
 
 import copy
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -46,33 +45,19 @@ def run_sd14_bksdm_benchmark(batch_size: int = 8, resolution: int = 512, steps: 
     ``device=None`` needs CUDA (a one-line error otherwise, before anything is built); ``device="cpu"`` with a tiny
     ``unet_config`` runs it anywhere, as the tests do.
     """
-    import diffusers
-
     from distill_diffusion.trainers.engine.build import weight_dtype
 
-    config = dict(unet_config or gpu.SD15_UNET_CONFIG)
-    dev = gpu.check_args(device, batch_size, resolution, steps, mixed_precision, config, NO_GPU)
-    with tempfile.TemporaryDirectory() as tmp:
-        engine, _ = gpu.sd_engine(Path(tmp), "bksdm", {"variant": variant}, batch_size, resolution, mixed_precision,
-                                  gradient_checkpointing, config, dev)
-        seconds, peak = gpu.time_steps(engine, dev, steps)
-    method, dtype, latent = engine.method, weight_dtype(mixed_precision), resolution // 8
+    result, engine = gpu.time_method_step("bksdm", {"variant": variant}, f"BK-SDM-{variant} training step", NO_GPU, batch_size=batch_size,
+                                          resolution=resolution, steps=steps, mixed_precision=mixed_precision,
+                                          gradient_checkpointing=gradient_checkpointing, unet_config=unet_config, device=device,
+                                          architecture="SD 1.4")
+    method, dtype, latent, dev = engine.method, weight_dtype(mixed_precision), resolution // 8, engine.method.teacher.device
     del engine
     student = torch.nn.Module.to(copy.deepcopy(method.unet).eval(), dtype=dtype)
     latency = {"teacher": sampling_latency(method.teacher, latent, dtype, dev, steps), "student": sampling_latency(student, latent, dtype, dev, steps)}
     teacher_params, student_params = method.parameter_counts()
-    result = {
-        "benchmark": f"BK-SDM-{variant} training step, " + ("SD 1.4 UNet architecture" if unet_config is None else "custom UNet config")
-                     + " (random weights)",
-        "device": gpu.device_name(dev), "torch": torch.__version__, "diffusers": diffusers.__version__,
-        "images_per_second": batch_size / seconds, "median_step_seconds": seconds, "peak_memory_gib": peak,
-        "sampling_step_ms": {k: v * 1e3 for k, v in latency.items()}, "sampling_speedup": latency["teacher"] / latency["student"],
-        "settings": {
-            "batch_size": batch_size, "resolution": resolution, "latent_size": latent, "steps_timed": steps, "warmup_steps": 3,
-            "mixed_precision": mixed_precision, "gradient_checkpointing": gradient_checkpointing, "variant": variant,
-            "teacher_parameters": teacher_params, "student_parameters": student_params,
-        },
-    }
+    result.update(sampling_step_ms={k: v * 1e3 for k, v in latency.items()}, sampling_speedup=latency["teacher"] / latency["student"])
+    result["settings"].update(variant=variant, teacher_parameters=teacher_params, student_parameters=student_params)
     extra = {"teacher step ms (CFG)": f"{result['sampling_step_ms']['teacher']:.1f}",
              "student step ms (CFG)": f"{result['sampling_step_ms']['student']:.1f}"}
     gpu.write_results(result, Path(output), extra, f"{result['benchmark']}; student {student_params / 1e6:.1f}M parameters against "
