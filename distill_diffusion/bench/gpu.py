@@ -131,9 +131,9 @@ def time_method_step(method: str, options: dict[str, Any], title: str, no_gpu: s
                      mixed_precision: str, gradient_checkpointing: bool, unet_config: dict[str, Any] | None, device: str | None,
                      prepare: Callable[[Any], None] | None = None, architecture: str = "SD 1.5") -> tuple[dict[str, Any], Any]:
     """Time ``steps`` engine steps of ``method`` (after 3 warm-ups) on random SD components of ``unet_config`` (SD 1.5's
-    when None, named ``architecture`` in the title: SD 1.4 shares it); ``prepare(engine)`` runs first (e.g. to move past a stage). Returns the common result fields and the
-    engine (its method, for the caller's own fields). ``device=None`` needs CUDA: a one-line error otherwise, before
-    anything is built."""
+    when None, named ``architecture`` in the title: SD 1.4 shares it); ``prepare(engine)`` runs first (e.g. to move past
+    a stage). Returns the common result fields and the engine (its method, for the caller's own fields).
+    ``device=None`` needs CUDA: a one-line error otherwise, before anything is built."""
     import diffusers
 
     config = dict(unet_config or SD15_UNET_CONFIG)
