@@ -104,6 +104,21 @@ def test_generator_gradients_reach_only_the_student_and_discriminator_gradients_
     assert all(torch.equal(p, base[n]) for n, p in m.unet.named_parameters() if n in base)  # the backbone is untouched
 
 
+@pytest.mark.parametrize("pure_noise", [False, True])
+def test_the_first_student_timestep_can_start_from_pure_noise_as_the_sampler_does(tiny_pipeline_dir: Path, pure_noise: bool) -> None:
+    m = method(tiny_pipeline_dir, first_step_pure_noise=pure_noise)
+    x0, t = batch()["latents"] * 3, torch.tensor([999, 749, 999, 249])
+    torch.manual_seed(0)
+    with_data = m.student_input(x0, t)
+    torch.manual_seed(0)
+    without = m.student_input(torch.zeros_like(x0), t)
+    first = t == 999
+    # the first timestep's rows carry no trace of the real latent (the sampler's input is ε ~ N(0, I)) ...
+    assert torch.equal(with_data[first], without[first]) == pure_noise
+    # ... and the later ones are still α_t·x0 + σ_t·ε, as the re-noised samples of a multi-step sampler are
+    assert torch.allclose(with_data[~first] - without[~first], m.schedule.alpha(t[~first]).view(-1, 1, 1, 1) * x0[~first], atol=1e-5)
+
+
 def optimise(m: LADD, phase: str, params: list, steps: int, lr: float = 3e-3) -> list[float]:
     opt = torch.optim.Adam(params, lr=lr)
     losses = []

@@ -24,6 +24,12 @@ class AdversarialConfig(LoRAOptions):
     student_timesteps: list[int] = field(default_factory=lambda: [999, 749, 499, 249])
     #: ...and how often each is drawn (LADD's 0.7 / 0.1 / 0.1 / 0.1 favours the 1-step case).
     student_timestep_probs: list[float] = field(default_factory=lambda: [0.7, 0.1, 0.1, 0.1])
+    #: Rows drawn at the first (noisiest) student timestep start from pure Gaussian noise, as the sampler's first step
+    #: does, instead of a noised real latent: SD's schedule keeps SNR ≈ 0.0047 at T − 1 (Lin et al., arXiv:2305.08891,
+    #: §2), enough for the student to read the real image's low frequencies from its training input and lean on them,
+    #: while its first input at sampling time carries none. ADD's image-conditioned discriminator (``add``) pairs a
+    #: sample with the real image it came from, which such rows no longer do.
+    first_step_pure_noise: bool = False
     #: Discriminator updates per generator update (each on a fresh batch; users needed more D than G updates).
     disc_updates: int = 1
     #: Width of each discriminator head's conv layers.

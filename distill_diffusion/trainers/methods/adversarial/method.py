@@ -158,7 +158,7 @@ class AdversarialMethod(MethodBase):
         cfg = self.config
         # 1. The student denoises z_t in one step, t from its timesteps (LADD: mostly 999, the 1-step case).
         t = sample_student_timesteps(cfg.student_timesteps, cfg.student_timestep_probs, x0.shape[0], x0.device)
-        z_t = self.schedule.add_noise(x0, torch.randn_like(x0), t)
+        z_t = self.student_input(x0, t)
         fake = Denoiser(ctx.module("unet"), self.schedule, self.components.prediction_type)(z_t, t, c).x0
         with torch.no_grad():
             source = self.source_condition(x0)
@@ -175,6 +175,15 @@ class AdversarialMethod(MethodBase):
             loss = loss + cfg.distill_weight * distill
             logs["g_distill"] = float(distill.detach())
         return LossOutput(loss, logs)
+
+    def student_input(self, x0: Tensor, t: Tensor) -> Tensor:
+        """The student's input z_t = α_t·x0 + σ_t·ε (ADD §3.1); with ``first_step_pure_noise``, ε alone at the first
+        student timestep, the sampler's starting point (SD's ᾱ_{T−1} > 0: Lin et al., arXiv:2305.08891)."""
+        noise = torch.randn_like(x0)
+        z_t = self.schedule.add_noise(x0, noise, t)
+        if not self.config.first_step_pure_noise:
+            return z_t
+        return torch.where(append_dims(t == self.config.student_timesteps[0], x0.ndim), noise.to(z_t.dtype), z_t)
 
     def discriminator_loss(self, x0: Tensor, c: Tensor, ctx: StepContext) -> LossOutput:
         cfg = self.config
