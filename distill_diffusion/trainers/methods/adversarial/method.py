@@ -93,6 +93,11 @@ class AdversarialMethod(MethodBase):
         require(max(config.student_timesteps) <= t_max and min(config.student_timesteps) >= 0,
                 f"method.student_timesteps={config.student_timesteps} must lie in 0..{t_max} (the teacher's training timesteps); "
                 f"pass e.g. {t_max},{t_max * 3 // 4},{t_max // 2},{t_max // 4}")
+        # pure noise is the sampler's input only at its first timestep, the schedule's last
+        require(not config.first_step_pure_noise or config.student_timesteps[0] == t_max,
+                f"method.first_step_pure_noise gives the first student timestep pure noise, the sampler's input at t = {t_max}, "
+                f"but it is {config.student_timesteps[0]}; start method.student_timesteps at {t_max} or pass "
+                "--method.first_step_pure_noise false")
         if config.lora:
             check_target_modules(teacher.meta_unet(), config.lora_target_modules)
 
