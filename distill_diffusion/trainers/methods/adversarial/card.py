@@ -32,7 +32,7 @@ image = pipe("a prompt", num_inference_steps=1, guidance_scale=1.0).images[0]
 - Inference: 1-4 steps, guidance_scale 1 (no CFG pass); `{sched}` visits the trailing timesteps the student was
   trained at ({', '.join(map(str, cfg.student_timesteps))} for {len(cfg.student_timesteps)} steps; {cfg.student_timesteps[0]} for 1).
 - Training: {'LoRA rank ' + str(cfg.lora_rank) if cfg.lora else 'full UNet'}, student timesteps {cfg.student_timesteps} drawn with
-  probabilities {cfg.student_timestep_probs}; {method.describe_discriminator()}; {cfg.adv_loss} loss, R1 γ {cfg.r1_gamma},
+  probabilities {cfg.student_timestep_probs}{' (the first from pure noise)' if cfg.first_step_pure_noise else ''}; {method.describe_discriminator()}; {cfg.adv_loss} loss, R1 γ {cfg.r1_gamma},
   distillation weight {cfg.distill_weight}.
 """
     write_model_card(folder, base_model=method.components.source, method=method.card_name + ("-lora" if cfg.lora else ""), paper=method.paper,
