@@ -13,11 +13,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from distill_diffusion.toy.paths import TOY_GUIDANCE
+
 #: The toy LCM-LoRA recipe: a preset shipped in distill_diffusion/configs, loaded by name.
 LCM_PRESET = "tiny/lcm_lora"
-#: Teacher guidance for the benchmark rows (the toy world's calibrated scale). The LoRA distils w = 1 (scale 2);
-#: w = 2 scores the same within noise (benchmarks/results/toy_quality/lcm_recipe_ablation.md).
-TEACHER_GUIDANCE = 3.0
+#: Teacher guidance for the benchmark rows: the toy world's reference scale (``toy.paths.TOY_GUIDANCE``, 2.0), the
+#: scale the LoRA distils (w = 1); w = 2 scores the same within noise (benchmarks/results/toy_quality/lcm_recipe_ablation.md).
+TEACHER_GUIDANCE = TOY_GUIDANCE
 
 
 def distil_lcm_lora(teacher: Path, data: Path, output_dir: Path, max_train_steps: int | None = None,

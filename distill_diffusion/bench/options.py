@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from distill_diffusion.paths import check_output_file
+from distill_diffusion.toy.paths import TOY_GUIDANCE
 
 
 def add_speed_options(p: argparse.ArgumentParser, *, steps: int, batch_sizes: list[int], output: str) -> None:
@@ -43,12 +44,14 @@ def run_gpu(args: argparse.Namespace, benchmark: Callable[..., object]) -> int:
     return 0
 
 
-def add_toy_run_options(p: argparse.ArgumentParser, *, output_dir: str, run_dir: str) -> None:
-    """Results folder, training folder, images per row, guidance and toy cache: the toy method benchmarks' options."""
+def add_toy_run_options(p: argparse.ArgumentParser, *, output_dir: str, run_dir: str, guidance_scale: float = TOY_GUIDANCE) -> None:
+    """Results folder, training folder, images per row, guidance and toy cache: the toy method benchmarks' options.
+
+    ``guidance_scale``: the default teacher guidance; the toy's reference scale unless the method distils another."""
     p.add_argument("--output_dir", default=output_dir)
     p.add_argument("--run_dir", default=run_dir, help="training output (resumed when present)")
     p.add_argument("--num_images", type=int, default=1024, help="images per row (FID is biased at small N)")
-    p.add_argument("--guidance_scale", type=float, default=3.0, help="the teacher's guidance (and the students' where they take one)")
+    p.add_argument("--guidance_scale", type=float, default=guidance_scale, help="the teacher's guidance (and the students' where they take one)")
     p.add_argument("--cache_dir", default=None, help="toy-world cache (default $DISTILL_DIFFUSION_CACHE)")
 
 

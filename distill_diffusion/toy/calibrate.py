@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from distill_diffusion.toy.paths import ToyWorld
+from distill_diffusion.toy.paths import TOY_GUIDANCE, ToyWorld
 
 #: Spacings of DDIM timesteps tried; the first is the headline (few-step DDIM is fairest with "trailing",
 #: which starts at t = 999; the checkpoint's own "leading" starts 1-step sampling at t = 1).
@@ -67,7 +67,7 @@ def calibrate(
     world: ToyWorld,
     num_images: int = 128,
     steps: Sequence[int] = (1, 2, 4, 50),
-    guidance_scale: float = 3.0,
+    guidance_scale: float = TOY_GUIDANCE,
     num_real: int = 1024,
     seed: int = 0,
     progress: bool = True,

@@ -11,7 +11,8 @@ HELP = "BK-SDM on the toy world: base/small/tiny students, small without KD, sma
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The benchmark's options."""
-    add_toy_run_options(p, output_dir="benchmarks/results/toy_quality/bksdm", run_dir="toy_runs/bksdm")
+    add_toy_run_options(p, output_dir="benchmarks/results/toy_quality/bksdm", run_dir="toy_runs/bksdm",
+                        guidance_scale=3.0)  # measured at 3.0, the guidance its students were compared at
     p.add_argument("--max_train_steps", type=int, default=None, help="steps of each student (default: the tiny/bksdm preset's)")
     p.add_argument("--lcm_steps", type=int, default=None, help="steps of each LCM-LoRA (default: the tiny/lcm_lora preset's)")
 

@@ -16,6 +16,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from distill_diffusion.toy.paths import TOY_GUIDANCE
+
 LORA_FILE = "pytorch_lora_weights.safetensors"
 #: Adversarial runs: name → (method, preset).
 RUNS = {"ladd": ("ladd", "tiny/ladd"), "add": ("add", "tiny/add")}
@@ -63,7 +65,7 @@ def bar_lines(rows: list[dict[str, Any]], guidance: float) -> list[str]:
 
 
 def run_adversarial_toy(output_dir: str | Path = "benchmarks/results/toy_quality/adversarial", run_dir: str | Path = "toy_runs/adversarial",
-                        num_images: int = 1024, guidance_scale: float = 3.0, cache_dir: str | Path | None = None,
+                        num_images: int = 1024, guidance_scale: float = TOY_GUIDANCE, cache_dir: str | Path | None = None,
                         steps: dict[str, int | None] | None = None) -> dict[str, Any]:
     """Train every run, then benchmark; writes ``output_dir`` (quality results, bars.md, training.json)."""
     from distill_diffusion.eval.bench_quality import PipelineSpec, run_quality_benchmark

@@ -13,6 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from distill_diffusion.toy.paths import TOY_GUIDANCE
+
 PRESET = "tiny/progressive"
 
 
@@ -33,7 +35,7 @@ def train_toy_progressive(world: Any, run_dir: Path) -> tuple[Any, dict[str, flo
 
 
 def run_progressive_toy(output_dir: str | Path = "benchmarks/results/toy_quality/progressive", run_dir: str | Path = "toy_runs/progressive",
-                        num_images: int = 1024, guidance_scale: float = 3.0, cache_dir: str | Path | None = None) -> dict[str, Any]:
+                        num_images: int = 1024, guidance_scale: float = TOY_GUIDANCE, cache_dir: str | Path | None = None) -> dict[str, Any]:
     """Train, then benchmark the teacher and every round's student; writes ``output_dir`` (results + training.json)."""
     from distill_diffusion.eval.bench_quality import PipelineSpec, run_quality_benchmark
     from distill_diffusion.quickstart import toy_bench_settings
