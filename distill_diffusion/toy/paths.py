@@ -16,10 +16,11 @@ from typing import Any
 
 CACHE_ENV = "DISTILL_DIFFUSION_CACHE"
 TOY_VERSION = "toy-v3"
-#: The toy teacher's reference guidance scale: its calibration, the quickstart's teacher rows and the progressive and
-#: adversarial toy benchmarks' default (bksdm-toy keeps the 3.0 its results used). At 2.0 the toy-v3 teacher's 50-step FID is a third lower than at 3.0 with the same CLIP
-#: score and prompt accuracy (3.0 is past the FID-optimal point of the curve), and extra guidance hides what few
-#: DDIM steps lose: leading 4-step FID is 3.6x the 50-step at 2.0, 2.1x at 3.0 (docs/toy_world.md).
+#: The toy teacher's reference guidance scale: its calibration, the quickstart's teacher rows and the progressive
+#: and adversarial toy benchmarks' default (bksdm-toy keeps the 3.0 its results used). At 2.0 the toy-v3 teacher's
+#: 50-step FID is a third lower than at 3.0 with the same CLIP score and prompt accuracy (3.0 is past the FID-optimal
+#: point of the curve), and extra guidance hides what few DDIM steps lose: leading 4-step FID is 3.6x the 50-step at
+#: 2.0, 2.1x at 3.0 (docs/toy_world.md).
 TOY_GUIDANCE = 2.0
 BUILD_FILE = "build.json"
 
