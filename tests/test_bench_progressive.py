@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from distill_diffusion.errors import UserError
+from distill_diffusion.toy.paths import TOY_GUIDANCE
 from distill_diffusion.toy.tiny import tiny_unet_config
 from distill_diffusion.trainers.methods.progressive.bench_gpu import run_sd15_progressive_benchmark
 from distill_diffusion.trainers.methods.progressive.bench_speed import ENGINE_KEY, run_progressive_benchmark
@@ -65,4 +66,32 @@ def test_the_toy_plan_reads_the_teachers_schedule_and_the_shipped_recipe(tiny_pi
     run = build_run_config("progressive", Progressive, load_preset(PRESET))
     plan = toy_plan(SimpleNamespace(teacher=tiny_pipeline_dir), run)
     assert plan.num_train_timesteps == 1000 and plan.student_steps == [32, 16, 8, 4, 2, 1]
-    assert [s.name for s in plan.stages()][:2] == ["guidance", "round-1-32-steps"]
+    # fixed guidance at the toy's reference scale: no guidance stage (docs/progressive.md says why)
+    assert run.method_config.guidance == "fixed" and run.method_config.w_min == TOY_GUIDANCE - 1
+    assert [s.name for s in plan.stages()][0] == "round-1-32-steps"
+
+
+@pytest.mark.parametrize("scale", [2.0, 3.5])
+def test_a_fixed_guidance_preset_is_trained_at_the_benchmarks_guidance(scale: float) -> None:
+    from distill_diffusion.trainers.methods.progressive.bench_toy import toy_method_options
+
+    assert toy_method_options(scale) == {"w_min": scale - 1}
+
+
+def test_a_guidance_below_one_is_one_line() -> None:
+    from distill_diffusion.trainers.methods.progressive.bench_toy import run_progressive_toy
+
+    with pytest.raises(UserError, match="--guidance_scale 0.5: must be >= 1"):
+        run_progressive_toy(guidance_scale=0.5)
+
+
+def test_a_finished_run_at_another_guidance_is_not_reused(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from distill_diffusion.trainers.methods.progressive.bench_toy import check_finished_run
+
+    (tmp_path / "model_index.json").write_text("{}")
+    (tmp_path / "config.yaml").write_text("method:\n  guidance: fixed\n  w_min: 1.0\n")
+    check_finished_run(SimpleNamespace(method_config=SimpleNamespace(guidance="fixed", w_min=1.0)), tmp_path)
+    with pytest.raises(UserError, match="trained with guidance fixed at w = 1.0, not fixed at w = 2.0; pass another --run_dir"):
+        check_finished_run(SimpleNamespace(method_config=SimpleNamespace(guidance="fixed", w_min=2.0)), tmp_path)

@@ -20,7 +20,7 @@ TINY_PRESETS = {"finetune": "tiny/finetune", "lcm": "tiny/lcm_lora", "progressiv
                 "ladd": "tiny/ladd", "add": "tiny/add"}
 #: Methods whose run is a plan of stages (its length set by the method, not --max_train_steps): a three-stage plan.
 STAGED_ARGS = {"progressive": ["--method.start_steps", "4", "--method.target_steps", "1", "--method.steps_per_round", "1",
-                               "--method.guidance_steps", "1", "--method.time_cond_proj_dim", "8"]}
+                               "--method.guidance", "distill", "--method.guidance_steps", "1", "--method.time_cond_proj_dim", "8"]}
 
 
 def test_every_registered_method_has_a_tiny_preset() -> None:

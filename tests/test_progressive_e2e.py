@@ -1,5 +1,6 @@
 """`train progressive` through the CLI on the tiny pipeline: a three-stage plan (guidance, 4 → 2 → 1 steps), an export
-per round that a plain diffusers script samples at its step count, and one-line refusals of bad plans."""
+per round that a plain diffusers script samples at its step count, the shipped preset's fixed guidance, and one-line
+refusals of bad plans."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ def progressive(teacher: Path, data: Path, out: Path, *extra: str) -> list[str]:
     return ["train", "progressive", "--config", "tiny/progressive", "--pretrained_model_name_or_path", str(teacher),
             "--train_data_dir", str(data), "--output_dir", str(out), "--train_batch_size", "2", "--progress_bar", "false",
             "--start_steps", "4", "--target_steps", "1", "--steps_per_round", "2,1", "--guidance_steps", "1",
-            "--time_cond_proj_dim", "8", "--checkpointing_steps", "100", *extra]
+            "--guidance", "distill", "--time_cond_proj_dim", "8", "--checkpointing_steps", "100", *extra]
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +59,7 @@ def test_each_stage_is_checkpointed_under_its_name_and_each_round_exported(train
     last, out = load_file(trained / "round-2-1-steps" / weights), load_file(trained / weights)
     assert all((last[k] == out[k]).all() for k in last)
     card = (trained / "README.md").read_text()
-    assert "num_inference_steps=1" in card and "guidance_scale=2.0" in card  # tiny/progressive: the toy reference guidance
+    assert "num_inference_steps=1" in card and "guidance_scale=2.0" in card  # w-student at 1 + w_min (tiny/progressive's w_min 1)
     state = json.loads((trained / "checkpoint-3-round-1-2-steps" / "training_state.json").read_text())
     assert state["train"]["stage"] == 2 and state["run"]["method"]["steps_per_round"] == [2, 1]
 
@@ -92,8 +93,21 @@ def test_a_bad_plan_is_one_line_before_loading(capsys, tiny_pipeline_dir: Path, 
     (("--steps_per_round", "2,2"), "--method.steps_per_round 2,1"),
     (("--target_steps", "2", "--steps_per_round", "2"), "--method.target_steps 1"),
     (("--guidance", "fixed"), "--method.guidance distill"),
+    (("--w_min", "0.5"), "--method.w_min 1.0"),
 ])
 def test_resume_with_a_changed_round_plan_is_refused(capsys, trained: Path, tiny_pipeline_dir: Path, toy_data_dir: Path,
                                                      extra: tuple[str, ...], fragment: str) -> None:
     args = progressive(tiny_pipeline_dir, toy_data_dir, trained, "--resume_from_checkpoint", "latest", *extra)
     assert fragment in refused(capsys, args, trained)
+
+
+def test_the_shipped_fixed_guidance_has_no_guidance_stage_and_builds_w_into_the_student(tiny_pipeline_dir: Path, toy_data_dir: Path,
+                                                                                        tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    args = progressive(tiny_pipeline_dir, toy_data_dir, out)
+    args[args.index("distill")] = "fixed"  # tiny/progressive's own guidance
+    assert main(args) == 0
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2-round-1-2-steps", "checkpoint-3-round-2-1-steps"]
+    card = (out / "README.md").read_text()
+    assert "guidance_scale=1.0" in card and "guidance w = 1.0 is built into the student" in card
+    assert json.loads((out / "unet" / "config.json").read_text())["time_cond_proj_dim"] is None

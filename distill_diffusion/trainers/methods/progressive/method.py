@@ -40,7 +40,8 @@ class Progressive(MethodBase):
                             "Meng et al., On Distillation of Guided Diffusion Models, arXiv:2210.03142")
     config_class: ClassVar[type] = ProgressiveConfig
     resume_fields: ClassVar[tuple[str, ...]] = (
-        "start_steps", "target_steps", "steps_per_round", "guidance", "guidance_steps", "time_cond_proj_dim", "prediction_type",
+        "start_steps", "target_steps", "steps_per_round", "guidance", "guidance_steps", "w_min", "w_max", "time_cond_proj_dim",
+        "prediction_type",
     )
 
     @classmethod
