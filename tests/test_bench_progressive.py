@@ -78,11 +78,15 @@ def test_a_fixed_guidance_preset_is_trained_at_the_benchmarks_guidance(scale: fl
     assert toy_method_options(scale) == {"w_min": scale - 1}
 
 
-def test_a_guidance_below_one_is_one_line() -> None:
-    from distill_diffusion.trainers.methods.progressive.bench_toy import run_progressive_toy
+def test_a_guidance_below_one_is_one_line_before_anything_is_built(capsys, tmp_path: Path) -> None:
+    from distill_diffusion.cli import main
 
-    with pytest.raises(UserError, match="--guidance_scale 0.5: must be >= 1"):
-        run_progressive_toy(guidance_scale=0.5)
+    argv = ["bench", "progressive-toy", "--guidance_scale", "0.5", "--output_dir", str(tmp_path / "out"), "--run_dir",
+            str(tmp_path / "run"), "--cache_dir", str(tmp_path / "cache")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--guidance_scale 0.5: must be >= 1" in err
+    assert not any(tmp_path.iterdir())
 
 
 def test_a_finished_run_at_another_guidance_is_not_reused(tmp_path: Path) -> None:
