@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from distill_diffusion.toy.paths import BKSDM_TOY_GUIDANCE
+
 PRESET = "tiny/bksdm"
 #: Runs of the benchmark: name → method options over the preset's.
 RUNS: dict[str, dict[str, Any]] = {
@@ -87,7 +89,7 @@ def size_table(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def run_bksdm_toy(output_dir: str | Path = "benchmarks/results/toy_quality/bksdm", run_dir: str | Path = "toy_runs/bksdm",
-                  num_images: int = 1024, guidance_scale: float = 3.0, cache_dir: str | Path | None = None,
+                  num_images: int = 1024, guidance_scale: float = BKSDM_TOY_GUIDANCE, cache_dir: str | Path | None = None,
                   max_train_steps: int | None = None, lcm_steps: int | None = None) -> dict[str, Any]:
     """Train every run, then benchmark; writes ``output_dir`` (quality results, sizes.md, training.json)."""
     from distill_diffusion.eval.bench_quality import PipelineSpec, run_quality_benchmark

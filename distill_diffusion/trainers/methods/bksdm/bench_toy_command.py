@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from distill_diffusion.bench.options import add_toy_run_options
+from distill_diffusion.toy.paths import BKSDM_TOY_GUIDANCE
 
 HELP = "BK-SDM on the toy world: base/small/tiny students, small without KD, small + LCM-LoRA; FID/CLIP/accuracy, size, latency"
 
@@ -12,7 +13,7 @@ HELP = "BK-SDM on the toy world: base/small/tiny students, small without KD, sma
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The benchmark's options."""
     add_toy_run_options(p, output_dir="benchmarks/results/toy_quality/bksdm", run_dir="toy_runs/bksdm",
-                        guidance_scale=3.0)  # measured at 3.0, the guidance its students were compared at
+                        guidance_scale=BKSDM_TOY_GUIDANCE)
     p.add_argument("--max_train_steps", type=int, default=None, help="steps of each student (default: the tiny/bksdm preset's)")
     p.add_argument("--lcm_steps", type=int, default=None, help="steps of each LCM-LoRA (default: the tiny/lcm_lora preset's)")
 
