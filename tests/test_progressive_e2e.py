@@ -111,3 +111,8 @@ def test_the_shipped_fixed_guidance_has_no_guidance_stage_and_builds_w_into_the_
     card = (out / "README.md").read_text()
     assert "guidance_scale=1.0" in card and "guidance w = 1.0 is built into the student" in card
     assert json.loads((out / "unet" / "config.json").read_text())["time_cond_proj_dim"] is None
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run([sys.executable, "-c", PLAIN_SCRIPT, str(out), "1"], capture_output=True, text=True, env=env, cwd=out,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1])["timesteps"] == [999]
