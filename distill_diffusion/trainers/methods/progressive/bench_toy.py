@@ -40,23 +40,24 @@ def toy_method_options(guidance_scale: float) -> dict[str, Any]:
 def check_finished_run(run: Any, run_dir: Path) -> None:
     """A finished run in ``run_dir`` is reused only at the guidance it was trained at (a run stopped mid-way is
     refused by the engine's resume check instead)."""
-    import yaml
+    from distill_diffusion.config import load_yaml
 
     saved = run_dir / "config.yaml"
     if not (run_dir / "model_index.json").is_file() or not saved.is_file():
         return
-    method = yaml.safe_load(saved.read_text()).get("method") or {}
+    method = load_yaml(saved).get("method") or {}
     want = run.method_config
     if method.get("guidance") != want.guidance or float(method.get("w_min", want.w_min)) != want.w_min:
         raise UserError(f"{run_dir} holds a run trained with guidance {method.get('guidance')} at w = {method.get('w_min')}, "
                         f"not {want.guidance} at w = {want.w_min}; pass another --run_dir, or that run's --guidance_scale")
 
 
-def train_toy_progressive(world: Any, run_dir: Path, guidance_scale: float = TOY_GUIDANCE) -> tuple[Any, dict[str, float]]:
-    """Train (or resume, or reuse when finished) the tiny preset on ``world``; returns its run config and stage seconds."""
+def train_toy_progressive(world: Any, run_dir: Path, method_options: dict[str, Any]) -> tuple[Any, dict[str, float]]:
+    """Train (or resume, or reuse when finished) the tiny preset with ``method_options`` (:func:`toy_method_options`)
+    on ``world``; returns its run config and stage seconds."""
     from distill_diffusion.bench.toy_runs import toy_run_config, train_timed
 
-    run = toy_run_config("progressive", PRESET, world, run_dir, toy_method_options(guidance_scale))
+    run = toy_run_config("progressive", PRESET, world, run_dir, method_options)
     check_finished_run(run, run_dir)
     return run, train_timed(run, toy_plan(world, run).stages(), run_dir)
 
@@ -68,9 +69,9 @@ def run_progressive_toy(output_dir: str | Path = "benchmarks/results/toy_quality
     from distill_diffusion.quickstart import toy_bench_settings
     from distill_diffusion.toy.build import ensure_toy_world
 
-    toy_method_options(guidance_scale)  # a bad scale is refused before the toy world is built
+    options = toy_method_options(guidance_scale)  # a bad scale is refused before the toy world is built
     world, run_dir, out = ensure_toy_world(cache_dir=cache_dir), Path(run_dir), Path(output_dir)
-    run, seconds = train_toy_progressive(world, run_dir, guidance_scale)
+    run, seconds = train_toy_progressive(world, run_dir, options)
     plan = toy_plan(world, run)
     student_g = guidance_scale if run.method_config.guidance == "distill" else 1.0
     specs = [
