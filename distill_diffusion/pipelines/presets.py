@@ -104,6 +104,22 @@ PRESETS: dict[str, Preset] = {
             "DPM-Solver++ (2M), a strong plain sampler for the teacher at 10-25 steps",
         ),
         Preset(
+            "dpm-karras",
+            "DPMSolverMultistepScheduler",
+            20,
+            7.5,
+            "DPM-Solver++ (2M) with Karras sigmas (Lu et al., arXiv:2211.01095; Karras et al., arXiv:2206.00364), "
+            "the teacher's strongest few-step plain sampler in most benchmarks",
+            scheduler_kwargs={"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True},
+        ),
+        Preset(
+            "unipc",
+            "UniPCMultistepScheduler",
+            20,
+            7.5,
+            "UniPC (Zhao et al., arXiv:2302.04867), a predictor-corrector plain sampler for the teacher at 5-20 steps",
+        ),
+        Preset(
             "progressive",
             "DDIMScheduler",
             4,

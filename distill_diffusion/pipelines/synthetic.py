@@ -27,7 +27,7 @@ from distill_diffusion.paths import check_output_dir
 from distill_diffusion.pipelines.presets import check_guidance
 
 #: Schedulers a teacher samples with (the plain presets; the distilled students' presets do not apply).
-TEACHER_PRESETS = ("ddim", "ddim-trailing", "dpm")
+TEACHER_PRESETS = ("ddim", "ddim-trailing", "dpm", "dpm-karras", "unipc")
 PRECISIONS = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 

@@ -6,7 +6,9 @@ CLIP score, prompt accuracy), same prompts and seeds for every row. The teacher 
 each student is also read against the teacher's FID-vs-faithfulness curve. Each student is the shipped tiny preset
 (``tiny/ladd``, ``tiny/add``, the quickstart's ``tiny/lcm_lora``) with only paths and step counts changed; every run
 resumes where it stopped, and its seconds are kept in ``<run_dir>/<run>/stage_seconds.json``. ``bars.md`` checks the
-issue's bars: 1-step FID ≤ 1.5× the teacher's 50-step FID at its default guidance, CLIP within 10%, 4-step FID ≤ 1.2×.
+bars: 1-step FID ≤ 1.5× the teacher's 50-step FID at its default guidance, CLIP within 10%, 4-step FID ≤ 1.2×; and
+every student's :mod:`~distill_diffusion.bench.step_bars` (more steps never worse, no worse than the teacher's best
+training-free sampler at equal steps).
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ def run_adversarial_toy(output_dir: str | Path = "benchmarks/results/toy_quality
                         num_images: int = 1024, guidance_scale: float = TOY_GUIDANCE, cache_dir: str | Path | None = None,
                         steps: dict[str, int | None] | None = None) -> dict[str, Any]:
     """Train every run, then benchmark; writes ``output_dir`` (quality results, bars.md, training.json)."""
+    from distill_diffusion.bench.step_bars import step_bar_lines, training_free_specs
     from distill_diffusion.eval.bench_quality import PipelineSpec, run_quality_benchmark
     from distill_diffusion.quickstart import toy_bench_settings
     from distill_diffusion.toy.build import ensure_toy_world
@@ -77,11 +80,11 @@ def run_adversarial_toy(output_dir: str | Path = "benchmarks/results/toy_quality
     teacher = str(world.teacher)
     sweep = tuple(sorted({*TEACHER_SWEEP, guidance_scale}))
     specs = [PipelineSpec("teacher", teacher, preset="ddim", guidance_scale=sweep, steps=(TEACHER_STEPS,)),
-             PipelineSpec("teacher-ddim", teacher, preset="ddim", guidance_scale=guidance_scale, steps=STUDENT_STEPS),
+             *training_free_specs(teacher, guidance_scale, STUDENT_STEPS),
              PipelineSpec("lcm-lora", teacher, lora=str(run_dir / "lcm-lora"), preset="lcm", guidance_scale=1.0, steps=STUDENT_STEPS)]
     specs += [PipelineSpec(name, teacher, lora=str(run_dir / name), preset="ladd", guidance_scale=1.0, steps=STUDENT_STEPS) for name in RUNS]
     result = run_quality_benchmark(specs, out, toy_bench_settings(world, num_images, cache_dir))
-    lines = bar_lines(result["rows"], guidance_scale)
+    lines = [*bar_lines(result["rows"], guidance_scale), "", *step_bar_lines(result["rows"], {n: [n] for n in (*RUNS, "lcm-lora")})]
     (out / "bars.md").write_text("\n".join(lines) + "\n")
     training = {"runs": {name: preset for name, (_, preset) in RUNS.items()} | {"lcm-lora": "tiny/lcm_lora"}, "steps": steps or {},
                 "seconds": seconds, "total_minutes": round(sum(seconds.values()) / 60, 1)}

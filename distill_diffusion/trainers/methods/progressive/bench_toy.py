@@ -2,8 +2,9 @@
 score every round's student beside the teacher (FID, CLIP score, prompt accuracy; ``bench quality`` format).
 
 Salimans & Ho, arXiv:2202.00512 report FID against step count, one student per round; this is that curve on the
-toy world: the teacher under DDIM with the checkpoint's own spacing and with trailing spacing (the grid the
-students use) at 1-8 and 50 steps, and each round's student at its own step count, same prompts and seeds.
+toy world: the teacher at 50 DDIM steps and under every training-free sampler of :mod:`distill_diffusion.bench.step_bars`
+(DDIM leading and trailing, DPM-Solver++ 2M Karras, UniPC) at 1-8 steps, and each round's student at its own step
+count, same prompts and seeds; ``bars.md`` holds the step bars.
 Training resumes where it stopped; the seconds of each stage are kept in ``<run_dir>/stage_seconds.json``.
 """
 
@@ -17,6 +18,8 @@ from distill_diffusion.errors import UserError, require
 from distill_diffusion.toy.paths import TOY_GUIDANCE
 
 PRESET = "tiny/progressive"
+#: Step counts scored for the teacher's training-free samplers and the rounds' students.
+STUDENT_STEPS = (1, 2, 4, 8)
 
 
 def toy_plan(world: Any, run: Any) -> Any:
@@ -65,6 +68,7 @@ def train_toy_progressive(world: Any, run_dir: Path, method_options: dict[str, A
 def run_progressive_toy(output_dir: str | Path = "benchmarks/results/toy_quality/progressive", run_dir: str | Path = "toy_runs/progressive",
                         num_images: int = 1024, guidance_scale: float = TOY_GUIDANCE, cache_dir: str | Path | None = None) -> dict[str, Any]:
     """Train, then benchmark the teacher and every round's student; writes ``output_dir`` (results + training.json)."""
+    from distill_diffusion.bench.step_bars import step_bar_lines, training_free_specs
     from distill_diffusion.eval.bench_quality import PipelineSpec, run_quality_benchmark
     from distill_diffusion.quickstart import toy_bench_settings
     from distill_diffusion.toy.build import ensure_toy_world
@@ -74,14 +78,14 @@ def run_progressive_toy(output_dir: str | Path = "benchmarks/results/toy_quality
     run, seconds = train_toy_progressive(world, run_dir, options)
     plan = toy_plan(world, run)
     student_g = guidance_scale if run.method_config.guidance == "distill" else 1.0
-    specs = [
-        PipelineSpec("teacher", str(world.teacher), preset="ddim", guidance_scale=guidance_scale, steps=(1, 2, 4, 8, 50)),
-        PipelineSpec("teacher-trailing", str(world.teacher), preset="ddim-trailing", guidance_scale=guidance_scale, steps=(1, 2, 4, 8)),
-    ]
+    specs = [PipelineSpec("teacher", str(world.teacher), preset="ddim", guidance_scale=guidance_scale, steps=(50,)),
+             *training_free_specs(str(world.teacher), guidance_scale, STUDENT_STEPS)]
+    rounds = [stage.name for stage, steps in zip(plan.stages()[int(plan.has_guidance_stage):], plan.student_steps) if steps <= max(STUDENT_STEPS)]
     for stage, steps in zip(plan.stages()[int(plan.has_guidance_stage):], plan.student_steps):
-        if steps <= 8:
+        if stage.name in rounds:
             specs.append(PipelineSpec(stage.name, str(run_dir / stage.name), preset="progressive", guidance_scale=student_g, steps=(steps,)))
     result = run_quality_benchmark(specs, out, toy_bench_settings(world, num_images, cache_dir))
+    (out / "bars.md").write_text("\n".join(step_bar_lines(result["rows"], {"progressive": rounds})) + "\n")
     training = {"preset": PRESET, "stage_seconds": seconds, "total_minutes": round(sum(seconds.values()) / 60, 1),
                 "stages": [{"name": s.name, "steps": s.steps} for s in plan.stages()], "method": json.loads(json.dumps(vars(run.method_config)))}
     (out / "training.json").write_text(json.dumps(training, indent=2))
