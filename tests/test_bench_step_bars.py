@@ -8,7 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from distill_diffusion.bench.step_bars import TRAINING_FREE, best_training_free, step_bar_lines, training_free_specs
+from distill_diffusion.bench.step_bars import (
+    TRAINING_FREE,
+    best_training_free,
+    step_bar_lines,
+    training_free_specs,
+)
 
 
 def row(pipeline: str, steps: int, fid: float) -> dict:
