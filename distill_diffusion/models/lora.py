@@ -112,6 +112,10 @@ def adapters_disabled(layers: Sequence[Any]) -> Iterator[None]:
     ``unet.disable_adapters()``: that also clears ``requires_grad`` on the adapter weights and re-enabling sets it
     again, which breaks a backward pass whose graph spans both modes (a generator's sample, made with the adapter
     on, scored by the backbone with it off, gradients flowing back to the adapter).
+
+    The switch is back on when backward runs: with gradient checkpointing, a block that ran in here is recomputed in
+    teacher mode only through :func:`~distill_diffusion.models.checkpointing.checkpoint_in_mode` (what
+    ``--gradient_checkpointing`` installs), not through diffusers' default checkpointing function.
     """
     previous = [layer._disable_adapters for layer in layers]
     for layer in layers:

@@ -184,15 +184,22 @@ def build_method(method_cls: type, run: RunConfig, components: Any) -> Any:
 
 
 def enable_gradient_checkpointing(method: Any) -> None:
-    """``--gradient_checkpointing`` on the modules of every phase that allows it (not on tapped discriminators)."""
+    """``--gradient_checkpointing`` on the modules of every phase that allows it.
+
+    Each block is recomputed in the mode it ran in (:func:`~distill_diffusion.models.checkpointing.checkpoint_in_mode`),
+    so a module that serves in two roles (a LoRA student's UNet as its own teacher or discriminator backbone, adapters
+    off) gets the gradients of the run without checkpointing.
+    """
+    from distill_diffusion.models.checkpointing import enable_checkpointing
+
     for phase in method.phases():
         if not phase.gradient_checkpointing:
             continue
         for name in phase.modules:
             module = method.models[name]
-            if not hasattr(module, "enable_gradient_checkpointing"):
+            if not getattr(module, "_supports_gradient_checkpointing", False):
                 raise UserError(f"--gradient_checkpointing: module {name!r} does not support it; drop the flag")
-            module.enable_gradient_checkpointing()
+            enable_checkpointing(module)
 
 
 def _cached(dataset, run: RunConfig, components, accelerator: Accelerator):

@@ -36,7 +36,9 @@ class Phase:
     and LR schedule, switches ``requires_grad`` on for these modules' trainable weights only, and zeroes every
     module's gradients first. The phase runs on steps where ``step % every == 0``, ``repeats`` times (each repeat
     after the first on fresh micro-batches). ``gradient_checkpointing``: ``--gradient_checkpointing`` may enable
-    it on these modules (off for modules whose activations are read through hooks).
+    it on these modules (off for modules that are not diffusers models, or whose inner blocks carry hooks that must
+    not fire again in backward); each block is recomputed in the mode it ran in, so a module in several roles (a
+    LoRA UNet as its own teacher) is safe (:mod:`distill_diffusion.models.checkpointing`).
     """
 
     name: str

@@ -4,7 +4,8 @@ Sauer et al., "Fast High-Resolution Image Synthesis with Latent Adversarial Diff
 §3.2: the teacher itself is the feature network of the discriminator, in latent space, at a noise level of its own.
 :func:`unet_features` repeats the first half of ``UNet2DConditionModel.forward`` (time embedding, ``conv_in``, the down
 blocks, the mid block) and stops after the deepest tap, so the up blocks are never run; the features are the block
-outputs themselves, not hook captures, so activation checkpointing inside blocks cannot change them.
+outputs themselves, not hook captures, so activation checkpointing (which recomputes only the resnets and transformer
+blocks inside them, in the mode each ran in: :mod:`distill_diffusion.models.checkpointing`) never records them twice.
 """
 
 from __future__ import annotations
