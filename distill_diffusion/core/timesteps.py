@@ -1,6 +1,9 @@
-"""Timestep grids: the LCD skipping-step grid and the inference spacings of diffusers' schedulers."""
+"""Timestep grids: the LCD skipping-step grid, the inference spacings of diffusers' schedulers, and the step counts that
+visit only the timesteps a student was trained at."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 import torch
@@ -67,3 +70,37 @@ def ddim_step_pairs(num_train_timesteps: int, num_steps: int) -> Tensor:
     """
     t = spaced_timesteps(num_train_timesteps, num_steps, "trailing")
     return torch.stack([t, t - num_train_timesteps // num_steps], dim=1)
+
+
+#: Scheduler-config key an adversarial student's export writes: the timesteps the student was trained to denoise from.
+#: The leading underscore keeps it out of the scheduler's constructor (stock diffusers loads the file without a
+#: warning), while ``from_config`` and ``save_pretrained`` carry it along.
+TRAINED_TIMESTEPS = "_trained_timesteps"
+
+
+def visited_timesteps(scheduler: Any, steps: int) -> list[int] | None:
+    """The timesteps a fresh copy of ``scheduler`` (same class and config) visits in ``steps`` steps; None when it
+    cannot take that many."""
+    probe = type(scheduler).from_config(scheduler.config)
+    try:
+        probe.set_timesteps(steps)
+    except ValueError:
+        return None
+    return [int(t) for t in probe.timesteps]
+
+
+def trained_step_counts(scheduler: Any) -> list[int] | None:
+    """The step counts whose every timestep is one the model was trained at (:data:`TRAINED_TIMESTEPS` in the
+    scheduler's config), e.g. [1, 2, 4] for LADD's 999, 749, 499, 249 on LCMScheduler's trailing grid (3 steps visit 666
+    and 333); None when the config does not say (every count the other checks allow)."""
+    trained = scheduler.config.get(TRAINED_TIMESTEPS)
+    if not trained:
+        return None
+    allowed = {int(t) for t in trained}
+    return [n for n in range(1, len(allowed) + 1) if set(visited_timesteps(scheduler, n) or [-1]) <= allowed]
+
+
+def join_or(counts: list[int]) -> str:
+    """``1, 2 or 4``."""
+    words = [str(n) for n in counts]
+    return " or ".join([", ".join(words[:-1]), words[-1]]) if len(words) > 1 else "".join(words)

@@ -34,18 +34,20 @@ class PipelineSpec:
 
     ``guidance_scale`` is one scale (``None``: the preset's) or a sweep of several; every (steps, guidance)
     pair becomes a row. A one-element sweep is stored as its single value, so both spell the same spec.
+    ``preset`` None: ``generate``'s default, the distilled adapter's (``lcm``) with a LoRA, else the teacher's (``ddim``).
     """
 
     name: str
     model: str
     lora: str | None = None
-    preset: str = "ddim"
+    preset: str | None = None
     guidance_scale: float | tuple[float, ...] | None = None
     steps: tuple[int, ...] = DEFAULT_STEPS
 
     def __post_init__(self) -> None:
-        from distill_diffusion.pipelines.presets import get_preset
+        from distill_diffusion.pipelines.presets import default_preset, get_preset
 
+        self.preset = default_preset(self.lora is not None) if self.preset is None else self.preset
         get_preset(self.preset)
         require(bool(self.name) and "/" not in self.name, f"pipeline name {self.name!r} must be non-empty, without '/'")
         require(bool(self.steps) and all(s >= 1 for s in self.steps), f"{self.name}: steps {self.steps} must be ≥ 1")

@@ -213,7 +213,9 @@ def check_pipeline_request(
     if (Path(cfg.pretrained_model_name_or_path).expanduser() / "unet").is_dir():
         check_unet_fits_preset(spec, _local_config(cfg.pretrained_model_name_or_path, "unet"))
     if steps:
-        check_steps(preview_scheduler(cfg.pretrained_model_name_or_path, preset, lora), max(steps), spec)
+        scheduler = preview_scheduler(cfg.pretrained_model_name_or_path, preset, lora)
+        for count in sorted(set(steps)):  # every count: a trained set need not be 1..N (LADD: 1, 2 or 4)
+            check_steps(scheduler, count, spec)
 
 
 def load_pipeline(

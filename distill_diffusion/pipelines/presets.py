@@ -13,6 +13,12 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from distill_diffusion.core.timesteps import (
+    TRAINED_TIMESTEPS,
+    join_or,
+    trained_step_counts,
+    visited_timesteps,
+)
 from distill_diffusion.errors import UserError, require
 
 
@@ -60,10 +66,12 @@ def check_guidance(guidance: float) -> None:
 
 
 def check_steps(scheduler: Any, steps: int, preset: Preset | None = None) -> None:
-    """Refuse more sampling steps than ``scheduler`` can take, before any image is made.
+    """Refuse a step count the model was not trained to sample, before any image is made.
 
     Any scheduler: at most its ``num_train_timesteps`` (diffusers raises a ValueError mid-run otherwise).
-    With a ``preset`` that has a ``max_steps_key``: at most the grid the model was distilled on.
+    With a ``preset`` that has a ``max_steps_key``: at most the grid the model was distilled on (an LCM).
+    With :data:`TRAINED_TIMESTEPS` in the scheduler's config (an adversarial student's export writes it): only
+    step counts whose every timestep the student was trained at (see :func:`trained_step_counts`).
     """
     config = scheduler.config
     trained = config.get("num_train_timesteps")
@@ -71,14 +79,24 @@ def check_steps(scheduler: Any, steps: int, preset: Preset | None = None) -> Non
         trained is None or steps <= trained,
         f"{steps} sampling steps, but the model was trained with {trained} timesteps; pass {trained} steps or fewer",
     )
-    if preset is None or preset.max_steps_key is None:
+    if preset is not None and preset.max_steps_key is not None:
+        limit = config.get(preset.max_steps_key)
+        require(
+            limit is None or steps <= limit,
+            f"{steps} sampling steps, but this model was distilled on a grid of {limit} timesteps "
+            f"({preset.max_steps_key}, preset {preset.name!r}); pass {limit} steps or fewer",
+        )
+    counts = trained_step_counts(scheduler)
+    if counts is None or steps in counts:
         return
-    limit = config.get(preset.max_steps_key)
-    require(
-        limit is None or steps <= limit,
-        f"{steps} sampling steps, but this model was distilled on a grid of {limit} timesteps "
-        f"({preset.max_steps_key}, preset {preset.name!r}); pass {limit} steps or fewer",
-    )
+    timesteps = config[TRAINED_TIMESTEPS]
+    visited = visited_timesteps(scheduler, steps) or []
+    untrained = ", ".join(str(t) for t in visited if t not in timesteps) or "others"
+    name, listed = type(scheduler).__name__, join_or(counts)
+    known = f"{listed} steps" if counts else f"no step count of {name} visits only those"
+    fix = f"pass {listed} steps" if counts else "sample it with preset 'ladd' (LCMScheduler on the trailing grid), as its model card says"
+    raise UserError(f"{steps} sampling steps with {name} visit timesteps {untrained}, which this model was not trained at "
+                    f"(it was trained at {', '.join(map(str, timesteps))}: {known}); {fix}")
 
 
 #: LCMScheduler fields an LCM export writes (the solver grid N and the boundary scaling s).
@@ -142,7 +160,7 @@ PRESETS: dict[str, Preset] = {
             1,
             1.0,
             "LADD student: LCMScheduler on the full training grid (N steps visit the trailing timesteps 999, 749, ...), "
-            "1-4 steps, guidance 1 (off)",
+            "the step counts whose timesteps the student was trained at (its export lists them: 1, 2 or 4), guidance 1 (off)",
             scheduler_kwargs={"original_inference_steps": 1000},
             max_steps_key="original_inference_steps",
             trained_fields=LCM_TRAINED_FIELDS,
@@ -194,7 +212,9 @@ def build_scheduler(preset: Preset, scheduler_config: Any, trained: dict[str, An
     """The preset's scheduler from a checkpoint's scheduler config (betas, prediction type kept).
 
     ``trained``: a scheduler config saved with a distilled adapter; when it is the preset's scheduler
-    class, its ``preset.trained_fields`` override the defaults (e.g. an LCM-LoRA distilled with N = 20).
+    class, its ``preset.trained_fields`` override the defaults (e.g. an LCM-LoRA distilled with N = 20). Its
+    :data:`TRAINED_TIMESTEPS`, whatever the class, go on the scheduler's config, where :func:`check_steps` reads them
+    (a full export's own scheduler config carries them through ``from_config``).
     """
     import diffusers
 
@@ -202,4 +222,7 @@ def build_scheduler(preset: Preset, scheduler_config: Any, trained: dict[str, An
     kwargs = dict(preset.scheduler_kwargs)
     if trained and trained.get("_class_name") == preset.scheduler:
         kwargs.update({k: trained[k] for k in preset.trained_fields if k in trained})
-    return cls.from_config(scheduler_config, **kwargs)
+    scheduler = cls.from_config(scheduler_config, **kwargs)
+    if trained and trained.get(TRAINED_TIMESTEPS):
+        scheduler.register_to_config(**{TRAINED_TIMESTEPS: list(trained[TRAINED_TIMESTEPS])})
+    return scheduler

@@ -81,7 +81,9 @@ class StepContext:
     """What ``compute_loss`` knows about where it is: counters, a per-step store, and the modules to call.
 
     ``store`` is shared by the phases of one step and cleared between steps, so a discriminator phase reads
-    the samples its generator phase made (``ctx.store["fake"]``) without a second generator forward.
+    the samples its generator phase made (``ctx.store["fake"]``) without a second generator forward. ``compute_loss``
+    runs once per micro-batch: what a phase leaves for a later one is keyed by ``micro_batch`` (the later phase's first
+    repeat gets the same micro-batches in the same order, its other repeats fresh ones).
     ``module(name)`` is the wrapped (DDP) module when this phase updates it, else the unwrapped one: a frozen
     network called through DDP would wait for gradients that never come.
     """

@@ -26,6 +26,7 @@ def measure_training(batch_size: int, steps: int) -> dict[str, float]:
     """Median seconds of the engine's cycle and of each unavoidable pass, at one batch size."""
     from distill_diffusion.models.denoiser import Denoiser
     from distill_diffusion.toy.tiny import save_toy_dinov2
+    from distill_diffusion.trainers.methods.adversarial.heads import rows, sample_scores, sum_over_heads
 
     with tempfile.TemporaryDirectory() as tmp:
         dinov2 = save_toy_dinov2(Path(tmp) / "dinov2")
@@ -51,7 +52,7 @@ def measure_training(batch_size: int, steps: int) -> dict[str, float]:
         def generator_fb() -> None:
             m.heads.requires_grad_(False)  # frozen in the generator phase, as the engine sets it
             fake = Denoiser(m.models["unet"], m.schedule, m.components.prediction_type)(z, t, c).x0
-            m.heads(*m.features(fake, c, source, own_rows=0)).mean().backward()
+            sum_over_heads(m.heads(*m.features(fake, c, source, own_rows=0))).backward()
             for p in lora:
                 p.grad = None
 
@@ -67,8 +68,9 @@ def measure_training(batch_size: int, steps: int) -> dict[str, float]:
             m.heads.requires_grad_(True)
             f = {k: v.float().requires_grad_(True) for k, v in features.items()}
             logits = m.models["disc"](f, cond2)
-            r1 = sum(g[:batch_size].square().sum() for g in torch.autograd.grad(logits[:batch_size].sum(), list(f.values()), create_graph=True))
-            (logits.mean() + r1).backward()
+            real = sample_scores(rows(logits, slice(None, batch_size))).sum()
+            r1 = sum(g[:batch_size].square().sum() for g in torch.autograd.grad(real, list(f.values()), create_graph=True))
+            (sum_over_heads(logits) + r1).backward()
             engine.optimizers["discriminator"].zero_grad(set_to_none=True)
 
         return bench.interleaved_medians({"generator: student + decode + ViT + heads forward+backward": generator_fb,

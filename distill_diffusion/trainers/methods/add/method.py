@@ -26,7 +26,7 @@ from distill_diffusion.models.loading import ExtraModel, SDComponents, TeacherCo
 from distill_diffusion.trainers.methods.add import features as vit
 from distill_diffusion.trainers.methods.add.config import ADDConfig
 from distill_diffusion.trainers.methods.adversarial.heads import DiscriminatorHeads
-from distill_diffusion.trainers.methods.adversarial.method import AdversarialMethod
+from distill_diffusion.trainers.methods.adversarial.method import AdversarialMethod, Fakes
 
 
 class ADD(AdversarialMethod):
@@ -35,6 +35,7 @@ class ADD(AdversarialMethod):
     paper: ClassVar[str] = "Sauer et al., ADD, arXiv:2311.17042, §3"
     config_class: ClassVar[type] = ADDConfig
     card_name: ClassVar[str] = "add"
+    reuses_fake_features: ClassVar[bool] = True
     resume_fields: ClassVar[tuple[str, ...]] = ("lora", "lora_rank", "lora_alpha", "lora_target_modules", "feature_layers",
                                                 "head_width", "image_conditioning")
 
@@ -80,12 +81,14 @@ class ADD(AdversarialMethod):
             cond = torch.cat([cond, own if own_rows == latents.shape[0] else torch.cat([own, source])], dim=1)
         return tokens, cond
 
-    def discriminator_inputs(self, x0: Tensor, c: Tensor, store: dict[str, Any]) -> tuple[dict[str, Tensor], Tensor]:
+    def discriminator_inputs(self, x0: Tensor, c: Tensor, fakes: Fakes) -> tuple[dict[str, Tensor], Tensor]:
         """Fresh features of the real latents beside the generator's features of its samples: the frozen VAE and ViT
         give a sample the same features in both phases (no re-noising, unlike LADD), so the fakes are not decoded and
-        read again."""
+        read again. Samples made for a later discriminator update (no generator features) are read with the reals."""
+        if fakes.features is None:
+            return super().discriminator_inputs(x0, c, fakes)
         real, real_cond = self.features(x0, c, None, own_rows=x0.shape[0])
-        fake, fake_cond = store["fake_features"]
+        fake, fake_cond = fakes.features
         return {k: torch.cat([real[k], fake[k].to(real[k].dtype)]) for k in real}, torch.cat([real_cond, fake_cond])
 
     def describe_discriminator(self) -> str:

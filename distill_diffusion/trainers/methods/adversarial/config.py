@@ -30,6 +30,12 @@ class AdversarialConfig(LoRAOptions):
     #: while its first input at sampling time carries none. ADD's image-conditioned discriminator (``add``) pairs a
     #: sample with the real image it came from, which such rows no longer do.
     first_step_pure_noise: bool = False
+    #: Rows drawn at a later student timestep, the k-th of the sampler's schedule, get the sampler's own input there: the
+    #: current student (no gradients) run from pure noise through the k earlier timesteps as LCMScheduler does (denoise,
+    #: re-noise with fresh noise), instead of a noised real latent (backward simulation, Yin et al., DMD2,
+    #: arXiv:2405.14867, §4.5), so the later steps learn to correct the student's own samples. Needs the student timesteps
+    #: to be the sampler's trailing grid from T − 1 (999, 749, 499, 249); costs k forwards without gradients per such row.
+    backward_simulation: bool = False
     #: Discriminator updates per generator update (each on a fresh batch; users needed more D than G updates).
     disc_updates: int = 1
     #: Width of each discriminator head's conv layers.

@@ -4,12 +4,15 @@ conditioned by projection (Miyato & Koyama, "cGANs with Projection Discriminator
 LADD (Sauer et al., arXiv:2403.12015, §3.2 and App. B) puts 2-D conv heads on the teacher UNet's feature maps,
 conditioned on the noise level and the pooled text embedding; ADD (arXiv:2311.17042, §3.2, after StyleGAN-T) puts 1-D
 conv heads on a ViT's token sequences, conditioned on the text (and the real image's) embedding. One :class:`Head`
-serves both: ``dims`` = 2 for feature maps [B, C, H, W], 1 for tokens [B, C, N].
+serves both: ``dims`` = 2 for feature maps [B, C, H, W], 1 for tokens [B, C, N]. Each head gives a logit per position
+(token or feature-map pixel): the losses apply the hinge to each of them and sum over heads (ADD eqs. 2-3,
+:func:`sum_over_heads`).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from diffusers.models.embeddings import get_timestep_embedding
@@ -24,7 +27,7 @@ def _groups(width: int) -> int:
 
 
 class Head(nn.Module):
-    """Conv → GroupNorm → SiLU twice, then a per-position logit plus the projection ⟨φ(h), W·cond⟩; mean over positions."""
+    """Conv → GroupNorm → SiLU twice, then a per-position logit plus the projection ⟨φ(h), W·cond⟩: [B, positions]."""
 
     def __init__(self, channels: int, cond_dim: int, width: int, dims: int = 2) -> None:
         super().__init__()
@@ -41,20 +44,36 @@ class Head(nn.Module):
         h = self.body(feature)
         weight = self.project(cond).reshape(*cond.shape[:1], -1, *([1] * (h.ndim - 2)))
         projection = (h * weight).sum(1, keepdim=True) * self.scale
-        return (self.out(h) + projection).flatten(1).mean(1)
+        return (self.out(h) + projection).flatten(1)
 
 
 class DiscriminatorHeads(nn.Module):
-    """One :class:`Head` per tapped feature; the logit of a sample is the mean of its heads' logits."""
+    """One :class:`Head` per tapped feature; a sample's logits are its heads' per-position logits, one [B, positions]
+    tensor per head (in tap order), unpooled: the loss reduces them (:func:`sum_over_heads`)."""
 
     def __init__(self, channels: dict[str, int], cond_dim: int, width: int, dims: int = 2) -> None:
         super().__init__()
         self.taps = list(channels)
         self.heads = nn.ModuleDict({tap.replace(".", "_"): Head(ch, cond_dim, width, dims) for tap, ch in channels.items()})
 
-    def forward(self, features: dict[str, Tensor], cond: Tensor) -> Tensor:
-        logits = [self.heads[tap.replace(".", "_")](features[tap].float(), cond) for tap in self.taps]
-        return torch.stack(logits).mean(0)
+    def forward(self, features: dict[str, Tensor], cond: Tensor) -> list[Tensor]:
+        return [self.heads[tap.replace(".", "_")](features[tap].float(), cond) for tap in self.taps]
+
+
+def sum_over_heads(logits: list[Tensor], fn: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+    """Σ_k mean over batch and positions of ``fn`` applied to head k's logits (ADD, arXiv:2311.17042, eqs. 2-3, the
+    sum over the heads of StyleGAN-T's per-token losses); ``fn`` None: the logits themselves."""
+    return torch.stack([(fn(k) if fn is not None else k).mean() for k in logits]).sum()
+
+
+def sample_scores(logits: list[Tensor]) -> Tensor:
+    """Each sample's score D(x) = Σ_k mean over positions of head k's logits, [B] (what R1 differentiates)."""
+    return torch.stack([k.mean(1) for k in logits]).sum(0)
+
+
+def rows(logits: list[Tensor], index: slice) -> list[Tensor]:
+    """The rows ``index`` of every head's logits."""
+    return [k[index] for k in logits]
 
 
 def noise_text_condition(t: Tensor, c: Tensor) -> Tensor:

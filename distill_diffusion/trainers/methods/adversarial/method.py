@@ -8,8 +8,11 @@ the open re-implementations needed; they are built in here (batch 1 refused, the
 
 With a LoRA student one UNet serves as student (adapter on) and teacher (adapter off: peft's per-layer switch keeps the
 autograd graph, so gradients still reach the adapter through a frozen pass's input). Two engine phases, ``generator``
-(the student) and ``discriminator`` (the heads), each with its own optimizer and LR schedule; the discriminator phase
-reads the generator's samples from the step's store instead of running the student again.
+(the student) and ``discriminator`` (the heads), each with its own optimizer and LR schedule; the discriminator's first
+update reads the generator's samples of each micro-batch from the step's store instead of running the student again,
+and each later update (``disc_updates`` > 1, fresh micro-batches) samples the updated student afresh, so no update
+scores a sample twice. The losses take each head's logit per position (ADD eqs. 2-3): hinge per head and position,
+summed over heads.
 
 A subclass gives :meth:`AdversarialMethod.build_heads` and :meth:`AdversarialMethod.features` (what the heads read and
 their condition), and optionally :meth:`AdversarialMethod.source_condition`.
@@ -17,6 +20,7 @@ their condition), and optionally :meth:`AdversarialMethod.source_condition`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -41,6 +45,12 @@ from distill_diffusion.models.lora import (
 from distill_diffusion.models.students import build_student
 from distill_diffusion.models.teacher import UncondEmbedding, guided_prediction
 from distill_diffusion.trainers.methods.adversarial.config import AdversarialConfig
+from distill_diffusion.trainers.methods.adversarial.heads import rows, sample_scores, sum_over_heads
+from distill_diffusion.trainers.methods.adversarial.simulation import (
+    BackwardSimulation,
+    check_backward_simulation,
+    student_sampler,
+)
 from distill_diffusion.trainers.methods.base import (
     LossOutput,
     MethodBase,
@@ -49,8 +59,20 @@ from distill_diffusion.trainers.methods.base import (
     StepContext,
 )
 
-#: Store keys the generator phase leaves for the discriminator phase of the same step.
-_FAKE, _FAKE_TEXT, _FAKE_SOURCE, _FAKE_FEATURES = "fake", "fake_c", "fake_source", "fake_features"
+#: Store key of the generator's samples of the step, one :class:`Fakes` per micro-batch index.
+_FAKES = "fakes"
+
+
+@dataclass
+class Fakes:
+    """Samples of the student for the discriminator (no gradients): the latents, their text embeddings, what
+    :meth:`AdversarialMethod.source_condition` gave for the real latents they came from, and (for a method that reuses
+    them, ``reuses_fake_features``) their features and condition as the generator computed them."""
+
+    latents: Tensor
+    c: Tensor
+    source: Any
+    features: tuple[dict[str, Tensor], Tensor] | None = None
 
 
 def sample_student_timesteps(timesteps: list[int], probs: list[float], batch: int, device: torch.device) -> Tensor:
@@ -60,14 +82,23 @@ def sample_student_timesteps(timesteps: list[int], probs: list[float], batch: in
     return torch.tensor(timesteps, dtype=torch.long)[index].to(device)
 
 
-def hinge_or_softplus(real: Tensor | None, fake: Tensor, kind: str) -> Tensor:
-    """The discriminator's loss max(0, 1 − D(real)) + max(0, 1 + D(fake)) (hinge) or softplus(−D(real)) +
-    softplus(D(fake)); with ``real`` None, the generator's −D(fake) or softplus(−D(fake))."""
+def hinge_or_softplus(real: list[Tensor] | None, fake: list[Tensor], kind: str) -> Tensor:
+    """The discriminator's loss Σ_k [max(0, 1 − D_k(real)) + max(0, 1 + D_k(fake))] (hinge) or the softplus pair
+    softplus(−D_k(real)) + softplus(D_k(fake)); with ``real`` None, the generator's −Σ_k D_k(fake) or
+    Σ_k softplus(−D_k(fake)). ``real`` and ``fake`` hold one [B, positions] tensor of logits per head: each term is
+    applied per head and per position, averaged over positions and batch and summed over heads (ADD, arXiv:2311.17042,
+    eqs. 2-3, with StyleGAN-T's per-token heads), so a position inside the margin keeps its gradient whatever the
+    others score, and the generator's term grows with the number of heads K."""
     if real is None:
-        return -fake.mean() if kind == "hinge" else F.softplus(-fake).mean()
+        return sum_over_heads(fake, torch.neg if kind == "hinge" else lambda x: F.softplus(-x))
     if kind == "hinge":
-        return F.relu(1 - real).mean() + F.relu(1 + fake).mean()
-    return F.softplus(-real).mean() + F.softplus(fake).mean()
+        return sum_over_heads(real, lambda x: F.relu(1 - x)) + sum_over_heads(fake, lambda x: F.relu(1 + x))
+    return sum_over_heads(real, lambda x: F.softplus(-x)) + sum_over_heads(fake, F.softplus)
+
+
+def mean_logit(logits: list[Tensor]) -> float:
+    """The mean logit over heads, positions and batch (for the logs: comparable with the hinge's margins ±1)."""
+    return float(sum_over_heads(logits).detach()) / len(logits)
 
 
 class AdversarialMethod(MethodBase):
@@ -77,6 +108,8 @@ class AdversarialMethod(MethodBase):
     phase_names: ClassVar[tuple[str, ...]] = ("generator", "discriminator")
     #: Name of the method in model cards and the kohya copy of a LoRA export.
     card_name: ClassVar[str] = "adversarial"
+    #: The discriminator scores the generator's own features of its samples (:class:`Fakes` keeps them for it).
+    reuses_fake_features: ClassVar[bool] = False
 
     @classmethod
     def check_config(cls, run: RunConfig) -> None:
@@ -98,6 +131,8 @@ class AdversarialMethod(MethodBase):
                 f"method.first_step_pure_noise gives the first student timestep pure noise, the sampler's input at t = {t_max}, "
                 f"but it is {config.student_timesteps[0]}; start method.student_timesteps at {t_max} or pass "
                 "--method.first_step_pure_noise false")
+        if config.backward_simulation:
+            check_backward_simulation(config.student_timesteps, teacher.scheduler)
         if config.lora:
             check_target_modules(teacher.meta_unet(), config.lora_target_modules)
 
@@ -118,11 +153,16 @@ class AdversarialMethod(MethodBase):
         self.uncond = UncondEmbedding(components.tokenizer, components.text_encoder)
         self.heads = self.build_heads().to(self.device)
         self.models = {"unet": self.unet, "disc": self.heads}
+        self.simulation = None
+        if config.backward_simulation:
+            check_backward_simulation(config.student_timesteps, dict(components.scheduler.config))
+            self.simulation = BackwardSimulation(self.scheduler(), self.schedule, components.prediction_type, config.student_timesteps)
 
     # ------------------------------------------------------------------ what a subclass says
 
     def build_heads(self) -> nn.Module:
-        """The discriminator's trainable heads, called ``heads(features, cond) -> logits [B]``."""
+        """The discriminator's trainable heads, called ``heads(features, cond) -> logits``, one [B, positions] tensor per
+        head (:class:`~distill_diffusion.trainers.methods.adversarial.heads.DiscriminatorHeads`)."""
         raise NotImplementedError
 
     def features(self, latents: Tensor, c: Tensor, source: Any, own_rows: int) -> tuple[dict[str, Tensor], Tensor]:
@@ -132,12 +172,12 @@ class AdversarialMethod(MethodBase):
         the first ``own_rows`` (which are real samples, conditioned on themselves)."""
         raise NotImplementedError
 
-    def discriminator_inputs(self, x0: Tensor, c: Tensor, store: dict[str, Any]) -> tuple[dict[str, Tensor], Tensor]:
-        """The heads' inputs and condition for the real latents ``x0`` followed by the generator's samples (called under
+    def discriminator_inputs(self, x0: Tensor, c: Tensor, fakes: Fakes) -> tuple[dict[str, Tensor], Tensor]:
+        """The heads' inputs and condition for the real latents ``x0`` followed by the samples ``fakes`` (called under
         no_grad). Default: both through :meth:`features` in one batch; a method whose features of a sample do not
-        change between the phases reuses the generator's (``store["fake_features"]``)."""
-        texts = torch.cat([c, store[_FAKE_TEXT].to(c.dtype)])
-        return self.features(torch.cat([x0, store[_FAKE]]), texts, store[_FAKE_SOURCE], own_rows=x0.shape[0])
+        change between the phases reuses the generator's (``fakes.features``, when it made them)."""
+        texts = torch.cat([c, fakes.c.to(c.dtype)])
+        return self.features(torch.cat([x0, fakes.latents]), texts, fakes.source, own_rows=x0.shape[0])
 
     def source_condition(self, x0: Tensor) -> Any:
         """What the discriminator's condition needs from the real latents a fake sample came from (None: nothing)."""
@@ -162,24 +202,33 @@ class AdversarialMethod(MethodBase):
     def generator_loss(self, x0: Tensor, c: Tensor, ctx: StepContext) -> LossOutput:
         cfg = self.config
         # 1. The student denoises z_t in one step, t from its timesteps (LADD: mostly 999, the 1-step case).
-        t = sample_student_timesteps(cfg.student_timesteps, cfg.student_timestep_probs, x0.shape[0], x0.device)
-        z_t = self.student_input(x0, t)
-        fake = Denoiser(ctx.module("unet"), self.schedule, self.components.prediction_type)(z_t, t, c).x0
+        fake = self.student_sample(x0, c, ctx.module("unet"))
         with torch.no_grad():
             source = self.source_condition(x0)
-        ctx.store[_FAKE], ctx.store[_FAKE_TEXT], ctx.store[_FAKE_SOURCE] = fake.detach(), c, source
         # 2. Score the sample; gradients reach the student through the frozen feature network's input.
         features, cond = self.features(fake, c, source, own_rows=0)
-        ctx.store[_FAKE_FEATURES] = ({k: v.detach() for k, v in features.items()}, cond.detach())
+        # kept for the discriminator's first update, per micro-batch: each of its micro-batches scores the samples the
+        # generator made from the same real latents
+        kept = ({k: v.detach() for k, v in features.items()}, cond.detach()) if self.reuses_fake_features else None
+        ctx.store.setdefault(_FAKES, {})[ctx.micro_batch] = Fakes(fake.detach(), c, source, kept)
         logits = self.heads(features, cond)
         adv = hinge_or_softplus(None, logits, cfg.adv_loss)
-        loss, logs = cfg.adv_weight * adv, {"g_adv": float(adv.detach()), "d_fake_g": float(logits.detach().mean())}
+        loss, logs = cfg.adv_weight * adv, {"g_adv": float(adv.detach()), "d_fake_g": mean_logit(logits)}
         # 3. Optional distillation: ᾱ_s·‖x̂ − x̂_teacher(z_s)‖² at a fresh s on the re-noised sample (ADD eq. 5).
         if cfg.distill_weight > 0:
             distill = self.distillation_loss(fake, c)
             loss = loss + cfg.distill_weight * distill
             logs["g_distill"] = float(distill.detach())
         return LossOutput(loss, logs)
+
+    def student_sample(self, x0: Tensor, c: Tensor, unet: nn.Module) -> Tensor:
+        """The student's one-step sample x̂0 from ``student_input`` at a timestep drawn from its own (ADD §3.1)."""
+        cfg = self.config
+        t = sample_student_timesteps(cfg.student_timesteps, cfg.student_timestep_probs, x0.shape[0], x0.device)
+        z_t = self.student_input(x0, t)
+        if self.simulation is not None:  # later timesteps: the sampler's own input (DMD2 §4.5), not a noised real latent
+            z_t = self.simulation(unet, z_t, t, c)
+        return Denoiser(unet, self.schedule, self.components.prediction_type)(z_t, t, c).x0
 
     def student_input(self, x0: Tensor, t: Tensor) -> Tensor:
         """The student's input z_t = α_t·x0 + σ_t·ε (ADD §3.1); with ``first_step_pure_noise``, ε alone at the first
@@ -196,26 +245,42 @@ class AdversarialMethod(MethodBase):
         # 4. Real latents and the generator's samples through the frozen feature network (no gradients: only the heads
         #    learn here).
         with torch.no_grad():
-            features, cond = self.discriminator_inputs(x0, c, ctx.store)
+            features, cond = self.discriminator_inputs(x0, c, self.unseen_fakes(x0, c, ctx))
         exact_r1 = cfg.r1_gamma > 0 and cfg.r1_approximate_sigma == 0
         features = {k: v.float().requires_grad_(exact_r1) for k, v in features.items()}
         logits = ctx.module("disc")(features, cond)
-        real, fake_logits = logits[:n], logits[n:]
-        # 5. Hinge: max(0, 1 − D(real)) + max(0, 1 + D(fake)); or the non-saturating softplus pair.
+        real, fake_logits = rows(logits, slice(None, n)), rows(logits, slice(n, None))
+        # 5. Hinge per head and position: max(0, 1 − D_k(real)) + max(0, 1 + D_k(fake)), summed over heads; or the
+        #    non-saturating softplus pair.
         loss = hinge_or_softplus(real, fake_logits, cfg.adv_loss)
-        logs = {"d_loss": float(loss.detach()), "d_real": float(real.detach().mean()), "d_fake": float(fake_logits.detach().mean())}
-        # 6. Optional R1 on the heads' inputs for real samples: γ/2·‖∇_f D(f)‖², or its approximation γ·‖D(f) − D(f + σn)‖².
+        logs = {"d_loss": float(loss.detach()), "d_real": mean_logit(real), "d_fake": mean_logit(fake_logits)}
+        # 6. Optional R1 on the heads' inputs for real samples: γ/2·‖∇_f D(f)‖² with D(f) = Σ_k mean over positions of
+        #    D_k, or its approximation γ·‖D(f) − D(f + σn)‖² per head and position, summed over heads.
         if exact_r1:
-            grads = torch.autograd.grad(real.sum(), list(features.values()), create_graph=True)
+            if hasattr(ctx.module("disc"), "set_reshard_after_backward"):
+                # FSDP2 frees gathered weights after a backward, and the penalty's backward runs through the heads a
+                # second time: keep them (the engine frees them after the phase)
+                ctx.module("disc").set_reshard_after_backward(False)
+            grads = torch.autograd.grad(sample_scores(real).sum(), list(features.values()), create_graph=True)
             r1 = sum(g[:n].square().flatten(1).sum(1).mean() for g in grads)
             loss = loss + cfg.r1_gamma / 2 * r1
             logs["r1"] = float(r1.detach())
         elif cfg.r1_gamma > 0:
             noisy = {k: v[:n] + cfg.r1_approximate_sigma * torch.randn_like(v[:n]) for k, v in features.items()}
-            r1 = (ctx.module("disc")(noisy, cond[:n]) - real).square().mean()
+            moved = ctx.module("disc")(noisy, cond[:n])
+            r1 = sum_over_heads([(a - b).square() for a, b in zip(moved, real, strict=True)])
             loss = loss + cfg.r1_gamma * r1
             logs["r1"] = float(r1.detach())
         return LossOutput(loss, logs)
+
+    def unseen_fakes(self, x0: Tensor, c: Tensor, ctx: StepContext) -> Fakes:
+        """Samples no discriminator update has scored: the generator's of this micro-batch (each taken once, by the
+        first update), else (a later update, on fresh micro-batches) the current student's from ``x0`` (no gradients;
+        called under no_grad). Every update then judges samples it has not seen, from every micro-batch."""
+        fakes = ctx.store.get(_FAKES, {}).pop(ctx.micro_batch, None)
+        if fakes is not None:
+            return fakes
+        return Fakes(self.student_sample(x0, c, ctx.module("unet")), c, self.source_condition(x0))
 
     def distillation_loss(self, fake: Tensor, c: Tensor) -> Tensor:
         """ᾱ_s-weighted MSE between the student's sample and the guided teacher's x̂0 from it re-noised at s ~ U{0..T−1}."""
@@ -232,10 +297,12 @@ class AdversarialMethod(MethodBase):
 
     def scheduler(self) -> Any:
         """``LCMScheduler`` on the full training grid, so N steps visit the trailing timesteps 999, 749, ... the student
-        learnt (``original_inference_steps`` = T), each step a one-step denoise then a re-noise to the next."""
-        from diffusers import LCMScheduler
-
-        return LCMScheduler.from_config(self.components.scheduler.config, original_inference_steps=self.schedule.num_train_timesteps)
+        learnt (``original_inference_steps`` = T), each step a one-step denoise then a re-noise to the next. Its config
+        records the timesteps the student was trained at (drawn with probability > 0), so sampling refuses step counts
+        that leave them (3 steps visit 666 and 333)."""
+        cfg = self.config
+        trained = [t for t, p in zip(cfg.student_timesteps, cfg.student_timestep_probs) if p > 0]
+        return student_sampler(dict(self.components.scheduler.config), trained)
 
     def validation_pipeline(self) -> Any:
         from distill_diffusion.models.export import build_pipeline

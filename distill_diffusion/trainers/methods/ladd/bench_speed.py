@@ -23,7 +23,7 @@ def measure_training(batch_size: int, steps: int) -> dict[str, float]:
     """Median seconds of the engine's cycle and of each unavoidable pass, at one batch size."""
     from distill_diffusion.models.denoiser import Denoiser
     from distill_diffusion.models.lora import adapters_disabled
-    from distill_diffusion.trainers.methods.adversarial.heads import noise_text_condition
+    from distill_diffusion.trainers.methods.adversarial.heads import noise_text_condition, sum_over_heads
     from distill_diffusion.trainers.methods.ladd import backbone as bb
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -41,7 +41,7 @@ def measure_training(batch_size: int, steps: int) -> dict[str, float]:
             fake = Denoiser(m.models["unet"], m.schedule, m.components.prediction_type)(z, t, c).x0
             with adapters_disabled(m.layers):
                 features = bb.unet_features(m.backbone, m.schedule.add_noise(fake, torch.randn_like(fake), t_d), t_d, c, m.taps)
-            m.heads(features, noise_text_condition(t_d, c)).mean().backward()  # the generator's loss goes through the (frozen) heads
+            sum_over_heads(m.heads(features, noise_text_condition(t_d, c))).backward()  # the generator's loss goes through the (frozen) heads
             for p in lora:
                 p.grad = None
 
@@ -55,7 +55,7 @@ def measure_training(batch_size: int, steps: int) -> dict[str, float]:
 
         def heads_fb() -> None:
             m.heads.requires_grad_(True)
-            m.models["disc"](features, noise_text_condition(t2, c2)).mean().backward()
+            sum_over_heads(m.models["disc"](features, noise_text_condition(t2, c2))).backward()
             engine.optimizers["discriminator"].zero_grad(set_to_none=True)
 
         return bench.interleaved_medians({"generator: student + backbone + heads forward+backward": generator_fb,
