@@ -168,9 +168,9 @@ class TrainConfig:
     tracker_project_name: str = "distill-diffusion"
     #: Make validation images every N steps (0 = never).
     validation_steps: int = 0
-    #: Prompts for validation images (on the command line: comma-separated, or a JSON list).
+    #: Prompts for validation images (on the command line: comma-separated, or a JSON list, or a prompt file).
     #: Comma-separated (``a cat,a dog``) or, for prompts that contain commas, a JSON list
-    #: (``'["a cat, sitting", "a dog"]'``); or use validation_prompts_file.
+    #: (``'["a cat, sitting", "a dog"]'``); a single existing file is read as validation_prompts_file.
     validation_prompts: list[str] = field(default_factory=list)
     #: A text file with one validation prompt per line (commas allowed), or a JSON list; fills validation_prompts.
     validation_prompts_file: str | None = None
@@ -197,14 +197,19 @@ class TrainConfig:
         check_choices(self, "train")
         require(0.0 < self.ema_decay < 1.0, f"train.ema_decay={self.ema_decay} must be in (0, 1); pass e.g. 0.9999")
         require(0.0 <= self.adam_beta1 < 1.0 and 0.0 <= self.adam_beta2 < 1.0, "train.adam_beta1/adam_beta2 must be in [0, 1); pass e.g. 0.9 and 0.999")
-        if self.validation_prompts_file:
-            self._read_validation_prompts()
+        self._read_validation_prompts()
+        require(not self.validation_steps or any(p.strip() for p in self.validation_prompts), f"train.validation_steps="
+                f"{self.validation_steps} but no validation prompt; pass --validation_prompts 'a,b' (or a file), or --validation_steps 0")
 
     def _read_validation_prompts(self) -> None:
-        """Fill ``validation_prompts`` from the file. The saved config.yaml holds both, so equal lists are accepted."""
+        """Fill ``validation_prompts`` from the file, or a file given as the only prompt (as ``generate --prompts`` takes)."""
         from distill_diffusion.prompts import load_prompts
 
-        prompts = load_prompts(self.validation_prompts_file)
+        if not self.validation_prompts_file and len(self.validation_prompts) == 1 and Path(self.validation_prompts[0]).expanduser().is_file():
+            self.validation_prompts_file, self.validation_prompts = self.validation_prompts[0], []
+        if not self.validation_prompts_file:
+            return
+        prompts = load_prompts(self.validation_prompts_file)  # the saved config.yaml holds both: equal lists are accepted
         require(not self.validation_prompts or self.validation_prompts == prompts,
                 "train.validation_prompts and train.validation_prompts_file are both given and differ; pass only one")
         self.validation_prompts = prompts

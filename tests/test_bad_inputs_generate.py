@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import importlib
+import json
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -79,7 +80,39 @@ def world(tmp_path_factory: pytest.TempPathFactory, tiny_pipeline_dir: Path, toy
     (w.two_prompts).write_text("a\nb\n")
     _pickle_copy(tiny_pipeline_dir, w.pickle_pipeline, "unet")
     _pickle_copy(clip, w.pickle_clip, ".")
+    save_lora_of_another_base(w.other_base_lora)
+    _trained(w, tiny_pipeline_dir)
     return w
+
+
+#: What an adversarial student's export writes beside its LoRA (and in a full export's scheduler/): LCMScheduler on the
+#: full training grid, and the timesteps the student was trained at (1, 2 or 4 steps visit only those; 3 visit 666, 333).
+LADD_SCHEDULER = {"_class_name": "LCMScheduler", "original_inference_steps": 1000, "_trained_timesteps": [999, 749, 499, 249]}
+
+
+def _trained(w: World, pipeline: Path) -> None:
+    """Artefacts that say what they were trained for: an adversarial LoRA and pipeline, and an LCM-LoRA on an 8-step grid."""
+    for name, config in (("ladd_lora", LADD_SCHEDULER), ("lcm8_lora", {"_class_name": "LCMScheduler", "original_inference_steps": 8})):
+        (w.root / name).mkdir()
+        (w.root / name / "pytorch_lora_weights.safetensors").write_bytes(b"")
+        (w.root / name / "scheduler_config.json").write_text(json.dumps(config))
+    shutil.copytree(pipeline, w.ladd_pipeline)
+    scheduler = json.loads((pipeline / "scheduler" / "scheduler_config.json").read_text())
+    (w.ladd_pipeline / "scheduler" / "scheduler_config.json").write_text(json.dumps({**scheduler, **LADD_SCHEDULER}))
+
+
+def save_lora_of_another_base(out: Path) -> Path:
+    """A LoRA trained on a wider UNet than the tiny teacher's (block_out_channels 32, 64, 64 instead of 32, 48, 48)."""
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig, get_peft_model_state_dict
+
+    from distill_diffusion.toy.tiny import tiny_unet_config
+
+    unet = UNet2DConditionModel(**{**tiny_unet_config(32), "block_out_channels": (32, 64, 64)})
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    StableDiffusionPipeline.save_lora_weights(out, unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(unet)))
+    return out
 
 
 def _readonly(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -170,6 +203,13 @@ CASES = [
     Case("gen-seed-too-small", gen("--seed", str(-(2**63) - 1)), "leaves torch's 64-bit seed range"),
     Case("gen-unknown-preset", gen("--preset", "turbo"), "invalid choice: 'turbo'"),
     Case("gen-lcm-full-on-plain-unet", gen("--preset", "lcm-full", "--steps", "1"), "needs a UNet with a guidance embedding"),
+    Case("gen-lcm-lora-over-grid", gen("--lora", "{lcm8_lora}", "--steps", "16"), "distilled on a grid of 8 timesteps"),
+    Case("gen-ladd-lora-untrained-steps", gen("--lora", "{ladd_lora}", "--preset", "ladd", "--steps", "3"),
+         "3 sampling steps with LCMScheduler visit timesteps 666, 333, which this model was not trained at"),
+    Case("gen-ladd-lora-untrained-steps-default-preset", gen("--lora", "{ladd_lora}", "--steps", "8"), "pass 1, 2 or 4 steps"),
+    Case("gen-ladd-pipeline-untrained-steps", gen("--preset", "ladd", "--steps", "3", model="ladd_pipeline"),
+         "(it was trained at 999, 749, 499, 249: 1, 2 or 4 steps); pass 1, 2 or 4 steps"),
+    Case("gen-ladd-pipeline-with-ddim", gen("--steps", "4", model="ladd_pipeline"), "no step count of DDIMScheduler visits only those); sample it with preset 'ladd'"),
     # generate: prompts
     Case("gen-prompt-empty", gen(prompt=("--prompt", "")), "holds an empty prompt"),
     Case("gen-prompt-whitespace", gen(prompt=("--prompt", "   ")), "holds an empty prompt"),
@@ -200,6 +240,7 @@ CASES = [
     Case("gen-lora-pickle-file", gen("--lora", "{root}/lora.bin"), "only .safetensors files are loaded"),
     Case("gen-lora-scale-nan", gen("--lora_scale", "nan"), "LoRA scale nan is invalid"),
     Case("gen-lora-scale-inf", gen("--lora_scale", "inf"), "LoRA scale inf is invalid"),
+    Case("gen-lora-of-another-base", gen("--lora", "{other_base_lora}"), "does not fit this model's UNet"),
     # eval: the generated folder
     Case("eval-generated-missing", ev("no_such_gen", "--real", "{real}"), "no such folder"),
     Case("eval-generated-is-file", ev("afile", "--real", "{real}"), "is a file, not a folder"),
@@ -241,6 +282,9 @@ CASES = [
     Case("bench-spec-steps-zero", bench("--pipeline", "p={pipeline},steps=0|1"), "must be ≥ 1"),
     Case("bench-spec-steps-2000", bench("--pipeline", "p={pipeline},steps=2000"), "p: 2000 sampling steps"),
     Case("bench-spec-unknown-preset", bench("--pipeline", "p={pipeline},preset=turbo"), "unknown inference preset 'turbo'"),
+    Case("bench-spec-lcm-lora-over-grid", bench("--pipeline", "p={pipeline},lora={lcm8_lora},steps=16"), "p: 16 sampling steps, but this model was distilled on a grid of 8"),
+    Case("bench-spec-ladd-lora-untrained-steps", bench("--pipeline", "p={pipeline},lora={ladd_lora},preset=ladd,steps=3|4"), "p: 3 sampling steps"),
+    Case("bench-spec-ladd-pipeline-untrained-steps", bench("--pipeline", "p={ladd_pipeline},preset=ladd,steps=1|2|3"), "p: 3 sampling steps"),
     Case("bench-spec-guidance-nan", bench("--pipeline", "p={pipeline},guidance=nan"), "p: guidance scale nan is invalid"),
     Case("bench-spec-guidance-sweep-nan", bench("--pipeline", "p={pipeline},guidance=1|nan"), "p: guidance scale nan is invalid"),
     Case("bench-spec-guidance-sweep-negative", bench("--pipeline", "p={pipeline},guidance=1|-2"), "p: guidance scale -2.0 is invalid"),
@@ -249,6 +293,8 @@ CASES = [
     Case("bench-spec-guidance-sweep-repeats", bench("--pipeline", "p={pipeline},guidance=1|1"), "guidance scales (1.0, 1.0) repeat"),
     Case("bench-spec-pickle-model", bench("--pipeline", "p={pickle_pipeline}"), "pickle weights are not loaded"),
     Case("bench-spec-names-repeat", bench("--pipeline", "p={pipeline}", "--pipeline", "p={pipeline}"), "pipeline names repeat"),
+    Case("bench-spec-key-repeats", bench("--pipeline", "p={pipeline},steps=1,steps=2"), "option 'steps' is given twice"),
+    Case("bench-spec-lora-of-another-base", bench("--pipeline", "p={pipeline},lora={other_base_lora}"), "does not fit this model's UNet"),
     # bench quality: everything else
     Case("bench-no-pipelines", bench(), "no pipeline to benchmark"),
     Case("bench-teacher-missing", bench("--teacher", "{no_such_teacher}"), "no such file or folder"),

@@ -87,6 +87,26 @@ def build_data(root: Path) -> None:
     (root / "metadata_latin1" / "metadata.jsonl").write_bytes(b'{"file_name": "0.png", "text": "caf\xe9"}\n')
     split = root / "split_only" / "train"
     image_folder(split, good)
+    image_folder(root / "caption_empty_list", good, [line(file_name="0.png", text=[])])
+    build_latents(root)
+
+
+def build_latents(root: Path) -> None:
+    """Latent folders (``data.source latents``) for the toy teacher, each damaged one way after it was written."""
+    from distill_diffusion.data.synthetic import write_synthetic_latents
+
+    def make(name: str) -> Path:
+        return write_synthetic_latents(root / name, ["a red circle"] * 4, lambda embeds, indices: torch.zeros(len(indices), 4, 8, 8),
+                                       lambda texts: torch.zeros(len(texts), 77, 64), {"seed": 0}, shard_size=2, progress=False,
+                                       index_extra={"resolution": R})
+
+    shard = make("latents_truncated") / "latents-00001.safetensors"
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    for name, change in (("latents_more_captions", {"captions": ["a red circle"] * 6, "num_items": 6}),
+                         ("latents_shard_count", {"shards": [{"file": "latents-00000.safetensors", "count": 3},
+                                                             {"file": "latents-00001.safetensors", "count": 1}]})):
+        index = make(name) / "index.json"
+        index.write_text(json.dumps({**json.loads(index.read_text()), **change}))
 
 
 def build_models(root: Path, teacher: Path) -> None:
@@ -119,6 +139,8 @@ def build_models(root: Path, teacher: Path) -> None:
     shutil.copytree(teacher, root / "no_unet_config", ignore=shutil.ignore_patterns("config.json"))
     (root / "no_unet_config" / "vae" / "config.json").write_text((teacher / "vae" / "config.json").read_text())
     save_toy_dinov2(root / "dinov2", resolution=R, hidden_size=16, layers=4)
+    edit_copy(root / "dinov2", root / "dinov2_patch_0", "config.json", patch_size=0)
+    edit_copy(root / "dinov2", root / "dinov2_layers_text", "config.json", num_hidden_layers="four")
     shutil.copytree(teacher, root / "broken_index")
     (root / "broken_index" / "model_index.json").write_text("{oops")
 
@@ -281,6 +303,13 @@ CONFIG_CASES = [
               "true"], "the sampler's input at t = 999, but it is 749; start method.student_timesteps at 999"),
     ("ladd", ["--method.first_step_pure_noise", "maybe"], "first_step_pure_noise"),
     ("ladd", ["--method.student_timesteps", "249,999", "--method.student_timestep_probs", "0.5,0.5"], "list them from the noisiest down"),
+    ("ladd", ["--method.backward_simulation", "true", "--method.student_timesteps", "749,499", "--method.student_timestep_probs", "0.5,0.5"],
+     "runs the student's sampler from pure noise at t = 999, but method.student_timesteps starts at 749"),
+    ("ladd", ["--method.backward_simulation", "true", "--method.student_timesteps", "999,749,499", "--method.student_timestep_probs", "0.4,0.3,0.3"],
+     "that sampler visits [999, 666, 333], not method.student_timesteps=[999, 749, 499]; pass --method.student_timesteps 999,666,333"),
+    ("add", ["--method.feature_network", "{bad}/dinov2", "--method.backward_simulation", "true", "--method.student_timesteps", "999,749",
+             "--method.student_timestep_probs", "0.5,0.5"], "that sampler visits [999, 499]"),
+    ("ladd", ["--method.backward_simulation", "sometimes"], "backward_simulation"),
     ("ladd", ["--method.adv_weight", "0"], "are both 0"),
     ("ladd", ["--method.adv_loss", "wgan"], "adv_loss='wgan' is not valid"),
     ("ladd", ["--method.disc_updates", "0"], "disc_updates=0 must be >= 1"),
@@ -296,6 +325,16 @@ CONFIG_CASES = [
     ("add", ["--method.feature_network", "{bad}/dinov2", "--train_batch_size", "1"], "collapses at batch 1"),
     ("add", ["--method.feature_network", "{bad}/dinov2", "--method.student_timesteps", "1500,999", "--method.student_timestep_probs",
              "0.5,0.5"], "must lie in 0..999"),
+    ("add", ["--method.feature_network", "{bad}/dinov2_patch_0"], "config.json has patch_size=0"),
+    ("add", ["--method.feature_network", "{bad}/dinov2_layers_text"], "config.json has num_hidden_layers='four'"),
+    ("ladd", ["--method.disc_blocks", ""], "method.disc_blocks is empty"),
+    ("progressive", ["--method.steps_per_round", "2", "--method.guidance_steps", "1", "--max_train_steps", "5"],
+     "train.max_train_steps=5 is not used: method.steps_per_round"),
+    ("progressive", ["--method.steps_per_round", "2", "--method.guidance", "none", "--max_train_steps", "5"],
+     "train.max_train_steps=5 is not used: method.steps_per_round"),
+    ("finetune", ["--validation_steps", "1", "--validation_prompts", ""], "no validation prompt"),
+    ("finetune", ["--validation_steps", "1", "--validation_prompts", "[]"], "no validation prompt"),
+    ("finetune", ["--validation_prompts", "{bad}/prompts_empty.txt"], "holds no prompt"),
 ]
 
 PRESET_CASES = [
@@ -352,6 +391,13 @@ DATA_CASES = [
      "has no complete index.json (an unfinished `prepare-synthetic` run?)"),
     ("finetune", ["--train_data_dir", "null", "--data.source", "latents", "--data.latents_dir", "{bad}/nowhere"],
      "no such folder; make it with `distill-diffusion prepare-synthetic"),
+    ("finetune", ["--train_data_dir", "null", "--data.source", "latents", "--data.latents_dir", "{bad}/latents_truncated"],
+     "latents-00001.safetensors is damaged"),
+    ("finetune", ["--train_data_dir", "null", "--data.source", "latents", "--data.latents_dir", "{bad}/latents_more_captions"],
+     "index.json lists 6 captions but its shards hold 4 latents"),
+    ("finetune", ["--train_data_dir", "null", "--data.source", "latents", "--data.latents_dir", "{bad}/latents_shard_count"],
+     "latents-00000.safetensors holds 2 latents, index.json says 3"),
+    ("finetune", ["--train_data_dir", "{bad}/caption_empty_list"], "caption 'text' is an empty list"),
 ]
 
 MODEL_CASES = [
@@ -485,4 +531,16 @@ def test_validation_prompts_keep_their_commas(bad: Path) -> None:
     from_file = build_run_config("finetune", FineTuneConfig, {}, [("validation_prompts_file", str(bad / "prompts.txt"))])
     assert from_file.train.validation_prompts == ["a red circle, small"]
     again = build_run_config("finetune", FineTuneConfig, {"train": from_file.to_dict()["train"]})
+    assert again.train.validation_prompts == ["a red circle, small"]  # the saved config.yaml loads again
+
+
+def test_a_prompt_file_given_as_validation_prompts_is_read(bad: Path) -> None:
+    """``--validation_prompts prompts.txt`` reads the file (as ``generate --prompts`` does): its path is not the prompt."""
+    from distill_diffusion.config import build_run_config
+    from distill_diffusion.trainers.methods.finetune import FineTuneConfig
+
+    run = build_run_config("finetune", FineTuneConfig, {}, [("validation_prompts", str(bad / "prompts.txt"))])
+    assert run.train.validation_prompts == ["a red circle, small"]
+    assert run.train.validation_prompts_file == str(bad / "prompts.txt")
+    again = build_run_config("finetune", FineTuneConfig, {"train": run.to_dict()["train"]})
     assert again.train.validation_prompts == ["a red circle, small"]  # the saved config.yaml loads again

@@ -154,6 +154,8 @@ def test_inspect_student_reports_sizes_block_map_and_pairs(tiny_pipeline_dir: Pa
 @pytest.mark.parametrize(("extra", "fragment"), [
     (["--variant", "huge"], "invalid choice: 'huge'"),
     (["--latent_size", "3"], "--latent_size 3 must be a positive multiple of 4"),
+    (["--latent_size", "0"], "--latent_size 0 must be a positive multiple of 4"),
+    (["--latent_size", "-8"], "--latent_size -8 must be a positive multiple of 4"),
     (["--student_config", "/nonexistent/config.json"], "no such file"),
     (["--output", "/proc/x/r.json"], "cannot write in /proc"),
 ])

@@ -115,6 +115,18 @@ def test_incomplete_cache_is_rebuilt(dataset_and_cfg, tmp_path: Path) -> None:
     assert enc.image_calls == 2 and len(CachedLatentDataset(tmp_path / "c")) == 5
 
 
+def test_a_truncated_shard_makes_the_cache_rebuilt(dataset_and_cfg, tmp_path: Path) -> None:
+    """A shard cut short (a full disk, a killed copy) is present but unreadable: the cache is stale, not complete."""
+    dataset, _ = dataset_and_cfg
+    enc = FakeEncoders()
+    build_latent_cache(dataset, enc.images, enc.text, tmp_path / "c", batch_size=5)
+    shard = tmp_path / "c" / "latents-00000.safetensors"
+    shard.write_bytes(shard.read_bytes()[:-8])
+    assert not is_cache_valid(tmp_path / "c", {"dataset": type(dataset).__name__})
+    build_latent_cache(dataset, enc.images, enc.text, tmp_path / "c", batch_size=5)
+    assert enc.image_calls == 2 and len(CachedLatentDataset(tmp_path / "c")) == 5
+
+
 def test_caption_dropout_swaps_in_the_empty_embedding(dataset_and_cfg, tmp_path: Path) -> None:
     dataset, _ = dataset_and_cfg
     enc = FakeEncoders()

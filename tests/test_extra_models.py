@@ -67,6 +67,19 @@ def test_pickle_weights_are_refused_not_unpickled(tiny_dinov2: Path, tmp_path: P
         load_extra_model(ExtraModel("transformers:Dinov2Model", str(pickled)), offline())
 
 
+@pytest.mark.parametrize(("field", "value"), [("patch_size", 0), ("num_hidden_layers", "four")])
+def test_a_config_that_cannot_build_the_model_is_a_user_error(tiny_dinov2: Path, tmp_path: Path, field: str, value: object) -> None:
+    """What a hub model's config.json could hold (a local folder is refused before loading, by the method's check)."""
+    import json
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_dinov2, bad)
+    (bad / "config.json").write_text(json.dumps({**json.loads((bad / "config.json").read_text()), field: value}))
+    with pytest.raises(UserError, match="cannot load Dinov2Model"):
+        load_extra_model(ExtraModel("transformers:Dinov2Model", str(bad)), offline())
+
+
 @dataclass
 class WithFeaturesConfig:
     features: str = ""

@@ -120,6 +120,26 @@ def test_bad_lora_paths_are_user_errors(tiny_pipeline_dir, tmp_path):
         load_pipeline(str(tiny_pipeline_dir), lora=str(tmp_path / "x.ckpt"))
 
 
+def test_a_lora_of_another_base_fails_without_the_loaders_per_layer_log(tiny_pipeline_dir, tmp_path, monkeypatch):
+    """Past the check before loading (which a hub model skips), diffusers' log of every size mismatch is silenced: the
+    one error line is all the user sees."""
+    import logging
+
+    from test_bad_inputs_generate import save_lora_of_another_base
+
+    monkeypatch.setattr("distill_diffusion.pipelines.loader.check_lora_fits", lambda *args: None, raising=False)
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("diffusers").addHandler(handler)
+    try:
+        with pytest.raises(UserError, match="cannot load LoRA .* check it was trained on this base model"):
+            load_pipeline(str(tiny_pipeline_dir), lora=str(save_lora_of_another_base(tmp_path / "lora")))
+    finally:
+        logging.getLogger("diffusers").removeHandler(handler)
+    assert [r.getMessage()[:80] for r in records if r.levelno >= logging.WARNING] == []
+
+
 def test_cli_generate_not_a_pipeline_exits_2(tmp_path, capsys):
     code = main(["generate", "--model", str(tmp_path), "--prompt", "a red circle", "--output_dir", str(tmp_path / "o")])
     assert code == 2

@@ -131,6 +131,28 @@ def test_more_samples_extend_a_finished_folder(made: Path, tiny_pipeline_dir: Pa
         assert torch.equal(grown[key], whole[key]), key
 
 
+@pytest.mark.parametrize("damage", ["truncated", "short_index"])
+def test_a_damaged_shard_is_made_again(damage: str, made: Path, tiny_pipeline_dir: Path, prompts_file: Path, tmp_path: Path) -> None:
+    """A folder whose index.json is present but whose shard is cut short (or holds fewer latents than the index says) is
+    not complete: the same command makes that shard again, to the latents an uninterrupted run makes."""
+    import shutil
+
+    out = tmp_path / "latents"
+    shutil.copytree(made, out)
+    shard = out / "latents-00001.safetensors"
+    if damage == "truncated":
+        shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    else:
+        index = json.loads((out / "index.json").read_text())
+        index["shards"][1]["count"] = 3
+        (out / "index.json").write_text(json.dumps(index))
+    assert main(ps_args(tiny_pipeline_dir, prompts_file, out)) == 0
+    remade, whole = tensors(out), tensors(made)
+    for key in whole:
+        assert torch.equal(remade[key], whole[key]), key
+    assert json.loads((out / "index.json").read_text()) == json.loads((made / "index.json").read_text())
+
+
 def test_changed_settings_are_refused_unless_overwrite(made: Path, tiny_pipeline_dir: Path, prompts_file: Path,
                                                        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     import shutil

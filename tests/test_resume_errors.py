@@ -68,6 +68,12 @@ def test_resume_with_another_method_is_refused(capsys, trained: Path, tiny_pipel
     assert "was written by `train lcm`" in refused(capsys, args, trained)
 
 
+def test_resume_past_max_train_steps_is_refused(capsys, trained: Path, tiny_pipeline_dir: Path, toy_data_dir: Path) -> None:
+    """checkpoint-2 with ``--max_train_steps 1`` would train nothing and rewrite the export, card and config.yaml."""
+    args = lcm(tiny_pipeline_dir, toy_data_dir, trained, "--max_train_steps", "1", "--resume_from_checkpoint", "latest")
+    assert "is at step 2, past --max_train_steps 1" in refused(capsys, args, trained)
+
+
 @pytest.mark.parametrize("victim", ["model.safetensors", "optimizer.bin", "method_state.safetensors"])
 @pytest.mark.parametrize("damage", ["missing", "truncated"])
 def test_resume_from_a_damaged_latest_is_refused_before_loading(capsys, trained: Path, tiny_pipeline_dir: Path, toy_data_dir: Path,

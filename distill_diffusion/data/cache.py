@@ -4,7 +4,8 @@ Layout of ``cache_dir``: ``latents-00000.safetensors`` … (tensors ``latents`` 
 ``prompt_embeds`` [n, L, D]), ``empty_prompt.safetensors`` (``prompt_embeds`` [L, D], used for caption
 dropout) and ``index.json`` (version, fingerprint, shard sizes, captions, the pixel resolution), written
 last. Every file is written to a temporary name and renamed, so an interrupted build never looks complete.
-A cache whose fingerprint (data config + model + seed) differs from the requested one is stale and rebuilt.
+A cache whose fingerprint (data config + model + seed) differs from the requested one is stale and rebuilt, and so is
+one with a missing or damaged file (:func:`shard_problems`).
 ``distill-diffusion prepare-synthetic`` writes teacher-generated latents in this same layout with these
 writers (:mod:`distill_diffusion.data.synthetic`), read back by the same :class:`CachedLatentDataset`.
 
@@ -114,9 +115,47 @@ def is_cache_valid(cache_dir: str | Path, fingerprint: Mapping[str, Any]) -> boo
 
 
 def index_complete(cache_dir: str | Path, index: Mapping[str, Any]) -> bool:
-    """Every shard ``index`` lists, and the empty-prompt embedding, is in ``cache_dir``."""
-    names = [s["file"] for s in index.get("shards", [])] + [EMPTY_NAME]
-    return all((Path(cache_dir) / n).is_file() for n in names)
+    """Every shard ``index`` lists, and the empty-prompt embedding, is in ``cache_dir``, whole and as the index says."""
+    return not shard_problems(cache_dir, index)
+
+
+def shard_problems(cache_dir: str | Path, index: Mapping[str, Any]) -> list[str]:
+    """What is wrong with the files ``index`` lists, first problem first (empty when nothing is): a file missing or
+    damaged (cut short, not safetensors), a shard holding another number of latents than the index says, or captions
+    the shards do not cover. Reads the safetensors headers only."""
+    root = Path(cache_dir)
+    try:
+        listed = [(str(s["file"]), int(s["count"])) for s in index["shards"]]
+        captions = len(index["captions"])
+    except (KeyError, TypeError, ValueError):
+        return [f"{INDEX_NAME} is malformed (no shards or captions list)"]
+    problems = []
+    for name, count in [*listed, (EMPTY_NAME, 1)]:
+        rows = stored_rows(root / name)
+        if rows is None:
+            problems.append(f"{name} is {'damaged (cut short, or not a latent shard)' if (root / name).is_file() else 'missing'}")
+        elif rows != count:
+            problems.append(f"{name} holds {rows} latents, {INDEX_NAME} says {count}")
+    total = sum(count for _, count in listed)
+    if not problems and total != captions:
+        problems.append(f"{INDEX_NAME} lists {captions} captions but its shards hold {total} latents")
+    return problems
+
+
+def stored_rows(path: Path) -> int | None:
+    """Items in a shard (``latents`` and ``prompt_embeds`` of equal length) or the empty-prompt file (1), read from the
+    header; None when the file is missing or unreadable."""
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            rows = {key: handle.get_slice(key).get_shape() for key in handle.keys()}
+    except Exception:  # safetensors raises its own error type for a cut-short or foreign file
+        return None
+    if path.name == EMPTY_NAME:
+        return 1 if "prompt_embeds" in rows else None
+    latents, embeds = rows.get("latents") or [None], rows.get("prompt_embeds") or [None]
+    return latents[0] if latents[0] is not None and latents[0] == embeds[0] else None
 
 
 def clear_cache_files(cache_dir: Path) -> None:

@@ -6,7 +6,7 @@ files). ``metadata.jsonl`` may sit in the folder itself or in its split subfolde
 (:func:`~distill_diffusion.data.transforms.check_image_file`: headers, PNG CRCs, JPEG end markers, so
 truncated files are found without decoding every pixel); unreadable files are dropped and counted against
 ``max_bad_fraction``; decode failures later are counted lazily (see :mod:`distill_diffusion.data.base`).
-A caption is a string or a list of strings (one is drawn per epoch); ``file_name`` is a relative path
+A caption is a string or a non-empty list of strings (one is drawn per epoch); ``file_name`` is a relative path
 inside the folder (absolute paths and ``..`` are refused, so a metadata file cannot pull in other files).
 """
 
@@ -69,7 +69,9 @@ def _check_file_name(name: Any, where: str) -> str:
 
 
 def _check_caption(caption: Any, where: str, column: str) -> None:
-    """A string, or a list of strings (one is drawn per epoch, COCO-style)."""
+    """A string, or a non-empty list of strings (one is drawn per epoch, COCO-style)."""
+    require(caption != [], f"{where}: caption {column!r} is an empty list, which holds no caption to draw; write a string "
+            'such as "a red circle" (or "" for no caption), or a list of one or more strings')
     ok = isinstance(caption, str) or (isinstance(caption, list) and all(isinstance(c, str) for c in caption))
     require(ok, f"{where}: caption {column!r} is {type(caption).__name__} {json.dumps(caption)[:60]}, not text; "
             'write a string (or a list of strings) such as "a red circle", or "" for no caption')

@@ -34,6 +34,7 @@ from distill_diffusion.data.cache import (
     read_index,
     save_empty_prompt,
     shard_name,
+    shard_problems,
     write_index,
 )
 from distill_diffusion.errors import UserError, require
@@ -167,9 +168,13 @@ def open_latents_dir(latents_dir: str | Path | None, proportion_empty_prompts: f
     make = f"make it with `distill-diffusion prepare-synthetic --output_dir {root}`"
     require(root.is_dir(), f"data.latents_dir {root}: no such folder; {make}, or fix data.latents_dir")
     index = read_index(root)
-    require(index is not None and index_complete(root, index),
-            f"data.latents_dir {root} has no complete {INDEX_NAME} (an unfinished `prepare-synthetic` run?); run the "
-            "same `distill-diffusion prepare-synthetic` command again to finish it, or fix data.latents_dir")
+    again = "run the same `distill-diffusion prepare-synthetic` command again"
+    require(index is not None, f"data.latents_dir {root} has no complete {INDEX_NAME} (an unfinished `prepare-synthetic` "
+            f"run?); {again} to finish it, or fix data.latents_dir")
+    problems = shard_problems(root, index)
+    more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+    require(not problems, f"data.latents_dir {root}: {problems[0] if problems else ''}{more}; {again} to make the "
+            "damaged files again, or fix data.latents_dir")
     return CachedLatentDataset(root, proportion_empty_prompts, seed, max_train_samples)
 
 

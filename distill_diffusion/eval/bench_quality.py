@@ -82,9 +82,13 @@ def parse_pipeline_spec(text: str, default_steps: Sequence[int] = DEFAULT_STEPS)
     name, sep, model = head.partition("=")
     require(bool(sep and name.strip() and model.strip()), f"--pipeline {text!r}: {fix}")
     kw: dict[str, Any] = {"name": name.strip(), "model": model.strip(), "steps": tuple(default_steps)}
+    seen: set[str] = set()
     for option in options:
         key, sep, value = option.partition("=")
         key = key.strip()
+        require(key not in seen, f"--pipeline {text!r}: option {key!r} is given twice; give each option once "
+                "(a sweep is one option: steps=1|2|4, guidance=1|2)")
+        seen.add(key)
         try:
             if key == "lora":
                 kw["lora"] = value.strip()

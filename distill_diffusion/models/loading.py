@@ -363,7 +363,7 @@ def load_extra_model(spec: ExtraModel, cfg: ModelConfig, dtype: torch.dtype = to
     try:
         model = cls.from_pretrained(str(path) if path.exists() else src, subfolder=spec.subfolder or "",
                                     local_files_only=cfg.local_files_only, use_safetensors=True)
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # a config that cannot build the model raises anything (patch_size 0: ZeroDivisionError)
         first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:200]
         raise UserError(f"cannot load {class_name} from {src} ({first}); {fix}") from None
     return model.to(dtype).requires_grad_(False).eval()

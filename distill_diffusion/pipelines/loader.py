@@ -9,9 +9,12 @@ Nothing here is ours at inference time: the same pipeline can be built by hand w
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import math
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -150,13 +153,92 @@ def _pipeline_class(preset: Preset, unet: Any) -> type:
     return getattr(diffusers, preset.pipeline)
 
 
+#: A diffusers-format LoRA key of a UNet layer: ``unet.<layer>.lora.down.weight`` (or ``lora_A``, peft's name).
+_UNET_LORA_KEY = re.compile(r"^unet\.(?P<layer>.+)\.(?P<part>lora\.down|lora\.up|lora_A|lora_B)\.weight$")
+
+
+def check_lora_fits(model: str, lora: str | Path) -> None:
+    """Before any weight loads: each UNet layer the LoRA adapts is a layer of the model's UNet, with the LoRA's input and
+    output widths (the safetensors header against a UNet built from the local folder's config on the meta device).
+
+    A LoRA of another base model is then one line, not one loader log line per layer. Hub ids, single files and keys in
+    other formats (kohya's, text-encoder LoRAs) are left to the loader (:func:`apply_lora`).
+    """
+    unet_config = _local_config(model, "unet")
+    folder, weight_name = resolve_lora(lora)
+    widths = _lora_widths(Path(folder) / weight_name)
+    layers = _meta_unet_layers(unet_config) if unet_config and widths else None
+    if layers is None:
+        return
+    misfits = []
+    for (layer, side), width in sorted(widths.items()):
+        weight = getattr(layers.get(layer), "weight", None)
+        have = None if weight is None else int(weight.shape[1] if side == "in" else weight.shape[0])
+        if have != width:
+            misfits.append(f"it adapts {layer}, which this UNet lacks" if have is None else
+                           f"{layer} has {have} {side}put features, the LoRA {width}")
+    more = f" (and {len(misfits) - 1} more)" if len(misfits) > 1 else ""
+    require(not misfits, f"LoRA {lora} does not fit this model's UNet: {misfits[0] if misfits else ''}{more}; pass the base "
+            "model it was trained on, or a LoRA trained on this one")
+
+
+def _lora_widths(path: Path) -> dict[tuple[str, str], int]:
+    """``{(layer, "in" | "out"): width}`` of a LoRA file's diffusers-format UNet keys, from its header only."""
+    from safetensors import safe_open
+
+    widths = {}
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            for key in handle.keys():
+                match = _UNET_LORA_KEY.match(key)
+                shape = handle.get_slice(key).get_shape() if match else None
+                if match and len(shape) >= 2:
+                    down = match["part"] in ("lora.down", "lora_A")
+                    widths[(match["layer"], "in" if down else "out")] = int(shape[1] if down else shape[0])
+    except Exception:  # not a readable safetensors file: the loader's error names it
+        return {}
+    return widths
+
+
+def _meta_unet_layers(unet_config: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The modules of the UNet ``unet_config`` describes, built without memory (None when it cannot be built)."""
+    import diffusers
+
+    cls = getattr(diffusers, str(unet_config.get("_class_name", "UNet2DConditionModel")), None)
+    try:
+        with torch.device("meta"), _quiet_loaders():
+            return dict(cls.from_config(dict(unet_config)).named_modules())
+    except Exception:  # an unusual or broken config: loading reports it
+        return None
+
+
+@contextlib.contextmanager
+def _quiet_loaders() -> Iterator[None]:
+    """diffusers, transformers and peft log below CRITICAL only inside: a failed LoRA load logs every layer's mismatch."""
+    import warnings
+
+    loggers = [logging.getLogger(name) for name in ("diffusers", "transformers", "peft")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
 def apply_lora(pipe: Any, lora: str | Path, fuse: bool, lora_scale: float) -> None:
     """Stock ``load_lora_weights``; a file that matches no layer (wrong key format) is a UserError."""
     folder, weight_name = resolve_lora(lora)
     try:
-        pipe.load_lora_weights(folder, weight_name=weight_name)
+        with _quiet_loaders():
+            pipe.load_lora_weights(folder, weight_name=weight_name)
     except (ValueError, KeyError, RuntimeError, OSError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        lines = [line.strip() for line in str(exc).strip().splitlines()] or [type(exc).__name__]
+        first = next((line for line in lines if line.startswith("size mismatch")), lines[0])[:200]
         raise UserError(
             f"cannot load LoRA {lora} into this model ({first}); check it was trained on this base model "
             "and saved with save_lora_weights"
@@ -210,6 +292,7 @@ def check_pipeline_request(
     check_model_source(cfg)
     if lora is not None:
         resolve_lora(lora)
+        check_lora_fits(cfg.pretrained_model_name_or_path, lora)
     if (Path(cfg.pretrained_model_name_or_path).expanduser() / "unet").is_dir():
         check_unet_fits_preset(spec, _local_config(cfg.pretrained_model_name_or_path, "unet"))
     if steps:

@@ -101,6 +101,7 @@ def shared_seed(accelerator: Accelerator, seed: int | None) -> int:
 def check_resumable(folder: Path, run: RunConfig, method_cls: type) -> None:
     """Before any model loads: the checkpoint is complete, and was written by a run whose weights fit this one."""
     ckpt.verify_checkpoint(folder)
+    check_not_past_the_end(folder, run, method_cls)
     saved = ckpt.read_state(folder).get("run")
     if not saved:  # written before checkpoints recorded their run
         return
@@ -112,6 +113,18 @@ def check_resumable(folder: Path, run: RunConfig, method_cls: type) -> None:
         was, is_ = saved.get(section, {}).get(name), now[section].get(name)
         require(was == is_, f"{folder} was trained with --{section}.{name} {_show(was)}, this run has {_show(is_)}; "
                 f"resume with --{section}.{name} {_show(was)}, or pass a new --output_dir")
+
+
+def check_not_past_the_end(folder: Path, run: RunConfig, method_cls: type) -> None:
+    """A one-stage run resumed from a checkpoint past ``--max_train_steps`` would train nothing and only rewrite the
+    export, card and config.yaml. (A method's own plan of stages cannot end earlier: its lengths are resume fields.)"""
+    from distill_diffusion.trainers.methods.base import MethodBase
+
+    step, end = ckpt.read_state(folder)["train"].get("global_step"), run.train.max_train_steps
+    if getattr(method_cls, "stages", MethodBase.stages) is not MethodBase.stages or not isinstance(step, int):
+        return
+    require(step <= end, f"{folder} is at step {step}, past --max_train_steps {end}: resuming it would train nothing and "
+            f"only rewrite the export; pass --max_train_steps above {step} to train on from it, or resume an earlier checkpoint")
 
 
 def _show(value: object) -> str:

@@ -36,14 +36,22 @@ def check_vit_config(config: dict[str, Any], source: str, layers: list[int] | No
     kind = config.get("model_type") or config.get("_class_name") or "unknown"
     require(kind in VIT_TYPES, f"method.feature_network={source} is a {kind} model, not a DINOv2 ViT (config.json model_type "
             f"{' or '.join(VIT_TYPES)}); {_FIX}")
-    n = int(config.get("num_hidden_layers", 0))
+    n = _positive_int(config, "num_hidden_layers", None, source)
     chosen = list(layers) if layers else default_layers(n)
     require(max(chosen) <= n and min(chosen) >= 1, f"method.feature_layers={chosen}: {source} has blocks 1..{n}; pick among them, "
             f"e.g. {','.join(map(str, default_layers(n)))}")
-    patch = int(config.get("patch_size", 14))
+    patch = _positive_int(config, "patch_size", 14, source)
     require(resolution % patch == 0, f"method.feature_resolution={resolution} is not a multiple of the ViT's patch size {patch}; "
             f"pass e.g. {max(patch, resolution // patch * patch)}")
     return chosen
+
+
+def _positive_int(config: dict[str, Any], key: str, default: int | None, source: str) -> int:
+    """``config[key]`` (``default`` when absent) as a whole number >= 1: the ViT cannot be built from anything else."""
+    value = config.get(key, default)
+    require(isinstance(value, int) and not isinstance(value, bool) and value >= 1, f"method.feature_network={source}: "
+            f"config.json has {key}={value!r}, not a whole number >= 1 (a damaged or hand-edited config?); {_FIX}")
+    return value
 
 
 def check_local_feature_network(source: str, layers: list[int] | None, resolution: int) -> None:

@@ -58,7 +58,7 @@ def inspect_student(model: str, variant: str = "small", student_config: str | No
     config = BKSDMConfig(variant=variant, student_config=student_config)
     student_cfg, mapping, pairs = plan(configs.unet, config)
     teacher, student = arch.meta_unet(configs.unet, "teacher"), arch.meta_unet(student_cfg, "student")
-    size = latent_size or int(configs.unet.get("sample_size") or 64)
+    size = int(configs.unet.get("sample_size") or 64) if latent_size is None else latent_size
     require(size >= 1 and size % 2 ** (len(teacher.down_blocks) - 1) == 0,
             f"--latent_size {size} must be a positive multiple of {2 ** (len(teacher.down_blocks) - 1)} (the UNet's downsampling)")
     used = set(mapping.values())

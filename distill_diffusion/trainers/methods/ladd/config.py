@@ -13,7 +13,7 @@ class LADDConfig(AdversarialConfig):
     """LADD's options: the shared student and loss options, and where its latent discriminator looks (with a LoRA
     student the frozen discriminator backbone is the same UNet, adapter off)."""
 
-    #: Teacher blocks whose outputs the discriminator heads read. Empty: every down block and the mid block.
+    #: Teacher blocks whose outputs the discriminator heads read. Unset (null): every down block and the mid block.
     disc_blocks: list[str] | None = None
     #: The discriminator's noise level: logit-normal(mean, std) in rectified-flow time, taken at the DDPM timestep of
     #: equal SNR (mean 1: biased to high noise, where the backbone's features judge global structure).
@@ -22,4 +22,6 @@ class LADDConfig(AdversarialConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        require(self.disc_blocks is None or len(self.disc_blocks) > 0, "method.disc_blocks is empty; leave it out (null) for "
+                "the default taps (every down block and the mid block), or name one or more, e.g. down_blocks.1,mid_block")
         require(self.disc_noise_std > 0, f"method.disc_noise_std={self.disc_noise_std} must be > 0; the paper uses 1")

@@ -30,7 +30,7 @@ from distill_diffusion.trainers.methods.ladd.noise import log_snr_table, sample_
 
 
 def taps_of(config: LADDConfig, unet_config: dict[str, Any]) -> list[str]:
-    return list(config.disc_blocks) if config.disc_blocks else bb.tap_names(unet_config)
+    return bb.tap_names(unet_config) if config.disc_blocks is None else list(config.disc_blocks)
 
 
 class LADD(AdversarialMethod):
