@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
 # The checks that need a CUDA GPU, as one short script: the `gpu`-marked tests (CUDA and mixed-precision
-# paths: EMA resume on the GPU, ...) and the SD 1.5-sized LCM-LoRA and progressive-distillation training benchmarks
+# paths: EMA resume on the GPU, ...; FSDP2 sharded training through accelerate launch, which accelerate runs on GPUs
+# only) and the SD 1.5-sized LCM-LoRA and progressive-distillation training benchmarks
 # the SD 1.4-sized BK-SDM-Small one (training, and sampling latency of teacher vs student) and the SD 1.5 LADD-LoRA one.
 # Run from the repository root on a machine with a GPU: bash benchmarks/gpu_check.sh
-# Results: benchmarks/results/{lcm,progressive,ladd}_gpu_sd15.{json,md}, bksdm_gpu_sd14.{json,md} and gpu_tests.txt
+# Results: benchmarks/results/{lcm,progressive,ladd}_gpu_sd15.{json,md}, bksdm_gpu_sd14.{json,md}, gpu_tests.txt and fsdp_gpu.txt
 # (copied to $OUT when set).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 [ -d .venv ] || { python3 -m venv .venv && . .venv/bin/activate && pip install -q -e ".[test]"; }
 . .venv/bin/activate
 python -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name(0))" || exit 1
-python -m pytest -q -p no:cacheprovider -m gpu 2>&1 | tee benchmarks/results/gpu_tests.txt
+python -m pytest -q -p no:cacheprovider -m gpu --ignore tests/test_fsdp.py 2>&1 | tee benchmarks/results/gpu_tests.txt
 tests=${PIPESTATUS[0]}
+# sharded training for real: accelerate launch --use_fsdp --fsdp_version 2 (NCCL) of LADD-LoRA on up to 2 GPUs, fp32 and bf16
+python -m pytest -q -p no:cacheprovider -m gpu -rA tests/test_fsdp.py 2>&1 | tee benchmarks/results/fsdp_gpu.txt
+tests=$(( tests || ${PIPESTATUS[0]} ))
 distill-diffusion bench lcm-gpu --mixed_precision bf16 --batch_size 8 --steps 20
 bench=$?
 distill-diffusion bench progressive-gpu --mixed_precision bf16 --batch_size 8 --steps 20
@@ -20,6 +24,6 @@ distill-diffusion bench bksdm-gpu --mixed_precision bf16 --batch_size 8 --steps 
 bench=$(( bench || $? ))
 distill-diffusion bench ladd-gpu --mixed_precision bf16 --batch_size 8 --steps 20
 bench=$(( bench || $? ))
-if [ -n "${OUT:-}" ]; then cp benchmarks/results/gpu_tests.txt benchmarks/results/*_gpu_sd1[45].* "$OUT"/ 2>/dev/null; fi
+if [ -n "${OUT:-}" ]; then cp benchmarks/results/gpu_tests.txt benchmarks/results/fsdp_gpu.txt benchmarks/results/*_gpu_sd1[45].* "$OUT"/ 2>/dev/null; fi
 echo "gpu tests exit $tests, benchmark exit $bench"
 exit $(( tests || bench ))

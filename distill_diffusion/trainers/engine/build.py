@@ -22,6 +22,7 @@ from distill_diffusion.config import RunConfig, TrainConfig
 from distill_diffusion.errors import UserError, require
 from distill_diffusion.paths import check_output_dir
 from distill_diffusion.trainers.engine import checkpoints as ckpt
+from distill_diffusion.trainers.engine import sharding
 from distill_diffusion.trainers.engine.loop import Callback, Engine
 from distill_diffusion.trainers.methods.registry import get_method_class
 
@@ -152,6 +153,7 @@ def build_engine(run: RunConfig, callbacks: Sequence[Callback] = ()) -> Engine:
 
     accelerator = make_accelerator(run.train)
     check_process_count(accelerator.num_processes)
+    sharding.check_sharding(accelerator)
     seed = shared_seed(accelerator, run.train.seed)
     set_seed(seed)  # the same on every process: a method's random init (LoRA A, new projections, targets) must not differ per rank
     components = load_teacher(run.model, weight_dtype(run.train.mixed_precision), device=accelerator.device)
@@ -164,7 +166,7 @@ def build_engine(run: RunConfig, callbacks: Sequence[Callback] = ()) -> Engine:
         run.data.cache_dir = run.data.cache_dir or str(Path(run.train.output_dir) / "latent_cache")
         dataset = _cached(dataset, run, components, accelerator)
     loader = build_dataloader(dataset, run.train.train_batch_size, run.data.dataloader_num_workers, collate_examples, run.train.seed)
-    engine = Engine(run, accelerator, method, loader, callbacks)
+    engine = Engine(run, accelerator, method, loader, callbacks, plain_copy=_plain_copy(method_cls, run, accelerator))
     set_seed(seed, device_specific=True)  # models and data order are shared; noise and timesteps differ per process
     if resume_from is not None:
         engine.resume(resume_from)
@@ -173,6 +175,15 @@ def build_engine(run: RunConfig, callbacks: Sequence[Callback] = ()) -> Engine:
         if run.train.report_to != "none":
             accelerator.init_trackers(run.train.tracker_project_name, config=_flat(run.to_dict()))
     return engine
+
+
+def _plain_copy(method_cls: type, run: RunConfig, accelerator: Accelerator) -> Any:
+    """Under FSDP2, how the engine builds an unsharded copy of the method to export and validate (None otherwise)."""
+    if not sharding.is_sharded(accelerator):
+        return None
+    from distill_diffusion.models.loading import load_teacher
+
+    return lambda: build_method(method_cls, run, load_teacher(run.model, weight_dtype(run.train.mixed_precision), device=accelerator.device))
 
 
 def check_data_fits(run: RunConfig, dataset: Any, unet_config: Mapping[str, Any]) -> None:

@@ -13,16 +13,24 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from distill_diffusion.errors import require
+from distill_diffusion.trainers.engine import sharding
 
 EMA_WEIGHTS = "ema_{name}.safetensors"
 EMA_META = "ema_{name}.json"
 
 
-def save_ema(ema: EMAModel, folder: Path, name: str) -> None:
-    """Write shadow weights as safetensors and the scalars (decay, step, ...) as JSON."""
+def save_ema(ema: EMAModel, folder: Path, name: str, write: bool = True) -> None:
+    """Write shadow weights as safetensors and the scalars (decay, step, ...) as JSON.
+
+    Shadows of sharded weights (FSDP2) are sharded too: every process must call this to gather them, and only the one
+    with ``write`` writes the files."""
+    if not (write or any(sharding.is_dtensor(t) for t in ema.shadow_params)):
+        return
     state = ema.state_dict()
     shadow = state.pop("shadow_params")
-    tensors = {f"shadow.{i}": t.detach().contiguous().cpu() for i, t in enumerate(shadow)}
+    tensors = {f"shadow.{i}": sharding.full(t.detach()).contiguous().cpu() for i, t in enumerate(shadow)}
+    if not write:
+        return
     save_file(tensors, str(folder / EMA_WEIGHTS.format(name=name)))
     (folder / EMA_META.format(name=name)).write_text(json.dumps(state))
 
@@ -37,7 +45,8 @@ def load_ema(ema: EMAModel, folder: Path, name: str) -> None:
     require(len(tensors) == len(ema.shadow_params), f"{path} holds {len(tensors)} EMA tensors, this run {len(ema.shadow_params)}; "
             "resume with the same method options")
     state = json.loads((folder / EMA_META.format(name=name)).read_text())
-    state["shadow_params"] = [tensors[f"shadow.{i}"] for i in range(len(tensors))]
+    # each process keeps its shard of a sharded weight's shadow (FSDP2): the file holds the whole of it
+    state["shadow_params"] = [sharding.like(tensors[f"shadow.{i}"], t) for i, t in enumerate(ema.shadow_params)]
     ema.load_state_dict(state)
 
 

@@ -11,7 +11,7 @@ restarted EMA; the method sees its EMA weights at each stage's end.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ from distill_diffusion import threads
 from distill_diffusion.config import RunConfig
 from distill_diffusion.errors import UserError
 from distill_diffusion.trainers.engine import checkpoints as ckpt
-from distill_diffusion.trainers.engine import persist
+from distill_diffusion.trainers.engine import persist, sharding
 from distill_diffusion.trainers.engine.data_loop import batch_stream
 from distill_diffusion.trainers.engine.ema import ema_weights
 from distill_diffusion.trainers.engine.optim import build_lr_scheduler, build_optimizer, phase_optim
@@ -68,8 +68,10 @@ class Engine:
     """
 
     def __init__(self, run: RunConfig, accelerator: Accelerator, method: DistillationMethod, dataloader: Any,
-                 callbacks: Sequence[Callback] = ()):
+                 callbacks: Sequence[Callback] = (), plain_copy: Callable[[], DistillationMethod] | None = None):
         self.run, self.cfg, self.accelerator, self.method = run, run.train, accelerator, method
+        # sharded modules (FSDP2) are exported and validated from an unsharded copy built by ``plain_copy``
+        self.plain = sharding.PlainCopy(plain_copy) if plain_copy else None
         self.output_dir, self.state, self.callbacks = Path(self.cfg.output_dir), TrainState(), list(callbacks)
         self.phases: list[Phase] = method.phases()
         self.stages: list[Stage] = method.stages() or [Stage("train", self.cfg.max_train_steps)]
@@ -78,14 +80,13 @@ class Engine:
         self.params = {p.name: method.trainable_parameters(p) for p in self.phases}
         self.phase_settings = {p.name: phase_optim(p, run, accelerator.num_processes) for p in self.phases}
         optimizers = {p.name: build_optimizer(self.params[p.name], self.phase_settings[p.name], self.cfg) for p in self.phases}
-        names = sorted({m for p in self.phases for m in p.modules})
-        prepared = accelerator.prepare(*[method.models[n] for n in names], *optimizers.values(), dataloader)
         self.unwrapped = {n: method.models[n] for n in method.models}
-        for name, module in zip(names, prepared[: len(names)]):
-            method.models[name] = module
-        self.prepared = list(prepared[: len(names)])
-        self.optimizers = dict(zip(optimizers, prepared[len(names) : -1]))
-        self.dataloader = prepared[-1]
+        modules, self.optimizers, self.dataloader = sharding.prepare(accelerator, method.models, self.phases, optimizers, dataloader)
+        method.models.update(modules)
+        self.prepared = list(modules.values())
+        if sharding.is_sharded(accelerator):  # FSDP2 replaced every parameter by a sharded one: list them again
+            self.params = {p.name: method.trainable_parameters(p) for p in self.phases}
+        getattr(method, "on_wrapped", lambda: None)()
         ckpt.register_trainable_only_hooks(accelerator)
         self.lr_schedulers = self._schedules()
         self.emas = self._build_emas()
@@ -290,9 +291,27 @@ class Engine:
     def validate(self) -> None:
         from distill_diffusion.trainers.engine.validation import run_validation
 
-        if self.accelerator.is_main_process and self.cfg.validation_prompts:
-            with self.ema_context():
-                run_validation(self.method, self.cfg, self.accelerator, self.state.global_step)
+        if not self.cfg.validation_prompts:
+            return
+        with self._on_main(ema=True) as method:
+            if method is not None:
+                run_validation(method, self.cfg, self.accelerator, self.state.global_step)
+
+    @contextmanager
+    def _on_main(self, ema: bool) -> Iterator[Any]:
+        """The method whose weights the main process reads whole (None on the others): the run's own, with its EMA
+        weights swapped in when ``ema``; under FSDP2 the unsharded copy, which every process helps to fill."""
+        acc = self.accelerator
+        if not sharding.is_sharded(acc):
+            with self.ema_context() if ema and acc.is_main_process else nullcontext():
+                yield self.method if acc.is_main_process else None
+            return
+        if self.plain is None:
+            raise UserError("this engine shards its modules (FSDP) but was built without a plain copy to export them; "
+                            "build it with build_engine")
+        with self.ema_context() if ema else nullcontext():
+            method = self.plain.update(acc, self.method)
+        yield method
 
     def export(self, folder: Path | None = None, ema: bool = True) -> Path:
         """Write the method's artefact into ``folder`` (default ``output_dir``) via a temporary folder, main process only.
@@ -304,8 +323,8 @@ class Engine:
 
         folder = self.output_dir if folder is None else folder
         self.accelerator.wait_for_everyone()
-        if self.accelerator.is_main_process:
-            with self.ema_context() if ema else nullcontext():
-                atomic_export(self.method.export, folder)
+        with self._on_main(ema) as method:
+            if method is not None:
+                atomic_export(method.export, folder)
         self.accelerator.wait_for_everyone()
         return folder

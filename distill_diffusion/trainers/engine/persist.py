@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from distill_diffusion.errors import UserError, require
 from distill_diffusion.trainers.engine import checkpoints as ckpt
+from distill_diffusion.trainers.engine import sharding
 from distill_diffusion.trainers.engine.ema import load_ema, save_ema
 
 if TYPE_CHECKING:
@@ -32,10 +33,11 @@ def save(engine: Engine) -> Path:
 
     def write(folder: Path) -> None:
         acc.save_state(str(folder))
-        if acc.is_main_process:
-            for name, ema in engine.emas.items():
-                save_ema(ema, folder, name)
-            _save_method_state(engine.method, folder)
+        for name, ema in engine.emas.items():  # on every process: a sharded EMA is gathered to be written
+            save_ema(ema, folder, name, write=acc.is_main_process)
+        state = whole_method_state(engine.method)
+        if acc.is_main_process and state:
+            save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(folder / METHOD_STATE))
 
     state = {
         "train": asdict(engine.state),
@@ -49,9 +51,10 @@ def save(engine: Engine) -> Path:
 
 def weights_to_check(engine: Engine) -> list[torch.Tensor]:
     """Everything a checkpoint would hold that must be finite: trainable weights, EMA weights, the method's state."""
-    tensors = [p for params in engine.params.values() for p in params]
-    tensors += [t for ema in engine.emas.values() for t in ema.shadow_params]
-    return tensors + list(method_state(engine.method).values())
+    # sharded weights (FSDP2): each process checks its own shard, and the processes agree on the verdict
+    tensors = [sharding.local(p) for params in engine.params.values() for p in params]
+    tensors += [sharding.local(t) for ema in engine.emas.values() for t in ema.shadow_params]
+    return tensors + [sharding.local(t) for t in method_state(engine.method).values()]
 
 
 def resume(engine: Engine, folder: Path) -> dict[str, Any]:
@@ -78,11 +81,10 @@ def method_state(method: Any) -> dict[str, torch.Tensor]:
     return method.state_dict() if hasattr(method, "state_dict") else {}
 
 
-def _save_method_state(method: Any, folder: Path) -> None:
-    """The method's own tensors (``MethodBase.state_dict``, e.g. a target network), as safetensors."""
-    state = method_state(method)
-    if state:
-        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(folder / METHOD_STATE))
+def whole_method_state(method: Any) -> dict[str, torch.Tensor]:
+    """The method's own tensors (``MethodBase.state_dict``, e.g. a target network), sharded ones gathered whole
+    (collective when any is sharded: every process calls it)."""
+    return {k: sharding.full(v) for k, v in method_state(method).items()}
 
 
 def _load_method_state(method: Any, folder: Path) -> None:
@@ -92,7 +94,9 @@ def _load_method_state(method: Any, folder: Path) -> None:
         return
     require(path.is_file(), f"checkpoint {folder} has no {METHOD_STATE} (the method's own state, e.g. a target "
                             f"network); resume from a checkpoint written with the same method options, or start fresh")
-    method.load_state_dict(load_file(str(path), device=str(next(iter(current.values())).device)))
+    loaded = load_file(str(path), device=str(next(iter(current.values())).device))
+    # each process takes its shard of a sharded tensor (an FSDP2 student's LoRA target)
+    method.load_state_dict({k: sharding.like(v, current[k]) if k in current else v for k, v in loaded.items()})
 
 
 def _jsonable(value: Any) -> Any:

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator, DistributedType
 
+from distill_diffusion.trainers.engine import sharding
 from distill_diffusion.trainers.engine.optim import PhaseOptim
 from distill_diffusion.trainers.methods.base import LossOutput, Phase, StepContext
 
@@ -41,8 +42,8 @@ class Snapshot:
         return cls([p.detach().clone() for p in params], clone_optimizer_state(optimizer.state_dict()))
 
     def restore(self, params: list[torch.nn.Parameter], optimizer: Any) -> None:
-        with torch.no_grad():
-            torch._foreach_copy_([p.data for p in params], self.params)
+        with torch.no_grad():  # shard by shard under FSDP2 (DTensor has no _foreach_copy_)
+            torch._foreach_copy_([sharding.local(p.data) for p in params], [sharding.local(t) for t in self.params])
         optimizer.load_state_dict(self.optimizer_state)
 
 
@@ -99,8 +100,13 @@ def grad_norm(accelerator: Accelerator, params: list[torch.nn.Parameter], optimi
         # clip, 2-3× cheaper than accelerate's DTensor-aware path on small models
         accelerator.unscale_gradients(optimizer)
         norm = torch.nn.utils.clip_grad_norm_(params, limit) if limit < math.inf else total_norm(params)
+    elif sharding.is_fsdp2(accelerator):
+        # sharded gradients: this phase's optimizer only unscales (accelerate's clip_grad_norm_ unscales all, and
+        # compares our list with each model's parameters element by element, which fails on unsharded ones)
+        accelerator.unscale_gradients(optimizer)
+        norm = sharding.grad_norm(params, limit)
     else:
-        # FSDP and DeepSpeed: accelerate knows how to reduce sharded gradients (DeepSpeed may hide the norm)
+        # FSDP1 and DeepSpeed: accelerate knows how to reduce sharded gradients (DeepSpeed may hide the norm)
         norm = accelerator.clip_grad_norm_(params, limit)
     device = params[0].device if params else accelerator.device
     return norm.detach().float() if isinstance(norm, torch.Tensor) else torch.tensor(0.0 if norm is None else float(norm), device=device)
@@ -127,6 +133,8 @@ def run_phase(engine: Any, phase: Phase, micro: list[dict[str, Any]], ctx: StepC
             opt.zero_grad(set_to_none=True)
         ctx.modules = engine.modules_for(phase)
         logs = accumulate(engine, phase, micro, ctx)
+        if sharding.is_fsdp2(acc):
+            sharding.reshard(engine.prepared)  # the step must not leave stale gathered weights for the next forward
         norm = grad_norm(acc, params, optimizer, settings.max_grad_norm)
     finite, scaled = finite_everywhere(acc, norm), acc.scaler is not None
     if not (finite or scaled):

@@ -179,6 +179,11 @@ class MethodBase:
         """The weights ``phase`` updates: those of its modules that are trainable (``requires_grad``) when built."""
         return [p for name in phase.modules for p in self.models[name].parameters() if p.requires_grad]
 
+    def on_wrapped(self) -> None:
+        """The engine has wrapped ``models`` (DDP, FSDP2). FSDP2 shards in place and replaces every parameter by a
+        sharded one, so parameter lists taken at construction are stale: take them again here."""
+        return None
+
     def on_step_end(self, ctx: StepContext) -> None:
         return None
 

@@ -24,6 +24,7 @@ from torch import Tensor
 from distill_diffusion.core.schedule import NoiseSchedule
 from distill_diffusion.core.timesteps import TRAINED_TIMESTEPS, visited_timesteps
 from distill_diffusion.errors import require
+from distill_diffusion.models import sharded
 from distill_diffusion.models.denoiser import Denoiser
 
 
@@ -82,11 +83,15 @@ class BackwardSimulation:
     def __call__(self, unet: Any, z_t: Tensor, t: Tensor, c: Tensor, generator: torch.Generator | None = None) -> Tensor:
         stage = self.stages(t)
         out, rows = z_t.clone(), (stage >= 1).nonzero().flatten()
-        if rows.numel() == 0:
-            return out
+        # sharded (FSDP2) every process runs all len(timesteps) − 1 passes, on a placeholder row where none of its rows
+        # goes on: each pass gathers the student's weights, a collective every process must join
+        passes = len(self.timesteps) - 1 if sharded.is_dtensor(next(unet.parameters())) else int(stage.max())
         # the sampler's start: pure noise at t_0; then, stage by stage, only the rows that go on further
         z = torch.randn(z_t[rows].shape, generator=generator, device=z_t.device, dtype=torch.float32)
-        for k in range(1, int(stage.max()) + 1):
+        for k in range(1, passes + 1):
+            if rows.numel() == 0:
+                self.denoised(unet, torch.zeros_like(z_t[:1], dtype=torch.float32), self.timesteps[k - 1], c[:1])
+                continue
             x = self.denoised(unet, z, self.timesteps[k - 1], c[rows])
             noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
             z = self.schedule.add_noise(x, noise, torch.full((x.shape[0],), self.timesteps[k], device=x.device))

@@ -49,6 +49,8 @@ def unet_features(unet: Any, z: Tensor, t: Tensor, c: Tensor, taps: list[str]) -
     ``unet`` is the unwrapped ``UNet2DConditionModel`` (a DDP wrapper has no ``down_blocks``); inputs are cast to its
     dtype. Gradients flow to ``z`` unless the caller runs this under ``torch.no_grad()``.
     """
+    if hasattr(unet, "unshard"):  # FSDP2: the blocks are called one by one, bypassing the root forward that gathers its shards
+        unet.unshard()
     dtype = next(unet.parameters()).dtype
     z, c = z.to(dtype), c.to(dtype)
     t = torch.as_tensor(t, device=z.device).expand(z.shape[0])

@@ -31,6 +31,7 @@ from distill_diffusion.core import (
 )
 from distill_diffusion.core.losses import l2, pseudo_huber
 from distill_diffusion.errors import require
+from distill_diffusion.models import sharded
 from distill_diffusion.models.batch import latents_and_embeddings
 from distill_diffusion.models.denoiser import Denoiser
 from distill_diffusion.models.export import write_model_card
@@ -259,22 +260,43 @@ class LCM(MethodBase):
 
     @contextmanager
     def _target_weights(self) -> Any:
-        """LoRA with an EMA target: swap the EMA LoRA weights in for the target pass (the base is shared)."""
+        """LoRA with an EMA target: swap the EMA LoRA weights in for the target pass (the base is shared).
+
+        Sharded (FSDP2): shard by shard, and the UNet's gathered weights are freed around the swap, so the target pass
+        gathers the EMA weights and the backward gathers the online ones again."""
         if not (self.config.lora and self.shadow):
             yield
             return
-        backup = [p.detach().clone() for p in self.online]
-        torch._foreach_copy_([p.data for p in self.online], self.shadow)
+        online = [sharded.local(p.data) for p in self.online]
+        backup = [p.clone() for p in online]
+        regather = [self.unet] if sharded.is_dtensor(self.online[0]) else []
+        sharded.reshard(regather)
+        torch._foreach_copy_(online, [sharded.local(t) for t in self.shadow])
         try:
             yield
         finally:
-            torch._foreach_copy_([p.data for p in self.online], backup)
+            torch._foreach_copy_(online, backup)
+            sharded.reshard(regather)
+
+    def on_wrapped(self) -> None:
+        """Sharded (FSDP2): follow the student's new parameters. A LoRA target is sharded like them (it equals them
+        here: nothing has trained, and a resume loads it afterwards); a full target stays whole on every process."""
+        online = [p for p in self.unet.parameters() if p.requires_grad] if self.config.lora else list(self.unet.parameters())
+        if all(a is b for a, b in zip(online, self.online, strict=True)):
+            return
+        self.online = online
+        if self.config.lora and self.shadow:
+            self.shadow = [p.detach().clone() for p in online]
 
     @torch.no_grad()
     def on_step_end(self, ctx: StepContext) -> None:
-        """θ⁻ ← μ·θ⁻ + (1−μ)·θ after each optimizer step (Alg. 1, last line); plain EMA, no warm-up."""
+        """θ⁻ ← μ·θ⁻ + (1−μ)·θ after each optimizer step (Alg. 1, last line); plain EMA, no warm-up. A whole target of a
+        sharded student follows its gathered weights."""
         if self.shadow:
-            torch._foreach_lerp_(self.shadow, [p.detach() for p in self.online], 1.0 - float(self.decay))
+            # shard by shard when both are sharded (DTensor has no _foreach_lerp_); a whole target takes whole weights
+            online = [sharded.local(p.detach()) if sharded.is_dtensor(t) else sharded.full(p.detach())
+                      for p, t in zip(self.online, self.shadow)]
+            torch._foreach_lerp_([sharded.local(t) for t in self.shadow], online, 1.0 - float(self.decay))
 
     # ------------------------------------------------------------------ resume, validation, export
 
