@@ -68,7 +68,8 @@ def test_the_toy_plan_reads_the_teachers_schedule_and_the_shipped_recipe(tiny_pi
     assert plan.num_train_timesteps == 1000 and plan.student_steps == [32, 16, 8, 4, 2, 1]
     # fixed guidance at the toy's reference scale: no guidance stage (docs/progressive.md says why)
     assert run.method_config.guidance == "fixed" and run.method_config.w_min == TOY_GUIDANCE - 1
-    assert [s.name for s in plan.stages()][0] == "round-1-32-steps"
+    # the eps teacher's weights in a v student: a conversion stage before the first round
+    assert [s.name for s in plan.stages()][:2] == ["convert", "round-1-32-steps"] and plan.first_round_stage == 1
 
 
 @pytest.mark.parametrize("scale", [2.0, 3.5])

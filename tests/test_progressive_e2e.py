@@ -64,6 +64,21 @@ def test_each_stage_is_checkpointed_under_its_name_and_each_round_exported(train
     assert state["train"]["stage"] == 2 and state["run"]["method"]["steps_per_round"] == [2, 1]
 
 
+def test_validation_samples_each_round_at_its_own_step_count(monkeypatch, tiny_pipeline_dir: Path, toy_data_dir: Path,
+                                                           tmp_path: Path) -> None:
+    """Guidance stage (step 1), round 1 at 2 steps (steps 2-3), round 2 at 1 step (step 4): validated after every step."""
+    from distill_diffusion.trainers.engine import validation
+
+    seen: dict[int, int] = {}
+    monkeypatch.setattr(validation, "run_validation",
+                        lambda method, cfg, accelerator, step: seen.update({step: method.validation_call_kwargs()["num_inference_steps"]}))
+    args = progressive(tiny_pipeline_dir, toy_data_dir, tmp_path / "run", "--validation_steps", "1", "--validation_prompts", "a red circle")
+    assert main(args) == 0
+    # the w-student at the first teacher's 4 steps after the guidance stage; round 1's student at 2 steps while it
+    # trains (step 2) and when it ends (step 3); round 2's at 1
+    assert seen == {1: 4, 2: 2, 3: 2, 4: 1}
+
+
 @pytest.mark.parametrize(("folder", "steps", "timesteps"), [("round-1-2-steps", 2, [999, 499]), ("round-2-1-steps", 1, [999])])
 def test_a_plain_diffusers_script_samples_each_round_on_its_grid(trained: Path, folder: str, steps: int, timesteps: list[int]) -> None:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
@@ -80,6 +95,7 @@ def test_a_plain_diffusers_script_samples_each_round_on_its_grid(trained: Path, 
     (("--prediction_type", "epsilon"), "unstable at high noise"),
     (("--steps_per_round", "1,2,3"), "one per round (2 rounds"),
     (("--guidance", "sometimes"), "method.guidance"),
+    (("--convert_steps", "-1"), "method.convert_steps=-1 must be >= 0"),
 ])
 def test_a_bad_plan_is_one_line_before_loading(capsys, tiny_pipeline_dir: Path, toy_data_dir: Path, tmp_path: Path,
                                                extra: tuple[str, ...], fragment: str) -> None:
@@ -106,8 +122,11 @@ def test_the_shipped_fixed_guidance_has_no_guidance_stage_and_builds_w_into_the_
     out = tmp_path / "run"
     args = progressive(tiny_pipeline_dir, toy_data_dir, out)
     args[args.index("distill")] = "fixed"  # tiny/progressive's own guidance
-    assert main(args) == 0
-    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2-round-1-2-steps", "checkpoint-3-round-2-1-steps"]
+    assert main([*args, "--convert_steps", "1"]) == 0
+    # the eps teacher's copy first learns the v student's parameterisation: a one-step conversion stage, not exported
+    # (its checkpoint-1-convert dropped by the preset's checkpoints_total_limit 2)
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-3-round-1-2-steps", "checkpoint-4-round-2-1-steps"]
+    assert not (out / "convert").exists()
     card = (out / "README.md").read_text()
     assert "guidance_scale=1.0" in card and "guidance w = 1.0 is built into the student" in card
     assert json.loads((out / "unet" / "config.json").read_text())["time_cond_proj_dim"] is None

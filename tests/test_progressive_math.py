@@ -4,6 +4,8 @@
   eps- and v-prediction teachers, checked against stock ``DDIMScheduler`` stepping;
 - the grid each round trains on is the one the exported ``DDIMScheduler`` visits;
 - the guidance stage's target is the teacher's classifier-free guidance;
+- a student in another parameterisation than the teacher (eps → v) is not the teacher when copied, and the
+  conversion stage's target is the teacher's x̂, so round 1 starts from a student equal to its teacher;
 - the stage hand-over (EMA → student → next round's teacher) and its resume state.
 """
 
@@ -17,9 +19,10 @@ import torch
 from diffusers import DDIMScheduler
 
 from distill_diffusion.core import NoiseSchedule, append_dims
+from distill_diffusion.models.denoiser import Denoiser
 from distill_diffusion.models.loading import SDComponents
 from distill_diffusion.toy.tiny import SD15_SCHEDULER_CONFIG, build_tiny_components
-from distill_diffusion.trainers.methods.base import Phase
+from distill_diffusion.trainers.methods.base import Phase, StepContext
 from distill_diffusion.trainers.methods.progressive import Progressive, ProgressiveConfig
 from distill_diffusion.trainers.methods.progressive.plan import (
     ddim_sample,
@@ -71,7 +74,7 @@ def test_a_perfect_student_reproduces_two_teacher_steps_at_every_step(teacher_ty
         for k in (2 * i, 2 * i + 1):
             tk = teacher.timesteps[k]
             z_tpp = teacher.step(m.teacher_unet(z_tpp, tk, encoder_hidden_states=c).sample, tk, z_tpp).prev_sample
-        x_tilde = m.x_tilde(z, torch.full((2,), i), c, torch.zeros(2), stage=0)
+        x_tilde = m.x_tilde(z, torch.full((2,), i), c, torch.zeros(2), stage=m.plan.first_round_stage)
         # a perfect student outputs x̃ in its own parameterisation; one stock DDIM step from t
         alpha, sigma = (append_dims(v, 4) for v in (schedule.alpha(torch.tensor([t])), schedule.sigma(torch.tensor([t]))))
         eps = (z - alpha * x_tilde) / sigma
@@ -133,17 +136,86 @@ def test_the_w_student_starts_equal_to_the_teacher_at_every_w() -> None:
         torch.testing.assert_close(out, base, rtol=1e-5, atol=1e-5)
 
 
+class TeacherAsV(torch.nn.Module):
+    """A v-student equal to the first round's teacher: its x̂ and ε̂ written as v = α·ε̂ − σ·x̂ (UNet call signature)."""
+
+    def __init__(self, m: Progressive, w: torch.Tensor) -> None:
+        super().__init__()
+        self.m, self.w, self.dtype_probe = m, w, torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, z, t, encoder_hidden_states, return_dict=False, **_):
+        x0, eps = self.m.first_teacher(z, t, encoder_hidden_states, self.w)
+        alpha, sigma = (append_dims(f(t), 4) for f in (self.m.schedule.alpha, self.m.schedule.sigma))
+        return (alpha * eps - sigma * x0,)
+
+
+def relative_gap(x: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((x - ref).detach().norm() / ref.norm())
+
+
+@pytest.mark.parametrize("guidance", ["fixed", "none"])
+def test_an_eps_teacher_copied_into_a_v_student_is_not_the_teacher_so_a_conversion_stage_regresses_it_on_the_teachers_x0(
+        guidance: str) -> None:
+    m = method("epsilon", guidance=guidance, w_min=1.0, w_max=1.0)
+    assert [s.name for s in m.stages()] == ["convert", "round-1-4-steps"] and m.plan.round_index(0) is None
+    x0, c = inputs(4)
+    w = m.sample_w(4, x0.device)
+    # the copy's x̂ = α·z − σ·ε̂ against the teacher's (z − σ·ε̂)/α: far apart at high noise (measured)
+    gaps = {}
+    for t in (999, 499, 100):
+        tt = torch.full((4,), t)
+        z_t = m.schedule.add_noise(x0, torch.randn_like(x0), tt)
+        gaps[t] = relative_gap(m.student_denoiser()(z_t, tt, c).x0, m.first_teacher(z_t, tt, c, w)[0])
+    assert gaps[999] > 0.9 and gaps[499] > 0.5 and gaps[100] > 0.01, gaps
+    # the conversion stage's loss: the copy's is large, a student equal to the teacher (as v) scores 0
+    batch = {"latents": x0, "prompt_embeds": c}
+    torch.manual_seed(0)
+    copy_loss = m.compute_loss("unet", batch, StepContext(step=0, stage=0, modules=m.models)).loss
+    torch.manual_seed(0)
+    equal_loss = m.compute_loss("unet", batch, StepContext(step=0, stage=0, modules={"unet": TeacherAsV(m, w)})).loss
+    assert copy_loss > 1e-2 and equal_loss < 1e-6 * copy_loss, (copy_loss, equal_loss)
+
+
+def test_after_the_conversion_stage_round_1_starts_from_its_student_and_keeps_the_original_teacher() -> None:
+    m = method("epsilon", guidance="fixed", w_min=1.0)
+    params = m.trainable_parameters(Phase("unet", "unet"))
+    ema = [p + 0.01 * torch.randn_like(p) for p in params]
+    m.on_stage_end(0, {"unet": ema})
+    assert all(torch.equal(p, e) for p, e in zip(params, ema)) and m.round_teacher is None and m.sampling_steps() == 8
+    # round 1's targets are those of a plan without the conversion stage: two steps of the original guided teacher
+    plain = method("epsilon", guidance="fixed", w_min=1.0, convert_steps=0)
+    assert [s.name for s in plain.stages()] == ["round-1-4-steps"]
+    z, c = inputs(2)
+    i, w = torch.tensor([0, 3]), torch.ones(2)
+    torch.testing.assert_close(m.x_tilde(z, i, c, w, stage=1), plain.x_tilde(z, i, c, w, stage=0))
+    m.on_stage_end(1, {})
+    assert m.round_teacher is not None and m.sampling_steps() == 4
+
+
+@pytest.mark.parametrize(("teacher_type", "guidance", "first"), [("v_prediction", "fixed", "round-1-4-steps"),
+                                                                  ("epsilon", "distill", "guidance")])
+def test_no_conversion_stage_where_the_copy_is_the_teacher_or_a_guidance_stage_regresses_it(teacher_type: str, guidance: str,
+                                                                                            first: str) -> None:
+    m = method(teacher_type, guidance=guidance)
+    assert [s.name for s in m.stages()][0] == first and "convert" not in [s.name for s in m.stages()]
+    if teacher_type == "v_prediction":  # the same parameterisation: the copy is the teacher, exactly
+        z, c = inputs(2)
+        t = torch.tensor([999, 499])
+        teacher = Denoiser(m.teacher_unet, m.schedule, "v_prediction")(z, t, c).x0
+        torch.testing.assert_close(m.student_denoiser()(z, t, c).x0, teacher, rtol=0, atol=0)
+
+
 def test_the_stage_end_hands_the_ema_to_the_student_and_the_next_teacher_and_resumes() -> None:
-    m = method("epsilon", start_steps=8, target_steps=2)
+    m = method("v_prediction", start_steps=8, target_steps=2)
     params = m.trainable_parameters(Phase("unet", "unet"))
     ema = [torch.randn_like(p) for p in params]
     m.on_stage_end(0, {"unet": ema})
-    assert all(torch.equal(p, e) for p, e in zip(params, ema)) and m.stage == 1
+    assert all(torch.equal(p, e) for p, e in zip(params, ema)) and m.stage == 0
     teacher = dict(m.round_teacher.state_dict())
     assert all(torch.equal(teacher[k], v) for k, v in m.unet.state_dict().items())
-    fresh = method("epsilon", start_steps=8, target_steps=2)
+    fresh = method("v_prediction", start_steps=8, target_steps=2)
     fresh.load_state_dict(m.state_dict())
-    assert fresh.stage == 1 and all(torch.equal(v, teacher[k]) for k, v in fresh.round_teacher.state_dict().items())
+    assert fresh.stage == 0 and all(torch.equal(v, teacher[k]) for k, v in fresh.round_teacher.state_dict().items())
     assert fresh.sampling_steps() == 4 and fresh.validation_call_kwargs()["num_inference_steps"] == 4
 
 

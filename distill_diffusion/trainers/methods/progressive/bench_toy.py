@@ -23,11 +23,13 @@ STUDENT_STEPS = (1, 2, 4, 8)
 
 
 def toy_plan(world: Any, run: Any) -> Any:
-    """The run's :class:`RoundPlan` on the toy teacher's schedule (its training timesteps read from its scheduler config)."""
+    """The run's :class:`RoundPlan` on the toy teacher's schedule (training timesteps and prediction type read from its
+    scheduler config)."""
     from distill_diffusion.trainers.methods.progressive.plan import RoundPlan
 
     scheduler = json.loads((world.teacher / "scheduler" / "scheduler_config.json").read_text())
-    return RoundPlan(run.method_config, int(scheduler["num_train_timesteps"]), run.train.max_train_steps)
+    return RoundPlan(run.method_config, int(scheduler["num_train_timesteps"]), run.train.max_train_steps,
+                     teacher_prediction_type=scheduler.get("prediction_type", "epsilon"))
 
 
 def toy_method_options(guidance_scale: float) -> dict[str, Any]:
@@ -80,8 +82,8 @@ def run_progressive_toy(output_dir: str | Path = "benchmarks/results/toy_quality
     student_g = guidance_scale if run.method_config.guidance == "distill" else 1.0
     specs = [PipelineSpec("teacher", str(world.teacher), preset="ddim", guidance_scale=guidance_scale, steps=(50,)),
              *training_free_specs(str(world.teacher), guidance_scale, STUDENT_STEPS)]
-    rounds = [stage.name for stage, steps in zip(plan.stages()[int(plan.has_guidance_stage):], plan.student_steps) if steps <= max(STUDENT_STEPS)]
-    for stage, steps in zip(plan.stages()[int(plan.has_guidance_stage):], plan.student_steps):
+    rounds = [stage.name for stage, steps in zip(plan.stages()[plan.first_round_stage:], plan.student_steps) if steps <= max(STUDENT_STEPS)]
+    for stage, steps in zip(plan.stages()[plan.first_round_stage:], plan.student_steps):
         if stage.name in rounds:
             specs.append(PipelineSpec(stage.name, str(run_dir / stage.name), preset="progressive", guidance_scale=student_g, steps=(steps,)))
     result = run_quality_benchmark(specs, out, toy_bench_settings(world, num_images, cache_dir))

@@ -26,6 +26,11 @@ class ProgressiveConfig:
     guidance: Literal["distill", "fixed", "none"] = "distill"
     #: Optimizer steps of the guidance stage (guidance: distill). Empty: train.max_train_steps.
     guidance_steps: int | None = None
+    #: Optimizer steps of the conversion stage, run before the first round when the student's prediction_type is
+    #: not the teacher's (an eps teacher, a v student) and there is no guidance stage: the student, a copy of the
+    #: teacher's weights, learns to output the first round's teacher's x̂ so that round 1 starts from it. 0: no
+    #: conversion stage (round 1 learns the change of parameterisation).
+    convert_steps: int = 200
     #: Guidance weight w in the LCM/Meng form (1+w)·cond − w·uncond (diffusers guidance_scale = w + 1); the
     #: distilled student is trained for w ~ U[w_min, w_max]; guidance fixed uses w_min.
     w_min: float = 1.0
@@ -52,6 +57,8 @@ class ProgressiveConfig:
                 f"method.steps_per_round={self.steps_per_round}: give one positive number, or one per round ({self.num_rounds} rounds "
                 f"from {self.start_steps} to {self.target_steps} steps)")
         require(self.guidance_steps is None or self.guidance_steps >= 1, f"method.guidance_steps={self.guidance_steps} must be >= 1")
+        require(self.convert_steps >= 0,
+                f"method.convert_steps={self.convert_steps} must be >= 0 (0: no conversion stage)")
         require(0 <= self.w_min <= self.w_max, f"method.w_min={self.w_min}, method.w_max={self.w_max}: need 0 <= w_min <= w_max "
                 "(LCM form; diffusers guidance_scale = w + 1)")
         require(self.time_cond_proj_dim >= 4, f"method.time_cond_proj_dim={self.time_cond_proj_dim} must be >= 4; LCM uses 256")

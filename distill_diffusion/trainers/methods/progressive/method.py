@@ -8,6 +8,11 @@ published ports get wrong (t' and t'' swapped; an x̃ that is not solved for exa
 Each round is an engine :class:`Stage`: fresh optimizer and LR schedule, a restarted EMA; at its end the student
 (its EMA when kept) becomes the teacher of the next round and is exported as a pipeline folder. Guidance in the
 LCM/Meng form ``(1 + w)·cond − w·uncond``; diffusers' guidance scale is ``w + 1``.
+
+Alg. 2 starts the student as the teacher. The student's weights are the teacher's, but where it predicts another
+quantity (v or x0 from an eps teacher) the same outputs mean another x̂ (on SD 1.5's schedule −z instead of the
+teacher's x̂ at t = 999), so a first stage regresses it on the teacher's x̂ at random t: the guidance stage, or
+without one a conversion stage at the first round's guidance (:class:`~.plan.RoundPlan`).
 """
 
 from __future__ import annotations
@@ -19,18 +24,31 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from distill_diffusion.config import RunConfig
+from distill_diffusion.config import RunConfig, TrainConfig
 from distill_diffusion.core import append_dims, ddim_step, guidance_embedding, progressive_target_x0
 from distill_diffusion.core.losses import weighted_mse
 from distill_diffusion.errors import require
+from distill_diffusion.models import sharded
 from distill_diffusion.models.batch import latents_and_embeddings
 from distill_diffusion.models.denoiser import Denoiser
 from distill_diffusion.models.loading import SDXL_ERROR, SDComponents, TeacherConfigs
 from distill_diffusion.models.students import build_student
-from distill_diffusion.models.teacher import UncondEmbedding, guided_ddim_step, guided_prediction
+from distill_diffusion.models.teacher import UncondEmbedding, guided_prediction
 from distill_diffusion.trainers.methods.base import LossOutput, MethodBase, Phase, Stage, StepContext
 from distill_diffusion.trainers.methods.progressive.config import ProgressiveConfig
 from distill_diffusion.trainers.methods.progressive.plan import RoundPlan, check_start_steps
+
+
+def check_max_train_steps_used(max_train_steps: int, config: ProgressiveConfig) -> None:
+    """``train.max_train_steps`` is each stage's length where the method section gives none; with every length given it
+    must stay unset (the default), or equal them all (a saved config.yaml whose lengths it filled in)."""
+    distill = config.guidance == "distill"
+    if config.steps_per_round is None or (distill and config.guidance_steps is None) or max_train_steps == TrainConfig.max_train_steps:
+        return
+    lengths = set(config.steps_per_round) | ({config.guidance_steps} if distill else set())
+    require(lengths == {max_train_steps}, f"train.max_train_steps={max_train_steps} is not used: method.steps_per_round"
+            f"{' and method.guidance_steps' if distill else ''} set the length of every stage of progressive distillation; "
+            "drop --max_train_steps, or drop method.steps_per_round to train each round for train.max_train_steps steps")
 
 
 class Progressive(MethodBase):
@@ -41,13 +59,15 @@ class Progressive(MethodBase):
     config_class: ClassVar[type] = ProgressiveConfig
     resume_fields: ClassVar[tuple[str, ...]] = (
         "start_steps", "target_steps", "steps_per_round", "guidance", "guidance_steps", "w_min", "w_max", "time_cond_proj_dim",
-        "prediction_type",
+        "prediction_type", "convert_steps",
     )
 
     @classmethod
     def check_config(cls, run: RunConfig) -> None:
-        """Rounds without their own step counts take ``train.max_train_steps`` each (written into the saved config)."""
+        """Rounds without their own step counts take ``train.max_train_steps`` each (written into the saved config); where
+        every stage has its own, a ``train.max_train_steps`` that would be ignored is refused."""
         config = run.method_config
+        check_max_train_steps_used(run.train.max_train_steps, config)
         config.steps_per_round = config.round_steps(run.train.max_train_steps)
         if config.guidance == "distill" and config.guidance_steps is None:
             config.guidance_steps = run.train.max_train_steps
@@ -61,7 +81,8 @@ class Progressive(MethodBase):
         require(components.family != "sdxl", f"{components.source}: {SDXL_ERROR}")
         check_start_steps(components.schedule.num_train_timesteps, config)
         self.components, self.config, self.schedule = components, config, components.schedule
-        self.plan = RoundPlan(config, self.schedule.num_train_timesteps, default_steps=config.round_steps(1)[0])
+        self.plan = RoundPlan(config, self.schedule.num_train_timesteps, default_steps=config.round_steps(1)[0],
+                              teacher_prediction_type=components.prediction_type)
         self.uncond = UncondEmbedding(components.tokenizer, components.text_encoder)
         self.w_conditioned = config.guidance == "distill"
         # the original teacher stays frozen in the weight dtype; the student is an fp32 copy predicting v (or x)
@@ -69,11 +90,11 @@ class Progressive(MethodBase):
         extra = {"time_cond_proj_dim": config.time_cond_proj_dim} if self.w_conditioned else {}
         self.unet = build_student(components, **extra)
         if self.w_conditioned:
-            with torch.no_grad():  # w enters as a zero addition: the student starts as the teacher at every w
+            with torch.no_grad():  # w enters as a zero addition: at the start w changes nothing
                 self.unet.time_embedding.cond_proj.weight.zero_()
         self.unet.train()
         self.round_teacher: Any = None  # the previous round's student, frozen (built at the first stage end)
-        self.stage = 0
+        self.stage = 0  # the stage the student's weights are trained in (or, after its end, were trained in)
         self.models = {"unet": self.unet}
 
     def phases(self) -> list[Phase]:
@@ -98,13 +119,21 @@ class Progressive(MethodBase):
         return LossOutput(weighted_mse(x_pred, x_target, self.loss_weights(t)), {})
 
     def guidance_target(self, x0: Tensor, c: Tensor, w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Meng et al. stage 1: ``(z_t, t, x̂)`` with x̂ the teacher's CFG ``(1+w)·x̂(z_t, c) − w·x̂(z_t, ∅)``, t ~ U{0..T−1}."""
+        """Meng et al. stage 1 (and the conversion stage): ``(z_t, t, x̂)``, t ~ U{0..T−1}, x̂ the original teacher's
+        as the first round uses it (:meth:`first_teacher`): its CFG ``(1+w)·x̂(z_t, c) − w·x̂(z_t, ∅)``."""
         t = torch.randint(0, self.schedule.num_train_timesteps, (x0.shape[0],), device=x0.device)
         z_t = self.schedule.add_noise(x0, torch.randn_like(x0), t)
         with torch.no_grad():
-            teacher = Denoiser(self.teacher_unet, self.schedule, self.components.prediction_type)
-            x_target, _ = guided_prediction(teacher, z_t, t, c, self.uncond(c), w)
+            x_target, _ = self.first_teacher(z_t, t, c, w)
         return z_t, t, x_target
+
+    def first_teacher(self, z: Tensor, t: Tensor, c: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
+        """``(x̂, ε̂)`` of the original teacher, guided at w (no uncond pass when the plan has no guidance)."""
+        teacher = Denoiser(self.teacher_unet, self.schedule, self.components.prediction_type)
+        if self.w_conditioned or (self.config.guidance == "fixed" and self.config.w_min > 0):
+            return guided_prediction(teacher, z, t, c, self.uncond(c), w)
+        out = teacher(z, t, c)
+        return out.x0, out.eps
 
     def round_target(self, x0: Tensor, c: Tensor, w: Tensor, stage: int) -> tuple[Tensor, Tensor, Tensor]:
         """Alg. 2 on the round's grid: ``(z_t, t, x̃)`` for i ~ U{0..N−1} and z_t = α_t·x + σ_t·ε."""
@@ -137,13 +166,11 @@ class Progressive(MethodBase):
         has the guidance in it (w-conditioned, or baked in at a fixed w).
         """
         if self.round_teacher is None:
-            teacher = Denoiser(self.teacher_unet, self.schedule, self.components.prediction_type)
-            if self.config.guidance == "fixed" and self.config.w_min > 0:
-                return guided_ddim_step(teacher, z, t, s, c, self.uncond(c), w)
-            out = teacher(z, t, c)
+            x0, eps = self.first_teacher(z, t, c, w)
         else:
             out = self.student_denoiser(self.round_teacher)(z, t, c, **self.w_condition(w))
-        return ddim_step(out.x0, out.eps, append_dims(self.schedule.alpha(s), z.ndim), append_dims(self.schedule.sigma(s), z.ndim))
+            x0, eps = out.x0, out.eps
+        return ddim_step(x0, eps, append_dims(self.schedule.alpha(s), z.ndim), append_dims(self.schedule.sigma(s), z.ndim))
 
     def student_denoiser(self, unet: Any = None) -> Denoiser:
         """The student (``unet``: its engine-wrapped module) as a denoiser in its own parameterisation."""
@@ -171,20 +198,34 @@ class Progressive(MethodBase):
 
     @torch.no_grad()
     def on_stage_end(self, stage: int, ema: dict[str, list[Tensor]]) -> None:
-        """The round's student (its EMA when kept) becomes the next round's teacher and the next student's start."""
-        if ema.get("unet"):
-            torch._foreach_copy_(self.trainable_parameters(Phase("unet", "unet")), ema["unet"])
-        self._set_round_teacher(self.unet.state_dict())
-        self.stage = stage + 1
+        """The round's student (its EMA when kept) becomes the next round's teacher and the next student's start.
+
+        After the conversion stage only the start: the first round's teacher stays the original one (exact targets).
+        """
+        if ema.get("unet"):  # shard by shard when the engine shards the student (FSDP2: no _foreach_copy_ on DTensors)
+            params = self.trainable_parameters(Phase("unet", "unet"))
+            torch._foreach_copy_([sharded.local(p) for p in params], [sharded.local(t) for t in ema["unet"]])
+        if not (self.plan.has_convert_stage and stage == 0):
+            # every process holds the whole round teacher: a sharded student's weights are gathered (collective)
+            self._set_round_teacher({k: sharded.full(v) for k, v in self.unet.state_dict().items()})
+        self.stage = stage  # the student is this stage's until the next one's first step: exported, validated at its N
 
     def _set_round_teacher(self, state: dict[str, Tensor]) -> None:
         if self.round_teacher is None:
             # frozen like the original teacher, in its dtype (fp16/bf16 under mixed precision: half the memory)
-            self.round_teacher = copy.deepcopy(self.unet).requires_grad_(False).eval()
+            self.round_teacher = self._plain_copy().requires_grad_(False).eval()
             dtype = next(self.teacher_unet.parameters()).dtype
             if dtype != torch.float32:
                 self.round_teacher.to(dtype)
         self.round_teacher.load_state_dict(state)
+
+    def _plain_copy(self) -> Any:
+        """A module like the student, unsharded: a copy of it, or under FSDP2 (which cannot be copied) a new one of its
+        class and config, built without drawing from the run's random stream (the weights are loaded after)."""
+        if not sharded.is_dtensor(next(self.unet.parameters())):
+            return copy.deepcopy(self.unet)
+        with torch.random.fork_rng(devices=[]):
+            return type(self.teacher_unet).from_config(self.unet.config).to(self.teacher_unet.device)
 
     def state_dict(self) -> dict[str, Tensor]:
         """The current round's teacher (a resume inside round k needs the student of round k − 1) and the stage."""
@@ -200,8 +241,8 @@ class Progressive(MethodBase):
             self._set_round_teacher(teacher)
 
     def sampling_steps(self) -> int:
-        """DDIM steps the student is trained for after the stages done so far."""
-        return self.plan.steps_after(self.stage - 1) if self.stage else self.config.start_steps
+        """DDIM steps of the stage the student is trained in: round k's own N while it trains and at its end."""
+        return self.plan.steps_after(self.stage)
 
     def guidance_scale(self) -> float:
         """diffusers guidance_scale to sample the student with: its w-embedding's scale, or 1 (guidance built in)."""

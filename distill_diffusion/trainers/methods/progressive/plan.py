@@ -5,6 +5,10 @@ On the discrete 1000-step schedule the grid is the one a stock ``DDIMScheduler``
 the first step starts at t = 999 whatever N): the student's step i goes ``t_i → s_i`` exactly as the exported
 scheduler steps at N, and the teacher's two steps go ``t_i → m_i → s_i`` through the point its own 2N-step
 grid evaluates between them.
+
+Alg. 2 starts each student as its teacher (θ ← η). A teacher in another parameterisation than the student (an eps
+teacher, a v student) cannot be copied into it that way: the same weights read as v give another x̂. The stage before
+the first round (guidance distillation, or else a conversion stage) regresses the student on the first teacher's x̂.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from distill_diffusion.trainers.methods.base import Stage
 from distill_diffusion.trainers.methods.progressive.config import ProgressiveConfig
 
 GUIDANCE_STAGE = "guidance"
+CONVERT_STAGE = "convert"
 
 
 @dataclass(frozen=True)
@@ -48,15 +53,29 @@ def round_grid(num_train_timesteps: int, student_steps: int) -> RoundGrid:
 
 @dataclass(frozen=True)
 class RoundPlan:
-    """Every stage of a run: the optional guidance stage, then one stage per halving round."""
+    """Every stage of a run: a guidance or conversion stage where the plan has one, then one stage per halving round."""
 
     config: ProgressiveConfig
     num_train_timesteps: int
     default_steps: int
+    #: the original teacher's prediction type (its scheduler's)
+    teacher_prediction_type: str
 
     @property
     def has_guidance_stage(self) -> bool:
         return self.config.guidance == "distill"
+
+    @property
+    def has_convert_stage(self) -> bool:
+        """The student predicts another quantity than the teacher (and no guidance stage regresses it on the
+        teacher's x̂ first): a conversion stage does, unless ``convert_steps`` is 0."""
+        return (not self.has_guidance_stage and self.config.convert_steps != 0
+                and self.config.prediction_type != self.teacher_prediction_type)
+
+    @property
+    def first_round_stage(self) -> int:
+        """The stage index of the first halving round (1 after a guidance or conversion stage)."""
+        return int(self.has_guidance_stage or self.has_convert_stage)
 
     @property
     def student_steps(self) -> list[int]:
@@ -66,22 +85,24 @@ class RoundPlan:
     def stages(self) -> list[Stage]:
         rounds = [Stage(f"round-{r + 1}-{n}-steps", steps, export=True)
                   for r, (n, steps) in enumerate(zip(self.student_steps, self.config.round_steps(self.default_steps)))]
-        if not self.has_guidance_stage:
-            return rounds
-        return [Stage(GUIDANCE_STAGE, self.config.guidance_steps or self.default_steps), *rounds]
+        if self.has_guidance_stage:
+            return [Stage(GUIDANCE_STAGE, self.config.guidance_steps or self.default_steps), *rounds]
+        if self.has_convert_stage:
+            return [Stage(CONVERT_STAGE, self.config.convert_steps), *rounds]
+        return rounds
 
     def round_index(self, stage: int) -> int | None:
-        """The halving round of ``stage`` (0-based), or None for the guidance stage."""
-        r = stage - int(self.has_guidance_stage)
+        """The halving round of ``stage`` (0-based), or None for the guidance or conversion stage."""
+        r = stage - self.first_round_stage
         return None if r < 0 else r
 
     def grid(self, stage: int) -> RoundGrid:
         r = self.round_index(stage)
-        require(r is not None, "the guidance stage has no DDIM grid")
+        require(r is not None, "the guidance and conversion stages have no DDIM grid")
         return round_grid(self.num_train_timesteps, self.student_steps[r])
 
     def steps_after(self, stage: int) -> int:
-        """Sampling steps of the student after ``stage``: the round's N, or the start count after guidance."""
+        """Sampling steps of the student after ``stage``: the round's N, or the start count after guidance or conversion."""
         r = self.round_index(stage)
         return self.config.start_steps if r is None else self.student_steps[r]
 
