@@ -168,9 +168,8 @@ class TrainConfig:
     tracker_project_name: str = "distill-diffusion"
     #: Make validation images every N steps (0 = never).
     validation_steps: int = 0
-    #: Prompts for validation images (on the command line: comma-separated, or a JSON list, or a prompt file).
-    #: Comma-separated (``a cat,a dog``) or, for prompts that contain commas, a JSON list
-    #: (``'["a cat, sitting", "a dog"]'``); a single existing file is read as validation_prompts_file.
+    #: Prompts for validation images: comma-separated (``a cat,a dog``), a JSON list for prompts with commas
+    #: (``'["a cat, sitting", "a dog"]'``), or one existing file, read as validation_prompts_file.
     validation_prompts: list[str] = field(default_factory=list)
     #: A text file with one validation prompt per line (commas allowed), or a JSON list; fills validation_prompts.
     validation_prompts_file: str | None = None
