@@ -13,12 +13,6 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from distill_diffusion.core.timesteps import (
-    TRAINED_TIMESTEPS,
-    join_or,
-    trained_step_counts,
-    visited_timesteps,
-)
 from distill_diffusion.errors import UserError, require
 
 
@@ -70,8 +64,8 @@ def check_steps(scheduler: Any, steps: int, preset: Preset | None = None) -> Non
 
     Any scheduler: at most its ``num_train_timesteps`` (diffusers raises a ValueError mid-run otherwise).
     With a ``preset`` that has a ``max_steps_key``: at most the grid the model was distilled on (an LCM).
-    With :data:`TRAINED_TIMESTEPS` in the scheduler's config (an adversarial student's export writes it): only
-    step counts whose every timestep the student was trained at (see :func:`trained_step_counts`).
+    With trained timesteps in the scheduler's config (an adversarial student's export writes them): only step counts
+    whose every timestep the student was trained at (:func:`check_trained_timesteps`).
     """
     config = scheduler.config
     trained = config.get("num_train_timesteps")
@@ -86,7 +80,20 @@ def check_steps(scheduler: Any, steps: int, preset: Preset | None = None) -> Non
             f"{steps} sampling steps, but this model was distilled on a grid of {limit} timesteps "
             f"({preset.max_steps_key}, preset {preset.name!r}); pass {limit} steps or fewer",
         )
-    counts = trained_step_counts(scheduler)
+    check_trained_timesteps(scheduler, steps)
+
+
+def check_trained_timesteps(scheduler: Any, steps: int) -> None:
+    """Refuse a step count that visits a timestep the model was not trained at, when its scheduler config lists them."""
+    # imported here: core pulls in torch, and the CLI parses its arguments without it
+    from distill_diffusion.core.timesteps import (
+        TRAINED_TIMESTEPS,
+        join_or,
+        trained_step_counts,
+        visited_timesteps,
+    )
+
+    config, counts = scheduler.config, trained_step_counts(scheduler)
     if counts is None or steps in counts:
         return
     timesteps = config[TRAINED_TIMESTEPS]
@@ -213,7 +220,7 @@ def build_scheduler(preset: Preset, scheduler_config: Any, trained: dict[str, An
 
     ``trained``: a scheduler config saved with a distilled adapter; when it is the preset's scheduler
     class, its ``preset.trained_fields`` override the defaults (e.g. an LCM-LoRA distilled with N = 20). Its
-    :data:`TRAINED_TIMESTEPS`, whatever the class, go on the scheduler's config, where :func:`check_steps` reads them
+    :data:`~distill_diffusion.core.timesteps.TRAINED_TIMESTEPS`, whatever the class, go on the scheduler's config, where :func:`check_steps` reads them
     (a full export's own scheduler config carries them through ``from_config``).
     """
     import diffusers
@@ -223,6 +230,8 @@ def build_scheduler(preset: Preset, scheduler_config: Any, trained: dict[str, An
     if trained and trained.get("_class_name") == preset.scheduler:
         kwargs.update({k: trained[k] for k in preset.trained_fields if k in trained})
     scheduler = cls.from_config(scheduler_config, **kwargs)
+    from distill_diffusion.core.timesteps import TRAINED_TIMESTEPS
+
     if trained and trained.get(TRAINED_TIMESTEPS):
         scheduler.register_to_config(**{TRAINED_TIMESTEPS: list(trained[TRAINED_TIMESTEPS])})
     return scheduler
