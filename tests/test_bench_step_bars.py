@@ -56,3 +56,10 @@ def test_training_free_samplers_sample_the_tiny_teacher_at_few_steps(tiny_pipeli
         out = pipe("a red circle", output_type="pt", generator=torch.Generator().manual_seed(0),
                    **get_preset(preset).call_kwargs(steps=steps, guidance_scale=2.0)).images
         assert torch.isfinite(out).all()
+
+
+def test_adversarial_toy_names_every_student_it_can_train():
+    from distill_diffusion.trainers.methods.ladd.bench_toy import RUNS
+    from distill_diffusion.trainers.methods.ladd.bench_toy_command import STUDENTS
+
+    assert set(STUDENTS) == {*RUNS, "lcm-lora"}

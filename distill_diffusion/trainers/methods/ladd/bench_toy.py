@@ -14,6 +14,7 @@ training-free sampler at equal steps).
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -30,8 +31,8 @@ TEACHER_SWEEP = (1.5, 2.0, 3.0, 4.5)
 BARS = ((1, 1.5, 0.9), (4, 1.2, None))
 
 
-def train_students(world: Any, run_dir: Path, steps: dict[str, int | None]) -> dict[str, float]:
-    """Train (or resume, or reuse) LADD, ADD and the LCM-LoRA; returns seconds per run."""
+def train_students(world: Any, run_dir: Path, steps: dict[str, int | None], students: Sequence[str] = (*RUNS, "lcm-lora")) -> dict[str, float]:
+    """Train (or resume, or reuse) ``students`` (LADD, ADD, the LCM-LoRA); returns seconds per run."""
     from distill_diffusion.bench.toy_runs import toy_run_config, train_lcm_lora_timed, train_timed
     from distill_diffusion.toy.tiny import save_toy_dinov2
 
@@ -40,12 +41,15 @@ def train_students(world: Any, run_dir: Path, steps: dict[str, int | None]) -> d
         save_toy_dinov2(dinov2)
     seconds = {}
     for name, (method, preset) in RUNS.items():
+        if name not in students:
+            continue
         run = toy_run_config(method, preset, world, run_dir / name, {"feature_network": str(dinov2)} if method == "add" else None)
         if steps.get(name) is not None:
             run.train.max_train_steps = steps[name]
         stage = SimpleNamespace(name="train", steps=run.train.max_train_steps)
         seconds[name] = sum(train_timed(run, [stage], run_dir / name, done_file=LORA_FILE).values())
-    seconds["lcm-lora"] = train_lcm_lora_timed(world.teacher, world.data, run_dir / "lcm-lora", steps.get("lcm-lora"))
+    if "lcm-lora" in students:
+        seconds["lcm-lora"] = train_lcm_lora_timed(world.teacher, world.data, run_dir / "lcm-lora", steps.get("lcm-lora"))
     return seconds
 
 
@@ -68,25 +72,29 @@ def bar_lines(rows: list[dict[str, Any]], guidance: float) -> list[str]:
 
 def run_adversarial_toy(output_dir: str | Path = "benchmarks/results/toy_quality/adversarial", run_dir: str | Path = "toy_runs/adversarial",
                         num_images: int = 1024, guidance_scale: float = TOY_GUIDANCE, cache_dir: str | Path | None = None,
-                        steps: dict[str, int | None] | None = None) -> dict[str, Any]:
-    """Train every run, then benchmark; writes ``output_dir`` (quality results, bars.md, training.json)."""
+                        steps: dict[str, int | None] | None = None, students: Sequence[str] = (*RUNS, "lcm-lora")) -> dict[str, Any]:
+    """Train ``students`` (default: every run), then benchmark them beside the teacher; writes ``output_dir`` (quality
+    results, bars.md, training.json)."""
     from distill_diffusion.bench.step_bars import step_bar_lines, training_free_specs
     from distill_diffusion.eval.bench_quality import PipelineSpec, run_quality_benchmark
     from distill_diffusion.quickstart import toy_bench_settings
     from distill_diffusion.toy.build import ensure_toy_world
 
     world, run_dir, out = ensure_toy_world(cache_dir=cache_dir), Path(run_dir), Path(output_dir)
-    seconds = train_students(world, run_dir, steps or {})
+    seconds = train_students(world, run_dir, steps or {}, students)
     teacher = str(world.teacher)
     sweep = tuple(sorted({*TEACHER_SWEEP, guidance_scale}))
     specs = [PipelineSpec("teacher", teacher, preset="ddim", guidance_scale=sweep, steps=(TEACHER_STEPS,)),
-             *training_free_specs(teacher, guidance_scale, STUDENT_STEPS),
-             PipelineSpec("lcm-lora", teacher, lora=str(run_dir / "lcm-lora"), preset="lcm", guidance_scale=1.0, steps=STUDENT_STEPS)]
-    specs += [PipelineSpec(name, teacher, lora=str(run_dir / name), preset="ladd", guidance_scale=1.0, steps=STUDENT_STEPS) for name in RUNS]
+             *training_free_specs(teacher, guidance_scale, STUDENT_STEPS)]
+    if "lcm-lora" in students:
+        specs.append(PipelineSpec("lcm-lora", teacher, lora=str(run_dir / "lcm-lora"), preset="lcm", guidance_scale=1.0, steps=STUDENT_STEPS))
+    specs += [PipelineSpec(name, teacher, lora=str(run_dir / name), preset="ladd", guidance_scale=1.0, steps=STUDENT_STEPS)
+              for name in RUNS if name in students]
     result = run_quality_benchmark(specs, out, toy_bench_settings(world, num_images, cache_dir))
-    lines = [*bar_lines(result["rows"], guidance_scale), "", *step_bar_lines(result["rows"], {n: [n] for n in (*RUNS, "lcm-lora")})]
+    lines = [*bar_lines(result["rows"], guidance_scale), "", *step_bar_lines(result["rows"], {n: [n] for n in students})]
     (out / "bars.md").write_text("\n".join(lines) + "\n")
-    training = {"runs": {name: preset for name, (_, preset) in RUNS.items()} | {"lcm-lora": "tiny/lcm_lora"}, "steps": steps or {},
+    presets = {name: preset for name, (_, preset) in RUNS.items()} | {"lcm-lora": "tiny/lcm_lora"}
+    training = {"runs": {name: presets[name] for name in students}, "steps": steps or {},
                 "seconds": seconds, "total_minutes": round(sum(seconds.values()) / 60, 1)}
     (out / "training.json").write_text(json.dumps(training, indent=2))
     print(Path(result["files"]["markdown"]).read_text())

@@ -7,6 +7,8 @@ import argparse
 
 from distill_diffusion.bench.options import add_toy_run_options
 
+#: The students it can train and score (trainers.methods.ladd.bench_toy: RUNS and the LCM-LoRA), named here without torch.
+STUDENTS = ("ladd", "add", "lcm-lora")
 HELP = "LADD and ADD on the toy world at 1/2/4 steps beside the teacher (50 steps, guidance sweep) and the LCM-LoRA"
 
 
@@ -15,6 +17,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_toy_run_options(p, output_dir="benchmarks/results/toy_quality/adversarial", run_dir="toy_runs/adversarial")
     for name, preset in (("ladd", "tiny/ladd"), ("add", "tiny/add"), ("lcm", "tiny/lcm_lora")):
         p.add_argument(f"--{name}_steps", type=int, default=None, help=f"training steps (default: the {preset} preset's)")
+    p.add_argument("--students", nargs="+", choices=STUDENTS, default=list(STUDENTS),
+                   help="the students to train and score beside the teacher (default: all)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -22,5 +26,5 @@ def run(args: argparse.Namespace) -> int:
     from distill_diffusion.trainers.methods.ladd.bench_toy import run_adversarial_toy
 
     steps = {"ladd": args.ladd_steps, "add": args.add_steps, "lcm-lora": args.lcm_steps}
-    run_adversarial_toy(args.output_dir, args.run_dir, args.num_images, args.guidance_scale, args.cache_dir, steps)
+    run_adversarial_toy(args.output_dir, args.run_dir, args.num_images, args.guidance_scale, args.cache_dir, steps, args.students)
     return 0
