@@ -14,7 +14,7 @@ from distill_diffusion.trainers.methods.bksdm import architecture as arch
 from distill_diffusion.trainers.methods.bksdm import features as feat
 from distill_diffusion.trainers.methods.bksdm.inspect_student import macs
 
-#: Kim et al., Table 1 / SPECS.md §4: UNet parameters of SD 1.4 and its three students.
+#: Kim et al., arXiv:2305.15798, Table 1: UNet parameters of SD 1.4 and its three students.
 PAPER_PARAMETERS = {"teacher": 859_520_964, "base": 579_384_964, "small": 482_346_884, "tiny": 323_384_964}
 #: Table 1's MACs at 512² (convolutions and linear layers), G.
 PAPER_GMACS = {"teacher": 339, "base": 224, "small": 218, "tiny": 205}

@@ -131,7 +131,7 @@ def test_the_student_export_loads_in_a_plain_diffusers_script(student: Path, tin
 
 @pytest.mark.e2e
 def test_an_lcm_lora_trains_on_the_student_and_loads_on_it(student: Path, toy_data_dir: Path, tmp_path: Path) -> None:
-    """Small and fast together: `train lcm` with the BK-SDM export as its model (SPECS §4, the composition)."""
+    """Small and fast together: `train lcm` with the BK-SDM export as its model (the composition of EdgeFusion, arXiv:2404.11925: BK-SDM-Tiny with LCM)."""
     out = tmp_path / "lcm"
     assert main(["train", "lcm", "--config", "tiny/lcm_lora", "--pretrained_model_name_or_path", str(student), "--train_data_dir",
                  str(toy_data_dir), "--output_dir", str(out), "--max_train_steps", "2", "--train_batch_size", "2",

@@ -19,7 +19,7 @@ def test_alphas_cumprod_equal_diffusers_from_frozendict():
     assert sched.alphas_cumprod.dtype == torch.float64
     assert sched.num_train_timesteps == 1000
     torch.testing.assert_close(sched.alphas_cumprod, ref.double(), rtol=0, atol=0)
-    # SD 1.5's last step is not pure noise (SPECS §0: SNR ~ 0.0047 at t=999).
+    # SD 1.5's last step is not pure noise: SNR ~ 0.0047 at t=999 (Lin et al., arXiv:2305.08891).
     assert sched.snr(torch.tensor(999)).item() == pytest.approx(0.0047, abs=2e-4)
 
 

@@ -1,4 +1,4 @@
-"""No import runs back up the layers (DESIGN.md): every import, function-level ones too, read with ``ast``.
+"""No import runs back up the layers (docs/adding_a_method.md, "Package layout"): every import, function-level ones too, read with ``ast``.
 
 Arrows run one way, down :data:`LAYERS`. Within ``trainers``, ``methods`` never imports ``engine``, and
 ``engine`` imports from ``methods`` only the contract (``base``) and the registry. A method's benchmarks
@@ -115,7 +115,7 @@ def violations() -> set[tuple[str, str]]:
 
 def test_no_import_runs_up_the_layers() -> None:
     unexpected = sorted(violations() - KNOWN_EXCEPTIONS.keys())
-    assert not unexpected, "imports against the layer order (DESIGN.md):\n" + "\n".join(f"{a} -> {b}" for a, b in unexpected)
+    assert not unexpected, "imports against the layer order (docs/adding_a_method.md, Package layout):\n" + "\n".join(f"{a} -> {b}" for a, b in unexpected)
 
 
 def test_known_exceptions_still_occur() -> None:

@@ -24,7 +24,7 @@ def test_unknown_preset_lists_the_valid_ones():
 
 
 def test_lcm_preset_gives_the_reference_four_step_timesteps():
-    """SPECS §1: LCMScheduler.from_config(teacher) with original_inference_steps=50 → [999, 759, 499, 259]."""
+    """LCMScheduler.from_config(teacher) with original_inference_steps=50 gives the LCM 4-step timesteps [999, 759, 499, 259]."""
     preset = get_preset("lcm")
     scheduler = build_scheduler(preset, teacher_config())
     assert isinstance(scheduler, LCMScheduler)

@@ -15,7 +15,7 @@ def latents_and_embeddings(batch: dict[str, Any], components: SDComponents) -> t
     """``(x0, c)`` from cached latents when the batch has them, else by encoding pixels and captions.
 
     The frozen VAE and text encoder run in the weight dtype; the latents come back in fp32 because the
-    noising and parameterisation math is done in fp32 (DESIGN.md rule 8).
+    noising and parameterisation math is done in fp32 (the precision policy: docs/training.md).
     """
     # the first parameter, not diffusers' .device/.dtype properties (which walk the module: ~2.5 ms each)
     param = next(components.unet.parameters())

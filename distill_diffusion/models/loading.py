@@ -281,7 +281,7 @@ def _load_pipeline(cfg: ModelConfig, kind: str, weight_dtype: torch.dtype) -> An
 def load_teacher(cfg: ModelConfig, weight_dtype: torch.dtype = torch.float32, device: Any = None) -> SDComponents:
     """Load the teacher frozen (``requires_grad_(False)``, ``eval()``) with UNet/VAE/text encoder in ``weight_dtype``.
 
-    Methods decide what to unfreeze and cast their trainable weights to fp32 (DESIGN.md rule 8).
+    Methods decide what to unfreeze and cast their trainable weights to fp32 (the precision policy: docs/training.md).
     """
     kind = check_model_source(cfg)
     pipe = _load_pipeline(cfg, kind, weight_dtype)

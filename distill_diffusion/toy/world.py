@@ -3,12 +3,13 @@
 Each image is one shape (circle, square, triangle, cross, ring, star) in one of eight colours on one of
 three backgrounds, at a random size (radius 28-45% of the side), position and rotation. Captions name the colour and the shape and,
 half of the time, the background -- never position, size or rotation. So one prompt has many images and
-a one-step (mean) prediction is a blur, as with real Stable Diffusion (DESIGN.md, "The toy world").
+a one-step (mean) prediction is a blur, as with real Stable Diffusion (docs/toy_world.md).
 
-Resolution: 32x32 RGB by default. The tiny VAE (``distill_diffusion.toy.tiny``) downsamples by 4, like
-the world measured in SPECS.md section 1 (8x8x4 latents of 32^2 glyphs): a shape of 9-14 px radius spans
-4-7 latent pixels, enough for an 8 -> 4 -> 2 UNet to resolve its outline, while 4x4 latents (a x8 VAE at
-32^2) would leave one latent pixel per shape part.
+Resolution: 32x32 RGB by default. The tiny VAE (``distill_diffusion.toy.tiny``) downsamples by 4 to 8x8x4
+latents (those of an earlier 32^2 glyph world where a 1M-parameter UNet teacher and its LCM-LoRA worked: 4 LCM
+steps came within 1.1x of the teacher's 50-step Frechet distance): a shape of 9-14 px radius spans 4-7 latent
+pixels, enough for an 8 -> 4 -> 2 UNet to resolve its outline, while 4x4 latents (a x8 VAE at 32^2) would leave one
+latent pixel per shape part.
 
 Everything is deterministic from ``seed``: example ``i`` draws from ``numpy.random.default_rng([seed, i])``,
 so the first ``n`` examples of a larger dataset are the same images, and the files are byte-identical.

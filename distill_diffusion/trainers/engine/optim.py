@@ -83,8 +83,8 @@ def build_lr_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps
 
     The engine steps it exactly once per optimizer step and does NOT hand it to ``accelerator.prepare``:
     accelerate's wrapper steps a scheduler ``num_processes`` times per call unless ``split_batches`` is
-    set, which is how the diffusers scripts ended up with warm-ups ``num_gpus``× too short once
-    ``split_batches=True`` became a no-op in accelerate ≥ 1.0 (SPECS.md §1).
+    set, which is how the diffusers LCM distillation scripts ended up with warm-ups ``num_gpus``× too short
+    once their ``Accelerator(split_batches=True)`` became a no-op in accelerate ≥ 1.0.
     """
     return get_scheduler(
         cfg.lr_scheduler,

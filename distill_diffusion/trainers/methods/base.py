@@ -1,6 +1,6 @@
 """The method contract: what a distillation method gives the engine, and what it gets back.
 
-A method is an algorithm on already-built objects (DESIGN.md): it receives the teacher's components and
+A method is an algorithm on already-built objects (docs/adding_a_method.md): it receives the teacher's components and
 a batch and returns losses. It never sees the command line, the Accelerator, optimizers or file paths
 other than the export folder. The engine owns the loop.
 """

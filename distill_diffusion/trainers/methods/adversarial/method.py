@@ -3,8 +3,9 @@
 Sauer et al., ADD (arXiv:2311.17042, §3) and LADD (arXiv:2403.12015, §3): the student denoises a noised real latent
 in one step, from a timestep of its own small set; a discriminator (frozen feature network + small trainable heads)
 tells its samples from real ones with the hinge loss; an optional distillation term compares the student's sample with
-the teacher's prediction from it re-noised (ADD eq. 5, c(t) = ᾱ_t). SPECS.md §3 lists the stability knobs users of
-the open re-implementations needed; they are built in here (batch 1 refused, the discriminator's own Adam betas, R1).
+the teacher's prediction from it re-noised (ADD eq. 5, c(t) = ᾱ_t). The stability knobs users of the open
+re-implementations needed are built in here (batch 1 refused: the hinge loss collapses there; the discriminator's own
+Adam betas, R1); docs/ladd.md lists them.
 
 With a LoRA student one UNet serves as student (adapter on) and teacher (adapter off: peft's per-layer switch keeps the
 autograd graph, so gradients still reach the adapter through a frozen pass's input). Two engine phases, ``generator``

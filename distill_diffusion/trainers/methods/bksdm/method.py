@@ -3,7 +3,8 @@
 Kim et al., "BK-SDM: A Lightweight, Fast, and Cheap Version of Stable Diffusion", arXiv:2305.15798, §3.3, eq. 4:
 L = L_Task + λ_OutKD·L_OutKD + λ_FeatKD·L_FeatKD, all three on the same noise, timestep and text for both models:
 L_Task the plain diffusion loss (the fine-tune's own, :class:`~distill_diffusion.trainers.methods.finetune.FineTune`),
-L_OutKD = ‖ε_T − ε_S‖² on the UNet outputs, L_FeatKD the summed stage-output MSEs (:mod:`.features`). SPECS.md §4.
+L_OutKD = ‖ε_T − ε_S‖² on the UNet outputs, L_FeatKD the summed stage-output MSEs (:mod:`.features`); the paper
+sets every λ to 1. The students and the loss in the project's terms: docs/bksdm.md.
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 Luo et al., "Latent Consistency Models: Synthesizing High-Resolution Images with Few-Step Inference",
 arXiv:2310.04378, Alg. 1 (LCD) with the skipping-step DDIM solver (Sec. 4.3) and the consistency function
 ``f(z, t) = c_skip(t) z + c_out(t) x0_hat(z, t)`` (Sec. 3/4.1); Luo et al., "LCM-LoRA: A Universal
-Stable-Diffusion Acceleration Module", arXiv:2311.05556. SPECS.md §1 lists the defaults and the reference
-scripts' mistakes avoided here (two fp32 UNets, v outputs read as eps, unloadable LoRA exports).
+Stable-Diffusion Acceleration Module", arXiv:2311.05556. Mistakes of the diffusers reference scripts avoided here:
+two fp32 UNets, v outputs read as eps, unloadable LoRA exports. Defaults and outputs: docs/lcm.md.
 
 Guidance convention: ``w`` is the LCM-paper weight, ``(1 + w) cond − w uncond``; diffusers' guidance
 scale is ``g = w + 1`` (``core.guidance``).
@@ -55,7 +55,7 @@ KOHYA_FILE = "lcm_lora_kohya.safetensors"
 
 @dataclass
 class LCMConfig(LoRAOptions):
-    """Options of latent consistency distillation (defaults: SPECS.md §1, the LCM/LCM-LoRA reference values).
+    """Options of latent consistency distillation (defaults: the LCM/LCM-LoRA papers' and diffusers scripts' values).
 
     ``lora``: LCM-LoRA (one UNet: frozen base = teacher, LoRA = student); false trains a full w-conditioned LCM.
     """

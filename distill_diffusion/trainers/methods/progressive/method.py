@@ -2,8 +2,8 @@
 
 Salimans & Ho, "Progressive Distillation for Fast Sampling of Diffusion Models", arXiv:2202.00512, Alg. 2; guided
 text-to-image: Meng et al., "On Distillation of Guided Diffusion Models", arXiv:2210.03142 (stage 1: a w-conditioned
-student matches the teacher's classifier-free guidance; stage 2: the halving rounds on it). SPECS.md §2 lists what
-published ports get wrong (t' and t'' swapped; an x̃ that is not solved for exactly).
+student matches the teacher's classifier-free guidance; stage 2: the halving rounds on it). Published PyTorch ports
+get Alg. 2 wrong in two ways avoided here: one swaps t' and t''; one does not solve for x̃ exactly.
 
 Each round is an engine :class:`Stage`: fresh optimizer and LR schedule, a restarted EMA; at its end the student
 (its EMA when kept) becomes the teacher of the next round and is exported as a pipeline folder. Guidance in the
