@@ -5,7 +5,6 @@ from distill_diffusion.data.build import (
     build_train_dataset,
     build_transform,
     check_source_fields,
-    collate_examples,
     dataset_captions,
 )
 from distill_diffusion.data.cache import (
@@ -15,6 +14,7 @@ from distill_diffusion.data.cache import (
     is_cache_valid,
     prepare_latent_cache,
 )
+from distill_diffusion.data.collate import collate_examples
 from distill_diffusion.data.synthetic import open_latents_dir, write_synthetic_latents
 from distill_diffusion.data.transforms import ImageTransform
 from distill_diffusion.prompts import load_prompts

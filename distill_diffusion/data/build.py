@@ -1,19 +1,18 @@
-"""DataConfig → training dataset, and the batch collate function shared by every source.
+"""DataConfig → training dataset (the batches are stacked by :func:`~distill_diffusion.data.collate.collate_examples`).
 
 Each source uses exactly the DataConfig fields that mean something for it; a field set for another
-source is refused (a silently ignored option is the bug SPECS.md §1 lists for the reference scripts).
+source is refused: a silently ignored option trains another run than the one asked for, and nothing shows it
+(docs/training.md, "Bad input").
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
-from typing import Any
 
-import torch
 from torch.utils.data import Dataset
 
 from distill_diffusion.config import DataConfig
+from distill_diffusion.data.synthetic import open_latents_dir
 from distill_diffusion.data.transforms import ImageTransform
 from distill_diffusion.errors import require
 
@@ -62,8 +61,6 @@ def build_train_dataset(cfg: DataConfig, seed: int | None = 0, interpolation: st
     check_source_fields(cfg)
     seed = 0 if seed is None else int(seed)
     if cfg.source == "latents":
-        from distill_diffusion.data.synthetic import open_latents_dir
-
         return open_latents_dir(cfg.latents_dir, cfg.proportion_empty_prompts, seed, cfg.max_train_samples)
     common = dict(transform=build_transform(cfg, interpolation), proportion_empty_prompts=cfg.proportion_empty_prompts,
                   max_bad_fraction=cfg.max_bad_fraction, max_train_samples=cfg.max_train_samples, seed=seed)
@@ -92,17 +89,3 @@ def dataset_captions(cfg: DataConfig, seed: int | None = 0) -> list[str]:
     dataset = build_train_dataset(dataclasses.replace(cfg, proportion_empty_prompts=0.0), seed)
     return dataset.captions()
 
-
-def collate_examples(examples: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Stack items into a batch: tensors are stacked (contiguous, float32 pixels), ``text`` becomes a list.
-
-    Works for pixel items (``pixel_values``) and cached items (``latents``, ``prompt_embeds``).
-    """
-    require(len(examples) > 0, "collate_examples got an empty batch; check the dataset length and batch size")
-    batch: dict[str, Any] = {"text": [str(e["text"]) for e in examples]}
-    for key in ("pixel_values", "latents", "prompt_embeds"):
-        if key in examples[0]:
-            batch[key] = torch.stack([e[key] for e in examples]).contiguous(memory_format=torch.contiguous_format)
-    if "pixel_values" in batch:
-        batch["pixel_values"] = batch["pixel_values"].float()
-    return batch

@@ -32,7 +32,8 @@ from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset
 
 from distill_diffusion.config import DataConfig
-from distill_diffusion.data.build import collate_examples
+from distill_diffusion.data.collate import collate_examples
+from distill_diffusion.data.imagefolder import subsample
 from distill_diffusion.data.transforms import drop_caption, item_rng
 from distill_diffusion.errors import UserError, require
 
@@ -250,8 +251,6 @@ class CachedLatentDataset(Dataset):
 
     def __init__(self, cache_dir: str | Path, proportion_empty_prompts: float = 0.0, seed: int = 0,
                  max_train_samples: int | None = None) -> None:
-        from distill_diffusion.data.imagefolder import subsample
-
         self.cache_dir = Path(cache_dir).expanduser()
         index = read_index(self.cache_dir)
         if index is None:

@@ -16,7 +16,7 @@ torch.set_num_threads(1)
 from distill_diffusion.config import load_preset, build_run_config
 from distill_diffusion.trainers.methods.progressive import Progressive
 from distill_diffusion.models.loading import load_teacher
-from distill_diffusion.data.build import build_train_dataset, collate_examples
+from distill_diffusion.data import build_train_dataset, collate_examples
 from distill_diffusion.models.batch import latents_and_embeddings
 from distill_diffusion.core.losses import weighted_mse
 from distill_diffusion.trainers.methods.base import Phase, StepContext
