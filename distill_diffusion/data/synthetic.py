@@ -68,37 +68,52 @@ def write_synthetic_latents(
 
     out = Path(output_dir).expanduser()
     require(len(captions) > 0, "no caption to generate from; pass at least one prompt")
-    out.mkdir(parents=True, exist_ok=True)
-    digest = fingerprint_digest(settings)
-    if overwrite:
-        clear_cache_files(out)
-    check_same_settings(out, settings)
-    if is_complete(out, settings, len(captions)):
+    if not _open_for_writing(out, settings, len(captions), shard_size, overwrite):
         return out
-    (out / INDEX_NAME).unlink(missing_ok=True)  # the folder is incomplete until the new index is written
-    starts = range(0, len(captions), shard_size)
-    _remove_shards_from(out, len(starts))
+    digest = fingerprint_digest(settings)
     shards: list[dict[str, Any]] = []
     metadata = {DIGEST_KEY: digest, SETTINGS_KEY: json.dumps(settings, sort_keys=True, default=str)}
     with tqdm(total=len(captions), disable=not progress, desc="prepare-synthetic", unit="latent") as bar:
-        for start in starts:
+        for start in range(0, len(captions), shard_size):
             end = min(start + shard_size, len(captions))
             if shard_count(out / shard_name(len(shards)), digest) == end - start:
                 shards.append({"file": shard_name(len(shards)), "count": end - start})
                 bar.update(end - start)
                 continue
-            pending: dict[str, list[torch.Tensor]] = {"latents": [], "prompt_embeds": []}
-            for first in range(start, end, batch_size):
-                indices = list(range(first, min(first + batch_size, end)))
-                with torch.no_grad():
-                    embeds = encode_text_fn([captions[i] for i in indices])
-                    pending["latents"].append(sample_fn(embeds, indices).cpu())
-                pending["prompt_embeds"].append(embeds.cpu())
-                bar.update(len(indices))
+            batches = [list(range(first, min(first + batch_size, end))) for first in range(start, end, batch_size)]
+            pending = _make_shard(captions, batches, sample_fn, encode_text_fn, bar.update)
             flush_shard(pending, out, shards, metadata)
     save_empty_prompt(encode_text_fn, out)
     write_index(out, settings, shards, list(captions), **dict(index_extra or {}))
     return out
+
+
+def _open_for_writing(out: Path, settings: Mapping[str, Any], count: int, shard_size: int, overwrite: bool) -> bool:
+    """Make ``out`` ready for ``count`` samples in shards of ``shard_size``: refuse other settings (cleared first when
+    ``overwrite``), drop the index and the shards past the last one; False when it is complete already."""
+    out.mkdir(parents=True, exist_ok=True)
+    if overwrite:
+        clear_cache_files(out)
+    check_same_settings(out, settings)
+    if is_complete(out, settings, count):
+        return False
+    (out / INDEX_NAME).unlink(missing_ok=True)  # the folder is incomplete until the new index is written
+    _remove_shards_from(out, len(range(0, count, shard_size)))
+    return True
+
+
+def _make_shard(captions: Sequence[str], batches: list[list[int]], sample_fn: SampleFn,
+                encode_text_fn: Callable[[list[str]], torch.Tensor],
+                done: Callable[[int], Any]) -> dict[str, list[torch.Tensor]]:
+    """One shard's latents and text embeddings, made batch by batch (``done(n)`` after each batch of ``n``)."""
+    pending: dict[str, list[torch.Tensor]] = {"latents": [], "prompt_embeds": []}
+    for indices in batches:
+        with torch.no_grad():
+            embeds = encode_text_fn([captions[i] for i in indices])
+            pending["latents"].append(sample_fn(embeds, indices).cpu())
+        pending["prompt_embeds"].append(embeds.cpu())
+        done(len(indices))
+    return pending
 
 
 def is_complete(output_dir: str | Path, settings: Mapping[str, Any], count: int) -> bool:
