@@ -8,7 +8,7 @@ from typing import Any
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 from torch import nn
 
-from distill_diffusion.models.loading import SDComponents
+from distill_diffusion.models.loading import _HUB_ID, SDComponents
 
 
 def build_pipeline(components: SDComponents, unet: nn.Module | None = None, scheduler: Any = None) -> StableDiffusionPipeline:
@@ -39,11 +39,16 @@ image = pipe("a prompt", num_inference_steps=50).images[0]
 
 
 def write_model_card(folder: Path, *, base_model: str, method: str, paper: str, usage: str, extra: str = "") -> Path:
-    """A short README.md: what was distilled from what, and how to load it with stock diffusers."""
+    """A short README.md: what was distilled from what, and how to load it with stock diffusers.
+
+    The metadata names ``base_model`` only for a Hub teacher: the Hub refuses a card whose ``base_model`` is not a
+    model id (a local folder), so the card of a local teacher's student could not be uploaded (``--push_to_hub``).
+    """
+    hub_id = hub_model_id(base_model)
+    base = f"base_model: {hub_id}\n" if hub_id else ""
     text = f"""---
 library_name: diffusers
-base_model: {base_model}
-tags: [distill-diffusion, {method}]
+{base}tags: [distill-diffusion, {method}]
 ---
 
 # {method} distilled from `{base_model}`
@@ -59,3 +64,9 @@ Trained with distill-diffusion's `{method}` method ({paper}).
     path = folder / "README.md"
     path.write_text(text)
     return path
+
+
+def hub_model_id(source: str) -> str | None:
+    """The Hub model id of a teacher source (``owner/name`` or ``owner/name@revision``); None for a local folder or file."""
+    repo = source.split("@", 1)[0]
+    return repo if _HUB_ID.fullmatch(repo) and not Path(repo).expanduser().exists() else None
