@@ -2,7 +2,7 @@
 
 Every section is a dataclass validated in ``__post_init__`` (bad values raise :class:`UserError`
 naming the field and the fix); ``Literal`` fields list their valid values. A run config is built from a
-YAML preset (a file, or a preset shipped in ``distill_diffusion/configs`` by name: ``tiny/lcm_lora``),
+YAML config (a file, or a config shipped in ``distill_diffusion/configs`` by name: ``tiny/lcm_lora``),
 then dotted command-line overrides (``--train.learning_rate 1e-4``, ``--phases.unet.learning_rate 1e-5``)
 or diffusers-style bare flags (``--learning_rate 1e-4``, resolved to the one section that has the field).
 The method class then checks rules across sections (``check_config``). The resolved config is saved
@@ -19,13 +19,19 @@ from typing import Any, Literal
 
 import yaml
 
+# the loaders are re-exported, so the Python API imports a config's loading and building from one module
+from distill_diffusion.config_files import (  # noqa: F401
+    CONFIGS_DIR,
+    check_config_method,
+    config_names,
+    load_config,
+    load_yaml,
+)
 from distill_diffusion.config_types import build_dataclass, check_choices, set_dotted
-from distill_diffusion.errors import UserError, require
+from distill_diffusion.errors import require
 
 #: numpy/accelerate seeds are unsigned 32-bit.
 MAX_SEED = 2**32 - 1
-#: Presets shipped with the package (package data), loadable by name: ``--config tiny/lcm_lora``.
-PRESETS_DIR = Path(__file__).resolve().with_name("configs")
 
 
 def _positive(name: str, value: float, allow_zero: bool = False) -> None:
@@ -274,42 +280,9 @@ class RunConfig:
 
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
-#: Top-level keys of a preset (``method_name`` is written by :meth:`RunConfig.save`).
-PRESET_KEYS = (*SECTIONS, "phases", "method", "method_name")
-
-
-def preset_names() -> list[str]:
-    """Names of the presets shipped in ``distill_diffusion/configs`` (``lcm_lora_sd15``, ``tiny/lcm_lora``, ...)."""
-    return sorted(p.relative_to(PRESETS_DIR).with_suffix("").as_posix() for p in PRESETS_DIR.rglob("*.yaml"))
-
-
-def load_preset(name_or_path: str | Path) -> dict[str, Any]:
-    """A YAML file by path, or a shipped preset by name; an unknown name fails with the list of shipped ones."""
-    path = Path(name_or_path)
-    if path.exists() or path.suffix in (".yaml", ".yml"):
-        return load_yaml(path)
-    name = str(name_or_path)
-    require(name in preset_names(), f"--config {name}: no such file, nor a shipped preset; pass a YAML file or "
-            f"one of: {', '.join(preset_names())}")
-    return load_yaml(PRESETS_DIR / f"{name}.yaml")
-
-
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML preset; a missing or malformed file is a :class:`UserError`."""
-    path = Path(path)
-    state = "is not a file" if path.exists() else "does not exist"
-    require(path.is_file(), f"config file {path} {state}; pass an existing YAML file to --config")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except UnicodeDecodeError:
-        raise UserError(f"config file {path} is not UTF-8 text (a binary file?); pass a YAML file to --config") from None
-    except OSError as exc:
-        raise UserError(f"config file {path} cannot be read ({exc.strerror}); check its permissions") from None
-    except (yaml.YAMLError, ValueError) as exc:  # PyYAML raises ValueError for impossible dates such as 2001-13-45
-        first = str(exc).splitlines()[0] if str(exc) else "parse error"
-        raise UserError(f"config file {path} is not valid YAML ({first}); fix the syntax") from None
-    require(isinstance(data, dict), f"config file {path} must hold a mapping of sections; write 'model:', 'data:', 'train:' and 'method:' sections")
-    return data
+#: Top-level keys of a config: ``method_name`` names the method it is for (every shipped config and every saved
+#: run config has it), then the sections.
+CONFIG_KEYS = ("method_name", *SECTIONS, "phases", "method")
 
 
 def parse_overrides(args: Sequence[str]) -> list[tuple[str, str]]:
@@ -349,9 +322,9 @@ def _resolve_key(key: str, config_cls: type) -> tuple[str, str]:
     return owners[0], key
 
 
-def _section(preset: Mapping[str, Any], name: str) -> dict[str, Any]:
-    """One section of a preset as a dict; a scalar or list there (``train: 5``) is a UserError."""
-    value = preset.get(name)
+def _section(config: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """One section of a config as a dict; a scalar or list there (``train: 5``) is a UserError."""
+    value = config.get(name)
     require(value is None or isinstance(value, Mapping),
             f"config section {name!r} holds {value!r}, not a mapping; write it as '{name}:' followed by "
             "indented 'option: value' lines")
@@ -377,19 +350,20 @@ def _method_parts(method_cls: type) -> tuple[type, tuple[str, ...], Any]:
 def build_run_config(
     method: str,
     method_cls: type,
-    preset: Mapping[str, Any] | None = None,
+    config: Mapping[str, Any] | None = None,
     overrides: Sequence[tuple[str, str]] = (),
 ) -> RunConfig:
-    """Merge a preset and overrides, validate every section, then run the method's cross-section checks.
+    """Merge a config (:func:`load_config`) and overrides, validate every section, then run the method's cross-section checks.
 
     ``method_cls`` is the method class (its ``config_class`` is the method section, its ``phase_names`` the
     valid keys of ``phases``, its ``check_config(run)`` the rules across sections), or a config dataclass.
     """
     config_cls, phase_names, check_config = _method_parts(method_cls)
-    preset = preset or {}
-    extra = sorted(map(str, set(preset) - set(PRESET_KEYS)))
-    require(not extra, f"unknown config section(s) {', '.join(extra)}; valid: {', '.join(PRESET_KEYS[:-1])}")
-    raw = {s: _section(preset, s) for s in (*SECTIONS, "phases", "method")}
+    config = config or {}
+    extra = sorted(map(str, set(config) - set(CONFIG_KEYS)))
+    require(not extra, f"unknown config section(s) {', '.join(extra)}; valid: {', '.join(CONFIG_KEYS)}")
+    check_config_method(config, method)
+    raw = {s: _section(config, s) for s in (*SECTIONS, "phases", "method")}
     for key, value in overrides:
         section, name = _resolve_key(key, config_cls)
         set_dotted(raw[section], name, value, key)

@@ -15,8 +15,8 @@ from typing import Any
 
 from distill_diffusion.toy.paths import TOY_GUIDANCE
 
-#: The toy LCM-LoRA recipe: a preset shipped in distill_diffusion/configs, loaded by name.
-LCM_PRESET = "tiny/lcm_lora"
+#: The toy LCM-LoRA recipe: a config shipped in distill_diffusion/configs, loaded by name.
+LCM_CONFIG = "tiny/lcm_lora"
 #: Teacher guidance for the benchmark rows: the toy world's reference scale (``toy.paths.TOY_GUIDANCE``, 2.0), the
 #: scale the LoRA distils (w = 1); w = 2 scores the same within noise (benchmarks/results/toy_quality/lcm_recipe_ablation.md).
 TEACHER_GUIDANCE = TOY_GUIDANCE
@@ -26,22 +26,22 @@ def distil_lcm_lora(teacher: Path, data: Path, output_dir: Path, max_train_steps
                     callbacks: list[Any] | None = None) -> Path:
     """Train (or resume, or reuse when finished) the toy LCM-LoRA; returns the export folder.
 
-    The recipe is the shipped ``tiny/lcm_lora`` preset; only the paths, resuming and the step count change
+    The recipe is the shipped ``tiny/lcm_lora`` config; only the paths, resuming and the step count change
     (``callbacks``: engine callbacks, e.g. a timer).
     """
-    from distill_diffusion.config import build_run_config, load_preset
+    from distill_diffusion.config import build_run_config, load_config
     from distill_diffusion.trainers.engine.build import train
     from distill_diffusion.trainers.methods.lcm import LCM
 
     if (output_dir / "pytorch_lora_weights.safetensors").is_file():
         return output_dir
-    preset = load_preset(LCM_PRESET)
-    preset["model"]["pretrained_model_name_or_path"] = str(teacher)
-    preset["data"]["train_data_dir"] = str(data)
-    preset["train"].update(output_dir=str(output_dir), resume_from_checkpoint="latest")
+    config = load_config(LCM_CONFIG)
+    config["model"]["pretrained_model_name_or_path"] = str(teacher)
+    config["data"]["train_data_dir"] = str(data)
+    config["train"].update(output_dir=str(output_dir), resume_from_checkpoint="latest")
     if max_train_steps is not None:
-        preset["train"]["max_train_steps"] = max_train_steps
-    return train(build_run_config("lcm", LCM, preset), callbacks=callbacks or ())
+        config["train"]["max_train_steps"] = max_train_steps
+    return train(build_run_config("lcm", LCM, config), callbacks=callbacks or ())
 
 
 def toy_bench_settings(world: Any, num_images: int, cache_dir: str | Path | None = None) -> Any:
@@ -76,9 +76,9 @@ def run_quickstart(output_dir: str | Path = "quickstart", cache_dir: str | Path 
     print("[3/3] FID and CLIP score vs steps (same prompts and seeds for every row)")
     settings = toy_bench_settings(world, num_images, cache_dir)
     specs = [
-        PipelineSpec("teacher", str(world.teacher), preset="ddim", guidance_scale=TEACHER_GUIDANCE, steps=(1, 2, 4, 8, 25, 50)),
-        PipelineSpec("teacher-lcm-sched", str(world.teacher), preset="lcm", guidance_scale=TEACHER_GUIDANCE, steps=(1, 2, 4, 8)),
-        PipelineSpec("lcm-lora", str(world.teacher), lora=str(lora), preset="lcm", guidance_scale=1.0, steps=(1, 2, 4, 8)),
+        PipelineSpec("teacher", str(world.teacher), sampler="ddim", guidance_scale=TEACHER_GUIDANCE, steps=(1, 2, 4, 8, 25, 50)),
+        PipelineSpec("teacher-lcm-sched", str(world.teacher), sampler="lcm", guidance_scale=TEACHER_GUIDANCE, steps=(1, 2, 4, 8)),
+        PipelineSpec("lcm-lora", str(world.teacher), lora=str(lora), sampler="lcm", guidance_scale=1.0, steps=(1, 2, 4, 8)),
     ]
     result = run_quality_benchmark(specs, out / "bench", settings)
     files = result.get("files", {})

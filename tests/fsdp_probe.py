@@ -49,7 +49,7 @@ def full_weights(engine) -> dict[str, torch.Tensor]:
 def main() -> None:
     split = sys.argv.index("--")
     prefix, train_args = sys.argv[1], sys.argv[split + 1 :]
-    from distill_diffusion.config import build_run_config, load_preset, parse_overrides
+    from distill_diffusion.config import build_run_config, load_config, parse_overrides
     from distill_diffusion.trainers.engine import build
     from distill_diffusion.trainers.engine.persist import whole_method_state
     from distill_diffusion.trainers.methods.registry import get_method_class
@@ -64,9 +64,9 @@ def main() -> None:
     build.make_accelerator = make_fsdp
     method, rest = train_args[0], train_args[1:]
     i = rest.index("--config")
-    preset = load_preset(rest[i + 1])
+    config = load_config(rest[i + 1])
     del rest[i : i + 2]
-    run = build_run_config(method, get_method_class(method), preset, parse_overrides(rest))
+    run = build_run_config(method, get_method_class(method), config, parse_overrides(rest))
     engine = build.build_engine(run)
     acc = engine.accelerator
     engine.train()

@@ -3,7 +3,7 @@ two-stage v-prediction UNet) on other data (a class-conditional mixture drawn di
 are exact and free).
 
 :func:`run_step_check` trains the teacher (DDPM, Ho et al. 2020, with caption dropout for classifier-free guidance),
-then a LADD student with the ``tiny/ladd`` preset's method options, batch, learning rates and EMA (a plain two-phase
+then a LADD student with the ``tiny/ladd`` config's method options, batch, learning rates and EMA (a plain two-phase
 loop, not the engine), and returns the Fréchet distance (Heusel et al. 2017) between the student's samples and real
 latents at 1, 2 and 4 steps of its own sampler. Sizes: ``run_step_check(root, 1500, 1500)`` is the slow test's (an
 estimated 15-20 min on 2 idle CPU cores, most of it the student's steps); ``(root, 1, 1, images=32)`` only checks that it
@@ -20,7 +20,7 @@ import torch
 from diffusers import UNet2DConditionModel
 from torch.nn import functional as F
 
-from distill_diffusion.config import ModelConfig, load_preset
+from distill_diffusion.config import ModelConfig, load_config
 from distill_diffusion.core.schedule import NoiseSchedule
 from distill_diffusion.eval.fid import frechet_distance
 from distill_diffusion.models.denoiser import Denoiser
@@ -85,16 +85,16 @@ def _set_phase(m: LADD, phase: str) -> None:
 def train_student(teacher: Path, world: MixtureWorld, steps: int, **options: Any) -> LADD:
     """LADD on ``teacher`` with ``tiny/ladd``'s method options (``options`` override), batch, learning rates and EMA; the
     student's LoRA holds the EMA weights at the end, as the export would."""
-    preset = load_preset("tiny/ladd")
+    config = load_config("tiny/ladd")
     m = LADD(load_teacher(ModelConfig(pretrained_model_name_or_path=str(teacher), local_files_only=True)),
-             LADDConfig(**{**preset["method"], **options}))
+             LADDConfig(**{**config["method"], **options}))
     with torch.no_grad():
         c = encode_prompt(m.components.tokenizer, m.components.text_encoder, list(PROMPTS))
     lora = [p for name, p in m.unet.named_parameters() if "lora_" in name]
     ema = [p.detach().clone() for p in lora]
-    train, decay = preset["train"], preset["train"]["ema_decay"]
+    train, decay = config["train"], config["train"]["ema_decay"]
     opt_g = torch.optim.AdamW(lora, lr=train["learning_rate"], weight_decay=0.0)
-    opt_d = torch.optim.Adam(m.heads.parameters(), lr=preset["phases"]["discriminator"]["learning_rate"], betas=(0.0, 0.99))
+    opt_d = torch.optim.Adam(m.heads.parameters(), lr=config["phases"]["discriminator"]["learning_rate"], betas=(0.0, 0.99))
     for step in range(steps):
         labels = torch.randint(len(PROMPTS), (train["train_batch_size"],))
         batch, ctx = {"latents": world.sample(labels), "prompt_embeds": c[labels]}, StepContext(step, modules=m.models)

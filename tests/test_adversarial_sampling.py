@@ -94,7 +94,7 @@ def test_the_export_records_the_trained_timesteps_and_sampling_refuses_the_other
     card = (tmp_path / "lora" / "README.md").read_text()
     assert "1, 2 or 4 steps" in card and "3 steps visit 999, 666, 333" in card and "backward simulation" in card
     out = tmp_path / "images"
-    argv = ["generate", "--model", str(tiny_pipeline_dir), "--lora", str(tmp_path / "lora"), "--preset", "ladd", "--prompt", "a red circle",
+    argv = ["generate", "--model", str(tiny_pipeline_dir), "--lora", str(tmp_path / "lora"), "--sampler", "ladd", "--prompt", "a red circle",
             "--output_dir", str(out), "--device", "cpu"]
     capsys.readouterr()
     assert main([*argv, "--steps", "3"]) == 2
@@ -107,7 +107,7 @@ def test_the_export_records_the_trained_timesteps_and_sampling_refuses_the_other
     from distill_diffusion.eval.generate import generate_images
     from distill_diffusion.pipelines import load_pipeline
 
-    pipe = load_pipeline(str(tiny_pipeline_dir), lora=str(tmp_path / "lora"), preset="ladd", local_files_only=True)
+    pipe = load_pipeline(str(tiny_pipeline_dir), lora=str(tmp_path / "lora"), sampler="ladd", local_files_only=True)
     with pytest.raises(UserError, match="3 sampling steps with LCMScheduler visit timesteps 666, 333"):
         generate_images(pipe, ["a red circle"], [0], num_inference_steps=3, guidance_scale=1.0)
 
@@ -129,7 +129,7 @@ def test_the_second_teacher_step_check_runs(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_more_student_steps_are_never_worse_on_a_second_teacher(tmp_path: Path) -> None:
-    """Another architecture on other data (``second_teacher``): with backward simulation (the ``tiny/ladd`` preset's), 2
+    """Another architecture on other data (``second_teacher``): with backward simulation (the ``tiny/ladd`` config's), 2
     and 4 steps of the student's sampler are no worse than 1 (Fréchet distance to real latents, N = 1024)."""
     from second_teacher import run_step_check
 

@@ -2,7 +2,7 @@
 
 Every case runs the real CLI in-process and must fail before any weights load (stderr holds the error line
 and nothing else), except the few marked ``after_load`` whose problem only the loader can see. The bad data
-folders, model files and YAML presets are built once per session, so each case takes milliseconds.
+folders, model files and YAML configs are built once per session, so each case takes milliseconds.
 """
 
 from __future__ import annotations
@@ -151,7 +151,7 @@ def edit_copy(teacher: Path, dst: Path, config: str, **changes: object) -> None:
     (dst / config).write_text(json.dumps({**data, **changes}))
 
 
-PRESETS = {
+YAML_FILES = {
     "list.yaml": "- a\n- b\n",
     "train_int.yaml": "train: 5\n",
     "train_list.yaml": "train: [1, 2]\n",
@@ -165,18 +165,19 @@ PRESETS = {
     "prompts_map.yaml": "train:\n  validation_prompts: {a: 1}\n",
     "flip_maybe.yaml": "data:\n  random_flip: maybe\n",
     "snr_negative.yaml": "method:\n  snr_gamma: -1\n",
-    "lcm_method.yaml": "method_name: lcm\nmethod:\n  lora_rank: 8\n",
+    "lcm_method.yaml": "method:\n  lora_rank: 8\n",
+    "add_named.yaml": "method_name: add\n",
     "unclosed.yaml": "train: {seed: 1\n",
 }
 
 
 @pytest.fixture(scope="session")
 def bad(tmp_path_factory: pytest.TempPathFactory, tiny_pipeline_dir: Path) -> Path:
-    """Every bad input, built once: data folders, model folders and files, YAML presets, prompt files."""
+    """Every bad input, built once: data folders, model folders and files, YAML configs, prompt files."""
     root = tmp_path_factory.mktemp("bad_inputs")
     build_data(root)
     build_models(root, tiny_pipeline_dir)
-    for name, text in PRESETS.items():
+    for name, text in YAML_FILES.items():
         (root / name).write_text(text)
     (root / "binary.yaml").write_bytes(bytes(range(256)) * 4)
     (root / "prompts_empty.txt").write_text("\n  \n")
@@ -337,7 +338,7 @@ CONFIG_CASES = [
     ("finetune", ["--validation_prompts", "{bad}/prompts_empty.txt"], "holds no prompt"),
 ]
 
-PRESET_CASES = [
+CONFIG_FILE_CASES = [
     ("finetune", ["--config", "{bad}/missing.yaml"], "does not exist"),
     ("finetune", ["--config", "{bad}/config_dir"], "is not a file"),
     ("finetune", ["--config", "{bad}/binary.yaml"], "is not UTF-8 text"),
@@ -356,6 +357,10 @@ PRESET_CASES = [
     ("finetune", ["--config", "{bad}/flip_maybe.yaml"], "must be true or false"),
     ("finetune", ["--config", "{bad}/snr_negative.yaml"], "snr_gamma must be > 0"),
     ("finetune", ["--config", "{bad}/lcm_method.yaml"], "unknown method option(s) lora_rank"),
+    ("ladd", ["--config", "tiny/add"], "this config is for method 'add' (method_name: add), not 'ladd'; run 'distill-diffusion "
+     "train add' with it, or pass a ladd config (ladd_sd15, tiny/ladd)"),
+    ("ladd", ["--config", "{bad}/add_named.yaml"], "this config is for method 'add' (method_name: add), not 'ladd'"),
+    ("finetune", ["--config", "tiny/lcm_lora"], "run 'distill-diffusion train lcm' with it, or pass a finetune config"),
 ]
 
 DATA_CASES = [
@@ -450,7 +455,7 @@ OUTPUT_CASES = [
     ("lcm", ["--output_dir", "/sys/distill-diffusion-test"], "cannot write in /sys"),
 ]
 
-CASES = CONFIG_CASES + PRESET_CASES + DATA_CASES + MODEL_CASES + OUTPUT_CASES + AFTER_LOAD_CASES
+CASES = CONFIG_CASES + CONFIG_FILE_CASES + DATA_CASES + MODEL_CASES + OUTPUT_CASES + AFTER_LOAD_CASES
 
 
 def case_id(case: tuple[str, list[str], str]) -> str:

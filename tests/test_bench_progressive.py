@@ -59,11 +59,11 @@ def test_the_stage_timer_charges_each_step_to_its_stage_and_survives_a_restart(t
 def test_the_toy_plan_reads_the_teachers_schedule_and_the_shipped_recipe(tiny_pipeline_dir: Path) -> None:
     from types import SimpleNamespace
 
-    from distill_diffusion.config import build_run_config, load_preset
+    from distill_diffusion.config import build_run_config, load_config
     from distill_diffusion.trainers.methods.progressive import Progressive
-    from distill_diffusion.trainers.methods.progressive.bench_toy import PRESET, toy_plan
+    from distill_diffusion.trainers.methods.progressive.bench_toy import CONFIG, toy_plan
 
-    run = build_run_config("progressive", Progressive, load_preset(PRESET))
+    run = build_run_config("progressive", Progressive, load_config(CONFIG))
     plan = toy_plan(SimpleNamespace(teacher=tiny_pipeline_dir), run)
     assert plan.num_train_timesteps == 1000 and plan.student_steps == [32, 16, 8, 4, 2, 1]
     # fixed guidance at the toy's reference scale: no guidance stage (docs/progressive.md says why)
@@ -73,7 +73,7 @@ def test_the_toy_plan_reads_the_teachers_schedule_and_the_shipped_recipe(tiny_pi
 
 
 @pytest.mark.parametrize("scale", [2.0, 3.5])
-def test_a_fixed_guidance_preset_is_trained_at_the_benchmarks_guidance(scale: float) -> None:
+def test_a_fixed_guidance_config_is_trained_at_the_benchmarks_guidance(scale: float) -> None:
     from distill_diffusion.trainers.methods.progressive.bench_toy import toy_method_options
 
     assert toy_method_options(scale) == {"w_min": scale - 1}

@@ -43,18 +43,18 @@ def test_step_bar_lines_flag_a_student_worse_with_more_steps_and_behind_the_teac
 
 def test_training_free_specs_cover_every_sampler():
     specs = training_free_specs("teacher", 2.0, (1, 2, 4))
-    assert [s.name for s in specs] == list(TRAINING_FREE) and {s.preset for s in specs} == set(TRAINING_FREE.values())
+    assert [s.name for s in specs] == list(TRAINING_FREE) and {s.sampler for s in specs} == set(TRAINING_FREE.values())
     assert all(s.steps == (1, 2, 4) and s.guidance_scale == 2.0 for s in specs)
 
 
-@pytest.mark.parametrize("preset", ["dpm-karras", "unipc"])
-def test_training_free_samplers_sample_the_tiny_teacher_at_few_steps(tiny_pipeline_dir: Path, preset: str):
-    from distill_diffusion.pipelines import get_preset, load_pipeline
+@pytest.mark.parametrize("sampler", ["dpm-karras", "unipc"])
+def test_training_free_samplers_sample_the_tiny_teacher_at_few_steps(tiny_pipeline_dir: Path, sampler: str):
+    from distill_diffusion.pipelines import get_sampler, load_pipeline
 
-    pipe = load_pipeline(str(tiny_pipeline_dir), preset=preset)
+    pipe = load_pipeline(str(tiny_pipeline_dir), sampler=sampler)
     for steps in (1, 2, 4):
         out = pipe("a red circle", output_type="pt", generator=torch.Generator().manual_seed(0),
-                   **get_preset(preset).call_kwargs(steps=steps, guidance_scale=2.0)).images
+                   **get_sampler(sampler).call_kwargs(steps=steps, guidance_scale=2.0)).images
         assert torch.isfinite(out).all()
 
 

@@ -12,14 +12,14 @@ import pytest
 
 from distill_diffusion.cli import main
 from distill_diffusion.config import (
-    PRESETS_DIR,
+    CONFIGS_DIR,
     PhaseConfig,
     RunConfig,
     TrainConfig,
     build_run_config,
-    load_preset,
+    config_names,
+    load_config,
     parse_overrides,
-    preset_names,
 )
 from distill_diffusion.errors import UserError, require
 from distill_diffusion.trainers.methods.finetune import FineTuneConfig
@@ -193,7 +193,7 @@ def test_corrupt_dataset_is_user_error(capsys: pytest.CaptureFixture[str], tiny_
 
 
 # --------------------------------------------------------------------------------------------------
-# The configuration layer: Literal choices, nested sections, help, phases, check_config, presets
+# The configuration layer: Literal choices, nested sections, help, phases, check_config, shipped configs
 
 
 @pytest.mark.parametrize(
@@ -290,17 +290,17 @@ class TwoPhase:
 
 
 def test_phases_section_from_yaml_and_overrides(tmp_path: Path) -> None:
-    preset = {"phases": {"discriminator": {"learning_rate": 2e-4, "adam_beta1": 0.0}}}
-    run = build_run_config("gan", TwoPhase, preset, [("phases.generator.max_grad_norm", "0.5"), ("learning_rate", "1e-5")])
+    config = {"phases": {"discriminator": {"learning_rate": 2e-4, "adam_beta1": 0.0}}}
+    run = build_run_config("gan", TwoPhase, config, [("phases.generator.max_grad_norm", "0.5"), ("learning_rate", "1e-5")])
     assert run.phases["discriminator"] == PhaseConfig(learning_rate=2e-4, adam_beta1=0.0)
     assert run.phases["generator"].max_grad_norm == 0.5
     assert run.train.learning_rate == pytest.approx(1e-5)  # a bare name stays the train section's
-    again = build_run_config("gan", TwoPhase, load_preset(run.save(tmp_path / "config.yaml")))
+    again = build_run_config("gan", TwoPhase, load_config(run.save(tmp_path / "config.yaml")))
     assert again.to_dict() == run.to_dict() and again.to_dict()["phases"]["discriminator"]["adam_beta1"] == 0.0
 
 
 @pytest.mark.parametrize(
-    ("preset", "overrides", "needle"),
+    ("config", "overrides", "needle"),
     [
         ({}, [("phases.critic.learning_rate", "1")], "unknown phase(s) critic in the phases section; this method's phases: generator, discriminator"),
         ({"phases": {"gen": {}}}, [], "unknown phase(s) gen"),
@@ -311,9 +311,9 @@ def test_phases_section_from_yaml_and_overrides(tmp_path: Path) -> None:
         ({"phases": [1]}, [], "config section 'phases' holds [1], not a mapping"),
     ],
 )
-def test_bad_phases_are_user_errors(preset: dict, overrides: list[tuple[str, str]], needle: str) -> None:
+def test_bad_phases_are_user_errors(config: dict, overrides: list[tuple[str, str]], needle: str) -> None:
     with pytest.raises(UserError) as info:
-        build_run_config("gan", TwoPhase, preset, overrides)
+        build_run_config("gan", TwoPhase, config, overrides)
     assert needle in str(info.value)
 
 
@@ -334,43 +334,57 @@ def test_check_config_hook_is_called_with_the_built_run() -> None:
 def test_registered_methods_build_from_their_class() -> None:
     from distill_diffusion.trainers.methods.registry import get_method_class
 
-    for name, preset in (("finetune", "tiny/finetune"), ("lcm", "tiny/lcm_lora")):
-        run = build_run_config(name, get_method_class(name), load_preset(preset))
+    for name, config in (("finetune", "tiny/finetune"), ("lcm", "tiny/lcm_lora")):
+        run = build_run_config(name, get_method_class(name), load_config(config))
         assert isinstance(run.method_config, get_method_class(name).config_class)
 
 
-def test_presets_ship_in_the_package_and_load_by_name(tmp_path: Path) -> None:
+def test_configs_ship_in_the_package_and_load_by_name(tmp_path: Path) -> None:
     import distill_diffusion
 
     assert {"finetune_sd15", "lcm_full_sd15", "lcm_lora_sd15", "progressive_sd15", "bksdm_small_sd14", "tiny/finetune", "tiny/lcm_lora",
-            "tiny/progressive", "tiny/bksdm"} <= set(preset_names())
-    assert PRESETS_DIR == Path(distill_diffusion.__file__).resolve().parent / "configs"
-    assert load_preset("tiny/lcm_lora")["method"]["num_ddim_timesteps"] == 8
-    assert load_preset(PRESETS_DIR / "tiny" / "lcm_lora.yaml") == load_preset("tiny/lcm_lora")
-    from distill_diffusion.trainers.methods.registry import get_method_class
+            "tiny/progressive", "tiny/bksdm"} <= set(config_names())
+    assert CONFIGS_DIR == Path(distill_diffusion.__file__).resolve().parent / "configs"
+    assert load_config("tiny/lcm_lora")["method"]["num_ddim_timesteps"] == 8
+    assert load_config(CONFIGS_DIR / "tiny" / "lcm_lora.yaml") == load_config("tiny/lcm_lora")
+    from distill_diffusion.trainers.methods.registry import METHODS, get_method_class
 
-    for name in preset_names():  # every shipped preset builds for its method
-        method = next((m for m in ("finetune", "progressive", "bksdm", "ladd", "add") if m in name), "lcm")
-        build_run_config(method, get_method_class(method), load_preset(name))
+    for name in config_names():  # every shipped config names its method and builds for it
+        config = load_config(name)
+        assert config["method_name"] in METHODS, name
+        build_run_config(config["method_name"], get_method_class(config["method_name"]), config)
 
 
-def test_unknown_preset_lists_the_shipped_ones(capsys: pytest.CaptureFixture[str]) -> None:
+def test_unknown_config_lists_the_shipped_ones(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run_cli(capsys, "train", "lcm", "--config", "tiny/lcm")
     assert_user_error(code, err, "--config tiny/lcm", "tiny/lcm_lora", "lcm_lora_sd15", "pass a YAML file")
 
 
-def test_preset_name_through_the_cli_reaches_the_engine(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    """``--config tiny/finetune`` loads the preset; the run then stops at the (missing) teacher, before writing."""
+def test_config_name_through_the_cli_reaches_the_engine(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """``--config tiny/finetune`` loads the config; the run then stops at the (missing) teacher, before writing."""
     code, _, err = run_cli(capsys, "train", "finetune", "--config", "tiny/finetune", "--pretrained_model_name_or_path",
                            str(tmp_path / "missing"), "--output_dir", str(tmp_path / "out"))
     assert_user_error(code, err, str(tmp_path / "missing"))
+
+
+def test_a_config_names_its_method_and_a_users_file_may_leave_it_out(tmp_path: Path) -> None:
+    from distill_diffusion.trainers.methods.registry import get_method_class
+
+    path = tmp_path / "mine.yaml"
+    path.write_text("train:\n  seed: 3\n")  # no method_name: fits any method
+    assert build_run_config("finetune", FineTuneConfig, load_config(path)).train.seed == 3
+    saved = build_run_config("lcm", get_method_class("lcm"), load_config("tiny/lcm_lora")).save(tmp_path / "config.yaml")
+    with pytest.raises(UserError, match=r"for method 'lcm' \(method_name: lcm\), not 'finetune'.*finetune_sd15, tiny/finetune"):
+        build_run_config("finetune", FineTuneConfig, load_config(saved))
+    with pytest.raises(UserError, match="or pass a config with method_name: gan$"):
+        build_run_config("gan", FineTuneConfig, {"method_name": "finetune"})
 
 
 def test_saved_lcm_config_reloads(tmp_path: Path) -> None:
     from distill_diffusion.trainers.methods.registry import get_method_class
 
     lcm = get_method_class("lcm")
-    run = build_run_config("lcm", lcm, load_preset("tiny/lcm_lora"), [("phases.unet.learning_rate", "1e-4"), ("loss_type", "l2")])
-    again = build_run_config("lcm", lcm, load_preset(str(run.save(tmp_path / "config.yaml"))))
+    run = build_run_config("lcm", lcm, load_config("tiny/lcm_lora"), [("phases.unet.learning_rate", "1e-4"), ("loss_type", "l2")])
+    again = build_run_config("lcm", lcm, load_config(str(run.save(tmp_path / "config.yaml"))))
     assert again.to_dict() == run.to_dict()
     assert again.method_config.loss_type == "l2" and again.phases["unet"].learning_rate == 1e-4

@@ -56,8 +56,8 @@ def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_benchmark_writes_csv_table_plot_and_grids(tiny_pipeline_dir, toy_data_dir, clip_dir, tmp_path):
     specs = [
-        PipelineSpec("teacher", str(tiny_pipeline_dir), preset="ddim", guidance_scale=3.0, steps=(1, 2, 20)),
-        PipelineSpec("lcm", str(tiny_pipeline_dir), preset="lcm", steps=(1, 2)),
+        PipelineSpec("teacher", str(tiny_pipeline_dir), sampler="ddim", guidance_scale=3.0, steps=(1, 2, 20)),
+        PipelineSpec("lcm", str(tiny_pipeline_dir), sampler="lcm", steps=(1, 2)),
     ]
     settings = BenchmarkSettings(prompts="toy", num_images=4, real_dir=str(toy_data_dir), fid_feature=TinyFeatures(),
                                  feature_dim=4, clip_model=str(clip_dir), batch_size=3, device="cpu")  # fmt: skip
@@ -86,8 +86,8 @@ def test_benchmark_writes_csv_table_plot_and_grids(tiny_pipeline_dir, toy_data_d
 
 def test_guidance_sweep_rows_folders_curves_and_equal_fid(tiny_pipeline_dir, toy_data_dir, clip_dir, tmp_path):
     specs = [
-        PipelineSpec("teacher", str(tiny_pipeline_dir), preset="ddim", guidance_scale=(1.0, 3.0), steps=(1, 2)),
-        PipelineSpec("lcm", str(tiny_pipeline_dir), preset="lcm", guidance_scale=(1.0, 1.5), steps=(1,)),
+        PipelineSpec("teacher", str(tiny_pipeline_dir), sampler="ddim", guidance_scale=(1.0, 3.0), steps=(1, 2)),
+        PipelineSpec("lcm", str(tiny_pipeline_dir), sampler="lcm", guidance_scale=(1.0, 1.5), steps=(1,)),
     ]
     settings = BenchmarkSettings(prompts="toy", num_images=4, real_dir=str(toy_data_dir), fid_feature=TinyFeatures(),
                                  feature_dim=4, clip_model=str(clip_dir), batch_size=4, device="cpu")  # fmt: skip
@@ -110,7 +110,7 @@ def test_cli_bench_quality_with_clip_features_and_kid_then_eval(tiny_pipeline_di
     out = tmp_path / "bench"
     common = ["--prompts", "toy", "--num_images", "4", "--real", str(toy_data_dir), "--fid_feature", f"clip:{clip_dir}",
               "--device", "cpu"]  # fmt: skip
-    code = main(["bench", "quality", "--pipeline", f"lcm={tiny_pipeline_dir},preset=lcm,steps=1|2", *common, "--kid",
+    code = main(["bench", "quality", "--pipeline", f"lcm={tiny_pipeline_dir},sampler=lcm,steps=1|2", *common, "--kid",
                  "--output_dir", str(out)])  # fmt: skip
     assert code == 0, capsys.readouterr().err
     rows = json.loads((out / "results.json").read_text())["rows"]
@@ -137,13 +137,13 @@ def _bad_inputs(pipeline: Path, data: Path, clip: Path, tmp: Path) -> list[tuple
     (lora / "pytorch_lora_weights.safetensors").write_bytes(b"")
     (lora / "scheduler_config.json").write_text(json.dumps({"_class_name": "LCMScheduler", "original_inference_steps": 2}))
     return [
-        (["--pipeline", f"p={pipeline},lora={lora},preset=lcm,steps=4", "--prompts", "toy"], "p: 4 sampling steps, but this model was distilled on a grid of 2"),
+        (["--pipeline", f"p={pipeline},lora={lora},sampler=lcm,steps=4", "--prompts", "toy"], "p: 4 sampling steps, but this model was distilled on a grid of 2"),
         (["--pipeline", f"p={pipeline}", "--prompts", str(tmp / "empty.txt")], "holds no prompt"),
         ([*ok, "--real", str(tmp / "no_images"), "--kid"], "contains no images"),
         ([*ok, "--real", str(data), "--inception_weights", str(tmp / "w.pth")], "Inception weights file"),
         ([*ok, "--real", str(data), "--fid_feature", f"clip:{clip}"], "FID is undefined"),
         (["--pipeline", f"p={tmp}", "--prompts", "toy"], "not a diffusers pipeline"),
-        (["--pipeline", f"p={pipeline},preset=turbo", "--prompts", "toy"], "unknown inference preset"),
+        (["--pipeline", f"p={pipeline},sampler=turbo", "--prompts", "toy"], "unknown sampler"),
         (["--pipeline", f"p={pipeline},lora={tmp / 'nope'}", "--prompts", "toy"], "no such file"),
     ]
 
@@ -168,7 +168,7 @@ def test_eval_with_mismatched_prompts_is_a_user_error(tmp_path, capsys):
 @pytest.mark.parametrize(
     "text, expected",
     [
-        ("lcm=/m,lora=/l,preset=lcm,guidance=1.5,steps=1|4", PipelineSpec("lcm", "/m", "/l", "lcm", 1.5, (1, 4))),
+        ("lcm=/m,lora=/l,sampler=lcm,guidance=1.5,steps=1|4", PipelineSpec("lcm", "/m", "/l", "lcm", 1.5, (1, 4))),
         ("t=/m", PipelineSpec("t", "/m", steps=(1, 2, 4, 8))),
         ("t=/m,guidance=1|1.5|2,steps=4", PipelineSpec("t", "/m", guidance_scale=(1.0, 1.5, 2.0), steps=(4,))),
         ("t=/m,guidance=2", PipelineSpec("t", "/m", guidance_scale=(2.0,))),  # a sweep of one is one scale
@@ -178,7 +178,14 @@ def test_parse_pipeline_spec(text, expected):
     assert parse_pipeline_spec(text) == expected
 
 
-@pytest.mark.parametrize("text", ["=/m", "lcm", "lcm=/m,foo=1", "lcm=/m,steps=a", "lcm=/m,steps=0", "lcm=/m,preset=x",
+def test_preset_is_the_deprecated_spelling_of_sampler(capsys):
+    assert parse_pipeline_spec("t=/m,preset=lcm") == PipelineSpec("t", "/m", sampler="lcm")
+    assert capsys.readouterr().err == "warning: preset= in --pipeline is deprecated and will be removed; use sampler= (the same names)\n"
+    with pytest.raises(UserError, match="option 'sampler' is given twice"):
+        parse_pipeline_spec("t=/m,sampler=lcm,preset=ddim")
+
+
+@pytest.mark.parametrize("text", ["=/m", "lcm", "lcm=/m,foo=1", "lcm=/m,steps=a", "lcm=/m,steps=0", "lcm=/m,sampler=x",
                                   "lcm=/m,guidance=1|", "lcm=/m,guidance=1|nan", "lcm=/m,guidance=2|-1", "lcm=/m,guidance=1|1"])
 def test_parse_pipeline_spec_errors(text):
     with pytest.raises(UserError):
@@ -190,7 +197,7 @@ def test_cli_bench_quality_adds_prompt_accuracy_columns_with_a_toy_classifier(ti
 
     classifier = save_toy_classifier(build_toy_classifier(seed=0), tmp_path / "classifier")
     out = tmp_path / "bench"
-    args = ["bench", "quality", "--pipeline", f"lcm={tiny_pipeline_dir},preset=lcm,steps=1|2", "--prompts", "toy",
+    args = ["bench", "quality", "--pipeline", f"lcm={tiny_pipeline_dir},sampler=lcm,steps=1|2", "--prompts", "toy",
             "--num_images", "4", "--device", "cpu", "--output_dir", str(out)]  # fmt: skip
     assert main([*args, "--toy_classifier", str(tmp_path / "nowhere")]) == 2
     assert "no toy classifier" in capsys.readouterr().err and not out.exists()

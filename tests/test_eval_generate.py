@@ -27,7 +27,7 @@ PROMPTS = ["a red circle", "a blue star on a white background", "a green square"
 
 @pytest.fixture(scope="module")
 def pipe(tiny_pipeline_dir):
-    return load_pipeline(str(tiny_pipeline_dir), preset="lcm")
+    return load_pipeline(str(tiny_pipeline_dir), sampler="lcm")
 
 
 def test_images_do_not_depend_on_batch_size_or_batch_composition(pipe):
@@ -45,7 +45,7 @@ def test_images_do_not_depend_on_batch_size_or_batch_composition(pipe):
 
 
 def test_generate_to_folder_is_reproducible_and_writes_the_manifest(pipe, tmp_path):
-    kw = dict(num_inference_steps=2, guidance_scale=1.5, seed=7, manifest_extra={"preset": "lcm"})
+    kw = dict(num_inference_steps=2, guidance_scale=1.5, seed=7, manifest_extra={"sampler": "lcm"})
     generate_to_folder(pipe, PROMPTS, tmp_path / "a", batch_size=2, **kw)
     generate_to_folder(pipe, PROMPTS, tmp_path / "b", batch_size=3, **kw)
     entries = read_manifest(tmp_path / "a")
@@ -53,7 +53,7 @@ def test_generate_to_folder_is_reproducible_and_writes_the_manifest(pipe, tmp_pa
     assert [e["seed"] for e in entries] == [7, 8, 9]
     assert entries[0] | {"file_name": None, "prompt": None, "seed": None} == {
         "file_name": None, "prompt": None, "seed": None, "steps": 2, "guidance_scale": 1.5,
-        "scheduler": "LCMScheduler", "preset": "lcm"}  # fmt: skip
+        "scheduler": "LCMScheduler", "sampler": "lcm"}  # fmt: skip
     for entry in entries:
         a = np.asarray(Image.open(tmp_path / "a" / entry["file_name"]), dtype=np.int16)
         b = np.asarray(Image.open(tmp_path / "b" / entry["file_name"]), dtype=np.int16)
@@ -86,22 +86,30 @@ def test_manifest_errors(tmp_path):
         read_manifest(tmp_path)
 
 
-def test_cli_generate_with_lcm_preset(tiny_pipeline_dir, tmp_path, capsys):
+def test_cli_generate_with_lcm_sampler(tiny_pipeline_dir, tmp_path, capsys):
     out = tmp_path / "gen"
-    code = main(["generate", "--model", str(tiny_pipeline_dir), "--preset", "lcm", "--steps", "1", "--prompts", "toy",
+    code = main(["generate", "--model", str(tiny_pipeline_dir), "--sampler", "lcm", "--steps", "1", "--prompts", "toy",
                  "--num_images", "2", "--output_dir", str(out), "--grid", "--device", "cpu"])  # fmt: skip
     assert code == 0, capsys.readouterr().err
     entries = read_manifest(out)
     assert len(entries) == 2 and entries[0]["steps"] == 1 and entries[0]["guidance_scale"] == 1.0
     assert entries[0]["scheduler"] == "LCMScheduler" and (out / "grid.png").is_file()
-    assert main(["generate", "--model", str(tiny_pipeline_dir), "--preset", "nope", "--prompt", "a",
+    assert main(["generate", "--model", str(tiny_pipeline_dir), "--sampler", "nope", "--prompt", "a",
                  "--output_dir", str(tmp_path / "x")]) == 2  # fmt: skip
+
+
+def test_preset_is_the_deprecated_spelling_of_sampler(capsys):
+    from distill_diffusion.cli import build_parser
+
+    args = build_parser().parse_args(["generate", "--model", "m", "--preset", "lcm", "--prompt", "a", "--output_dir", "o"])
+    assert args.sampler == "lcm"
+    assert capsys.readouterr().err == "warning: --preset is deprecated and will be removed; use --sampler (the same names)\n"
 
 
 def test_lcm_cannot_take_more_steps_than_its_distillation_grid(tiny_pipeline_dir):
     from diffusers import LCMScheduler
 
-    lcm = load_pipeline(str(tiny_pipeline_dir), preset="lcm")
+    lcm = load_pipeline(str(tiny_pipeline_dir), sampler="lcm")
     lcm.scheduler = LCMScheduler.from_config(lcm.scheduler.config, original_inference_steps=5)
     images, _ = generate_images(lcm, PROMPTS[:1], [0], num_inference_steps=5, guidance_scale=1.0)
     assert images.shape[0] == 1

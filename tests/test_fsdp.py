@@ -32,7 +32,7 @@ from distill_diffusion.trainers.methods.base import Phase
 PROBE = Path(__file__).with_name("fsdp_probe.py")
 FSDP = ("--use_fsdp", "--fsdp_version", "2")
 DDP = ("--multi_gpu",)
-PRESETS = {"ladd": "tiny/ladd", "add": "tiny/add", "lcm": "tiny/lcm_lora"}
+CONFIGS = {"ladd": "tiny/ladd", "add": "tiny/add", "lcm": "tiny/lcm_lora"}
 
 
 def _free_port() -> int:
@@ -46,7 +46,7 @@ def train_args(method: str, teacher: Path, out: Path, *extra: str, validation_st
     and Adam's ε large enough that its update follows the gradient smoothly: with the default 1e-8 the first steps move
     each weight by ±lr whatever the size of its gradient, so gradients summed in another order (FSDP's reduce-scatter,
     DDP's all-reduce) flip the update of the weights whose gradient is ~0, such as a LoRA's A at B = 0."""
-    return [method, "--config", PRESETS[method], "--pretrained_model_name_or_path", str(teacher),
+    return [method, "--config", CONFIGS[method], "--pretrained_model_name_or_path", str(teacher),
             "--train_data_dir", str(teacher.parent / "data"), "--output_dir", str(out), "--max_train_steps", "2",
             "--checkpointing_steps", "1", "--train_batch_size", "2", "--progress_bar", "false", "--validation_steps", str(validation_steps),
             "--data.cache_latents", "false", "--lr_scheduler", "constant", "--learning_rate", "1e-3", "--adam_epsilon", "1e-2",

@@ -13,9 +13,9 @@ import pytest
 import torch
 import torch.utils.checkpoint
 from diffusers import UNet2DConditionModel
-from test_methods_contract import TINY_PRESETS
+from test_methods_contract import TINY_CONFIGS
 
-from distill_diffusion.config import build_run_config, load_preset, parse_overrides
+from distill_diffusion.config import build_run_config, load_config, parse_overrides
 from distill_diffusion.models.checkpointing import enable_checkpointing, recomputing
 from distill_diffusion.models.loading import load_teacher
 from distill_diffusion.models.lora import DEFAULT_TARGET_MODULES, adapters_disabled, attach_lora, tuner_layers
@@ -35,12 +35,12 @@ def cases() -> list[tuple[str, bool | None]]:
 
 
 def build(name: str, lora: bool | None, teacher: Path, checkpointing: bool):
-    """The method as the engine builds it from its tiny preset (same seed: same LoRA and heads init)."""
+    """The method as the engine builds it from its tiny config (same seed: same LoRA and heads init)."""
     args = ["--pretrained_model_name_or_path", str(teacher), "--train_batch_size", "2"]
     args += ["--method.lora", str(lora).lower()] if lora is not None else []
     args += ["--method.feature_network", str(teacher.parent / "dinov2")] if name == "add" else []
     cls = get_method_class(name)
-    run = build_run_config(name, cls, load_preset(TINY_PRESETS[name]), parse_overrides(args))
+    run = build_run_config(name, cls, load_config(TINY_CONFIGS[name]), parse_overrides(args))
     torch.manual_seed(0)
     method = build_method(cls, run, load_teacher(run.model))
     g = torch.Generator().manual_seed(0)

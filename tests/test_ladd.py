@@ -183,11 +183,11 @@ def test_the_export_samples_the_students_trailing_timesteps_in_stock_diffusers(t
     assert "num_inference_steps=1" in (tmp_path / "out" / "README.md").read_text()
 
 
-def test_the_ladd_preset_loads_the_lora_with_its_sampler(tiny_pipeline_dir: Path, tmp_path: Path) -> None:
+def test_the_ladd_sampler_loads_the_lora_with_its_scheduler(tiny_pipeline_dir: Path, tmp_path: Path) -> None:
     from distill_diffusion.pipelines import load_pipeline
 
     method(tiny_pipeline_dir).export(tmp_path / "out")
-    pipe = load_pipeline(str(tiny_pipeline_dir), lora=str(tmp_path / "out"), preset="ladd", local_files_only=True)
+    pipe = load_pipeline(str(tiny_pipeline_dir), lora=str(tmp_path / "out"), sampler="ladd", local_files_only=True)
     assert type(pipe.scheduler).__name__ == "LCMScheduler" and pipe.scheduler.config.original_inference_steps == 1000
     pipe.scheduler.set_timesteps(4)
     assert pipe.scheduler.timesteps.tolist() == [999, 749, 499, 249]

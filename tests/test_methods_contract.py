@@ -1,6 +1,6 @@
 """Every method in the registry, through the CLI on the tiny pipeline: two steps, a checkpoint, a resume, the
-export, and the export loaded and sampled by stock diffusers. A new method gets this test by adding its tiny
-preset below (the first test fails until it does)."""
+export, and the export loaded and sampled by stock diffusers. A new method gets this test by shipping its tiny
+config (``distill_diffusion/configs/tiny/NAME.yaml`` with ``method_name: NAME``; the first test fails until it does)."""
 
 from __future__ import annotations
 
@@ -11,24 +11,24 @@ import pytest
 import torch
 
 from distill_diffusion.cli import main
+from distill_diffusion.config import config_names, load_config
 from distill_diffusion.trainers.methods.registry import METHODS
 
 pytestmark = pytest.mark.e2e
 
-#: The shipped tiny preset each method trains with on the toy world.
-TINY_PRESETS = {"finetune": "tiny/finetune", "lcm": "tiny/lcm_lora", "progressive": "tiny/progressive", "bksdm": "tiny/bksdm",
-                "ladd": "tiny/ladd", "add": "tiny/add"}
+#: The shipped tiny config each method trains with on the toy world, by the method it names.
+TINY_CONFIGS = {load_config(name)["method_name"]: name for name in config_names() if name.startswith("tiny/")}
 #: Methods whose run is a plan of stages (its length set by the method, not --max_train_steps): a three-stage plan.
 STAGED_ARGS = {"progressive": ["--method.start_steps", "4", "--method.target_steps", "1", "--method.steps_per_round", "1",
                                "--method.guidance", "distill", "--method.guidance_steps", "1", "--method.time_cond_proj_dim", "8"]}
 
 
-def test_every_registered_method_has_a_tiny_preset() -> None:
-    assert set(TINY_PRESETS) == set(METHODS)
+def test_every_registered_method_has_a_tiny_config() -> None:
+    assert set(TINY_CONFIGS) == set(METHODS)
 
 
 def train(method: str, teacher: Path, data: Path, out: Path, steps: int, *extra: str) -> None:
-    args = ["train", method, "--config", TINY_PRESETS[method], "--pretrained_model_name_or_path", str(teacher),
+    args = ["train", method, "--config", TINY_CONFIGS[method], "--pretrained_model_name_or_path", str(teacher),
             "--train_data_dir", str(data), "--output_dir", str(out), "--max_train_steps", str(steps),
             "--checkpointing_steps", "1", "--train_batch_size", "2", "--progress_bar", "false", "--validation_steps", "0", *extra]
     assert main(args) == 0

@@ -1,4 +1,4 @@
-"""load_pipeline: stock diffusers pipelines with a preset's scheduler, LoRA loading/fusing, and bad input."""
+"""load_pipeline: stock diffusers pipelines with a sampler's scheduler, LoRA loading/fusing, and bad input."""
 
 from __future__ import annotations
 
@@ -45,20 +45,20 @@ def sample(pipe, steps: int = 2, guidance: float = 1.0) -> torch.Tensor:
     return out.images
 
 
-def test_lcm_preset_returns_stock_pipeline_with_lcm_scheduler(tiny_pipeline_dir):
-    pipe = load_pipeline(str(tiny_pipeline_dir), preset="lcm")
+def test_lcm_sampler_returns_stock_pipeline_with_lcm_scheduler(tiny_pipeline_dir):
+    pipe = load_pipeline(str(tiny_pipeline_dir), sampler="lcm")
     assert type(pipe) is StableDiffusionPipeline and isinstance(pipe.scheduler, LCMScheduler)
     assert pipe.scheduler.config.beta_schedule == "scaled_linear"
     assert sample(pipe).shape == (2, 3, 32, 32)
 
 
 def test_lora_changes_images_and_fused_equals_unfused(tiny_pipeline_dir, lora_dir):
-    base = sample(load_pipeline(str(tiny_pipeline_dir), preset="lcm"))
-    fused_pipe = load_pipeline(str(tiny_pipeline_dir), lora=str(lora_dir), preset="lcm")
+    base = sample(load_pipeline(str(tiny_pipeline_dir), sampler="lcm"))
+    fused_pipe = load_pipeline(str(tiny_pipeline_dir), lora=str(lora_dir), sampler="lcm")
     assert not any("lora" in name for name, _ in fused_pipe.unet.named_modules())  # fused, adapters dropped
     fused = sample(fused_pipe)
     unfused = sample(load_pipeline(str(tiny_pipeline_dir), lora=str(lora_dir / "pytorch_lora_weights.safetensors"),
-                                   preset="lcm", fuse_lora=False))  # fmt: skip
+                                   sampler="lcm", fuse_lora=False))  # fmt: skip
     assert (fused - base).abs().max() > 1e-2
     assert torch.allclose(fused, unfused, atol=1e-4)
 
@@ -68,16 +68,16 @@ def test_scheduler_config_beside_the_lora_sets_the_trained_lcm_fields(tiny_pipel
     folder.mkdir()
     (folder / "pytorch_lora_weights.safetensors").write_bytes((lora_dir / "pytorch_lora_weights.safetensors").read_bytes())
     LCMScheduler(original_inference_steps=20, timestep_scaling=5.0, beta_schedule="linear").save_pretrained(folder)
-    lcm = load_pipeline(str(tiny_pipeline_dir), lora=str(folder), preset="lcm").scheduler
+    lcm = load_pipeline(str(tiny_pipeline_dir), lora=str(folder), sampler="lcm").scheduler
     assert lcm.config.original_inference_steps == 20 and lcm.config.timestep_scaling == 5.0
     assert lcm.config.beta_schedule == "scaled_linear"  # the base model's schedule, not the file's
     lcm.set_timesteps(4)
     assert lcm.timesteps.tolist() == [999, 749, 499, 249]  # the N = 20 grid {49, 99, ..., 999}
-    ddim = load_pipeline(str(tiny_pipeline_dir), lora=str(folder), preset="ddim").scheduler
-    assert "original_inference_steps" not in ddim.config  # another preset's scheduler ignores it
+    ddim = load_pipeline(str(tiny_pipeline_dir), lora=str(folder), sampler="ddim").scheduler
+    assert "original_inference_steps" not in ddim.config  # another sampler's scheduler ignores it
     (folder / "scheduler_config.json").write_text("{not json")
     with pytest.raises(UserError, match="not valid JSON"):
-        load_pipeline(str(tiny_pipeline_dir), lora=str(folder), preset="lcm")
+        load_pipeline(str(tiny_pipeline_dir), lora=str(folder), sampler="lcm")
 
 
 def test_lcm_full_student_gets_the_lcm_pipeline_and_w_embedding(tiny_pipeline_dir, tmp_path):
@@ -86,12 +86,12 @@ def test_lcm_full_student_gets_the_lcm_pipeline_and_w_embedding(tiny_pipeline_di
     torch.manual_seed(0)
     pipe.unet = UNet2DConditionModel.from_config(config)
     pipe.save_pretrained(tmp_path / "student")
-    student = load_pipeline(str(tmp_path / "student"), preset="lcm-full")
+    student = load_pipeline(str(tmp_path / "student"), sampler="lcm-full")
     assert isinstance(student, LatentConsistencyModelPipeline) and isinstance(student.scheduler, LCMScheduler)
     # guidance enters through the w-embedding (w = g - 1), with no CFG pass: different g, different images
     assert (sample(student, 1, 2.0) - sample(student, 1, 8.0)).abs().max() > 1e-4
     with pytest.raises(UserError, match="time_cond_proj_dim"):
-        load_pipeline(str(tiny_pipeline_dir), preset="lcm-full")
+        load_pipeline(str(tiny_pipeline_dir), sampler="lcm-full")
 
 
 @pytest.mark.parametrize(

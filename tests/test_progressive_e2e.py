@@ -1,5 +1,5 @@
 """`train progressive` through the CLI on the tiny pipeline: a three-stage plan (guidance, 4 → 2 → 1 steps), an export
-per round that a plain diffusers script samples at its step count, the shipped preset's fixed guidance, and one-line
+per round that a plain diffusers script samples at its step count, the shipped config's fixed guidance, and one-line
 refusals of bad plans."""
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ def test_the_shipped_fixed_guidance_has_no_guidance_stage_and_builds_w_into_the_
     args[args.index("distill")] = "fixed"  # tiny/progressive's own guidance
     assert main([*args, "--convert_steps", "1"]) == 0
     # the eps teacher's copy first learns the v student's parameterisation: a one-step conversion stage, not exported
-    # (its checkpoint-1-convert dropped by the preset's checkpoints_total_limit 2)
+    # (its checkpoint-1-convert dropped by the config's checkpoints_total_limit 2)
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-3-round-1-2-steps", "checkpoint-4-round-2-1-steps"]
     assert not (out / "convert").exists()
     card = (out / "README.md").read_text()

@@ -41,15 +41,15 @@ def data_ids(engine) -> list[str]:
 def main() -> None:
     split = sys.argv.index("--")
     prefix, flags, train_args = sys.argv[1], sys.argv[2:split], sys.argv[split + 1 :]
-    from distill_diffusion.config import build_run_config, load_preset, parse_overrides
+    from distill_diffusion.config import build_run_config, load_config, parse_overrides
     from distill_diffusion.trainers.engine.build import build_engine
     from distill_diffusion.trainers.methods.registry import get_method_class
 
     method, rest = train_args[0], train_args[1:]
     i = rest.index("--config")
-    preset = load_preset(rest[i + 1])
+    config = load_config(rest[i + 1])
     del rest[i : i + 2]
-    run = build_run_config(method, get_method_class(method), preset, parse_overrides(rest))
+    run = build_run_config(method, get_method_class(method), config, parse_overrides(rest))
     engine = build_engine(run)
     acc = engine.accelerator
     record = {"num_processes": acc.num_processes, "target_start": digest(target_tensors(engine.method))}

@@ -1,6 +1,6 @@
 """``distill-diffusion bench quality``: FID / CLIP / speed vs steps for several pipelines (:mod:`distill_diffusion.eval.bench_quality`).
 
-``--teacher PATH --pipeline NAME=PATH,lora=DIR,preset=P ...``: argparse wiring only; the work is imported when it runs.
+``--teacher PATH --pipeline NAME=PATH,lora=DIR,sampler=S ...``: argparse wiring only; the work is imported when it runs.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ HELP = "FID / CLIP / speed vs steps (and guidance) for several pipelines (table 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The benchmark's options."""
-    p.add_argument("--pipeline", action="append", default=[], metavar="NAME=PATH[,lora=DIR][,preset=P][,guidance=1|1.5|2][,steps=1|2|4]",
+    p.add_argument("--pipeline", action="append", default=[], metavar="NAME=PATH[,lora=DIR][,sampler=S][,guidance=1|1.5|2][,steps=1|2|4]",
                    help="several guidance scales make a sweep: a row per (steps, guidance) and a FID-vs-CLIP curve")  # fmt: skip
-    p.add_argument("--teacher", default=None, help="shortcut: --pipeline teacher=PATH,preset=ddim,steps=1|2|4|8|25|50")
+    p.add_argument("--teacher", default=None, help="shortcut: --pipeline teacher=PATH,sampler=ddim,steps=1|2|4|8|25|50")
     p.add_argument("--teacher_guidance", type=float, nargs="+", default=None,
                    help="teacher guidance_scale (default 7.5); several values sweep it (curve, 'at equal FID' summary)")  # fmt: skip
     p.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4, 8], help="steps for pipelines without steps=")
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     specs = []
     if args.teacher is not None:
         guidance = tuple(args.teacher_guidance) if args.teacher_guidance is not None else None
-        specs.append(PipelineSpec("teacher", args.teacher, preset="ddim", guidance_scale=guidance, steps=TEACHER_STEPS))
+        specs.append(PipelineSpec("teacher", args.teacher, sampler="ddim", guidance_scale=guidance, steps=TEACHER_STEPS))
     specs += [parse_pipeline_spec(text, args.steps) for text in args.pipeline]
     settings = BenchmarkSettings(
         prompts=args.prompts, num_images=args.num_images, real_dir=args.real, fid_feature=args.fid_feature,

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-#: The teacher's training-free samplers: pipeline name in the results → inference preset.
+#: The teacher's training-free samplers: pipeline name in the results → sampler.
 TRAINING_FREE = {"teacher-ddim": "ddim", "teacher-trailing": "ddim-trailing", "teacher-dpm": "dpm-karras", "teacher-unipc": "unipc"}
 
 
@@ -20,8 +20,8 @@ def training_free_specs(teacher: str, guidance_scale: float, steps: Sequence[int
     """One ``PipelineSpec`` per training-free sampler of the teacher, at ``steps`` and ``guidance_scale``."""
     from distill_diffusion.eval.bench_quality import PipelineSpec
 
-    return [PipelineSpec(name, teacher, preset=preset, guidance_scale=guidance_scale, steps=tuple(steps))
-            for name, preset in TRAINING_FREE.items()]
+    return [PipelineSpec(name, teacher, sampler=sampler, guidance_scale=guidance_scale, steps=tuple(steps))
+            for name, sampler in TRAINING_FREE.items()]
 
 
 def best_training_free(rows: Sequence[Mapping[str, Any]], steps: int) -> Mapping[str, Any] | None:

@@ -1,6 +1,6 @@
-"""Training runs of the toy method benchmarks: a shipped tiny preset pointed at the toy world, resumable, timed.
+"""Training runs of the toy method benchmarks: a shipped tiny config pointed at the toy world, resumable, timed.
 
-``bench progressive-toy`` and ``bench bksdm-toy`` train the preset a user would (only paths, resuming and the
+``bench progressive-toy`` and ``bench bksdm-toy`` train the config a user would (only paths, resuming and the
 options a benchmark compares change) and record each stage's wall-clock seconds beside the run.
 """
 
@@ -30,18 +30,18 @@ class StageTimer:
         self.path.write_text(json.dumps(self.seconds, indent=2))
 
 
-def toy_run_config(method: str, preset_name: str, world: Any, run_dir: Path, method_options: dict[str, Any] | None = None) -> Any:
-    """The :class:`RunConfig` of ``preset_name`` on ``world``, writing (and resuming) ``run_dir``; ``method_options``
-    override the preset's method section."""
-    from distill_diffusion.config import build_run_config, load_preset
+def toy_run_config(method: str, config_name: str, world: Any, run_dir: Path, method_options: dict[str, Any] | None = None) -> Any:
+    """The :class:`RunConfig` of ``config_name`` on ``world``, writing (and resuming) ``run_dir``; ``method_options``
+    override the config's method section."""
+    from distill_diffusion.config import build_run_config, load_config
     from distill_diffusion.trainers.methods.registry import get_method_class
 
-    preset = load_preset(preset_name)
-    preset["model"]["pretrained_model_name_or_path"] = str(world.teacher)
-    preset["data"]["train_data_dir"] = str(world.data)
-    preset["train"].update(output_dir=str(run_dir), resume_from_checkpoint="latest")
-    preset["method"] = {**preset.get("method", {}), **(method_options or {})}
-    return build_run_config(method, get_method_class(method), preset)
+    config = load_config(config_name)
+    config["model"]["pretrained_model_name_or_path"] = str(world.teacher)
+    config["data"]["train_data_dir"] = str(world.data)
+    config["train"].update(output_dir=str(run_dir), resume_from_checkpoint="latest")
+    config["method"] = {**config.get("method", {}), **(method_options or {})}
+    return build_run_config(method, get_method_class(method), config)
 
 
 def train_timed(run: Any, stages: list[Any], run_dir: Path, done_file: str = "model_index.json") -> dict[str, float]:

@@ -38,7 +38,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from distill_diffusion.config import build_run_config, load_preset, parse_overrides
+    from distill_diffusion.config import build_run_config, load_config, parse_overrides
     from distill_diffusion.trainers.methods.registry import METHODS, get_method_class
 
     rest = list(args.rest)
@@ -49,14 +49,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if "-h" in rest or "--help" in rest:
         print(method_help(args.method, method_cls))
         return 0
-    preset: dict = {}
+    config: dict = {}
     if "--config" in rest:
         i = rest.index("--config")
         if i + 1 >= len(rest):
-            raise UserError("--config needs a YAML file path or a preset name; pass --config FILE.yaml or e.g. --config tiny/lcm_lora")
-        preset = load_preset(rest[i + 1])
+            raise UserError("--config needs a YAML file path or a shipped config's name; pass --config FILE.yaml or e.g. --config tiny/lcm_lora")
+        config = load_config(rest[i + 1])
         del rest[i : i + 2]
-    run = build_run_config(args.method, method_cls, preset, parse_overrides(rest))
+    run = build_run_config(args.method, method_cls, config, parse_overrides(rest))
     from distill_diffusion.trainers.engine.build import train
 
     out = train(run)
@@ -65,12 +65,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _train_usage(methods: dict[str, str]) -> str:
-    from distill_diffusion.config import preset_names
+    from distill_diffusion.config import config_names
 
     return (
-        "usage: distill-diffusion train METHOD [--config FILE.yaml|PRESET] [--section.option VALUE ...]\n\n"
+        "usage: distill-diffusion train METHOD [--config FILE.yaml|CONFIG] [--section.option VALUE ...]\n\n"
         f"methods: {', '.join(sorted(methods))}\n"
-        f"presets: {', '.join(preset_names())}\n"
+        f"shipped configs: {', '.join(config_names())}\n"
         "`distill-diffusion train METHOD --help` lists every option with its default.\n"
         "Options are --model.*, --data.*, --train.*, --phases.PHASE.*, --method.*; diffusers-style bare names such as\n"
         "--learning_rate, --mixed_precision or --resume_from_checkpoint latest work where unambiguous."
@@ -98,7 +98,7 @@ def method_help(method: str, method_cls: type) -> str:
     line of the ``#:`` comment above the field."""
     from distill_diffusion.config import SECTIONS, PhaseConfig
 
-    lines = [f"usage: distill-diffusion train {method} [--config FILE.yaml|PRESET] [--section.option VALUE ...]", ""]
+    lines = [f"usage: distill-diffusion train {method} [--config FILE.yaml|CONFIG] [--section.option VALUE ...]", ""]
     blocks = {**SECTIONS, **{f"phases.{p}": PhaseConfig for p in getattr(method_cls, "phase_names", ("unet",))},
               "method": method_cls.config_class}
     for section, cls in blocks.items():
@@ -157,7 +157,7 @@ def _add_quickstart(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output_dir", default="quickstart", help="where the LoRA and the benchmark go")
     p.add_argument("--cache_dir", default=None, help="toy-world cache (default: $DISTILL_DIFFUSION_CACHE or ~/.cache/distill-diffusion)")
     p.add_argument("--num_images", type=int, default=1024, help="images per (pipeline, steps) row (FID is biased upward at small N; compare rows at equal N)")
-    p.add_argument("--lcm_steps", type=int, default=None, help="LCM training steps (default: the tiny/lcm_lora preset's 800)")
+    p.add_argument("--lcm_steps", type=int, default=None, help="LCM training steps (default: the tiny/lcm_lora config's 800)")
     p.add_argument("--budget", default="full", help="toy-world build budget: full, or small for a quick try")
     p.set_defaults(func=_cmd_quickstart)
 

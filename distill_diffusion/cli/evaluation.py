@@ -12,16 +12,29 @@ from distill_diffusion.errors import require
 from distill_diffusion.paths import check_output_dir, check_output_file
 
 
-def add_generate(sub: argparse._SubParsersAction) -> None:
-    """``distill-diffusion generate --model BASE [--lora DIR] [--steps 4] --prompts FILE|toy --output_dir DIR``."""
-    from distill_diffusion.pipelines.presets import PRESETS, default_preset
+class _DeprecatedPreset(argparse.Action):
+    """``--preset NAME``, the old spelling of ``--sampler NAME``: still accepted, with a one-line warning."""
 
-    p = sub.add_parser("generate", help="images + manifest.jsonl from a model (+ LoRA) with an inference preset")
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        from distill_diffusion.pipelines.samplers import warn_preset_deprecated
+
+        warn_preset_deprecated("--preset", "--sampler")
+        setattr(namespace, self.dest, values)
+
+
+def add_generate(sub: argparse._SubParsersAction) -> None:
+    """``distill-diffusion generate --model BASE [--lora DIR] [--sampler lcm] [--steps 4] --prompts FILE|toy --output_dir DIR``."""
+    from distill_diffusion.pipelines.samplers import SAMPLERS, default_sampler
+
+    p = sub.add_parser("generate", help="images + manifest.jsonl from a model (+ LoRA) with a sampler")
     p.add_argument("--model", required=True, help="diffusers folder, hub id or .safetensors (teacher or student)")
     p.add_argument("--lora", default=None, help="LoRA folder (pytorch_lora_weights.safetensors) or file")
-    p.add_argument("--preset", default=None, choices=list(PRESETS), help=f"default: {default_preset(True)} with --lora, else {default_preset(False)}")
-    p.add_argument("--steps", type=int, default=None, help="default: the preset's")
-    p.add_argument("--guidance", type=float, default=None, help="diffusers guidance_scale; default: the preset's")
+    p.add_argument("--sampler", default=None, choices=list(SAMPLERS),
+                   help=f"scheduler, steps and guidance to sample with; default: {default_sampler(True)} with --lora, else {default_sampler(False)}")
+    p.add_argument("--preset", dest="sampler", choices=list(SAMPLERS), action=_DeprecatedPreset, help=argparse.SUPPRESS)
+    p.add_argument("--steps", type=int, default=None, help="default: the sampler's")
+    p.add_argument("--guidance", type=float, default=None, help="diffusers guidance_scale; default: the sampler's")
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument("--prompts", help="text file (one per line), JSON list / COCO captions, or 'toy'")
     group.add_argument("--prompt", help="one prompt")
@@ -40,13 +53,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from distill_diffusion.config import ModelConfig
     from distill_diffusion.eval.bench_quality import parse_dtype
     from distill_diffusion.eval.generate import check_seeds, generate_to_folder, resolve_prompts
-    from distill_diffusion.pipelines import get_preset, load_pipeline
+    from distill_diffusion.pipelines import get_sampler, load_pipeline
     from distill_diffusion.pipelines.loader import check_pipeline_request
-    from distill_diffusion.pipelines.presets import default_preset
+    from distill_diffusion.pipelines.samplers import default_sampler
 
     # Every check first: a bad argument must fail before the pipeline loads and before anything is written.
-    preset_name = args.preset or default_preset(args.lora is not None)
-    kwargs = get_preset(preset_name).call_kwargs(args.steps, args.guidance)
+    sampler = args.sampler or default_sampler(args.lora is not None)
+    kwargs = get_sampler(sampler).call_kwargs(args.steps, args.guidance)
     prompts = resolve_prompts([args.prompt] if args.prompt is not None else args.prompts, args.num_images, args.seed)
     require(args.batch_size >= 1, f"--batch_size {args.batch_size}; pass 1 or more")
     check_seeds(args.seed, len(prompts))
@@ -54,13 +67,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
     dtype = parse_dtype(args.dtype)
     check_pipeline_request(
         ModelConfig(pretrained_model_name_or_path=args.model, local_files_only=args.local_files_only), args.lora,
-        preset_name, steps=[kwargs["num_inference_steps"]], device=args.device, lora_scale=args.lora_scale,
+        sampler, steps=[kwargs["num_inference_steps"]], device=args.device, lora_scale=args.lora_scale,
     )  # fmt: skip
     pipe = load_pipeline(
-        args.model, args.lora, preset_name, device=args.device or str(PartialState().device), dtype=dtype,
+        args.model, args.lora, sampler, device=args.device or str(PartialState().device), dtype=dtype,
         local_files_only=args.local_files_only, fuse_lora=not args.no_fuse_lora, lora_scale=args.lora_scale,
     )  # fmt: skip
-    extra = {"model": args.model, "lora": args.lora, "preset": preset_name}
+    extra = {"model": args.model, "lora": args.lora, "sampler": sampler}
     folder, timing = generate_to_folder(
         pipe, prompts, args.output_dir, seed=args.seed, batch_size=args.batch_size, manifest_extra=extra, **kwargs
     )
@@ -68,7 +81,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         from distill_diffusion.eval.grid import make_grid
 
         make_grid([(f"{kwargs['num_inference_steps']} steps", folder)], Path(folder) / "grid.png", max_rows=8)
-    print(f"wrote {len(prompts)} images to {folder} ({preset_name}, {kwargs['num_inference_steps']} steps, "
+    print(f"wrote {len(prompts)} images to {folder} ({sampler}, {kwargs['num_inference_steps']} steps, "
           f"guidance {kwargs['guidance_scale']}, {timing.seconds_per_image or 0:.3f} s/image)")  # fmt: skip
     return 0
 

@@ -32,7 +32,7 @@ def add_prepare_synthetic(sub: argparse._SubParsersAction) -> None:
     prompts.add_argument("--dataset_split", default=DATASET_DEFAULTS["dataset_split"])
     sampling = p.add_argument_group("sampling")
     sampling.add_argument("--num_samples", type=int, default=None, help="latents to make, cycling the prompts (default: one per prompt)")
-    sampling.add_argument("--scheduler", default="ddim", help="teacher sampler preset: ddim, ddim-trailing or dpm")
+    sampling.add_argument("--scheduler", default="ddim", help="teacher sampler: ddim, ddim-trailing, dpm, dpm-karras or unipc")
     sampling.add_argument("--num_inference_steps", type=int, default=50)
     sampling.add_argument("--guidance_scale", type=float, default=7.5,
                           help="CFG scale (diffusers convention); 7.5 for SD, about 3 for the toy world")

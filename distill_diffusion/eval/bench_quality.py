@@ -30,25 +30,25 @@ TEACHER_STEPS = (1, 2, 4, 8, 25, 50)
 
 @dataclass
 class PipelineSpec:
-    """One pipeline of the benchmark: ``load_pipeline(model, lora, preset)`` sampled at each of ``steps``.
+    """One pipeline of the benchmark: ``load_pipeline(model, lora, sampler)`` sampled at each of ``steps``.
 
-    ``guidance_scale`` is one scale (``None``: the preset's) or a sweep of several; every (steps, guidance)
+    ``guidance_scale`` is one scale (``None``: the sampler's) or a sweep of several; every (steps, guidance)
     pair becomes a row. A one-element sweep is stored as its single value, so both spell the same spec.
-    ``preset`` None: ``generate``'s default, the distilled adapter's (``lcm``) with a LoRA, else the teacher's (``ddim``).
+    ``sampler`` None: ``generate``'s default, the distilled adapter's (``lcm``) with a LoRA, else the teacher's (``ddim``).
     """
 
     name: str
     model: str
     lora: str | None = None
-    preset: str | None = None
+    sampler: str | None = None
     guidance_scale: float | tuple[float, ...] | None = None
     steps: tuple[int, ...] = DEFAULT_STEPS
 
     def __post_init__(self) -> None:
-        from distill_diffusion.pipelines.presets import default_preset, get_preset
+        from distill_diffusion.pipelines.samplers import default_sampler, get_sampler
 
-        self.preset = default_preset(self.lora is not None) if self.preset is None else self.preset
-        get_preset(self.preset)
+        self.sampler = default_sampler(self.lora is not None) if self.sampler is None else self.sampler
+        get_sampler(self.sampler)
         require(bool(self.name) and "/" not in self.name, f"pipeline name {self.name!r} must be non-empty, without '/'")
         require(bool(self.steps) and all(s >= 1 for s in self.steps), f"{self.name}: steps {self.steps} must be ≥ 1")
         if isinstance(self.guidance_scale, Sequence):
@@ -59,7 +59,7 @@ class PipelineSpec:
         self._check_guidance()
 
     def _check_guidance(self) -> None:
-        from distill_diffusion.pipelines.presets import check_guidance
+        from distill_diffusion.pipelines.samplers import check_guidance
 
         for g in self.guidance_scales:
             if g is not None:
@@ -70,14 +70,14 @@ class PipelineSpec:
 
     @property
     def guidance_scales(self) -> tuple[float | None, ...]:
-        """The scales to sample, in the order given (``(None,)``: the preset's default)."""
+        """The scales to sample, in the order given (``(None,)``: the sampler's default)."""
         g = self.guidance_scale
         return g if isinstance(g, tuple) else (g,)
 
 
 def parse_pipeline_spec(text: str, default_steps: Sequence[int] = DEFAULT_STEPS) -> PipelineSpec:
-    """``NAME=PATH[,lora=DIR][,preset=P][,guidance=G|G2..][,steps=1|2|4|8]`` → :class:`PipelineSpec`."""
-    fix = "write NAME=PATH[,lora=DIR][,preset=P][,guidance=1|1.5|2][,steps=1|2|4]"
+    """``NAME=PATH[,lora=DIR][,sampler=S][,guidance=G|G2..][,steps=1|2|4|8]`` → :class:`PipelineSpec`."""
+    fix = "write NAME=PATH[,lora=DIR][,sampler=S][,guidance=1|1.5|2][,steps=1|2|4]"
     head, *options = text.split(",")
     name, sep, model = head.partition("=")
     require(bool(sep and name.strip() and model.strip()), f"--pipeline {text!r}: {fix}")
@@ -86,14 +86,19 @@ def parse_pipeline_spec(text: str, default_steps: Sequence[int] = DEFAULT_STEPS)
     for option in options:
         key, sep, value = option.partition("=")
         key = key.strip()
+        if key == "preset":  # the old name of sampler=
+            from distill_diffusion.pipelines.samplers import warn_preset_deprecated
+
+            warn_preset_deprecated("preset= in --pipeline", "sampler=")
+            key = "sampler"
         require(key not in seen, f"--pipeline {text!r}: option {key!r} is given twice; give each option once "
                 "(a sweep is one option: steps=1|2|4, guidance=1|2)")
         seen.add(key)
         try:
             if key == "lora":
                 kw["lora"] = value.strip()
-            elif key == "preset":
-                kw["preset"] = value.strip()
+            elif key == "sampler":
+                kw["sampler"] = value.strip()
             elif key == "guidance":
                 kw["guidance_scale"] = tuple(float(g) for g in value.split("|"))
             elif key == "steps":
@@ -152,7 +157,7 @@ def _validate(pipelines: Sequence[PipelineSpec], s: BenchmarkSettings, output_di
     for p in pipelines:
         cfg = ModelConfig(pretrained_model_name_or_path=p.model, local_files_only=s.local_files_only)
         try:
-            check_pipeline_request(cfg, p.lora, p.preset, steps=p.steps)
+            check_pipeline_request(cfg, p.lora, p.sampler, steps=p.steps)
         except UserError as exc:
             raise UserError(f"{p.name}: {exc}") from None
     parse_dtype(s.dtype)
@@ -178,7 +183,7 @@ def _stats_cache_path(out: Path, evaluator: Any) -> Path:
 def _row(p: PipelineSpec, scheduler: str, steps: int, guidance: float, timing: Any, scores: dict) -> dict:
     spi = timing.seconds_per_image
     return {
-        "pipeline": p.name, "model": p.model, "lora": p.lora, "preset": p.preset, "scheduler": scheduler,
+        "pipeline": p.name, "model": p.model, "lora": p.lora, "sampler": p.sampler, "scheduler": scheduler,
         "steps": steps, "guidance_scale": guidance, "fid": scores.get("fid"), "kid_mean": scores.get("kid_mean"),
         "kid_std": scores.get("kid_std"), "clip_score": scores.get("clip_score"), "seconds_per_image": spi,
         "images_per_second": (1.0 / spi) if spi else None, "num_images": timing.images,
@@ -212,7 +217,7 @@ def run_quality_benchmark(
         num_real = prepare_real(evaluator, s.real_dir, s.stats_cache or _stats_cache_path(out, evaluator))
     rows, files = [], {}
     for p in pipelines:
-        pipe = load_pipeline(p.model, p.lora, p.preset, device=device, dtype=parse_dtype(s.dtype), local_files_only=s.local_files_only)
+        pipe = load_pipeline(p.model, p.lora, p.sampler, device=device, dtype=parse_dtype(s.dtype), local_files_only=s.local_files_only)
         columns = _bench_pipeline(p, pipe, prompts, out, s, rows, lambda folder: score_generated(folder, evaluator, clip, prompt_scorer=s.prompt_scorer))
         if state.is_main_process:
             files[f"grid_{p.name}"] = make_grid(columns, out / f"grid_{p.name}.png", max_rows=s.grid_rows)
@@ -233,17 +238,17 @@ def _bench_pipeline(p: PipelineSpec, pipe: Any, prompts: list[str], out: Path, s
     """
     from accelerate import PartialState
 
-    from distill_diffusion.pipelines import get_preset
+    from distill_diffusion.pipelines import get_sampler
 
-    preset, sweep = get_preset(p.preset), len(p.guidance_scales) > 1
+    sampler, sweep = get_sampler(p.sampler), len(p.guidance_scales) > 1
     columns = []
     for steps in p.steps:
         for guidance in p.guidance_scales:
-            kwargs = preset.call_kwargs(steps, guidance)
+            kwargs = sampler.call_kwargs(steps, guidance)
             tag = f"_g{kwargs['guidance_scale']:g}" if sweep else ""
             folder, timing = generate_to_folder(
                 pipe, prompts, out / "images" / p.name / f"steps_{steps:03d}{tag}", seed=s.seed, batch_size=s.batch_size,
-                warmup=True, manifest_extra={"pipeline": p.name, "preset": p.preset, "model": p.model, "lora": p.lora},
+                warmup=True, manifest_extra={"pipeline": p.name, "sampler": p.sampler, "model": p.model, "lora": p.lora},
                 **kwargs,
             )  # fmt: skip
             columns.append((f"{steps} step" + ("s" if steps > 1 else "") + tag.replace("_g", " g="), folder))

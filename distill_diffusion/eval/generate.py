@@ -21,7 +21,7 @@ from distill_diffusion import threads
 from distill_diffusion.errors import UserError, require
 from distill_diffusion.eval.images import to_uint8, uint8_to_pil
 from distill_diffusion.paths import check_output_dir
-from distill_diffusion.pipelines.presets import check_guidance, check_steps, preset_of
+from distill_diffusion.pipelines.samplers import check_guidance, check_steps, sampler_of
 
 MANIFEST = "manifest.jsonl"
 DEFAULT_TOY_PROMPTS = 64
@@ -96,7 +96,7 @@ def generate_images(
     """
     require(len(prompts) == len(seeds), f"{len(prompts)} prompts but {len(seeds)} seeds; pass one seed per prompt")
     require(batch_size >= 1, f"batch_size={batch_size}; pass 1 or more")
-    check_steps(pipe.scheduler, num_inference_steps, preset_of(pipe))
+    check_steps(pipe.scheduler, num_inference_steps, sampler_of(pipe))
     check_guidance(guidance_scale)
     kwargs = dict(pipe_kwargs or {})
     timing = GenerationTiming()

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 COLUMNS = (
-    "pipeline", "model", "lora", "preset", "scheduler", "steps", "guidance_scale", "fid", "kid_mean", "kid_std",
+    "pipeline", "model", "lora", "sampler", "scheduler", "steps", "guidance_scale", "fid", "kid_mean", "kid_std",
     "clip_score", "seconds_per_image", "images_per_second", "num_images", "num_real", "feature", "resize",
 )  # fmt: skip
 #: Step counts above this are reference runs (teacher at 25/50): drawn as horizontal lines, not points.
@@ -54,11 +54,11 @@ def _fmt(value: Any, digits: int = 2) -> str:
 
 
 def markdown_table(rows: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str:
-    """A markdown table (pipeline, steps, guidance, FID, KID, CLIP, extra columns, s/image, images/s) with a
+    """A markdown table (pipeline, sampler, steps, guidance, FID, KID, CLIP, extra columns, s/image, images/s) with a
     settings line."""
     has_kid = any(r.get("kid_mean") is not None for r in rows)
     extra = extra_columns(rows)
-    head = ["pipeline", "preset", "steps", "guidance", "FID"] + (["KID ×1e3"] if has_kid else []) + [
+    head = ["pipeline", "sampler", "steps", "guidance", "FID"] + (["KID ×1e3"] if has_kid else []) + [
         "CLIP", *extra, "s / image", "images / s"]  # fmt: skip
     real = f"real: {meta.get('num_real')}, feature {meta.get('feature')}" if meta.get("feature") else "no real set: no FID"
     lines = [
@@ -70,7 +70,7 @@ def markdown_table(rows: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str:
     ]
     for r in rows:
         kid = r.get("kid_mean")
-        cells = [r["pipeline"], r.get("preset", ""), str(r["steps"]), _fmt(r.get("guidance_scale"), 1), _fmt(r.get("fid"))]
+        cells = [r["pipeline"], r.get("sampler", ""), str(r["steps"]), _fmt(r.get("guidance_scale"), 1), _fmt(r.get("fid"))]
         if has_kid:
             cells.append(_fmt(kid * 1e3 if kid is not None else None))
         cells += [_fmt(r.get("clip_score")), *(_fmt(r.get(k), 3) for k in extra)]

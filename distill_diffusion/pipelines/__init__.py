@@ -1,4 +1,4 @@
-"""Inference: presets per method (scheduler, steps, guidance) and a loader returning a stock diffusers pipeline.
+"""Inference: samplers per method (scheduler, steps, guidance) and a loader returning a stock diffusers pipeline.
 
 Exports resolve lazily (PEP 562) so that building the CLI parser does not import torch and diffusers.
 """
@@ -9,10 +9,10 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "PRESETS": "presets",
-    "Preset": "presets",
-    "build_scheduler": "presets",
-    "get_preset": "presets",
+    "SAMPLERS": "samplers",
+    "Sampler": "samplers",
+    "build_scheduler": "samplers",
+    "get_sampler": "samplers",
     "load_pipeline": "loader",
     "resolve_lora": "loader",
 }

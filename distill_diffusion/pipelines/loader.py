@@ -1,9 +1,9 @@
-"""One call from a model (and an optional LoRA) to a stock diffusers pipeline with a preset's scheduler.
+"""One call from a model (and an optional LoRA) to a stock diffusers pipeline with a sampler's scheduler.
 
-``load_pipeline("teacher/", lora="lcm_lora/", preset="lcm")`` returns a ``StableDiffusionPipeline`` with
+``load_pipeline("teacher/", lora="lcm_lora/", sampler="lcm")`` returns a ``StableDiffusionPipeline`` with
 ``LCMScheduler.from_config(teacher.scheduler.config)`` and the LoRA loaded through diffusers'
 ``load_lora_weights`` (fused by default). A ``scheduler_config.json`` beside the LoRA weights (distilled
-exports write one) sets the fields the adapter was distilled for (``original_inference_steps``, ``timestep_scaling``). Sample with ``pipe(prompt, **get_preset("lcm").call_kwargs())``.
+exports write one) sets the fields the adapter was distilled for (``original_inference_steps``, ``timestep_scaling``). Sample with ``pipe(prompt, **get_sampler("lcm").call_kwargs())``.
 Nothing here is ours at inference time: the same pipeline can be built by hand with stock diffusers.
 """
 
@@ -23,13 +23,13 @@ import torch
 from distill_diffusion.config import ModelConfig
 from distill_diffusion.errors import UserError, require
 from distill_diffusion.models.loading import PICKLE_SUFFIXES, check_model_source, load_teacher
-from distill_diffusion.pipelines.presets import (
-    PRESETS,
-    Preset,
-    attach_preset,
+from distill_diffusion.pipelines.samplers import (
+    SAMPLERS,
+    Sampler,
+    attach_sampler,
     build_scheduler,
     check_steps,
-    get_preset,
+    get_sampler,
 )
 
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
@@ -136,21 +136,21 @@ def _json_object(path: Path, fix: str) -> dict[str, Any]:
     return config
 
 
-def check_unet_fits_preset(preset: Preset, unet_config: Mapping[str, Any]) -> None:
-    """A preset for a w-conditioned student (``needs_guidance_embedding``) needs a UNet with a guidance embedding."""
-    if preset.needs_guidance_embedding and unet_config.get("time_cond_proj_dim") is None:
-        plain = ", ".join(name for name, p in PRESETS.items() if not p.needs_guidance_embedding)
+def check_unet_fits_sampler(sampler: Sampler, unet_config: Mapping[str, Any]) -> None:
+    """A sampler for a w-conditioned student (``needs_guidance_embedding``) needs a UNet with a guidance embedding."""
+    if sampler.needs_guidance_embedding and unet_config.get("time_cond_proj_dim") is None:
+        plain = ", ".join(name for name, s in SAMPLERS.items() if not s.needs_guidance_embedding)
         raise UserError(
-            f"preset {preset.name!r} needs a UNet with a guidance embedding (time_cond_proj_dim), which this model "
-            f"lacks; use a preset for a plain UNet or its adapter ({plain})"
+            f"sampler {sampler.name!r} needs a UNet with a guidance embedding (time_cond_proj_dim), which this model "
+            f"lacks; use a sampler for a plain UNet or its adapter ({plain})"
         )
 
 
-def _pipeline_class(preset: Preset, unet: Any) -> type:
+def _pipeline_class(sampler: Sampler, unet: Any) -> type:
     import diffusers
 
-    check_unet_fits_preset(preset, dict(unet.config))
-    return getattr(diffusers, preset.pipeline)
+    check_unet_fits_sampler(sampler, dict(unet.config))
+    return getattr(diffusers, sampler.pipeline)
 
 
 #: A diffusers-format LoRA key of a UNet layer: ``unet.<layer>.lora.down.weight`` (or ``lora_A``, peft's name).
@@ -263,19 +263,19 @@ def _local_config(model: str, component: str) -> dict[str, Any]:
     return _json_object(path, "repair or re-download the model folder") if path.is_file() else {}
 
 
-def preview_scheduler(model: str, preset: str, lora: str | Path | None = None) -> Any:
+def preview_scheduler(model: str, sampler: str, lora: str | Path | None = None) -> Any:
     """The scheduler :func:`load_pipeline` will build, from config files alone (no weights are read).
 
     Base config: the model folder's ``scheduler/scheduler_config.json``, or the scheduler's defaults for a
     hub id or single file (SD's 1000 training timesteps); the LoRA's trained fields are applied as in loading.
     """
-    return build_scheduler(get_preset(preset), _local_config(model, "scheduler"), trained_scheduler_config(lora))
+    return build_scheduler(get_sampler(sampler), _local_config(model, "scheduler"), trained_scheduler_config(lora))
 
 
 def check_pipeline_request(
     cfg: ModelConfig,
     lora: str | Path | None = None,
-    preset: str = "ddim",
+    sampler: str = "ddim",
     *,
     steps: Sequence[int] = (),
     device: torch.device | str | None = None,
@@ -285,7 +285,7 @@ def check_pipeline_request(
 
     Run first so that bad input fails in milliseconds, before seconds (or minutes) of loading.
     """
-    spec = get_preset(preset)
+    spec = get_sampler(sampler)
     check_device(device)
     require(math.isfinite(lora_scale), f"LoRA scale {lora_scale} is invalid; pass a finite number such as 1.0 (--lora_scale)")
     check_model_folder(cfg.pretrained_model_name_or_path)
@@ -294,9 +294,9 @@ def check_pipeline_request(
         resolve_lora(lora)
         check_lora_fits(cfg.pretrained_model_name_or_path, lora)
     if (Path(cfg.pretrained_model_name_or_path).expanduser() / "unet").is_dir():
-        check_unet_fits_preset(spec, _local_config(cfg.pretrained_model_name_or_path, "unet"))
+        check_unet_fits_sampler(spec, _local_config(cfg.pretrained_model_name_or_path, "unet"))
     if steps:
-        scheduler = preview_scheduler(cfg.pretrained_model_name_or_path, preset, lora)
+        scheduler = preview_scheduler(cfg.pretrained_model_name_or_path, sampler, lora)
         for count in sorted(set(steps)):  # every count: a trained set need not be 1..N (LADD: 1, 2 or 4)
             check_steps(scheduler, count, spec)
 
@@ -304,7 +304,7 @@ def check_pipeline_request(
 def load_pipeline(
     model: str,
     lora: str | Path | None = None,
-    preset: str = "ddim",
+    sampler: str = "ddim",
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
     local_files_only: bool = False,
@@ -315,19 +315,19 @@ def load_pipeline(
     variant: str | None = None,
     original_config: str | None = None,
 ) -> Any:
-    """A stock diffusers pipeline for ``model`` (+ ``lora``) sampling with ``preset``'s scheduler.
+    """A stock diffusers pipeline for ``model`` (+ ``lora``) sampling with ``sampler``'s scheduler.
 
     ``model``: a diffusers SD 1.x/2.x folder, a hub id, or a single ``.safetensors`` checkpoint (with
     ``original_config``), validated by :func:`distill_diffusion.models.loading.check_model_source`; pickle
-    weights are refused. ``dtype`` defaults to float32. Returns the preset's ``pipeline`` class (e.g.
-    ``StableDiffusionPipeline``) with the preset recorded on it (:func:`~.presets.attach_preset`), safety
+    weights are refused. ``dtype`` defaults to float32. Returns the sampler's ``pipeline`` class (e.g.
+    ``StableDiffusionPipeline``) with the sampler recorded on it (:func:`~.samplers.attach_sampler`), safety
     checker off and the progress bar disabled. Bad input → UserError, raised by :func:`check_pipeline_request`
     before any weight loads.
     """
-    spec = get_preset(preset)
+    spec = get_sampler(sampler)
     cfg = ModelConfig(pretrained_model_name_or_path=model, revision=revision, variant=variant,
                       original_config=original_config, local_files_only=local_files_only)
-    check_pipeline_request(cfg, lora, preset, device=device, lora_scale=lora_scale)
+    check_pipeline_request(cfg, lora, sampler, device=device, lora_scale=lora_scale)
     parts = load_teacher(cfg, weight_dtype=dtype or torch.float32)
     cls = _pipeline_class(spec, parts.unet)
     scheduler = build_scheduler(spec, parts.scheduler.config, trained_scheduler_config(lora))
@@ -338,5 +338,5 @@ def load_pipeline(
     if device is not None:
         pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
-    attach_preset(pipe, spec)
+    attach_sampler(pipe, spec)
     return pipe

@@ -1,8 +1,8 @@
-"""Inference presets: the scheduler, step count and guidance each method's artefact is sampled with.
+"""Samplers: the scheduler, step count and guidance each method's artefact is sampled with.
 
-One registry (``PRESETS``) holds every preset; a new method adds one line. Guidance is always in the
-diffusers convention (``guidance_scale`` g, CFG = uncond + g·(cond − uncond); g ≤ 1 turns CFG off). The
-LCM paper's w (Luo et al. 2023, arXiv:2310.04378, eq. 9: (1+w)·cond − w·uncond) is g − 1; for a full LCM
+One registry (``SAMPLERS``, looked up by name with :func:`get_sampler`) holds every sampler; a new method adds
+one line. Guidance is always in the diffusers convention (``guidance_scale`` g, CFG = uncond + g·(cond − uncond);
+g ≤ 1 turns CFG off). The LCM paper's w (Luo et al. 2023, arXiv:2310.04378, eq. 9: (1+w)·cond − w·uncond) is g − 1; for a full LCM
 student with a guidance embedding (``unet.config.time_cond_proj_dim``) diffusers feeds w = g − 1 to the
 embedding and runs no CFG pass.
 """
@@ -10,6 +10,7 @@ embedding and runs no CFG pass.
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +18,7 @@ from distill_diffusion.errors import UserError, require
 
 
 @dataclass(frozen=True)
-class Preset:
+class Sampler:
     """How to sample one kind of model: a diffusers scheduler built from the checkpoint's own config.
 
     ``scheduler``: a class name in ``diffusers`` (``DDIMScheduler``, ``LCMScheduler``, ...), built with
@@ -26,7 +27,7 @@ class Preset:
     have ``time_cond_proj_dim`` (a w-conditioned student). ``max_steps_key``: the scheduler-config key
     holding the timestep grid a distilled model was trained on; sampling takes at most that many steps.
     ``trained_fields``: scheduler-config fields an export saves next to its adapter, which override the
-    scheduler's defaults when the saved config is of this preset's scheduler class.
+    scheduler's defaults when the saved config is of this sampler's scheduler class.
     """
 
     name: str
@@ -41,7 +42,7 @@ class Preset:
     trained_fields: tuple[str, ...] = ()
 
     def call_kwargs(self, steps: int | None = None, guidance_scale: float | None = None) -> dict[str, Any]:
-        """Keyword arguments for ``pipe(prompt, **kwargs)``: the preset's defaults unless overridden."""
+        """Keyword arguments for ``pipe(prompt, **kwargs)``: the sampler's defaults unless overridden."""
         steps = self.num_inference_steps if steps is None else int(steps)
         if steps < 1:
             raise UserError(f"num_inference_steps={steps} is invalid; pass a step count of 1 or more")
@@ -59,11 +60,11 @@ def check_guidance(guidance: float) -> None:
     )
 
 
-def check_steps(scheduler: Any, steps: int, preset: Preset | None = None) -> None:
+def check_steps(scheduler: Any, steps: int, sampler: Sampler | None = None) -> None:
     """Refuse a step count the model was not trained to sample, before any image is made.
 
     Any scheduler: at most its ``num_train_timesteps`` (diffusers raises a ValueError mid-run otherwise).
-    With a ``preset`` that has a ``max_steps_key``: at most the grid the model was distilled on (an LCM).
+    With a ``sampler`` that has a ``max_steps_key``: at most the grid the model was distilled on (an LCM).
     With trained timesteps in the scheduler's config (an adversarial student's export writes them): only step counts
     whose every timestep the student was trained at (:func:`check_trained_timesteps`).
     """
@@ -73,12 +74,12 @@ def check_steps(scheduler: Any, steps: int, preset: Preset | None = None) -> Non
         trained is None or steps <= trained,
         f"{steps} sampling steps, but the model was trained with {trained} timesteps; pass {trained} steps or fewer",
     )
-    if preset is not None and preset.max_steps_key is not None:
-        limit = config.get(preset.max_steps_key)
+    if sampler is not None and sampler.max_steps_key is not None:
+        limit = config.get(sampler.max_steps_key)
         require(
             limit is None or steps <= limit,
             f"{steps} sampling steps, but this model was distilled on a grid of {limit} timesteps "
-            f"({preset.max_steps_key}, preset {preset.name!r}); pass {limit} steps or fewer",
+            f"({sampler.max_steps_key}, sampler {sampler.name!r}); pass {limit} steps or fewer",
         )
     check_trained_timesteps(scheduler, steps)
 
@@ -101,7 +102,7 @@ def check_trained_timesteps(scheduler: Any, steps: int) -> None:
     untrained = ", ".join(str(t) for t in visited if t not in timesteps) or "others"
     name, listed = type(scheduler).__name__, join_or(counts)
     known = f"{listed} steps" if counts else f"no step count of {name} visits only those"
-    fix = f"pass {listed} steps" if counts else "sample it with preset 'ladd' (LCMScheduler on the trailing grid), as its model card says"
+    fix = f"pass {listed} steps" if counts else "sample it with sampler 'ladd' (LCMScheduler on the trailing grid), as its model card says"
     raise UserError(f"{steps} sampling steps with {name} visit timesteps {untrained}, which this model was not trained at "
                     f"(it was trained at {', '.join(map(str, timesteps))}: {known}); {fix}")
 
@@ -109,11 +110,11 @@ def check_trained_timesteps(scheduler: Any, steps: int) -> None:
 #: LCMScheduler fields an LCM export writes (the solver grid N and the boundary scaling s).
 LCM_TRAINED_FIELDS = ("original_inference_steps", "timestep_scaling")
 
-PRESETS: dict[str, Preset] = {
+SAMPLERS: dict[str, Sampler] = {
     p.name: p
     for p in (
-        Preset("ddim", "DDIMScheduler", 50, 7.5, "teacher default: DDIM with the checkpoint's own spacing, CFG 7.5"),
-        Preset(
+        Sampler("ddim", "DDIMScheduler", 50, 7.5, "teacher default: DDIM with the checkpoint's own spacing, CFG 7.5"),
+        Sampler(
             "ddim-trailing",
             "DDIMScheduler",
             50,
@@ -121,14 +122,14 @@ PRESETS: dict[str, Preset] = {
             "DDIM with trailing spacing (first step at t=999; fairer to the teacher at few steps)",
             scheduler_kwargs={"timestep_spacing": "trailing"},
         ),
-        Preset(
+        Sampler(
             "dpm",
             "DPMSolverMultistepScheduler",
             20,
             7.5,
             "DPM-Solver++ (2M), a strong plain sampler for the teacher at 10-25 steps",
         ),
-        Preset(
+        Sampler(
             "dpm-karras",
             "DPMSolverMultistepScheduler",
             20,
@@ -137,14 +138,14 @@ PRESETS: dict[str, Preset] = {
             "the teacher's strongest few-step plain sampler in most benchmarks",
             scheduler_kwargs={"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True},
         ),
-        Preset(
+        Sampler(
             "unipc",
             "UniPCMultistepScheduler",
             20,
             7.5,
             "UniPC (Zhao et al., arXiv:2302.04867), a predictor-corrector plain sampler for the teacher at 5-20 steps",
         ),
-        Preset(
+        Sampler(
             "progressive",
             "DDIMScheduler",
             4,
@@ -152,7 +153,7 @@ PRESETS: dict[str, Preset] = {
             "progressive-distillation student: its own exported DDIM (trailing, v-prediction) at its round's step count; "
             "a w-conditioned student reads w = guidance - 1 (one UNet call a step), one with guidance built in needs guidance 1",
         ),
-        Preset(
+        Sampler(
             "lcm",
             "LCMScheduler",
             4,
@@ -161,7 +162,7 @@ PRESETS: dict[str, Preset] = {
             max_steps_key="original_inference_steps",
             trained_fields=LCM_TRAINED_FIELDS,
         ),
-        Preset(
+        Sampler(
             "ladd",
             "LCMScheduler",
             1,
@@ -172,7 +173,7 @@ PRESETS: dict[str, Preset] = {
             max_steps_key="original_inference_steps",
             trained_fields=LCM_TRAINED_FIELDS,
         ),
-        Preset(
+        Sampler(
             "lcm-full",
             "LCMScheduler",
             4,
@@ -187,48 +188,53 @@ PRESETS: dict[str, Preset] = {
 }
 
 
-def get_preset(name: str) -> Preset:
-    """The preset called ``name``; an unknown name is a UserError listing the valid ones."""
+def get_sampler(name: str) -> Sampler:
+    """The sampler called ``name``; an unknown name is a UserError listing the valid ones."""
     try:
-        return PRESETS[name]
+        return SAMPLERS[name]
     except KeyError:
-        raise UserError(f"unknown inference preset {name!r}; use one of {', '.join(PRESETS)}") from None
+        raise UserError(f"unknown sampler {name!r}; use one of {', '.join(SAMPLERS)}") from None
 
 
-#: The attribute :func:`attach_preset` sets on a pipeline: the name of the preset it samples with.
-PRESET_ATTRIBUTE = "inference_preset"
+def warn_preset_deprecated(old: str, new: str) -> None:
+    """One stderr line for the old spelling of a sampler option (``--preset``, ``preset=`` in a pipeline spec)."""
+    print(f"warning: {old} is deprecated and will be removed; use {new} (the same names)", file=sys.stderr)
 
 
-def attach_preset(pipe: Any, preset: Preset) -> None:
-    """Record on ``pipe`` the preset it was built for, so generation checks that preset's limits."""
-    setattr(pipe, PRESET_ATTRIBUTE, preset.name)
+#: The attribute :func:`attach_sampler` sets on a pipeline: the name of the sampler it samples with.
+SAMPLER_ATTRIBUTE = "inference_sampler"
 
 
-def preset_of(pipe: Any) -> Preset | None:
-    """The preset :func:`attach_preset` recorded on ``pipe``; None for a pipeline built elsewhere."""
-    name = getattr(pipe, PRESET_ATTRIBUTE, None)
-    return get_preset(name) if name is not None else None
+def attach_sampler(pipe: Any, sampler: Sampler) -> None:
+    """Record on ``pipe`` the sampler it was built for, so generation checks that sampler's limits."""
+    setattr(pipe, SAMPLER_ATTRIBUTE, sampler.name)
 
 
-def default_preset(lora: bool) -> str:
-    """The preset for a model given without one: the distilled adapter's (LCM-LoRA) or the teacher's."""
+def sampler_of(pipe: Any) -> Sampler | None:
+    """The sampler :func:`attach_sampler` recorded on ``pipe``; None for a pipeline built elsewhere."""
+    name = getattr(pipe, SAMPLER_ATTRIBUTE, None)
+    return get_sampler(name) if name is not None else None
+
+
+def default_sampler(lora: bool) -> str:
+    """The sampler for a model given without one: the distilled adapter's (LCM-LoRA) or the teacher's."""
     return "lcm" if lora else "ddim"
 
 
-def build_scheduler(preset: Preset, scheduler_config: Any, trained: dict[str, Any] | None = None) -> Any:
-    """The preset's scheduler from a checkpoint's scheduler config (betas, prediction type kept).
+def build_scheduler(sampler: Sampler, scheduler_config: Any, trained: dict[str, Any] | None = None) -> Any:
+    """The sampler's scheduler from a checkpoint's scheduler config (betas, prediction type kept).
 
-    ``trained``: a scheduler config saved with a distilled adapter; when it is the preset's scheduler
-    class, its ``preset.trained_fields`` override the defaults (e.g. an LCM-LoRA distilled with N = 20). Its
+    ``trained``: a scheduler config saved with a distilled adapter; when it is the sampler's scheduler
+    class, its ``sampler.trained_fields`` override the defaults (e.g. an LCM-LoRA distilled with N = 20). Its
     :data:`~distill_diffusion.core.timesteps.TRAINED_TIMESTEPS`, whatever the class, go on the scheduler's config, where :func:`check_steps` reads them
     (a full export's own scheduler config carries them through ``from_config``).
     """
     import diffusers
 
-    cls = getattr(diffusers, preset.scheduler)
-    kwargs = dict(preset.scheduler_kwargs)
-    if trained and trained.get("_class_name") == preset.scheduler:
-        kwargs.update({k: trained[k] for k in preset.trained_fields if k in trained})
+    cls = getattr(diffusers, sampler.scheduler)
+    kwargs = dict(sampler.scheduler_kwargs)
+    if trained and trained.get("_class_name") == sampler.scheduler:
+        kwargs.update({k: trained[k] for k in sampler.trained_fields if k in trained})
     scheduler = cls.from_config(scheduler_config, **kwargs)
     from distill_diffusion.core.timesteps import TRAINED_TIMESTEPS
 

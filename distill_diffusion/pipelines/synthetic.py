@@ -2,7 +2,7 @@
 
 LADD (Sauer et al., arXiv:2403.12015) trains with synthetic data: the discriminator's "real" latents may be
 samples the teacher made once, instead of encoded images. The teacher samples through a stock diffusers pipeline with a
-teacher preset's scheduler (DDIM by default) and ``output_type="latent"``: the VAE never decodes, and what
+teacher sampler's scheduler (DDIM by default) and ``output_type="latent"``: the VAE never decodes, and what
 comes back is the UNet's latent space, already multiplied by ``vae.config.scaling_factor``, the space
 ``models.encode.encode_images`` gives and the latent cache stores. Text embeddings come from the same
 ``encode_prompt`` the training cache uses and are handed to the pipeline, so the stored ``prompt_embeds`` are
@@ -24,10 +24,10 @@ import torch
 from distill_diffusion.config import MAX_SEED, DataConfig, ModelConfig
 from distill_diffusion.errors import require
 from distill_diffusion.paths import check_output_dir
-from distill_diffusion.pipelines.presets import check_guidance
+from distill_diffusion.pipelines.samplers import check_guidance
 
-#: Schedulers a teacher samples with (the plain presets; the distilled students' presets do not apply).
-TEACHER_PRESETS = ("ddim", "ddim-trailing", "dpm", "dpm-karras", "unipc")
+#: Samplers a teacher samples with (the plain ones; the distilled students' samplers do not apply).
+TEACHER_SAMPLERS = ("ddim", "ddim-trailing", "dpm", "dpm-karras", "unipc")
 PRECISIONS = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -67,8 +67,8 @@ class SyntheticConfig:
         for name in ("batch_size", "shard_size"):
             require(getattr(self, name) >= 1, f"--{name} {getattr(self, name)}; pass 1 or more")
         require(0 <= self.seed <= MAX_SEED, f"--seed {self.seed} is out of range; pass a seed in [0, {MAX_SEED}]")
-        require(self.scheduler in TEACHER_PRESETS, f"--scheduler {self.scheduler!r} is not a teacher sampler; use one "
-                f"of {', '.join(TEACHER_PRESETS)}")
+        require(self.scheduler in TEACHER_SAMPLERS, f"--scheduler {self.scheduler!r} is not a teacher sampler; use one "
+                f"of {', '.join(TEACHER_SAMPLERS)}")
         require(self.mixed_precision in PRECISIONS, f"--mixed_precision {self.mixed_precision!r}; use one of no, fp16, bf16")
 
 

@@ -154,7 +154,7 @@ def unet_run_config(tmp: Path, b: BuildBudget, progress: bool) -> Any:
     from distill_diffusion.config import build_run_config
     from distill_diffusion.trainers.methods.finetune import FineTuneConfig
 
-    preset = {
+    config = {
         "model": {"pretrained_model_name_or_path": str(tmp / "init_teacher"), "local_files_only": True},
         "data": {
             "source": "imagefolder",
@@ -181,7 +181,7 @@ def unet_run_config(tmp: Path, b: BuildBudget, progress: bool) -> Any:
         },
         "method": {"snr_gamma": b.unet_snr_gamma},
     }
-    return build_run_config("finetune", FineTuneConfig, preset)
+    return build_run_config("finetune", FineTuneConfig, config)
 
 
 def _stage_unet(tmp: Path, b: BuildBudget, progress: bool) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from distill_diffusion.models.denoiser import Denoiser
 def student_sampler(scheduler_config: Mapping[str, Any], trained_timesteps: list[int] | None = None) -> Any:
     """The student's sampler: ``LCMScheduler`` from the teacher's scheduler config on the full training grid, so N
     steps visit the trailing timesteps; ``trained_timesteps`` (the student's) go on its config for
-    :func:`~distill_diffusion.pipelines.presets.check_steps`, which then refuses step counts that leave them."""
+    :func:`~distill_diffusion.pipelines.samplers.check_steps`, which then refuses step counts that leave them."""
     from diffusers import LCMScheduler
 
     T = int(scheduler_config.get("num_train_timesteps", 1000))

@@ -20,8 +20,8 @@ import torch
 
 from distill_diffusion.toy.paths import BKSDM_TOY_GUIDANCE
 
-PRESET = "tiny/bksdm"
-#: Runs of the benchmark: name → method options over the preset's.
+CONFIG = "tiny/bksdm"
+#: Runs of the benchmark: name → method options over the config's.
 RUNS: dict[str, dict[str, Any]] = {
     "small": {"variant": "small"},
     "small-no-kd": {"variant": "small", "lambda_out": 0.0, "lambda_feat": 0.0},
@@ -41,7 +41,7 @@ def train_students(world: Any, run_dir: Path, max_train_steps: int | None) -> di
 
     seconds = {}
     for name, options in RUNS.items():
-        run = toy_run_config("bksdm", PRESET, world, run_dir / name, options)
+        run = toy_run_config("bksdm", CONFIG, world, run_dir / name, options)
         if max_train_steps is not None:
             run.train.max_train_steps = max_train_steps
         seconds[name] = sum(train_timed(run, [SimpleNamespace(name="train", steps=run.train.max_train_steps)], run_dir / name).values())
@@ -99,17 +99,17 @@ def run_bksdm_toy(output_dir: str | Path = "benchmarks/results/toy_quality/bksdm
     world, run_dir, out = ensure_toy_world(cache_dir=cache_dir), Path(run_dir), Path(output_dir)
     seconds = {**train_students(world, run_dir, max_train_steps), **train_lcm_loras(world, run_dir, lcm_steps)}
     steps = (SAMPLING_STEPS,)
-    specs = [PipelineSpec("teacher", str(world.teacher), preset="ddim", guidance_scale=TEACHER_SWEEP, steps=steps)]
-    specs += [PipelineSpec(f"bksdm-{name}", str(run_dir / name), preset="ddim", steps=steps,
+    specs = [PipelineSpec("teacher", str(world.teacher), sampler="ddim", guidance_scale=TEACHER_SWEEP, steps=steps)]
+    specs += [PipelineSpec(f"bksdm-{name}", str(run_dir / name), sampler="ddim", steps=steps,
                            guidance_scale=STUDENT_SWEEP if name.startswith("small") else guidance_scale) for name in RUNS]
-    specs += [PipelineSpec("teacher+lcm-lora", str(world.teacher), lora=str(run_dir / "teacher-lcm-lora"), preset="lcm", guidance_scale=1.0, steps=(1, 2, 4)),
-              PipelineSpec("bksdm-small+lcm-lora", str(run_dir / "small"), lora=str(run_dir / "small-lcm-lora"), preset="lcm", guidance_scale=1.0,
+    specs += [PipelineSpec("teacher+lcm-lora", str(world.teacher), lora=str(run_dir / "teacher-lcm-lora"), sampler="lcm", guidance_scale=1.0, steps=(1, 2, 4)),
+              PipelineSpec("bksdm-small+lcm-lora", str(run_dir / "small"), lora=str(run_dir / "small-lcm-lora"), sampler="lcm", guidance_scale=1.0,
                            steps=(1, 2, 4))]
     result = run_quality_benchmark(specs, out, toy_bench_settings(world, num_images, cache_dir))
     sizes = size_and_latency({"teacher": world.teacher, **{f"bksdm-{name}": run_dir / name for name in RUNS if name != "small-no-kd"}})
     lines = [*size_table(sizes), "", f"Latency: median of 20 UNet calls, {torch.get_num_threads()} threads, torch {torch.__version__}."]
     (out / "sizes.md").write_text("\n".join(lines) + "\n")
-    training = {"preset": PRESET, "runs": RUNS, "seconds": seconds, "total_minutes": round(sum(seconds.values()) / 60, 1), "sizes": sizes}
+    training = {"config": CONFIG, "runs": RUNS, "seconds": seconds, "total_minutes": round(sum(seconds.values()) / 60, 1), "sizes": sizes}
     (out / "training.json").write_text(json.dumps(training, indent=2))
     print(Path(result["files"]["markdown"]).read_text())
     print("\n".join(lines))

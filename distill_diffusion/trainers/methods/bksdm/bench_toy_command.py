@@ -14,8 +14,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """The benchmark's options."""
     add_toy_run_options(p, output_dir="benchmarks/results/toy_quality/bksdm", run_dir="toy_runs/bksdm",
                         guidance_scale=BKSDM_TOY_GUIDANCE)
-    p.add_argument("--max_train_steps", type=int, default=None, help="steps of each student (default: the tiny/bksdm preset's)")
-    p.add_argument("--lcm_steps", type=int, default=None, help="steps of each LCM-LoRA (default: the tiny/lcm_lora preset's)")
+    p.add_argument("--max_train_steps", type=int, default=None, help="steps of each student (default: the tiny/bksdm config's)")
+    p.add_argument("--lcm_steps", type=int, default=None, help="steps of each LCM-LoRA (default: the tiny/lcm_lora config's)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -3,7 +3,7 @@
 Sauer et al. compare their 1-step students with LCM at 1-4 steps and with the teacher at 50 steps (ADD, arXiv:2311.17042,
 Fig. 5-7; LADD, arXiv:2403.12015, §4); this is that table on the toy world, in the ``bench quality`` format (FID,
 CLIP score, prompt accuracy), same prompts and seeds for every row. The teacher sweeps guidance at 50 DDIM steps, so
-each student is also read against the teacher's FID-vs-faithfulness curve. Each student is the shipped tiny preset
+each student is also read against the teacher's FID-vs-faithfulness curve. Each student is the shipped tiny config
 (``tiny/ladd``, ``tiny/add``, the quickstart's ``tiny/lcm_lora``) with only paths and step counts changed; every run
 resumes where it stopped, and its seconds are kept in ``<run_dir>/<run>/stage_seconds.json``. ``bars.md`` checks the
 bars: 1-step FID ≤ 1.5× the teacher's 50-step FID at its default guidance, CLIP within 10%, 4-step FID ≤ 1.2×; and
@@ -22,7 +22,7 @@ from typing import Any
 from distill_diffusion.toy.paths import TOY_GUIDANCE
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
-#: Adversarial runs: name → (method, preset).
+#: Adversarial runs: name → (method, config).
 RUNS = {"ladd": ("ladd", "tiny/ladd"), "add": ("add", "tiny/add")}
 STUDENT_STEPS = (1, 2, 4)
 TEACHER_STEPS = 50
@@ -40,10 +40,10 @@ def train_students(world: Any, run_dir: Path, steps: dict[str, int | None], stud
     if not (dinov2 / "config.json").is_file():
         save_toy_dinov2(dinov2)
     seconds = {}
-    for name, (method, preset) in RUNS.items():
+    for name, (method, config) in RUNS.items():
         if name not in students:
             continue
-        run = toy_run_config(method, preset, world, run_dir / name, {"feature_network": str(dinov2)} if method == "add" else None)
+        run = toy_run_config(method, config, world, run_dir / name, {"feature_network": str(dinov2)} if method == "add" else None)
         if steps.get(name) is not None:
             run.train.max_train_steps = steps[name]
         stage = SimpleNamespace(name="train", steps=run.train.max_train_steps)
@@ -84,17 +84,17 @@ def run_adversarial_toy(output_dir: str | Path = "benchmarks/results/toy_quality
     seconds = train_students(world, run_dir, steps or {}, students)
     teacher = str(world.teacher)
     sweep = tuple(sorted({*TEACHER_SWEEP, guidance_scale}))
-    specs = [PipelineSpec("teacher", teacher, preset="ddim", guidance_scale=sweep, steps=(TEACHER_STEPS,)),
+    specs = [PipelineSpec("teacher", teacher, sampler="ddim", guidance_scale=sweep, steps=(TEACHER_STEPS,)),
              *training_free_specs(teacher, guidance_scale, STUDENT_STEPS)]
     if "lcm-lora" in students:
-        specs.append(PipelineSpec("lcm-lora", teacher, lora=str(run_dir / "lcm-lora"), preset="lcm", guidance_scale=1.0, steps=STUDENT_STEPS))
-    specs += [PipelineSpec(name, teacher, lora=str(run_dir / name), preset="ladd", guidance_scale=1.0, steps=STUDENT_STEPS)
+        specs.append(PipelineSpec("lcm-lora", teacher, lora=str(run_dir / "lcm-lora"), sampler="lcm", guidance_scale=1.0, steps=STUDENT_STEPS))
+    specs += [PipelineSpec(name, teacher, lora=str(run_dir / name), sampler="ladd", guidance_scale=1.0, steps=STUDENT_STEPS)
               for name in RUNS if name in students]
     result = run_quality_benchmark(specs, out, toy_bench_settings(world, num_images, cache_dir))
     lines = [*bar_lines(result["rows"], guidance_scale), "", *step_bar_lines(result["rows"], {n: [n] for n in students})]
     (out / "bars.md").write_text("\n".join(lines) + "\n")
-    presets = {name: preset for name, (_, preset) in RUNS.items()} | {"lcm-lora": "tiny/lcm_lora"}
-    training = {"runs": {name: presets[name] for name in students}, "steps": steps or {},
+    configs = {name: config for name, (_, config) in RUNS.items()} | {"lcm-lora": "tiny/lcm_lora"}
+    training = {"runs": {name: configs[name] for name in students}, "steps": steps or {},
                 "seconds": seconds, "total_minutes": round(sum(seconds.values()) / 60, 1)}
     (out / "training.json").write_text(json.dumps(training, indent=2))
     print(Path(result["files"]["markdown"]).read_text())

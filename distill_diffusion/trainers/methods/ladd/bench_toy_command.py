@@ -15,8 +15,8 @@ HELP = "LADD and ADD on the toy world at 1/2/4 steps beside the teacher (50 step
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The benchmark's options."""
     add_toy_run_options(p, output_dir="benchmarks/results/toy_quality/adversarial", run_dir="toy_runs/adversarial")
-    for name, preset in (("ladd", "tiny/ladd"), ("add", "tiny/add"), ("lcm", "tiny/lcm_lora")):
-        p.add_argument(f"--{name}_steps", type=int, default=None, help=f"training steps (default: the {preset} preset's)")
+    for name, config in (("ladd", "tiny/ladd"), ("add", "tiny/add"), ("lcm", "tiny/lcm_lora")):
+        p.add_argument(f"--{name}_steps", type=int, default=None, help=f"training steps (default: the {config} config's)")
     p.add_argument("--students", nargs="+", choices=STUDENTS, default=list(STUDENTS),
                    help="the students to train and score beside the teacher (default: all)")
 

@@ -4,7 +4,7 @@ Training (LoRA mode, tiny toy UNet, CPU, pre-encoded latents): the engine's LCM 
 sum of the three passes LCD needs (Luo et al. arXiv:2310.04378 Alg. 1): one batched cond+uncond teacher
 forward with the DDIM step, one target forward, and one student forward+backward, each timed alone on the
 same batch in the same process. Generation: a stock ``StableDiffusionPipeline`` end to end (text encoder,
-UNet steps, VAE decode) with ``LCMScheduler`` at 4 steps, guidance off (the LCM-LoRA preset), against the
+UNet steps, VAE decode) with ``LCMScheduler`` at 4 steps, guidance off (the LCM-LoRA sampler), against the
 teacher's DDIM at 50 steps with CFG. Latency does not depend on the LoRA weights' values, so the random
 tiny pipeline measures the same work a trained one does.
 """
@@ -69,7 +69,7 @@ def measure_generation(repeats: int) -> dict[str, float]:
     """Median end-to-end seconds per image: LCM 4 steps (guidance off) vs DDIM 50 steps with CFG."""
     from diffusers import StableDiffusionPipeline
 
-    from distill_diffusion.pipelines import build_scheduler, get_preset
+    from distill_diffusion.pipelines import build_scheduler, get_sampler
     from distill_diffusion.toy.tiny import save_tiny_pipeline
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -77,8 +77,8 @@ def measure_generation(repeats: int) -> dict[str, float]:
         pipe.set_progress_bar_config(disable=True)
         config = pipe.scheduler.config
         results = {}
-        for name, preset, steps, guidance in (("LCM 4 steps", "lcm", 4, 1.0), ("teacher DDIM 50 steps", "ddim", 50, 7.5)):
-            pipe.scheduler = build_scheduler(get_preset(preset), config)
+        for name, sampler, steps, guidance in (("LCM 4 steps", "lcm", 4, 1.0), ("teacher DDIM 50 steps", "ddim", 50, 7.5)):
+            pipe.scheduler = build_scheduler(get_sampler(sampler), config)
 
             def run(steps: int = steps, guidance: float = guidance) -> None:
                 pipe("a red circle", num_inference_steps=steps, guidance_scale=guidance,

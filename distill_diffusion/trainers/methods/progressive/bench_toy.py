@@ -17,7 +17,7 @@ from typing import Any
 from distill_diffusion.errors import UserError, require
 from distill_diffusion.toy.paths import TOY_GUIDANCE
 
-PRESET = "tiny/progressive"
+CONFIG = "tiny/progressive"
 #: Step counts scored for the teacher's training-free samplers and the rounds' students.
 STUDENT_STEPS = (1, 2, 4, 8)
 
@@ -33,13 +33,13 @@ def toy_plan(world: Any, run: Any) -> Any:
 
 
 def toy_method_options(guidance_scale: float) -> dict[str, Any]:
-    """The preset's method options at the benchmark's guidance: a fixed-guidance preset is trained at
+    """The config's method options at the benchmark's guidance: a fixed-guidance config is trained at
     w = guidance_scale − 1, so its students and the teacher rows share one scale (a w-conditioned student is
     sampled at it instead)."""
-    from distill_diffusion.config import load_preset
+    from distill_diffusion.config import load_config
 
     require(guidance_scale >= 1, f"--guidance_scale {guidance_scale}: must be >= 1 (diffusers scale; 1 = no guidance)")
-    return {"w_min": guidance_scale - 1} if load_preset(PRESET)["method"].get("guidance") == "fixed" else {}
+    return {"w_min": guidance_scale - 1} if load_config(CONFIG)["method"].get("guidance") == "fixed" else {}
 
 
 def check_finished_run(run: Any, run_dir: Path) -> None:
@@ -58,11 +58,11 @@ def check_finished_run(run: Any, run_dir: Path) -> None:
 
 
 def train_toy_progressive(world: Any, run_dir: Path, method_options: dict[str, Any]) -> tuple[Any, dict[str, float]]:
-    """Train (or resume, or reuse when finished) the tiny preset with ``method_options`` (:func:`toy_method_options`)
+    """Train (or resume, or reuse when finished) the tiny config with ``method_options`` (:func:`toy_method_options`)
     on ``world``; returns its run config and stage seconds."""
     from distill_diffusion.bench.toy_runs import toy_run_config, train_timed
 
-    run = toy_run_config("progressive", PRESET, world, run_dir, method_options)
+    run = toy_run_config("progressive", CONFIG, world, run_dir, method_options)
     check_finished_run(run, run_dir)
     return run, train_timed(run, toy_plan(world, run).stages(), run_dir)
 
@@ -80,15 +80,15 @@ def run_progressive_toy(output_dir: str | Path = "benchmarks/results/toy_quality
     run, seconds = train_toy_progressive(world, run_dir, options)
     plan = toy_plan(world, run)
     student_g = guidance_scale if run.method_config.guidance == "distill" else 1.0
-    specs = [PipelineSpec("teacher", str(world.teacher), preset="ddim", guidance_scale=guidance_scale, steps=(50,)),
+    specs = [PipelineSpec("teacher", str(world.teacher), sampler="ddim", guidance_scale=guidance_scale, steps=(50,)),
              *training_free_specs(str(world.teacher), guidance_scale, STUDENT_STEPS)]
     rounds = [stage.name for stage, steps in zip(plan.stages()[plan.first_round_stage:], plan.student_steps) if steps <= max(STUDENT_STEPS)]
     for stage, steps in zip(plan.stages()[plan.first_round_stage:], plan.student_steps):
         if stage.name in rounds:
-            specs.append(PipelineSpec(stage.name, str(run_dir / stage.name), preset="progressive", guidance_scale=student_g, steps=(steps,)))
+            specs.append(PipelineSpec(stage.name, str(run_dir / stage.name), sampler="progressive", guidance_scale=student_g, steps=(steps,)))
     result = run_quality_benchmark(specs, out, toy_bench_settings(world, num_images, cache_dir))
     (out / "bars.md").write_text("\n".join(step_bar_lines(result["rows"], {"progressive": rounds})) + "\n")
-    training = {"preset": PRESET, "stage_seconds": seconds, "total_minutes": round(sum(seconds.values()) / 60, 1),
+    training = {"config": CONFIG, "stage_seconds": seconds, "total_minutes": round(sum(seconds.values()) / 60, 1),
                 "stages": [{"name": s.name, "steps": s.steps} for s in plan.stages()], "method": json.loads(json.dumps(vars(run.method_config)))}
     (out / "training.json").write_text(json.dumps(training, indent=2))
     print(Path(result["files"]["markdown"]).read_text())

@@ -1,4 +1,4 @@
-"""``distill-diffusion bench progressive-toy``: train the tiny preset on the toy world and score every round (:mod:`.bench_toy`)."""
+"""``distill-diffusion bench progressive-toy``: train the tiny config on the toy world and score every round (:mod:`.bench_toy`)."""
 
 from __future__ import annotations
 
