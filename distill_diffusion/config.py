@@ -27,8 +27,9 @@ from distill_diffusion.config_files import (  # noqa: F401
     load_config,
     load_yaml,
 )
-from distill_diffusion.config_types import build_dataclass, check_choices, set_dotted
+from distill_diffusion.config_types import build_dataclass, check_choices, public_dict, set_dotted
 from distill_diffusion.errors import require
+from distill_diffusion.hub import HubOptions
 
 #: numpy/accelerate seeds are unsigned 32-bit.
 MAX_SEED = 2**32 - 1
@@ -113,8 +114,8 @@ class DataConfig:
 
 
 @dataclass
-class TrainConfig:
-    """The engine's settings; names follow the diffusers training scripts."""
+class TrainConfig(HubOptions):
+    """The engine's settings (and the Hub upload's, from :class:`HubOptions`); names follow the diffusers training scripts."""
 
     #: Folder of the run: checkpoints, config.yaml, logs and the exported model.
     output_dir: str = "outputs/run"
@@ -190,6 +191,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         require(bool(self.output_dir.strip()), "train.output_dir is empty; pass a folder for the run, e.g. --output_dir outputs/run")
+        self.check_hub_options(self.output_dir)
         require(self.seed is None or 0 <= self.seed <= MAX_SEED, f"train.seed={self.seed} is out of range; pass a seed in [0, {MAX_SEED}]")
         for name in ("train_batch_size", "max_train_steps", "gradient_accumulation_steps", "learning_rate", "max_nonfinite_steps",
                      "lr_num_cycles", "lr_power", "num_validation_images", "validation_inference_steps"):
@@ -264,11 +266,11 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         return {
             "method_name": self.method,
-            "model": dataclasses.asdict(self.model),
-            "data": dataclasses.asdict(self.data),
-            "train": dataclasses.asdict(self.train),
-            "phases": {name: dataclasses.asdict(p) for name, p in self.phases.items()},
-            "method": dataclasses.asdict(self.method_config),
+            "model": public_dict(self.model),
+            "data": public_dict(self.data),
+            "train": public_dict(self.train),  # never the Hub token
+            "phases": {name: public_dict(p) for name, p in self.phases.items()},
+            "method": public_dict(self.method_config),
         }
 
     def save(self, path: str | Path) -> Path:

@@ -182,6 +182,13 @@ def build_dataclass(cls: type, data: Mapping[str, Any] | None, section: str) -> 
     return cls(**{k: convert(f"{section}.{k}", v, types_[k]) for k, v in data.items()})
 
 
+def public_dict(obj: Any) -> dict[str, Any]:
+    """``dataclasses.asdict(obj)`` without its secret fields (``metadata={"secret": True}``, e.g. a Hub token):
+    what may be saved to a file or sent to a tracker."""
+    secret = {f.name for f in dataclasses.fields(obj) if f.metadata.get("secret")}
+    return {k: v for k, v in dataclasses.asdict(obj).items() if k not in secret}
+
+
 def set_dotted(data: dict[str, Any], path: str, value: Any, flag: str) -> None:
     """``data["a"]["b"] = value`` for ``path`` ``"a.b"`` (a nested option), creating the inner mappings."""
     *outer, last = path.split(".")

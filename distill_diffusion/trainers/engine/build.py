@@ -20,9 +20,11 @@ from accelerate.utils import ProjectConfiguration, set_seed
 
 from distill_diffusion.config import RunConfig, TrainConfig
 from distill_diffusion.errors import UserError, require
+from distill_diffusion.hub import check_hub_access
 from distill_diffusion.paths import check_output_dir
 from distill_diffusion.trainers.engine import checkpoints as ckpt
 from distill_diffusion.trainers.engine import sharding
+from distill_diffusion.trainers.engine.export import push_to_hub
 from distill_diffusion.trainers.engine.loop import Callback, Engine
 from distill_diffusion.trainers.methods.registry import get_method_class
 
@@ -45,6 +47,8 @@ def check_environment(cfg: TrainConfig) -> None:
     if cfg.use_8bit_adam:
         _require_module("bitsandbytes", "--use_8bit_adam needs bitsandbytes; pip install 'distill-diffusion[bnb]'")
     check_output_dir(cfg.output_dir, "--output_dir")
+    if cfg.push_to_hub:
+        check_hub_access(cfg)
 
 
 def _require_module(name: str, message: str) -> None:
@@ -255,11 +259,14 @@ def _flat(tree: dict, prefix: str = "") -> dict:
 
 
 def train(run: RunConfig, callbacks: Sequence[Callback] = ()) -> Path:
-    """Run training to the end and export; returns the output folder. ``callbacks`` see every step's logs."""
+    """Run training to the end, export, and upload the export under ``--push_to_hub``; returns the output folder.
+    ``callbacks`` see every step's logs."""
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.WARNING)
     logging.getLogger("distill_diffusion").setLevel(logging.INFO)
     engine = build_engine(run, callbacks)
     engine.train()
     engine.export()
     engine.accelerator.end_training()
+    if run.train.push_to_hub and engine.accelerator.is_main_process:
+        push_to_hub(run, [stage.name for stage in engine.stages if stage.export])
     return engine.output_dir
