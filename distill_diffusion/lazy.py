@@ -1,7 +1,7 @@
 """Lazy package exports (PEP 562): a method package names its classes without importing torch until one is used.
 
-The CLI imports every method's torch-free ``*_command`` modules to build ``--help``; importing those imports their
-package's ``__init__``, which therefore must not import the method itself.
+The CLI imports every method's benchmark modules (``bench_<kind>``, torch-free at import) to build ``--help``;
+importing those imports their package's ``__init__``, which therefore must not import the method itself.
 """
 
 from __future__ import annotations

@@ -44,28 +44,10 @@ def distil_lcm_lora(teacher: Path, data: Path, output_dir: Path, max_train_steps
     return train(build_run_config("lcm", LCM, config), callbacks=callbacks or ())
 
 
-def toy_bench_settings(world: Any, num_images: int, cache_dir: str | Path | None = None) -> Any:
-    """``bench quality`` settings on the toy world: its prompts and real images, Fréchet distance and CLIP score in
-    its tiny CLIP's space, and prompt accuracy by its classifier (the quickstart's and the toy method benchmarks')."""
-    from transformers import CLIPModel
-
-    from distill_diffusion.eval.bench_quality import BenchmarkSettings
-    from distill_diffusion.toy.classifier import resolve_toy_classifier, toy_prompt_scorer
-    from distill_diffusion.toy.clip import clip_feature_net, toy_clip_processor
-    from distill_diffusion.toy.tokenizer import build_tokenizer
-
-    clip = CLIPModel.from_pretrained(world.clip).eval()
-    return BenchmarkSettings(
-        prompts="toy", num_images=num_images, real_dir=str(world.data), fid_feature=clip_feature_net(clip),
-        clip=(clip, toy_clip_processor(build_tokenizer())), local_files_only=True, batch_size=64,
-        prompt_scorer=toy_prompt_scorer(resolve_toy_classifier("toy", cache_dir)),
-    )
-
-
 def run_quickstart(output_dir: str | Path = "quickstart", cache_dir: str | Path | None = None,
                    num_images: int = 1024, lcm_steps: int | None = None, budget: str = "full") -> dict[str, Any]:
     """Steps 1-3 above; returns the benchmark result (rows, meta, files)."""
-    from distill_diffusion.eval.bench_quality import PipelineSpec, run_quality_benchmark
+    from distill_diffusion.bench.quality import PipelineSpec, run_quality_benchmark, toy_bench_settings
     from distill_diffusion.toy.build import ensure_toy_world
 
     out = Path(output_dir)

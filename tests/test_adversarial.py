@@ -12,7 +12,7 @@ import torch
 
 def adversarial_engine(tmp: Path, teacher: Path, name: str, **method: Any) -> Any:
     """A real LADD or ADD engine on the tiny pipeline: batch 2, gradient accumulation 2, two discriminator updates."""
-    from distill_diffusion.bench.engine import latent_engine
+    from distill_diffusion.bench.timing import latent_engine
 
     options = {"lora_rank": 4, "lora_alpha": 4, "head_width": 8, "disc_updates": 2, **method}
     if name == "add":

@@ -8,12 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from distill_diffusion.bench.gpu import SD15_UNET_CONFIG
 from distill_diffusion.toy.tiny import tiny_unet_config
-from distill_diffusion.trainers.methods.lcm.bench_gpu import (
-    SD15_UNET_CONFIG,
-    build_lora_engine,
-    run_sd15_lora_benchmark,
-)
+from distill_diffusion.trainers.methods.lcm.bench_gpu import build_lora_engine, run_sd15_lora_benchmark
 
 # accelerate picks CUDA when there is one, so the tiny run uses the device this machine has.
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

@@ -58,8 +58,11 @@ def test_training_free_samplers_sample_the_tiny_teacher_at_few_steps(tiny_pipeli
         assert torch.isfinite(out).all()
 
 
-def test_adversarial_toy_names_every_student_it_can_train():
-    from distill_diffusion.trainers.methods.ladd.bench_toy import RUNS
-    from distill_diffusion.trainers.methods.ladd.bench_toy_command import STUDENTS
+def test_adversarial_toy_offers_every_student_it_can_train():
+    import argparse
 
-    assert set(STUDENTS) == {*RUNS, "lcm-lora"}
+    from distill_diffusion.bench.adversarial_toy import RUNS, add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert set(parser.parse_args([]).students) == {*RUNS, "lcm-lora"}

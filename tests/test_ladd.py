@@ -203,7 +203,7 @@ def test_the_speed_benchmark_times_a_cycle_against_its_passes(tmp_path: Path) ->
 
 
 def test_the_toy_benchmarks_bars_compare_each_student_with_the_teachers_50_steps() -> None:
-    from distill_diffusion.trainers.methods.ladd.bench_toy import bar_lines
+    from distill_diffusion.bench.adversarial_toy import bar_lines
 
     def row(name: str, steps: int, fid: float, clip: float, g: float = 1.0) -> dict:
         return {"pipeline": name, "steps": steps, "fid": fid, "clip_score": clip, "guidance_scale": g}

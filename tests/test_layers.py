@@ -2,8 +2,8 @@
 
 Arrows run one way, down :data:`LAYERS`. Within ``trainers``, ``methods`` never imports ``engine``, and
 ``engine`` imports from ``methods`` only the contract (``base``) and the registry. A method's benchmarks
-(declared in its method-registry entry) and the modules they run sit at the ``bench`` layer wherever
-they live, since they drive the engine. Known exceptions, in files whose owners must fix them, are
+(its package's ``bench_<kind>`` modules, declared in its method-registry entry) sit at the ``bench`` layer,
+since they drive the engine. Known exceptions, in files whose owners must fix them, are
 listed in :data:`KNOWN_EXCEPTIONS`; an entry that no longer occurs fails too, so the list only shrinks.
 """
 
@@ -84,10 +84,8 @@ def imports_of(module: str) -> set[str]:
 
 
 def method_benchmark_modules() -> set[str]:
-    """Each method's registered benchmark modules and the method-package modules they run."""
-    commands = {path.removeprefix("distill_diffusion.") for entry in METHODS.values() for path in entry.benchmarks.values()}
-    runs = {m for c in commands for m in imports_of(c) if m.startswith("trainers.methods.")}
-    return commands | runs
+    """Each method's registered benchmark modules."""
+    return {path.removeprefix("distill_diffusion.") for entry in METHODS.values() for path in entry.benchmark_modules().values()}
 
 
 def layer_of(module: str, bench_level: set[str]) -> int | None:
@@ -129,5 +127,5 @@ def test_every_module_has_a_layer() -> None:
 
 
 def test_benchmark_modules_are_registered_names() -> None:
-    for path in [*GENERIC.values(), *(p for e in METHODS.values() for p in e.benchmarks.values())]:
+    for path in [*GENERIC.values(), *(p for e in METHODS.values() for p in e.benchmark_modules().values())]:
         assert path.removeprefix("distill_diffusion.") in MODULES, path

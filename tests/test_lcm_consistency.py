@@ -13,7 +13,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from distill_diffusion.cli import main
-from distill_diffusion.trainers.methods.lcm.consistency import TEACHER_ROW
+from distill_diffusion.trainers.methods.lcm.bench_consistency import TEACHER_ROW
 
 pytestmark = pytest.mark.e2e  # trains through the CLI or starts processes
 

@@ -268,7 +268,7 @@ def test_loss_goes_down_on_a_fixed_batch() -> None:
 
 
 def test_the_consistency_benchmark_reference_is_successive_guided_ddim_steps() -> None:
-    from distill_diffusion.trainers.methods.lcm.consistency import teacher_ode
+    from distill_diffusion.trainers.methods.lcm.bench_consistency import teacher_ode
 
     parts = components()
     teacher = Denoiser(parts.unet, parts.schedule, "epsilon")

@@ -1,133 +1,47 @@
-"""Engine-overhead benchmark: a plain fine-tune step through the engine vs the bare UNet forward+backward.
+"""Engine-overhead benchmark (``distill-diffusion bench engine``): a plain fine-tune step through the engine vs the
+bare UNet forward+backward.
 
 Both run in the same process on the same tiny UNet, the same batches (pre-encoded latents, so the VAE
 and text encoder are out of both measurements) and the same thread count. The engine step includes
 everything the loop adds: batch handling, autocast, the finiteness check, clipping, the AdamW and LR
 steps and logging. The bare baseline is ``z_t = add_noise; loss = mse(unet(z_t), target);
 loss.backward()``; a second baseline adds the optimizer step, to show what the loop itself costs.
+Torch is imported when it runs (the CLI imports this module to build ``--help``).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
-import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-import torch
-import torch.nn.functional as F
-from torch.utils.data import Dataset
+from distill_diffusion.bench.options import add_speed_options, run_speed
 
+HELP = "engine overhead: fine-tune step vs bare forward+backward (tiny UNet, CPU)"
 TARGET_RATIO = 1.10
 
 
-class LatentBatches(Dataset):
-    """Pre-encoded ``{"latents", "prompt_embeds"}`` items (the latent-cache path of the engine)."""
-
-    def __init__(self, n: int, latent_shape: tuple[int, int, int], embed_shape: tuple[int, int]):
-        g = torch.Generator().manual_seed(0)
-        self.latents = torch.randn(n, *latent_shape, generator=g)
-        self.embeds = torch.randn(n, *embed_shape, generator=g)
-
-    def __len__(self) -> int:
-        return len(self.latents)
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {"latents": self.latents[i], "prompt_embeds": self.embeds[i]}
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The benchmark's options."""
+    add_speed_options(p, steps=30, batch_sizes=[8, 16, 32], output="benchmarks/results/engine_overhead.json")
 
 
-def collate_latents(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    return {k: torch.stack([it[k] for it in items]) for k in items[0]}
-
-
-def median_seconds(fn: Callable[[], None], steps: int, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def interleaved_medians(fns: dict[str, Callable[[], None]], steps: int, warmup: int = 3) -> dict[str, float]:
-    """Median seconds of each function, timed in turns (one call of each per round) so that a machine's slow and
-    fast spells fall on all of them alike: ratios between them are steadier than from back-to-back medians."""
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(steps):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
-
-
-def latent_engine(tmp: Path, method_name: str, batch_size: int, sections: dict[str, dict[str, Any]],
-                  make_components: Callable[[torch.device], Any] | None = None, latent_size: int | None = None,
-                  n_batches: int = 64) -> tuple[Any, LatentBatches]:
-    """An :class:`Engine` running method ``method_name`` over random pre-encoded latent batches, and its data.
-
-    The run has no checkpoints and no progress bar (lr 1e-4); ``sections`` update its config sections
-    (``model``, ``train``, ``method``), and ``train.gradient_checkpointing`` is honoured as in training.
-    ``make_components(device)`` builds the SD components on the accelerator's device (by default the teacher
-    named in ``sections["model"]`` is loaded); latents are ``latent_size`` square (the UNet's ``sample_size``
-    when ``None``).
-    """
-    from distill_diffusion.config import build_run_config
-    from distill_diffusion.models.loading import load_teacher
-    from distill_diffusion.trainers.engine.build import (
-        build_method,
-        enable_gradient_checkpointing,
-        make_accelerator,
-    )
-    from distill_diffusion.trainers.engine.data_loop import build_dataloader
-    from distill_diffusion.trainers.engine.loop import Engine
-    from distill_diffusion.trainers.methods.registry import get_method_class
-
-    preset: dict[str, dict[str, Any]] = {"train": {
-        "output_dir": str(tmp / "out"), "train_batch_size": batch_size, "max_train_steps": 10**6,
-        "checkpointing_steps": 10**6, "progress_bar": False, "learning_rate": 1e-4,
-    }}
-    for key, values in sections.items():
-        preset[key] = {**preset.get(key, {}), **values}
-    method_class = get_method_class(method_name)
-    run = build_run_config(method_name, method_class.config_class, preset)
-    accelerator = make_accelerator(run.train)
-    components = make_components(accelerator.device) if make_components else load_teacher(run.model)
-    method = build_method(method_class, run, components)
-    if run.train.gradient_checkpointing:
-        enable_gradient_checkpointing(method)
-    unet = components.unet
-    size = latent_size or unet.config.sample_size
-    data = LatentBatches(batch_size * n_batches, (unet.config.in_channels, size, size),
-                         (components.tokenizer.model_max_length, unet.config.cross_attention_dim))
-    loader = build_dataloader(data, batch_size, 0, collate_latents, 0)
-    return Engine(run, accelerator, method, loader), data
-
-
-def tiny_engine(tmp: Path, method_name: str, batch_size: int, method: dict[str, Any] | None = None) -> tuple[Any, LatentBatches]:
-    """:func:`latent_engine` on a tiny random teacher saved under ``tmp`` and loaded like a user's model."""
-    from distill_diffusion.toy.tiny import save_tiny_pipeline
-
-    teacher = save_tiny_pipeline(tmp / "teacher")
-    model = {"pretrained_model_name_or_path": str(teacher), "local_files_only": True}
-    return latent_engine(tmp, method_name, batch_size, {"model": model, "method": method or {}})
+def run(args: argparse.Namespace) -> int:
+    """Run it with the parsed options; returns the exit code."""
+    return run_speed(args, run_engine_benchmark)
 
 
 def _measure(tmp: Path, batch_size: int, steps: int) -> dict[str, float]:
     """Median seconds per step of the three paths at one batch size."""
-    from distill_diffusion.trainers.engine.data_loop import batch_stream
+    import torch
+    import torch.nn.functional as F
+
+    from distill_diffusion.bench.timing import collate_latents, engine_stepper, median_seconds, tiny_engine
 
     engine, data = tiny_engine(tmp, "finetune", batch_size)
     schedule, unet = engine.method.schedule, engine.method.unet
-    stream = batch_stream(engine.accelerator, engine.dataloader)
     optimizer = engine.optimizers["unet"]
     batch = collate_latents([data[i] for i in range(batch_size)])
 
@@ -144,14 +58,10 @@ def _measure(tmp: Path, batch_size: int, steps: int) -> dict[str, float]:
 
         return run
 
-    def engine_step() -> None:
-        engine.state.batches_seen += 1
-        engine.step([next(stream)])
-
     return {
         "bare forward+backward": median_seconds(bare(False), steps),
         "bare forward+backward+AdamW": median_seconds(bare(True), steps),
-        "engine fine-tune step": median_seconds(engine_step, steps),
+        "engine fine-tune step": median_seconds(engine_stepper(engine), steps),
     }
 
 
@@ -160,6 +70,8 @@ def run_engine_benchmark(
 ) -> dict:
     """Time the paths at each batch size, print a table, write JSON + markdown next to ``output``."""
     import tempfile
+
+    import torch
 
     rows = []
     for batch_size in batch_sizes:
@@ -205,52 +117,3 @@ def _write(result: dict, output: Path) -> None:
     table = "\n".join(lines)
     output.with_suffix(".md").write_text(table + "\n")
     print(table)
-
-
-def passes_row(batch_size: int, seconds: dict[str, float], engine_key: str) -> dict[str, Any]:
-    """One batch size of a "step vs the passes it cannot avoid" benchmark: ``engine_key`` / the sum of the others."""
-    passes = sum(v for k, v in seconds.items() if k != engine_key)
-    return {"batch_size": batch_size, "seconds": seconds, "sum_of_passes": passes, "ratio": seconds[engine_key] / passes}
-
-
-def passes_table(rows: list[dict[str, Any]]) -> list[str]:
-    """Markdown lines of :func:`passes_row` rows: each pass, their sum and step / sum."""
-    names = list(rows[0]["seconds"])
-    lines = ["| batch | " + " | ".join(f"{n} ms" for n in names) + " | sum of passes ms | step / sum |",
-             "|---" * (len(names) + 3) + "|"]
-    for row in rows:
-        cells = " | ".join(f"{row['seconds'][n] * 1e3:.1f}" for n in names)
-        lines.append(f"| {row['batch_size']} | {cells} | {row['sum_of_passes'] * 1e3:.1f} | **{row['ratio']:.3f}** |")
-    return lines
-
-
-def engine_stepper(engine: Any) -> Callable[[], None]:
-    """One engine step on the next batch of its own data loader, as the training loop takes it (for timing)."""
-    from distill_diffusion.trainers.engine.data_loop import batch_stream
-
-    stream = batch_stream(engine.accelerator, engine.dataloader)
-
-    def step() -> None:
-        engine.state.batches_seen += 1
-        engine.step([next(stream)])
-
-    return step
-
-
-def write_passes_benchmark(rows: list[dict[str, Any]], benchmark: str, step_target: float, steps: int, output: str | Path,
-                           gpu_note: str) -> dict[str, Any]:
-    """A "step vs the passes it cannot avoid" benchmark's results: JSON, a markdown table (printed too); returns the dict."""
-    result = {
-        "benchmark": benchmark, "threads": torch.get_num_threads(), "torch": torch.__version__,
-        "device": platform.processor() or platform.machine(), "steps_timed": steps,
-        "training": rows, "step_target": step_target, "gpu": gpu_note,
-    }
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(result, indent=2))
-    lines = [*passes_table(rows), "", f"Step target: step / sum of passes ≤ {step_target}. Medians; {result['threads']} threads, "
-             f"torch {result['torch']}, {result['device']}."]
-    table = "\n".join(lines)
-    output.with_suffix(".md").write_text(table + "\n")
-    print(table)
-    return result

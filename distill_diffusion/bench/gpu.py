@@ -1,9 +1,9 @@
 """What the SD 1.5-sized GPU training benchmarks share: random SD components, the engine on them, timing, checks.
 
-A method's GPU benchmark (``bench lcm-gpu``, ``bench progressive-gpu``) times its engine step on SD 1.5's UNet
+A method's GPU benchmark (its ``bench_gpu`` module: ``bench lcm-gpu``, ``bench progressive-gpu``, ...) times its engine step on SD 1.5's UNet
 architecture (about 860M parameters) built from its config with random weights, on pre-encoded latents and text
 embeddings (as with the latent cache, so the VAE is not in the step). Speed and memory depend on shapes and dtypes,
-not on weight values, so nothing needs to be downloaded.
+not on weight values, so nothing needs to be downloaded. Imported only when a benchmark runs (it imports torch).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from distill_diffusion.bench.engine import engine_stepper, latent_engine, median_seconds
+from distill_diffusion.bench.timing import engine_stepper, latent_engine, median_seconds
 from distill_diffusion.errors import UserError, require
 
 #: Stable Diffusion 1.5's ``UNet2DConditionModel`` config (859.5M parameters).

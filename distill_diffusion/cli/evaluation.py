@@ -50,8 +50,8 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
 def cmd_generate(args: argparse.Namespace) -> int:
     from accelerate import PartialState
 
+    from distill_diffusion.bench.quality import parse_dtype
     from distill_diffusion.config import ModelConfig
-    from distill_diffusion.eval.bench_quality import parse_dtype
     from distill_diffusion.eval.generate import check_seeds, generate_to_folder, resolve_prompts
     from distill_diffusion.pipelines import get_sampler, load_pipeline
     from distill_diffusion.pipelines.loader import check_pipeline_request

@@ -13,38 +13,30 @@ from distill_diffusion.errors import UserError
 class MethodEntry:
     """Where a method lives, as import paths so that `distill-diffusion --help` imports nothing heavy.
 
-    ``target``: ``"module:Class"``. ``benchmarks``: ``distill-diffusion bench`` subcommand name → module
-    exposing ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int`` (see :mod:`distill_diffusion.bench.registry`).
+    ``target``: ``"module:Class"``. ``benchmarks``: ``distill-diffusion bench`` subcommand name → kind; the benchmark
+    is the module ``bench_<kind>`` of the method's own package (the module of ``target``), which exposes ``HELP``,
+    ``add_arguments(parser)`` and ``run(args) -> int`` (see :mod:`distill_diffusion.bench.registry`).
     """
 
     target: str
     benchmarks: Mapping[str, str] = field(default_factory=dict)
 
+    def benchmark_modules(self) -> dict[str, str]:
+        """``distill-diffusion bench`` subcommand name → the import path of its module."""
+        package = self.target.split(":")[0]
+        return {name: f"{package}.bench_{kind}" for name, kind in self.benchmarks.items()}
 
-_LCM = "distill_diffusion.trainers.methods.lcm"
-_PROGRESSIVE = "distill_diffusion.trainers.methods.progressive"
-_BKSDM = "distill_diffusion.trainers.methods.bksdm"
-_LADD = "distill_diffusion.trainers.methods.ladd"
-_ADD = "distill_diffusion.trainers.methods.add"
+
+_METHODS = "distill_diffusion.trainers.methods"
 METHODS: dict[str, MethodEntry] = {
-    "finetune": MethodEntry("distill_diffusion.trainers.methods.finetune:FineTune"),
-    "lcm": MethodEntry(f"{_LCM}:LCM", benchmarks={
-        "lcm": f"{_LCM}.bench_speed_command", "lcm-gpu": f"{_LCM}.bench_gpu_command",
-        "consistency": f"{_LCM}.consistency_command",
-    }),
-    "progressive": MethodEntry(f"{_PROGRESSIVE}:Progressive", benchmarks={
-        "progressive": f"{_PROGRESSIVE}.bench_speed_command", "progressive-gpu": f"{_PROGRESSIVE}.bench_gpu_command",
-        "progressive-toy": f"{_PROGRESSIVE}.bench_toy_command",
-    }),
-    "bksdm": MethodEntry(f"{_BKSDM}:BKSDM", benchmarks={
-        "bksdm": f"{_BKSDM}.bench_speed_command", "bksdm-gpu": f"{_BKSDM}.bench_gpu_command",
-        "bksdm-toy": f"{_BKSDM}.bench_toy_command",
-    }),
-    "ladd": MethodEntry(f"{_LADD}:LADD", benchmarks={
-        "ladd": f"{_LADD}.bench_speed_command", "ladd-gpu": f"{_LADD}.bench_gpu_command", "adversarial-toy": f"{_LADD}.bench_toy_command",
-    }),
-    "add": MethodEntry(f"{_ADD}:ADD", benchmarks={"add": f"{_ADD}.bench_speed_command"}),
-}  # fmt: skip
+    "finetune": MethodEntry(f"{_METHODS}.finetune:FineTune"),
+    "lcm": MethodEntry(f"{_METHODS}.lcm:LCM", benchmarks={"lcm": "speed", "lcm-gpu": "gpu", "consistency": "consistency"}),
+    "progressive": MethodEntry(f"{_METHODS}.progressive:Progressive",
+                               benchmarks={"progressive": "speed", "progressive-gpu": "gpu", "progressive-toy": "toy"}),
+    "bksdm": MethodEntry(f"{_METHODS}.bksdm:BKSDM", benchmarks={"bksdm": "speed", "bksdm-gpu": "gpu", "bksdm-toy": "toy"}),
+    "ladd": MethodEntry(f"{_METHODS}.ladd:LADD", benchmarks={"ladd": "speed", "ladd-gpu": "gpu"}),
+    "add": MethodEntry(f"{_METHODS}.add:ADD", benchmarks={"add": "speed"}),
+}
 
 
 def get_method_class(name: str) -> type:

@@ -1,7 +1,7 @@
 """Adversarial diffusion distillation (Sauer et al., arXiv:2311.17042): a frozen DINOv2 ViT on decoded images as the
 discriminator's feature network, trainable heads on its tokens, the distillation term.
 
-Exports resolve lazily (:func:`distill_diffusion.lazy.lazy_exports`), so the CLI's command modules import no torch.
+Exports resolve lazily (:func:`distill_diffusion.lazy.lazy_exports`), so the CLI's benchmark modules import no torch.
 """
 
 from distill_diffusion.lazy import lazy_exports

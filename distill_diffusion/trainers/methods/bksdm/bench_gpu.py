@@ -1,40 +1,62 @@
-"""SD 1.4-sized BK-SDM benchmark on a CUDA GPU: training images/s and peak memory, and sampling latency of teacher vs student.
+"""SD 1.4-sized BK-SDM benchmark on a CUDA GPU (``distill-diffusion bench bksdm-gpu``): training images/s and peak
+memory, and sampling latency of teacher vs student.
 
 The training step is BK-SDM's (Kim et al., arXiv:2305.15798, eq. 4) through the engine: one forward of the frozen
 teacher (weight dtype) with its stage features hooked, one forward+backward of the fp32 student, AdamW, EMA. The
 latency is one UNet evaluation of a classifier-free-guided sampling step (batch 2: cond + uncond) in the weight
 dtype, teacher against student. SD 1.4's UNet architecture (the same as SD 1.5's) with random weights
-(:mod:`distill_diffusion.bench.gpu`): speed and memory depend on shapes and dtypes, not on weight values.
+(:mod:`distill_diffusion.bench.gpu`): speed and memory depend on shapes and dtypes, not on weight values. Torch is
+imported when it runs (the CLI imports this module to build ``--help``).
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+from distill_diffusion.bench.options import add_gpu_options
 
-from distill_diffusion.bench import gpu
-from distill_diffusion.bench.engine import median_seconds
+if TYPE_CHECKING:
+    import torch
 
+HELP = "BK-SDM-Small training images/s, peak memory and teacher-vs-student sampling latency, SD 1.4 UNet (random weights), CUDA GPU"
 NO_GPU = ("the SD 1.4 BK-SDM benchmark needs a CUDA GPU; run it on a GPU machine (the CPU benchmark is `distill-diffusion bench bksdm`)")
 
 
-@torch.no_grad()
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The benchmark's options."""
+    add_gpu_options(p, "benchmarks/results/bksdm_gpu_sd14.json")
+    p.add_argument("--variant", choices=("base", "small", "tiny"), default="small")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run it with the parsed options; returns the exit code."""
+    run_sd14_bksdm_benchmark(batch_size=args.batch_size, resolution=args.resolution, steps=args.steps,
+                             mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing,
+                             output=args.output, variant=args.variant)  # fmt: skip
+    return 0
+
+
 def sampling_latency(unet: Any, latent_size: int, dtype: torch.dtype, dev: torch.device, steps: int) -> float:
-    """Median seconds of one guided sampling step's UNet call (batch 2) in ``dtype``."""
+    """Median seconds of one guided sampling step's UNet call (batch 2) in ``dtype``, without gradients."""
+    import torch
+
+    from distill_diffusion.bench.timing import median_seconds
+
     dim = unet.config.cross_attention_dim
-    z = torch.randn(2, unet.config.in_channels, latent_size, latent_size, device=dev, dtype=dtype)
-    c = torch.randn(2, 77, dim, device=dev, dtype=dtype)
-    t = torch.tensor([500, 500], device=dev)
+    with torch.no_grad():
+        z = torch.randn(2, unet.config.in_channels, latent_size, latent_size, device=dev, dtype=dtype)
+        c = torch.randn(2, 77, dim, device=dev, dtype=dtype)
+        t = torch.tensor([500, 500], device=dev)
 
-    def call() -> None:
-        unet(z, t, encoder_hidden_states=c)
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
+        def call() -> None:
+            unet(z, t, encoder_hidden_states=c)
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
 
-    return median_seconds(call, steps)
+        return median_seconds(call, steps)
 
 
 def run_sd14_bksdm_benchmark(batch_size: int = 8, resolution: int = 512, steps: int = 20, mixed_precision: str = "bf16",
@@ -45,6 +67,9 @@ def run_sd14_bksdm_benchmark(batch_size: int = 8, resolution: int = 512, steps: 
     ``device=None`` needs CUDA (a one-line error otherwise, before anything is built); ``device="cpu"`` with a tiny
     ``unet_config`` runs it anywhere, as the tests do.
     """
+    import torch
+
+    from distill_diffusion.bench import gpu
     from distill_diffusion.trainers.engine.build import weight_dtype
 
     result, engine = gpu.time_method_step("bksdm", {"variant": variant}, f"BK-SDM-{variant} training step", NO_GPU, batch_size=batch_size,

@@ -1,4 +1,4 @@
-"""The BK-SDM toy benchmark: students of every variant distilled from the toy teacher, the small one also without
+"""The BK-SDM toy benchmark (``distill-diffusion bench bksdm-toy``): students of every variant distilled from the toy teacher, the small one also without
 KD and with an LCM-LoRA on top, scored beside the teacher (FID, CLIP score, prompt accuracy; ``bench quality`` format)
 with their parameter counts and measured per-step latency. The teacher and the small students sweep guidance, so each
 student is also read against the teacher at equal FID (``results.md``'s "at equal FID" table).
@@ -6,20 +6,22 @@ student is also read against the teacher at equal FID (``results.md``'s "at equa
 Kim et al., arXiv:2305.15798, Table 2-4 compare block-removed students with the teacher at 25 steps, and KD against
 the task loss alone (Table 5); that is this table on the toy world. The composed row is "small and fast together"
 (an LCM-LoRA trained on the small student, sampled in 1-4 steps) beside the teacher's own LCM-LoRA.
-Every run resumes where it stopped; seconds per run are kept in ``<run_dir>/<run>/stage_seconds.json``.
+Every run resumes where it stopped; seconds per run are kept in ``<run_dir>/<run>/stage_seconds.json``. Torch is
+imported when it runs (the CLI imports this module to build ``--help``).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import torch
-
+from distill_diffusion.bench.options import add_toy_run_options
 from distill_diffusion.toy.paths import BKSDM_TOY_GUIDANCE
 
+HELP = "BK-SDM on the toy world: base/small/tiny students, small without KD, small + LCM-LoRA; FID/CLIP/accuracy, size, latency"
 CONFIG = "tiny/bksdm"
 #: Runs of the benchmark: name → method options over the config's.
 RUNS: dict[str, dict[str, Any]] = {
@@ -33,6 +35,20 @@ SAMPLING_STEPS = 25
 #: not at one guidance scale.
 TEACHER_SWEEP = (1.5, 2.0, 3.0, 4.5)
 STUDENT_SWEEP = (2.0, 3.0, 4.5)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The benchmark's options."""
+    add_toy_run_options(p, output_dir="benchmarks/results/toy_quality/bksdm", run_dir="toy_runs/bksdm",
+                        guidance_scale=BKSDM_TOY_GUIDANCE)
+    p.add_argument("--max_train_steps", type=int, default=None, help="steps of each student (default: the tiny/bksdm config's)")
+    p.add_argument("--lcm_steps", type=int, default=None, help="steps of each LCM-LoRA (default: the tiny/lcm_lora config's)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run it with the parsed options; returns the exit code."""
+    run_bksdm_toy(args.output_dir, args.run_dir, args.num_images, args.guidance_scale, args.cache_dir, args.max_train_steps, args.lcm_steps)
+    return 0
 
 
 def train_students(world: Any, run_dir: Path, max_train_steps: int | None) -> dict[str, float]:
@@ -56,14 +72,16 @@ def train_lcm_loras(world: Any, run_dir: Path, lcm_steps: int | None) -> dict[st
             for name, model in (("small-lcm-lora", run_dir / "small"), ("teacher-lcm-lora", world.teacher))}
 
 
-@torch.no_grad()
 def unet_latency(unet: Any, batch: int, steps: int = 20) -> float:
-    """Median seconds of one guided sampling step's UNet call (``batch`` = 2 × images: cond + uncond)."""
-    from distill_diffusion.bench.engine import median_seconds
+    """Median seconds of one guided sampling step's UNet call (``batch`` = 2 × images: cond + uncond), without gradients."""
+    import torch
+
+    from distill_diffusion.bench.timing import median_seconds
 
     size, dim = unet.config.sample_size, unet.config.cross_attention_dim
-    z, c, t = torch.randn(batch, unet.config.in_channels, size, size), torch.randn(batch, 77, dim), torch.full((batch,), 500)
-    return median_seconds(lambda: unet(z, t, encoder_hidden_states=c), steps)
+    with torch.no_grad():
+        z, c, t = torch.randn(batch, unet.config.in_channels, size, size), torch.randn(batch, 77, dim), torch.full((batch,), 500)
+        return median_seconds(lambda: unet(z, t, encoder_hidden_states=c), steps)
 
 
 def size_and_latency(models: dict[str, Path]) -> list[dict[str, Any]]:
@@ -92,8 +110,9 @@ def run_bksdm_toy(output_dir: str | Path = "benchmarks/results/toy_quality/bksdm
                   num_images: int = 1024, guidance_scale: float = BKSDM_TOY_GUIDANCE, cache_dir: str | Path | None = None,
                   max_train_steps: int | None = None, lcm_steps: int | None = None) -> dict[str, Any]:
     """Train every run, then benchmark; writes ``output_dir`` (quality results, sizes.md, training.json)."""
-    from distill_diffusion.eval.bench_quality import PipelineSpec, run_quality_benchmark
-    from distill_diffusion.quickstart import toy_bench_settings
+    import torch
+
+    from distill_diffusion.bench.quality import PipelineSpec, run_quality_benchmark, toy_bench_settings
     from distill_diffusion.toy.build import ensure_toy_world
 
     world, run_dir, out = ensure_toy_world(cache_dir=cache_dir), Path(run_dir), Path(output_dir)

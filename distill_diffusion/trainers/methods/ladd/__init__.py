@@ -1,6 +1,6 @@
 """Latent adversarial diffusion distillation (Sauer et al., arXiv:2403.12015): backbone, heads, noise levels, method.
 
-Exports resolve lazily (:func:`distill_diffusion.lazy.lazy_exports`), so the CLI's command modules import no torch.
+Exports resolve lazily (:func:`distill_diffusion.lazy.lazy_exports`), so the CLI's benchmark modules import no torch.
 """
 
 from distill_diffusion.lazy import lazy_exports

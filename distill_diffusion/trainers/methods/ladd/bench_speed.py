@@ -1,26 +1,41 @@
-"""LADD speed benchmark: one generator + discriminator cycle vs the passes it cannot avoid (arXiv:2403.12015, §3).
+"""LADD speed benchmark (``distill-diffusion bench ladd``): one generator + discriminator cycle vs the passes it cannot
+avoid (arXiv:2403.12015, §3).
 
 A cycle needs, for the generator, the student's forward, the truncated backbone's and the heads' forward on its
 re-noised sample and the backward through all three; for the discriminator, the backbone's forward on real and fake latents (no gradients)
 and the heads' forward and backward. On the toy UNet (CPU, pre-encoded latents, LoRA student) each pass is timed alone
-on the same batch, in turns with the engine's step, in the same process.
+on the same batch, in turns with the engine's step, in the same process. Torch is imported when it runs (the CLI
+imports this module to build ``--help``).
 """
 
 from __future__ import annotations
 
+import argparse
 import tempfile
 from pathlib import Path
 
-import torch
+from distill_diffusion.bench.options import add_speed_options, run_speed
 
-from distill_diffusion.bench import engine as bench
-
+HELP = "LADD speed: a generator + discriminator cycle vs the student, backbone and heads passes it cannot avoid"
 STEP_TARGET = 1.15
 ENGINE_KEY = "engine LADD cycle"
 
 
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The benchmark's options."""
+    add_speed_options(p, steps=30, batch_sizes=[8, 32], output="benchmarks/results/ladd_speed.json")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run it with the parsed options; returns the exit code."""
+    return run_speed(args, run_ladd_benchmark)
+
+
 def measure_training(batch_size: int, steps: int) -> dict[str, float]:
     """Median seconds of the engine's cycle and of each unavoidable pass, at one batch size."""
+    import torch
+
+    from distill_diffusion.bench import timing as bench
     from distill_diffusion.models.denoiser import Denoiser
     from distill_diffusion.models.lora import adapters_disabled
     from distill_diffusion.trainers.methods.adversarial.heads import noise_text_condition, sum_over_heads
@@ -67,6 +82,8 @@ def measure_training(batch_size: int, steps: int) -> dict[str, float]:
 def run_ladd_benchmark(steps: int = 30, batch_sizes: tuple[int, ...] = (8, 32),
                        output: str | Path = "benchmarks/results/ladd_speed.json") -> dict:
     """The measurement at each batch size, a printed table, JSON + markdown results files."""
+    from distill_diffusion.bench import timing as bench
+
     rows = [bench.passes_row(b, measure_training(b, steps), ENGINE_KEY) for b in batch_sizes]
     return bench.write_passes_benchmark(rows, "LADD speed (toy UNet, CPU, LoRA student: one generator + one discriminator update)",
                                         STEP_TARGET, steps, output, "`bench ladd-gpu` (SD 1.5, 512², bf16): not run here, no GPU lent yet")

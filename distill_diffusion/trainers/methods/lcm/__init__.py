@@ -1,8 +1,8 @@
 """Latent consistency distillation (LCM-LoRA and full LCM students), its benchmarks and diagnostics.
 
-:mod:`.method` is the method; :mod:`.bench_speed`, :mod:`.bench_gpu` and :mod:`.consistency` are its benchmarks,
-each with a torch-free ``*_command`` module for ``distill-diffusion bench``. Exports resolve lazily (PEP 562) so
-that building the CLI parser, which imports the command modules, does not import torch.
+:mod:`.method` is the method; :mod:`.bench_speed`, :mod:`.bench_gpu` and :mod:`.bench_consistency` are its
+benchmarks (``distill-diffusion bench lcm``, ``lcm-gpu``, ``consistency``). Exports resolve lazily (PEP 562) so
+that building the CLI parser, which imports the benchmark modules, does not import torch.
 """
 
 from distill_diffusion.lazy import lazy_exports

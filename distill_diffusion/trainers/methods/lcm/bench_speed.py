@@ -1,4 +1,5 @@
-"""LCM speed benchmark: training step vs the passes it cannot avoid, and 4-step vs 50-step generation latency.
+"""LCM speed benchmark (``distill-diffusion bench lcm``): training step vs the passes it cannot avoid, and 4-step vs
+50-step generation latency.
 
 Training (LoRA mode, tiny toy UNet, CPU, pre-encoded latents): the engine's LCM step is timed against the
 sum of the three passes LCD needs (Luo et al. arXiv:2310.04378 Alg. 1): one batched cond+uncond teacher
@@ -6,33 +7,40 @@ forward with the DDIM step, one target forward, and one student forward+backward
 same batch in the same process. Generation: a stock ``StableDiffusionPipeline`` end to end (text encoder,
 UNet steps, VAE decode) with ``LCMScheduler`` at 4 steps, guidance off (the LCM-LoRA sampler), against the
 teacher's DDIM at 50 steps with CFG. Latency does not depend on the LoRA weights' values, so the random
-tiny pipeline measures the same work a trained one does.
+tiny pipeline measures the same work a trained one does. Torch is imported when it runs (the CLI imports this
+module to build ``--help``).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import tempfile
 from pathlib import Path
 
-import torch
+from distill_diffusion.bench.options import add_speed_options, run_speed
 
-from distill_diffusion.bench.engine import (
-    collate_latents,
-    engine_stepper,
-    median_seconds,
-    passes_row,
-    passes_table,
-    tiny_engine,
-)
-
+HELP = "LCM-LoRA speed: step vs its unavoidable passes; 4-step vs 50-step latency"
 STEP_TARGET = 1.10
 LATENCY_TARGET = 0.12
 
 
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The benchmark's options."""
+    add_speed_options(p, steps=20, batch_sizes=[8, 32], output="benchmarks/results/lcm_speed.json")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run it with the parsed options; returns the exit code."""
+    return run_speed(args, run_lcm_benchmark)
+
+
 def measure_training(batch_size: int, steps: int) -> dict[str, float]:
     """Median seconds of the engine step and of each unavoidable pass, at one batch size."""
+    import torch
+
+    from distill_diffusion.bench.timing import collate_latents, engine_stepper, median_seconds, tiny_engine
     from distill_diffusion.models.denoiser import Denoiser
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -67,8 +75,10 @@ def measure_training(batch_size: int, steps: int) -> dict[str, float]:
 
 def measure_generation(repeats: int) -> dict[str, float]:
     """Median end-to-end seconds per image: LCM 4 steps (guidance off) vs DDIM 50 steps with CFG."""
+    import torch
     from diffusers import StableDiffusionPipeline
 
+    from distill_diffusion.bench.timing import median_seconds
     from distill_diffusion.pipelines import build_scheduler, get_sampler
     from distill_diffusion.toy.tiny import save_tiny_pipeline
 
@@ -91,6 +101,10 @@ def measure_generation(repeats: int) -> dict[str, float]:
 def run_lcm_benchmark(steps: int = 20, batch_sizes: tuple[int, ...] = (8, 32), repeats: int = 10,
                       output: str | Path = "benchmarks/results/lcm_speed.json") -> dict:
     """Both measurements, a printed table, JSON + markdown results files."""
+    import torch
+
+    from distill_diffusion.bench.timing import passes_row
+
     rows = []
     for batch_size in batch_sizes:
         rows.append(passes_row(batch_size, measure_training(batch_size, steps), "engine LCM-LoRA step"))
@@ -109,6 +123,8 @@ def run_lcm_benchmark(steps: int = 20, batch_sizes: tuple[int, ...] = (8, 32), r
 
 
 def _write(result: dict, output: Path) -> None:
+    from distill_diffusion.bench.timing import passes_table
+
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(result, indent=2))
     lines = passes_table(result["training"])

@@ -1,25 +1,40 @@
-"""The progressive-distillation toy benchmark: train ``tiny/progressive`` on the toy world, time each round, and
+"""The progressive-distillation toy benchmark (``distill-diffusion bench progressive-toy``): train ``tiny/progressive`` on the toy world, time each round, and
 score every round's student beside the teacher (FID, CLIP score, prompt accuracy; ``bench quality`` format).
 
 Salimans & Ho, arXiv:2202.00512 report FID against step count, one student per round; this is that curve on the
 toy world: the teacher at 50 DDIM steps and under every training-free sampler of :mod:`distill_diffusion.bench.step_bars`
 (DDIM leading and trailing, DPM-Solver++ 2M Karras, UniPC) at 1-8 steps, and each round's student at its own step
 count, same prompts and seeds; ``bars.md`` holds the step bars.
-Training resumes where it stopped; the seconds of each stage are kept in ``<run_dir>/stage_seconds.json``.
+Training resumes where it stopped; the seconds of each stage are kept in ``<run_dir>/stage_seconds.json``. Torch is
+imported when it runs (the CLI imports this module to build ``--help``).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 from typing import Any
 
+from distill_diffusion.bench.options import add_toy_run_options
 from distill_diffusion.errors import UserError, require
 from distill_diffusion.toy.paths import TOY_GUIDANCE
 
+HELP = "progressive distillation on the toy world: per-round training time and FID/CLIP/accuracy of every round's student"
 CONFIG = "tiny/progressive"
 #: Step counts scored for the teacher's training-free samplers and the rounds' students.
 STUDENT_STEPS = (1, 2, 4, 8)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The benchmark's options."""
+    add_toy_run_options(p, output_dir="benchmarks/results/toy_quality/progressive", run_dir="toy_runs/progressive")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run it with the parsed options; returns the exit code."""
+    run_progressive_toy(args.output_dir, args.run_dir, args.num_images, args.guidance_scale, args.cache_dir)
+    return 0
 
 
 def toy_plan(world: Any, run: Any) -> Any:
@@ -70,9 +85,8 @@ def train_toy_progressive(world: Any, run_dir: Path, method_options: dict[str, A
 def run_progressive_toy(output_dir: str | Path = "benchmarks/results/toy_quality/progressive", run_dir: str | Path = "toy_runs/progressive",
                         num_images: int = 1024, guidance_scale: float = TOY_GUIDANCE, cache_dir: str | Path | None = None) -> dict[str, Any]:
     """Train, then benchmark the teacher and every round's student; writes ``output_dir`` (results + training.json)."""
+    from distill_diffusion.bench.quality import PipelineSpec, run_quality_benchmark, toy_bench_settings
     from distill_diffusion.bench.step_bars import step_bar_lines, training_free_specs
-    from distill_diffusion.eval.bench_quality import PipelineSpec, run_quality_benchmark
-    from distill_diffusion.quickstart import toy_bench_settings
     from distill_diffusion.toy.build import ensure_toy_world
 
     options = toy_method_options(guidance_scale)  # a bad scale is refused before the toy world is built

@@ -1,4 +1,5 @@
-"""Consistency error per timestep: how close LCM-LoRA students' ``f(z_t, t)`` are to the guided teacher's ODE.
+"""Consistency error per timestep (``distill-diffusion bench consistency``): how close LCM-LoRA students'
+``f(z_t, t)`` are to the guided teacher's ODE.
 
 Latent consistency distillation (Luo et al., arXiv:2310.04378, Alg. 1) trains ``f_θ(z_t, t)`` to map every point
 of the guided teacher's probability-flow ODE trajectory to its origin, bootstrapping one solver hop at a time.
@@ -7,21 +8,24 @@ This benchmark measures that directly: for real training latents noised to ``z_t
 and the error is ``MSE(f(z_t, t), reference)``. The undistilled teacher is scored too, as a consistency function
 built from its guided x0 prediction (what the teacher sampled with ``LCMScheduler`` uses): a student above
 that row at some ``t`` is less accurate there than no distillation at all, which is how too many
-bootstrapping hops (a fine solver grid on a short budget) show up.
+bootstrapping hops (a fine solver grid on a short budget) show up. Torch is imported when it runs (the CLI imports
+this module to build ``--help``).
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING, Any
 
 from distill_diffusion.errors import UserError, require
 
+if TYPE_CHECKING:
+    from torch import Tensor
+
+HELP = "LCM-LoRA runs: consistency error per timestep vs the guided teacher's ODE"
 TEACHER_ROW = "teacher (guided x0)"
 
 
@@ -36,6 +40,33 @@ class ConsistencySettings:
     batch_size: int = 16
     seed: int = 0
     device: str | None = None
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The benchmark's options."""
+    p.add_argument("runs", nargs="+", help="output folders of `train lcm` runs (config.yaml + exported LoRA), one teacher")
+    p.add_argument("--num_samples", type=int, default=64, help="training images (first in dataset order)")
+    p.add_argument("--timesteps", type=int, nargs="+", default=[999, 759, 499, 259, 99, 39])
+    p.add_argument("--ode_step", type=int, default=20, help="DDIM step (in timesteps) of the reference ODE solve")
+    p.add_argument("--guidance", type=float, default=None, help="teacher guidance scale (default: the first run's w + 1)")
+    p.add_argument("--batch_size", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="e.g. cuda (default: cpu)")
+    p.add_argument("--output", default="benchmarks/results/lcm_consistency.json")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run it with the parsed options; returns the exit code."""
+    from distill_diffusion.threads import fix_threads
+
+    if args.threads:
+        fix_threads(args.threads)
+    settings = ConsistencySettings(num_samples=args.num_samples, timesteps=tuple(args.timesteps), ode_step=args.ode_step,
+                                   guidance_scale=args.guidance, batch_size=args.batch_size, seed=args.seed,
+                                   device=args.device)  # fmt: skip
+    run_consistency_benchmark(args.runs, settings, args.output)
+    return 0
 
 
 def load_lcm_lora_run(run_dir: str | Path) -> Any:
@@ -66,6 +97,8 @@ def teacher_ode(teacher: Any, z: Tensor, t: int, c: Tensor, uncond: Tensor, w: T
 
 
 def _full(t: int, like: Tensor) -> Tensor:
+    import torch
+
     return torch.full((like.shape[0],), t, device=like.device, dtype=torch.long)
 
 
@@ -108,6 +141,8 @@ def _noised_points(run: Any, components: Any, s: ConsistencySettings) -> list[tu
 
     Seeds torch's global RNG too: the VAE samples its posterior from it, and a rerun must give the same numbers.
     """
+    import torch
+
     torch.manual_seed(s.seed)
     generator = torch.Generator().manual_seed(s.seed)
     points = []
@@ -117,19 +152,29 @@ def _noised_points(run: Any, components: Any, s: ConsistencySettings) -> list[tu
     return points
 
 
-@torch.no_grad()
 def run_consistency_benchmark(run_dirs: list[str], settings: ConsistencySettings | None = None,
                               output: str | Path = "benchmarks/results/lcm_consistency.json") -> dict[str, Any]:
     """Score the teacher and every run's LoRA at each timestep; print a table, write JSON + markdown."""
+    import torch
+
+    with torch.no_grad():
+        result = _score(run_dirs, settings or ConsistencySettings())
+    _write(result, Path(output))
+    return result
+
+
+def _score(run_dirs: list[str], s: ConsistencySettings) -> dict[str, Any]:
+    """The results of :func:`run_consistency_benchmark` (run without gradients): one row of MSE per timestep for the
+    teacher, then for each run."""
+    import torch
+
     from distill_diffusion.core import guidance_scale_to_lcm_w
     from distill_diffusion.models.denoiser import Denoiser
     from distill_diffusion.models.encode import encode_prompt
     from distill_diffusion.models.export import build_pipeline
     from distill_diffusion.models.loading import load_teacher
     from distill_diffusion.models.teacher import guided_prediction
-    from distill_diffusion.pipelines.loader import apply_lora
 
-    s = settings or ConsistencySettings()
     runs = [load_lcm_lora_run(d) for d in run_dirs]
     _check(s, runs)
     method = runs[0].method_config
@@ -152,19 +197,26 @@ def run_consistency_benchmark(run_dirs: list[str], settings: ConsistencySettings
 
     teacher_x0 = lambda z, t, c: guided_prediction(model, z, t, c, *args(c))[0]  # noqa: E731
     rows = [{"model": TEACHER_ROW, "mse": _mse_per_timestep(teacher_x0, points, refs, method.timestep_scaling)}]
-    for run_dir, run in zip(run_dirs, runs):
-        apply_lora(pipe, run_dir, fuse=False, lora_scale=1.0)
-        student_x0 = lambda z, t, c: model(z, t, c).x0  # noqa: E731
-        rows.append({"model": str(run_dir), "mse": _mse_per_timestep(student_x0, points, refs, run.method_config.timestep_scaling)})
-        pipe.unload_lora_weights()
-    result = {
+    rows += _student_rows(pipe, model, run_dirs, runs, points, refs)
+    return {
         "benchmark": "LCM consistency error per timestep: MSE(f(z_t, t), guided teacher DDIM ODE from z_t to 0)",
         "teacher": str(runs[0].model.pretrained_model_name_or_path), "guidance_scale": g, "lcm_w": g - 1.0,
         "settings": dataclasses.asdict(s) | {"guidance_scale": g}, "num_images": s.num_samples,
         "device": str(next(pipe.unet.parameters()).device), "torch": torch.__version__, "rows": rows,
     }
-    _write(result, Path(output))
-    return result
+
+
+def _student_rows(pipe: Any, model: Any, run_dirs: list[str], runs: list[Any], points: list, refs: list) -> list[dict[str, Any]]:
+    """One row per run: its LoRA loaded into ``pipe`` (whose UNet ``model`` wraps), scored, unloaded."""
+    from distill_diffusion.pipelines.loader import apply_lora
+
+    rows = []
+    for run_dir, run in zip(run_dirs, runs):
+        apply_lora(pipe, run_dir, fuse=False, lora_scale=1.0)
+        student_x0 = lambda z, t, c: model(z, t, c).x0  # noqa: E731
+        rows.append({"model": str(run_dir), "mse": _mse_per_timestep(student_x0, points, refs, run.method_config.timestep_scaling)})
+        pipe.unload_lora_weights()
+    return rows
 
 
 def _mse_per_timestep(x0_of: Any, points: list, refs: list, scaling: float) -> dict[str, float]:

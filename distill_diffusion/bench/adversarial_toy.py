@@ -1,4 +1,5 @@
-"""The adversarial toy benchmark: LADD and ADD students beside the teacher and the LCM-LoRA, at 1, 2 and 4 steps.
+"""The adversarial toy benchmark (``distill-diffusion bench adversarial-toy``): LADD and ADD students beside the teacher
+and the LCM-LoRA, at 1, 2 and 4 steps.
 
 Sauer et al. compare their 1-step students with LCM at 1-4 steps and with the teacher at 50 steps (ADD, arXiv:2311.17042,
 Fig. 5-7; LADD, arXiv:2403.12015, §4); this is that table on the toy world, in the ``bench quality`` format (FID,
@@ -8,22 +9,28 @@ each student is also read against the teacher's FID-vs-faithfulness curve. Each 
 resumes where it stopped, and its seconds are kept in ``<run_dir>/<run>/stage_seconds.json``. ``bars.md`` checks the
 bars: 1-step FID ≤ 1.5× the teacher's 50-step FID at its default guidance, CLIP within 10%, 4-step FID ≤ 1.2×; and
 every student's :mod:`~distill_diffusion.bench.step_bars` (more steps never worse, no worse than the teacher's best
-training-free sampler at equal steps).
+training-free sampler at equal steps). It compares methods, so it lives in ``bench/`` rather than in one
+method's package; torch is imported when it runs.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from distill_diffusion.bench.options import add_toy_run_options
 from distill_diffusion.toy.paths import TOY_GUIDANCE
 
+HELP = "LADD and ADD on the toy world at 1/2/4 steps beside the teacher (50 steps, guidance sweep) and the LCM-LoRA"
 LORA_FILE = "pytorch_lora_weights.safetensors"
 #: Adversarial runs: name → (method, config).
 RUNS = {"ladd": ("ladd", "tiny/ladd"), "add": ("add", "tiny/add")}
+#: The students it can train and score: the adversarial runs and the LCM-LoRA.
+STUDENTS = (*RUNS, "lcm-lora")
 STUDENT_STEPS = (1, 2, 4)
 TEACHER_STEPS = 50
 TEACHER_SWEEP = (1.5, 2.0, 3.0, 4.5)
@@ -31,7 +38,23 @@ TEACHER_SWEEP = (1.5, 2.0, 3.0, 4.5)
 BARS = ((1, 1.5, 0.9), (4, 1.2, None))
 
 
-def train_students(world: Any, run_dir: Path, steps: dict[str, int | None], students: Sequence[str] = (*RUNS, "lcm-lora")) -> dict[str, float]:
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The benchmark's options."""
+    add_toy_run_options(p, output_dir="benchmarks/results/toy_quality/adversarial", run_dir="toy_runs/adversarial")
+    for name, config in (("ladd", "tiny/ladd"), ("add", "tiny/add"), ("lcm", "tiny/lcm_lora")):
+        p.add_argument(f"--{name}_steps", type=int, default=None, help=f"training steps (default: the {config} config's)")
+    p.add_argument("--students", nargs="+", choices=STUDENTS, default=list(STUDENTS),
+                   help="the students to train and score beside the teacher (default: all)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run it with the parsed options; returns the exit code."""
+    steps = {"ladd": args.ladd_steps, "add": args.add_steps, "lcm-lora": args.lcm_steps}
+    run_adversarial_toy(args.output_dir, args.run_dir, args.num_images, args.guidance_scale, args.cache_dir, steps, args.students)
+    return 0
+
+
+def train_students(world: Any, run_dir: Path, steps: dict[str, int | None], students: Sequence[str] = STUDENTS) -> dict[str, float]:
     """Train (or resume, or reuse) ``students`` (LADD, ADD, the LCM-LoRA); returns seconds per run."""
     from distill_diffusion.bench.toy_runs import toy_run_config, train_lcm_lora_timed, train_timed
     from distill_diffusion.toy.tiny import save_toy_dinov2
@@ -72,12 +95,11 @@ def bar_lines(rows: list[dict[str, Any]], guidance: float) -> list[str]:
 
 def run_adversarial_toy(output_dir: str | Path = "benchmarks/results/toy_quality/adversarial", run_dir: str | Path = "toy_runs/adversarial",
                         num_images: int = 1024, guidance_scale: float = TOY_GUIDANCE, cache_dir: str | Path | None = None,
-                        steps: dict[str, int | None] | None = None, students: Sequence[str] = (*RUNS, "lcm-lora")) -> dict[str, Any]:
+                        steps: dict[str, int | None] | None = None, students: Sequence[str] = STUDENTS) -> dict[str, Any]:
     """Train ``students`` (default: every run), then benchmark them beside the teacher; writes ``output_dir`` (quality
     results, bars.md, training.json)."""
+    from distill_diffusion.bench.quality import PipelineSpec, run_quality_benchmark, toy_bench_settings
     from distill_diffusion.bench.step_bars import step_bar_lines, training_free_specs
-    from distill_diffusion.eval.bench_quality import PipelineSpec, run_quality_benchmark
-    from distill_diffusion.quickstart import toy_bench_settings
     from distill_diffusion.toy.build import ensure_toy_world
 
     world, run_dir, out = ensure_toy_world(cache_dir=cache_dir), Path(run_dir), Path(output_dir)
