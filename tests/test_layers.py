@@ -29,7 +29,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("models",),
     ("data",),
     ("core",),
-    ("config", "config_types"),
+    ("config", "config_types", "config_files", "hub"),
     ("threads",),
     ("paths", "prompts", "lazy"),
     ("errors",),
