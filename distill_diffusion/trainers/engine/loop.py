@@ -5,20 +5,21 @@ The engine does not know which method it runs: it asks the method for its phases
 (:mod:`.phase_step`); gradient accumulation is explicit (``gradient_accumulation_steps`` micro-batches per
 phase update, synchronised on the last), and ``global_step`` counts optimizer steps on every process. Stages
 (progressive distillation's rounds) each get fresh optimizer state, an LR schedule over the stage and a
-restarted EMA; the method sees its EMA weights at each stage's end.
+restarted EMA; the method sees its EMA weights at each stage's end. What a step updates (weights,
+optimizers, LR schedules, EMA, counters) is one :class:`~.step_state.StepState`, which :mod:`.persist` saves.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 from diffusers.training_utils import EMAModel
+from torch import nn
 from tqdm.auto import tqdm
 
 from distill_diffusion import threads
@@ -29,7 +30,8 @@ from distill_diffusion.trainers.engine import persist, sharding
 from distill_diffusion.trainers.engine.data_loop import batch_stream
 from distill_diffusion.trainers.engine.ema import ema_weights
 from distill_diffusion.trainers.engine.optim import build_lr_scheduler, build_optimizer, phase_optim
-from distill_diffusion.trainers.engine.phase_step import Skipped, all_agree, run_phase
+from distill_diffusion.trainers.engine.phase_step import Skipped, all_agree, run_phases
+from distill_diffusion.trainers.engine.step_state import StepState, TrainState
 from distill_diffusion.trainers.methods.base import DistillationMethod, Phase, Stage, StepContext
 
 logger = get_logger(__name__)
@@ -39,20 +41,6 @@ Callback = Callable[[int, dict[str, float]], None]
 
 class NonFiniteLossError(UserError):
     """Too many non-finite losses in a row: the run has diverged."""
-
-
-@dataclass
-class TrainState:
-    """Counters saved with every checkpoint (JSON)."""
-
-    global_step: int = 0
-    batches_seen: int = 0
-    nonfinite_total: int = 0
-    nonfinite_in_a_row: int = 0
-    stage: int = 0
-    #: fp16 steps the GradScaler skipped (gradient overflow): normal while it finds its scale, not divergence.
-    overflow_total: int = 0
-    overflow_in_a_row: int = 0
 
 
 #: The GradScaler halves its scale on every overflow; 64 halvings take the default 2**16 below 2**-48, where no
@@ -72,26 +60,47 @@ class Engine:
         self.run, self.cfg, self.accelerator, self.method = run, run.train, accelerator, method
         # sharded modules (FSDP2) are exported and validated from an unsharded copy built by ``plain_copy``
         self.plain = sharding.PlainCopy(plain_copy) if plain_copy else None
-        self.output_dir, self.state, self.callbacks = Path(self.cfg.output_dir), TrainState(), list(callbacks)
+        self.output_dir, self.callbacks = Path(self.cfg.output_dir), list(callbacks)
         self.phases: list[Phase] = method.phases()
         self.stages: list[Stage] = method.stages() or [Stage("train", self.cfg.max_train_steps)]
         self.total_steps = sum(stage.steps for stage in self.stages)
         # listed once, before wrapping: walking a UNet's parameters every step costs milliseconds
-        self.params = {p.name: method.trainable_parameters(p) for p in self.phases}
-        self.phase_settings = {p.name: phase_optim(p, run, accelerator.num_processes) for p in self.phases}
-        optimizers = {p.name: build_optimizer(self.params[p.name], self.phase_settings[p.name], self.cfg) for p in self.phases}
-        self.unwrapped = {n: method.models[n] for n in method.models}
-        modules, self.optimizers, self.dataloader = sharding.prepare(accelerator, method.models, self.phases, optimizers, dataloader)
+        params = {p.name: method.trainable_parameters(p) for p in self.phases}
+        settings = {p.name: phase_optim(p, run, accelerator.num_processes) for p in self.phases}
+        optimizers = {p.name: build_optimizer(params[p.name], settings[p.name], self.cfg) for p in self.phases}
+        unwrapped = {n: method.models[n] for n in method.models}
+        modules, optimizers, self.dataloader = sharding.prepare(accelerator, method.models, self.phases, optimizers, dataloader)
         method.models.update(modules)
-        self.prepared = list(modules.values())
         if sharding.is_sharded(accelerator):  # FSDP2 replaced every parameter by a sharded one: list them again
-            self.params = {p.name: method.trainable_parameters(p) for p in self.phases}
+            params = {p.name: method.trainable_parameters(p) for p in self.phases}
+        self.step_state = StepState(accelerator, method, unwrapped, list(modules.values()), params, optimizers, settings)
         getattr(method, "on_wrapped", lambda: None)()
         ckpt.register_trainable_only_hooks(accelerator)
-        self.lr_schedulers = self._schedules()
-        self.emas = self._build_emas()
+        self.step_state.lr_schedulers = self._schedules()
+        self.step_state.emas = self._build_emas()
         self._stream: Iterator[dict[str, Any]] | None = None
         self._active: list[Phase] = self.phases  # the phases the last step ran (EMA steps only theirs)
+
+    # the step state's parts under the names tests, benchmarks and callers use
+    @property
+    def state(self) -> TrainState:
+        return self.step_state.counters
+
+    @property
+    def optimizers(self) -> dict[str, Any]:
+        return self.step_state.optimizers
+
+    @property
+    def lr_schedulers(self) -> dict[str, Any]:
+        return self.step_state.lr_schedulers
+
+    @property
+    def emas(self) -> dict[str, EMAModel]:
+        return self.step_state.emas
+
+    @property
+    def unwrapped(self) -> dict[str, nn.Module]:
+        return self.step_state.unwrapped
 
     def _schedules(self) -> dict[str, Any]:
         steps = self.stages[min(self.state.stage, len(self.stages) - 1)].steps
@@ -100,11 +109,7 @@ class Engine:
     def _build_emas(self) -> dict[str, EMAModel]:
         if not self.cfg.use_ema:
             return {}
-        return {p.name: EMAModel(self.params[p.name], decay=self.cfg.ema_decay) for p in self.phases if p.ema}
-
-    def modules_for(self, phase: Phase) -> dict[str, Any]:
-        """Every model, wrapped where ``phase`` updates it and unwrapped where it is only used."""
-        return {n: self.method.models[n] if n in phase.modules else self.unwrapped[n] for n in self.method.models}
+        return {p.name: EMAModel(self.step_state.params[p.name], decay=self.cfg.ema_decay) for p in self.phases if p.ema}
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -114,9 +119,9 @@ class Engine:
         Refused (the run stops) when a trainable weight, an EMA weight or the method's state is not finite:
         a poisoned checkpoint would become ``latest`` and every resume would start from it.
         """
-        if not all_agree(self.accelerator, ckpt.all_finite(persist.weights_to_check(self))):
+        if not all_agree(self.accelerator, ckpt.all_finite(persist.weights_to_check(self.step_state))):
             self._diverged(f"trainable weights are not finite (or exploded) after step {self.state.global_step}, so no checkpoint was written")
-        return persist.save(self)
+        return persist.save(self.step_state, self.run, self.output_dir, self.stage_label())
 
     def resume(self, folder: Path) -> None:
         """Restore everything :meth:`save` wrote; the next step is the one an uninterrupted run takes.
@@ -127,9 +132,9 @@ class Engine:
         self.state.stage = ckpt.read_state(folder)["train"].get("stage", 0)
         # the schedules of the checkpoint's stage, built BEFORE the optimizer state loads: a new schedule resets
         # each param group's learning rate, which the loaded optimizer state then puts back
-        self.lr_schedulers = self._schedules()
-        saved = persist.resume(self, folder)
-        self.state = TrainState(**saved["train"])
+        self.step_state.lr_schedulers = self._schedules()
+        saved = persist.resume(self.step_state, folder)
+        self.step_state.counters = TrainState(**saved["train"])
         if self.state.global_step < self.total_steps:  # a finished one-stage run resumed with more steps reopens its stage
             self.state.stage = min(self.state.stage, len(self.stages) - 1)
         for name, sched_state in saved["lr_schedulers"].items():
@@ -169,18 +174,9 @@ class Engine:
         ctx = self._context()
         active = [p for p in self.phases if self.state.global_step % p.every == 0]
         runs = [(p, r) for p in active for r in range(p.repeats)]
-        undo: list = []
         try:
-            logs: dict[str, float] = {}
-            for i, (phase, repeat) in enumerate(runs):
-                ctx.repeat = repeat
-                last = i == len(runs) - 1
-                logs.update(run_phase(self, phase, micro if repeat == 0 else self.next_micro(), ctx, None if last else undo))
-        except Skipped as skipped:
-            for phase, snapshot in reversed(undo):
-                snapshot.restore(self.params[phase.name], self.optimizers[phase.name])
-            for optimizer in self.optimizers.values():
-                optimizer.zero_grad(set_to_none=True)
+            logs = run_phases(self.step_state, runs, micro, self.next_micro, ctx)
+        except Skipped as skipped:  # rolled back: no weight or optimizer state changed
             return self._skip(skipped.overflow)
         for phase in active:
             self.lr_schedulers[phase.name].step()
@@ -226,7 +222,7 @@ class Engine:
         step = self.state.global_step
         for phase in self._active:
             if phase.name in self.emas:
-                self.emas[phase.name].step(self.params[phase.name])
+                self.emas[phase.name].step(self.step_state.params[phase.name])
         self.method.on_step_end(self._context())
         logs["nonfinite_total"] = float(self.state.nonfinite_total)
         self.accelerator.log(logs, step=step)
@@ -257,8 +253,8 @@ class Engine:
         if self.state.stage < len(self.stages):
             for optimizer in self.optimizers.values():
                 optimizer.state.clear()
-            self.lr_schedulers = self._schedules()
-            self.emas = self._build_emas()
+            self.step_state.lr_schedulers = self._schedules()
+            self.step_state.emas = self._build_emas()
             logger.info(f"stage {self.state.stage} ({self.stages[self.state.stage].name}) starts at step {self.state.global_step}")
         self.save()
 
@@ -285,7 +281,7 @@ class Engine:
         """Swap EMA weights in (first EMA phase) for validation and export."""
         for phase in self.phases:
             if phase.name in self.emas:
-                return ema_weights(self.emas[phase.name], self.params[phase.name])
+                return ema_weights(self.emas[phase.name], self.step_state.params[phase.name])
         return nullcontext()
 
     def validate(self) -> None:

@@ -1,4 +1,5 @@
-"""An engine's checkpoint: what :meth:`Engine.save` writes and :meth:`Engine.resume` restores.
+"""An engine's checkpoint: its :class:`~.step_state.StepState` as :meth:`Engine.save` writes it and
+:meth:`Engine.resume` restores it.
 
 Models and optimizers through accelerate ``save_state`` (trainable weights only, :mod:`.checkpoints`), plus
 EMA weights, the method's own tensors, LR schedules, counters and the run config, written atomically.
@@ -9,65 +10,66 @@ from __future__ import annotations
 import math
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from accelerate.logging import get_logger
 from safetensors.torch import load_file, save_file
 
+from distill_diffusion.config import RunConfig
 from distill_diffusion.errors import UserError, require
 from distill_diffusion.trainers.engine import checkpoints as ckpt
 from distill_diffusion.trainers.engine import sharding
 from distill_diffusion.trainers.engine.ema import load_ema, save_ema
-
-if TYPE_CHECKING:
-    from distill_diffusion.trainers.engine.loop import Engine
+from distill_diffusion.trainers.engine.step_state import StepState
 
 logger = get_logger(__name__)
 METHOD_STATE = "method_state.safetensors"
 
 
-def save(engine: Engine) -> Path:
-    """Write ``checkpoint-<global_step>`` (``-<stage>`` in a run of several stages) of ``engine``; see :meth:`Engine.save`."""
-    acc = engine.accelerator
+def save(step: StepState, run: RunConfig, output_dir: Path, label: str = "") -> Path:
+    """Write ``step`` and ``run`` as ``output_dir/checkpoint-<global_step>`` (``-<label>``, the stage, in a run of
+    several stages); see :meth:`Engine.save`."""
+    acc = step.accelerator
 
     def write(folder: Path) -> None:
         acc.save_state(str(folder))
-        for name, ema in engine.emas.items():  # on every process: a sharded EMA is gathered to be written
+        for name, ema in step.emas.items():  # on every process: a sharded EMA is gathered to be written
             save_ema(ema, folder, name, write=acc.is_main_process)
-        state = whole_method_state(engine.method)
+        state = whole_method_state(step.method)
         if acc.is_main_process and state:
             save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(folder / METHOD_STATE))
 
     state = {
-        "train": asdict(engine.state),
-        "lr_schedulers": {n: _jsonable(s.state_dict()) for n, s in engine.lr_schedulers.items()},
-        "run": engine.run.to_dict(),
+        "train": asdict(step.counters),
+        "lr_schedulers": {n: _jsonable(s.state_dict()) for n, s in step.lr_schedulers.items()},
+        "run": run.to_dict(),
         "num_processes": acc.num_processes,
     }
-    return ckpt.save_checkpoint(engine.output_dir, engine.state.global_step, write, state, engine.cfg.checkpoints_total_limit,
-                                is_main=acc.is_main_process, barrier=acc.wait_for_everyone, label=engine.stage_label())
+    return ckpt.save_checkpoint(output_dir, step.counters.global_step, write, state, run.train.checkpoints_total_limit,
+                                is_main=acc.is_main_process, barrier=acc.wait_for_everyone, label=label)
 
 
-def weights_to_check(engine: Engine) -> list[torch.Tensor]:
+def weights_to_check(step: StepState) -> list[torch.Tensor]:
     """Everything a checkpoint would hold that must be finite: trainable weights, EMA weights, the method's state."""
     # sharded weights (FSDP2): each process checks its own shard, and the processes agree on the verdict
-    tensors = [sharding.local(p) for params in engine.params.values() for p in params]
-    tensors += [sharding.local(t) for ema in engine.emas.values() for t in ema.shadow_params]
-    return tensors + [sharding.local(t) for t in method_state(engine.method).values()]
+    tensors = [sharding.local(p) for params in step.params.values() for p in params]
+    tensors += [sharding.local(t) for ema in step.emas.values() for t in ema.shadow_params]
+    return tensors + [sharding.local(t) for t in method_state(step.method).values()]
 
 
-def resume(engine: Engine, folder: Path) -> dict[str, Any]:
-    """Load ``folder`` into ``engine``'s models, optimizers, RNG, EMA and method; returns the saved JSON state."""
-    acc = engine.accelerator
+def resume(step: StepState, folder: Path) -> dict[str, Any]:
+    """Load ``folder`` into ``step``'s models, optimizers, RNG, EMA and method (not its counters or LR schedules:
+    they are in the JSON state it returns)."""
+    acc = step.accelerator
     for warning in ckpt.verify_checkpoint(folder, acc.process_index):
         logger.warning(warning, main_process_only=False)
     saved = ckpt.read_state(folder)
     try:
         acc.load_state(str(folder))
-        for name, ema in engine.emas.items():
+        for name, ema in step.emas.items():
             load_ema(ema, folder, name)
-        _load_method_state(engine.method, folder)
+        _load_method_state(step.method, folder)
     except UserError:
         raise
     except Exception as exc:  # a file that passed the size check but does not parse

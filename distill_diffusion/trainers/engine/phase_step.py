@@ -1,16 +1,18 @@
-"""One phase's update inside a training step: accumulate, check, clip, step, with an undo for later failures.
+"""The phase updates of a training step: accumulate, check, clip, step, and the rollback of a skipped step.
 
-The engine owns per phase (DESIGN.md): ``requires_grad`` on the phase's weights only, zeroed gradients on
-every module, ``no_sync`` on every prepared module during accumulation, and finite checks on the loss and on
-the gradients, agreed on by every process. A phase that fails raises :class:`Skipped`; phases of the same step
-that already updated their weights are rolled back from a :class:`Snapshot`, so a skipped step changes nothing.
+The engine owns per phase (docs/adding_a_method.md, "What the engine owns"): ``requires_grad`` on the phase's
+weights only, zeroed gradients on every module, ``no_sync`` on every prepared module during accumulation, and
+finite checks on the loss and on the gradients, agreed on by every process. A phase that fails raises
+:class:`Skipped`; phases of the same step that already updated their weights are rolled back from a
+:class:`Snapshot` (:func:`run_phases`), so a skipped step changes nothing. What they update is a
+:class:`~distill_diffusion.trainers.engine.step_state.StepState`.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +22,7 @@ from accelerate import Accelerator, DistributedType
 
 from distill_diffusion.trainers.engine import sharding
 from distill_diffusion.trainers.engine.optim import PhaseOptim
+from distill_diffusion.trainers.engine.step_state import StepState
 from distill_diffusion.trainers.methods.base import LossOutput, Phase, StepContext
 
 
@@ -75,14 +78,14 @@ def no_sync_all(accelerator: Accelerator, modules: list[torch.nn.Module], active
         yield
 
 
-def accumulate(engine: Any, phase: Phase, micro: list[dict[str, Any]], ctx: StepContext) -> dict[str, float]:
+def accumulate(step: StepState, phase: Phase, micro: list[dict[str, Any]], ctx: StepContext) -> dict[str, float]:
     """Forward and backward over the micro-batches; raises :class:`Skipped` on a non-finite loss."""
-    acc, logs = engine.accelerator, {}
+    acc, logs = step.accelerator, {}
     for i, batch in enumerate(micro):
         ctx.micro_batch = i
-        with no_sync_all(acc, engine.prepared, active=i < len(micro) - 1):
+        with no_sync_all(acc, step.prepared, active=i < len(micro) - 1):
             with acc.autocast():
-                out: LossOutput = engine.method.compute_loss(phase.name, batch, ctx)
+                out: LossOutput = step.method.compute_loss(phase.name, batch, ctx)
             loss = out.loss.float() / len(micro)
             if not finite_everywhere(acc, loss):
                 raise Skipped(overflow=False)
@@ -120,21 +123,49 @@ def total_norm(params: list[torch.nn.Parameter]) -> torch.Tensor:
     return torch.linalg.vector_norm(torch.stack([n.float() for n in torch._foreach_norm(grads)]))
 
 
-def run_phase(engine: Any, phase: Phase, micro: list[dict[str, Any]], ctx: StepContext, undo: list | None) -> dict[str, float]:
+def run_phases(step: StepState, runs: list[tuple[Phase, int]], micro: list[dict[str, Any]],
+               next_micro: Callable[[], list[dict[str, Any]]], ctx: StepContext) -> dict[str, float]:
+    """Every ``(phase, repeat)`` of one training step, the first repeat on ``micro`` and each further one on
+    ``next_micro()``; their logs.
+
+    Raises :class:`Skipped` when any update fails, after restoring the phases that had already stepped and
+    dropping every gradient: the step changes no weight and no optimizer state.
+    """
+    undo: list[tuple[Phase, Snapshot]] = []
+    logs: dict[str, float] = {}
+    try:
+        for i, (phase, repeat) in enumerate(runs):
+            ctx.repeat = repeat
+            last = i == len(runs) - 1
+            logs.update(run_phase(step, phase, micro if repeat == 0 else next_micro(), ctx, None if last else undo))
+    except Skipped:
+        roll_back(step, undo)
+        raise
+    return logs
+
+
+def roll_back(step: StepState, undo: list[tuple[Phase, Snapshot]]) -> None:
+    """Restore each snapshot's phase (the latest first) and drop every gradient."""
+    for phase, snapshot in reversed(undo):
+        snapshot.restore(step.params[phase.name], step.optimizers[phase.name])
+    step.zero_grad()
+
+
+def run_phase(step: StepState, phase: Phase, micro: list[dict[str, Any]], ctx: StepContext,
+              undo: list[tuple[Phase, Snapshot]] | None) -> dict[str, float]:
     """Update ``phase`` once on ``micro``; appends a :class:`Snapshot` to ``undo`` (when given) before stepping.
 
     Raises :class:`Skipped` (nothing of this phase changed) on a non-finite loss or gradient, or when the fp16
     GradScaler skipped the update (it still ran, so the scaler lowered its scale).
     """
-    acc, optimizer, params = engine.accelerator, engine.optimizers[phase.name], engine.params[phase.name]
-    settings: PhaseOptim = engine.phase_settings[phase.name]
-    with only_trainable(engine, phase):
-        for opt in engine.optimizers.values():
-            opt.zero_grad(set_to_none=True)
-        ctx.modules = engine.modules_for(phase)
-        logs = accumulate(engine, phase, micro, ctx)
+    acc, optimizer, params = step.accelerator, step.optimizers[phase.name], step.params[phase.name]
+    settings: PhaseOptim = step.settings[phase.name]
+    with only_trainable(step, phase):
+        step.zero_grad()
+        ctx.modules = step.modules_for(phase)
+        logs = accumulate(step, phase, micro, ctx)
         if sharding.is_fsdp2(acc):
-            sharding.reshard(engine.prepared)  # the step must not leave stale gathered weights for the next forward
+            sharding.reshard(step.prepared)  # the step must not leave stale gathered weights for the next forward
         norm = grad_norm(acc, params, optimizer, settings.max_grad_norm)
     finite, scaled = finite_everywhere(acc, norm), acc.scaler is not None
     if not (finite or scaled):
@@ -151,10 +182,10 @@ def run_phase(engine: Any, phase: Phase, micro: list[dict[str, Any]], ctx: StepC
 
 
 @contextmanager
-def only_trainable(engine: Any, phase: Phase) -> Iterator[None]:
+def only_trainable(step: StepState, phase: Phase) -> Iterator[None]:
     """``requires_grad`` on this phase's weights only, so its backward leaves no gradient on another phase's."""
-    mine = {id(p) for p in engine.params[phase.name]}
-    others = {id(p): p for params in engine.params.values() for p in params if id(p) not in mine}.values()
+    mine = {id(p) for p in step.params[phase.name]}
+    others = {id(p): p for params in step.params.values() for p in params if id(p) not in mine}.values()
     for p in others:
         p.requires_grad_(False)
     try:
