@@ -1,4 +1,4 @@
-"""Options of adversarial diffusion distillation (defaults: Sauer et al., arXiv:2311.17042, §3-4, and SPECS.md §3)."""
+"""Options of adversarial diffusion distillation (defaults: Sauer et al., arXiv:2311.17042, §3-4; docs/add.md)."""
 
 from __future__ import annotations
 

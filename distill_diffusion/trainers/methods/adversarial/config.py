@@ -1,5 +1,5 @@
 """Options LADD and ADD share: the student, the two phases' balance and the generator's losses (defaults: Sauer et al.,
-arXiv:2403.12015 and arXiv:2311.17042, and SPECS.md §3)."""
+arXiv:2403.12015 and arXiv:2311.17042; docs/ladd.md, docs/add.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Options of BK-SDM block-removal distillation (defaults: Kim et al., arXiv:2305.15798, §3.3 and §4; SPECS.md §4)."""
+"""Options of BK-SDM block-removal distillation (defaults: Kim et al., arXiv:2305.15798, §3.3 and §4; docs/bksdm.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Options of latent adversarial diffusion distillation (defaults: Sauer et al., arXiv:2403.12015, and SPECS.md §3)."""
+"""Options of latent adversarial diffusion distillation (defaults: Sauer et al., arXiv:2403.12015; docs/ladd.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Options of progressive distillation (defaults: SPECS.md §2, Salimans & Ho 2022 and Meng et al. 2023)."""
+"""Options of progressive distillation (defaults: Salimans & Ho, arXiv:2202.00512, and Meng et al., arXiv:2210.03142;
+docs/progressive.md)."""
 
 from __future__ import annotations
 
