@@ -3,9 +3,10 @@
 Also measured: real images, and real images passed through the VAE (encode, decode), which is the floor
 no sampler that decodes through this VAE can get under.
 
-The numbers DESIGN.md asks to write down ("The toy world"): the teacher's Fréchet distance at 4 DDIM
-steps should be clearly above (>= 2x) its 50-step value and many times above at 1-2 steps, and its
-samples should match their captions (CLIP score with the matching caption above a mismatched one).
+The numbers the toy world's bars are checked against (docs/toy_world.md, "toy-v3: build and calibration"): the
+teacher's Fréchet distance at 4 DDIM steps should be clearly above (>= 2x) its 50-step value and many times above
+at 1-2 steps, and its samples should match their captions (CLIP score with the matching caption above a
+mismatched one).
 
 Features are the toy CLIP's projected image embeddings (``toy.clip.clip_feature_net``), fed through the
 same ``eval.FIDEvaluator`` as Inception for real models (Fréchet distance: Heusel et al. 2017); the
@@ -18,7 +19,7 @@ so step counts are compared on the same noise. Real images come from a seed the 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,9 @@ import torch
 from tqdm.auto import tqdm
 
 from distill_diffusion.toy.paths import TOY_GUIDANCE, ToyWorld
+
+#: ``measure(uint8 images, prompts) -> {"fd", "clip_match", "clip_mismatch", "acc_*"}``.
+Measure = Callable[[torch.Tensor, Sequence[str]], dict[str, float | None]]
 
 #: Spacings of DDIM timesteps tried; the first is the headline (few-step DDIM is fairest with "trailing",
 #: which starts at t = 999; the checkpoint's own "leading" starts 1-step sampling at t = 1).
@@ -79,6 +83,29 @@ def calibrate(
     """
     from diffusers import StableDiffusionPipeline
 
+    from distill_diffusion.toy.vae import reconstruct_uint8
+    from distill_diffusion.toy.world import toy_images, toy_prompts
+
+    pipe = StableDiffusionPipeline.from_pretrained(world.teacher, safety_checker=None, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    measure, feature = _measure_fn(world, num_real, seed)
+    prompts = toy_prompts(num_images, seed)
+    real_texts = [caption for _, caption in toy_images(num_images, 32, seed + 2)]
+    real = real_uint8(num_images, seed + 2)
+    # real images through the VAE and back: the floor of any sampler that decodes through this VAE
+    results: dict[str, Any] = {"real": measure(real, real_texts), "vae_reconstruction": measure(reconstruct_uint8(pipe.vae, real), real_texts)}
+    runs = [(s, k) for s in SPACINGS for k in steps if s == SPACINGS[0] or k < 25]
+    results["ddim"] = _ddim_rows(pipe, runs, prompts, guidance_scale, seed, measure, progress)
+    results.update(_ratios(results["ddim"], max(steps)))
+    results["settings"] = {"num_images": num_images, "num_real": num_real, "guidance_scale": guidance_scale,
+                           "feature": feature, "headline_spacing": SPACINGS[0], "seed": seed}
+    return results
+
+
+def _measure_fn(world: ToyWorld, num_real: int, seed: int) -> tuple[Measure, str]:
+    """The scorer of a set of images against its prompts (Fréchet distance to ``num_real`` real images drawn from
+    ``seed + 1``, CLIP score with the matching and a mismatched caption, the toy classifier's prompt accuracy when
+    the world has one), and the name of its feature space."""
     from distill_diffusion.eval import FIDEvaluator, clip_score, load_clip
     from distill_diffusion.toy.classifier import (
         WEIGHTS_FILE,
@@ -87,17 +114,11 @@ def calibrate(
         prompt_accuracy,
     )
     from distill_diffusion.toy.clip import clip_feature_net
-    from distill_diffusion.toy.vae import reconstruct_uint8
-    from distill_diffusion.toy.world import toy_images, toy_prompts
 
-    pipe = StableDiffusionPipeline.from_pretrained(world.teacher, safety_checker=None, local_files_only=True)
-    pipe.set_progress_bar_config(disable=True)
     model, processor = load_clip(str(world.clip))
     net = clip_feature_net(model)
     evaluator = FIDEvaluator(net, net.num_features)
     evaluator.prepare_real([real_uint8(num_real, seed + 1)])
-    prompts = toy_prompts(num_images, seed)
-
     classifier = load_toy_classifier(world.classifier) if (world.classifier / WEIGHTS_FILE).is_file() else None
 
     def measure(images: torch.Tensor, texts: Sequence[str]) -> dict[str, float | None]:
@@ -109,16 +130,7 @@ def calibrate(
         # prompt faithfulness: does the classifier see the shape/colour/background each prompt names?
         return {**scores, **(accuracy_fields(prompt_accuracy(classifier, images, texts)) if classifier else {})}
 
-    real_texts = [caption for _, caption in toy_images(num_images, 32, seed + 2)]
-    real = real_uint8(num_images, seed + 2)
-    # real images through the VAE and back: the floor of any sampler that decodes through this VAE
-    results: dict[str, Any] = {"real": measure(real, real_texts), "vae_reconstruction": measure(reconstruct_uint8(pipe.vae, real), real_texts)}
-    runs = [(s, k) for s in SPACINGS for k in steps if s == SPACINGS[0] or k < 25]
-    results["ddim"] = _ddim_rows(pipe, runs, prompts, guidance_scale, seed, measure, progress)
-    results.update(_ratios(results["ddim"], max(steps)))
-    results["settings"] = {"num_images": num_images, "num_real": num_real, "guidance_scale": guidance_scale,
-                           "feature": net.name, "headline_spacing": SPACINGS[0], "seed": seed}
-    return results
+    return measure, net.name
 
 
 def _ratios(ddim: dict[str, dict[str, dict[str, float]]], top: int) -> dict[str, Any]:
@@ -130,7 +142,7 @@ def _ratios(ddim: dict[str, dict[str, dict[str, float]]], top: int) -> dict[str,
 
 
 def _ddim_rows(pipe: Any, runs: list[tuple[str, int]], prompts: Sequence[str], guidance_scale: float, seed: int,
-               measure: Any, progress: bool) -> dict[str, dict[str, dict[str, float]]]:
+               measure: Measure, progress: bool) -> dict[str, dict[str, dict[str, float]]]:
     """FD/CLIP (and seconds) of the teacher under DDIM for each (spacing, steps); same prompts and seeds for all."""
     from diffusers import DDIMScheduler
 
