@@ -32,7 +32,7 @@ WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloa
 
 
 def weight_dtype(mixed_precision: str) -> torch.dtype:
-    """Frozen teacher, VAE and text encoder live in this dtype (DESIGN.md rule 8)."""
+    """Frozen teacher, VAE and text encoder live in this dtype (docs/training.md, "Precision policy")."""
     return WEIGHT_DTYPES[mixed_precision]
 
 
