@@ -21,6 +21,7 @@ from PIL import Image
 
 from distill_diffusion.cli import main
 from distill_diffusion.eval.generate import image_name, write_manifest
+from distill_diffusion.models.export import CardSampling, write_model_card
 from distill_diffusion.toy.clip import build_toy_clip, save_toy_clip
 from distill_diffusion.toy.tokenizer import build_tokenizer
 
@@ -82,6 +83,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, tiny_pipeline_dir: Path, toy
     _pickle_copy(clip, w.pickle_clip, ".")
     save_lora_of_another_base(w.other_base_lora)
     _trained(w, tiny_pipeline_dir)
+    _cards(w, tiny_pipeline_dir)
     return w
 
 
@@ -92,13 +94,26 @@ LADD_SCHEDULER = {"_class_name": "LCMScheduler", "original_inference_steps": 100
 
 def _trained(w: World, pipeline: Path) -> None:
     """Artefacts that say what they were trained for: an adversarial LoRA and pipeline, and an LCM-LoRA on an 8-step grid."""
-    for name, config in (("ladd_lora", LADD_SCHEDULER), ("lcm8_lora", {"_class_name": "LCMScheduler", "original_inference_steps": 8})):
+    for name, config, sampler in (("ladd_lora", LADD_SCHEDULER, CardSampling("ladd", 1, 1.0)),
+                                  ("lcm8_lora", {"_class_name": "LCMScheduler", "original_inference_steps": 8}, CardSampling("lcm", 4, 1.0))):
         (w.root / name).mkdir()
         (w.root / name / "pytorch_lora_weights.safetensors").write_bytes(b"")
         (w.root / name / "scheduler_config.json").write_text(json.dumps(config))
+        write_model_card(w.root / name, base_model=str(pipeline), method=name, paper="p", usage="u", sampling=sampler)
     shutil.copytree(pipeline, w.ladd_pipeline)
     scheduler = json.loads((pipeline / "scheduler" / "scheduler_config.json").read_text())
     (w.ladd_pipeline / "scheduler" / "scheduler_config.json").write_text(json.dumps({**scheduler, **LADD_SCHEDULER}))
+
+
+def _cards(w: World, pipeline: Path) -> None:
+    """Model cards that do not say how to sample: front matter that is not YAML (a LoRA's, a pipeline's), an unknown sampler."""
+    broken = "---\ndistill_diffusion: {sampler: lcm\n---\n"
+    for name, text in (("broken_card_lora", broken), ("turbo_card_lora", "---\ndistill_diffusion: {sampler: turbo}\n---\n")):
+        (w.root / name).mkdir()
+        (w.root / name / "pytorch_lora_weights.safetensors").write_bytes(b"")
+        (w.root / name / "README.md").write_text(text)
+    shutil.copytree(pipeline, w.broken_card_pipeline)
+    (w.broken_card_pipeline / "README.md").write_text(broken)
 
 
 def save_lora_of_another_base(out: Path) -> Path:
@@ -240,7 +255,13 @@ CASES = [
     Case("gen-lora-pickle-file", gen("--lora", "{root}/lora.bin"), "only .safetensors files are loaded"),
     Case("gen-lora-scale-nan", gen("--lora_scale", "nan"), "LoRA scale nan is invalid"),
     Case("gen-lora-scale-inf", gen("--lora_scale", "inf"), "LoRA scale inf is invalid"),
-    Case("gen-lora-of-another-base", gen("--lora", "{other_base_lora}"), "does not fit this model's UNet"),
+    Case("gen-lora-of-another-base", gen("--lora", "{other_base_lora}", "--sampler", "lcm"), "does not fit this model's UNet"),
+    # generate: what the artefact's model card says about sampling it
+    Case("gen-lora-without-sampler-metadata", gen("--lora", "{lora_dir}"), "lora_dir records no sampler (no 'distill_diffusion' "
+         "entry in a README.md front matter), so how to sample it is unknown (an adapter trained elsewhere?); pass --sampler NAME (one of ddim"),
+    Case("gen-lora-card-malformed", gen("--lora", "{broken_card_lora}"), "README.md is not valid YAML"),
+    Case("gen-lora-card-unknown-sampler", gen("--lora", "{turbo_card_lora}"), "distill_diffusion.sampler 'turbo' is not a sampler"),
+    Case("gen-model-card-malformed", gen(model="broken_card_pipeline"), "README.md is not valid YAML"),
     # eval: the generated folder
     Case("eval-generated-missing", ev("no_such_gen", "--real", "{real}"), "no such folder"),
     Case("eval-generated-is-file", ev("afile", "--real", "{real}"), "is a file, not a folder"),
@@ -294,7 +315,11 @@ CASES = [
     Case("bench-spec-pickle-model", bench("--pipeline", "p={pickle_pipeline}"), "pickle weights are not loaded"),
     Case("bench-spec-names-repeat", bench("--pipeline", "p={pipeline}", "--pipeline", "p={pipeline}"), "pipeline names repeat"),
     Case("bench-spec-key-repeats", bench("--pipeline", "p={pipeline},steps=1,steps=2"), "option 'steps' is given twice"),
-    Case("bench-spec-lora-of-another-base", bench("--pipeline", "p={pipeline},lora={other_base_lora}"), "does not fit this model's UNet"),
+    Case("bench-spec-lora-of-another-base", bench("--pipeline", "p={pipeline},lora={other_base_lora},sampler=lcm"), "does not fit this model's UNet"),
+    Case("bench-spec-lora-without-sampler-metadata", bench("--pipeline", "p={pipeline},lora={lora_dir}"),
+         "records no sampler (no 'distill_diffusion' entry in a README.md front matter)"),
+    Case("bench-spec-lora-card-malformed", bench("--pipeline", "p={pipeline},lora={broken_card_lora}"),
+         "is not valid YAML (expected ',' or '}', but got '<stream end>' at line 2); repair it or pass sampler=NAME in --pipeline"),
     # bench quality: everything else
     Case("bench-no-pipelines", bench(), "no pipeline to benchmark"),
     Case("bench-teacher-missing", bench("--teacher", "{no_such_teacher}"), "no such file or folder"),

@@ -14,6 +14,7 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from test_methods_contract import check_card_sampling
 
 from distill_diffusion.cli import main
 from distill_diffusion.models.lora import DEFAULT_TARGET_MODULES
@@ -192,6 +193,7 @@ def test_full_mode_resumes_and_exports_an_lcm_pipeline(tiny_pipeline_dir: Path, 
     assert scheduler["_class_name"] == "LCMScheduler" and scheduler["original_inference_steps"] == 8  # the toy config's N
     assert json.loads((full / "unet" / "config.json").read_text())["time_cond_proj_dim"] == 256
     assert "guidance_scale=8.5" in (full / "README.md").read_text()
+    check_card_sampling(full, tiny_pipeline_dir, ("lcm-full", 4, 8.5), tmp_path)
     for cls in (LatentConsistencyModelPipeline, StableDiffusionPipeline):
         pipe = cls.from_pretrained(full, safety_checker=None)
         pipe.set_progress_bar_config(disable=True)

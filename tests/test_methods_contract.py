@@ -4,11 +4,13 @@ config (``distill_diffusion/configs/tiny/NAME.yaml`` with ``method_name: NAME``;
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from distill_diffusion.cli import main
 from distill_diffusion.config import config_names, load_config
@@ -21,10 +23,15 @@ TINY_CONFIGS = {load_config(name)["method_name"]: name for name in config_names(
 #: Methods whose run is a plan of stages (its length set by the method, not --max_train_steps): a three-stage plan.
 STAGED_ARGS = {"progressive": ["--method.start_steps", "4", "--method.target_steps", "1", "--method.steps_per_round", "1",
                                "--method.guidance", "distill", "--method.guidance_steps", "1", "--method.time_cond_proj_dim", "8"]}
+#: (sampler, num_inference_steps, guidance_scale) each method's export records in its model card with its tiny config:
+#: LADD and ADD sample with LADD's sampler at their fewest trained steps, BK-SDM and the fine-tune as their teacher; the
+#: staged progressive run is w-conditioned (1 step, the tiny config's guidance 2).
+CARD_SAMPLING = {"finetune": ("ddim", 50, 7.5), "bksdm": ("ddim", 50, 7.5), "lcm": ("lcm", 4, 1.0), "ladd": ("ladd", 1, 1.0),
+                 "add": ("ladd", 1, 1.0), "progressive": ("progressive", 1, 2.0)}
 
 
 def test_every_registered_method_has_a_tiny_config() -> None:
-    assert set(TINY_CONFIGS) == set(METHODS)
+    assert set(TINY_CONFIGS) == set(METHODS) == set(CARD_SAMPLING)
 
 
 def train(method: str, teacher: Path, data: Path, out: Path, steps: int, *extra: str) -> None:
@@ -46,6 +53,19 @@ def load_export(out: Path, teacher: Path):
     return pipe
 
 
+def check_card_sampling(out: Path, teacher: Path, expected: tuple[str, int, float], tmp_path: Path) -> None:
+    """The export's card records ``expected`` (sampler, steps, guidance), and ``generate`` without them samples with it."""
+    matter = (out / "README.md").read_text().split("---\n")[1]
+    entry = yaml.safe_load(matter)["distill_diffusion"]
+    assert (entry["sampler"], entry["num_inference_steps"], entry["guidance_scale"]) == expected, entry
+    lora = (out / "pytorch_lora_weights.safetensors").is_file()
+    model = ["--model", str(teacher), "--lora", str(out)] if lora else ["--model", str(out)]
+    images = tmp_path / "generated"
+    assert main(["generate", *model, "--prompt", "a red circle", "--output_dir", str(images), "--device", "cpu"]) == 0
+    made = json.loads((images / "manifest.jsonl").read_text().splitlines()[0])
+    assert (made["sampler"], made["steps"], made["guidance_scale"]) == expected, made
+
+
 def sample(pipe) -> None:
     image = pipe("a red circle", num_inference_steps=2, guidance_scale=1.0, output_type="np",
                  generator=torch.Generator().manual_seed(0)).images
@@ -63,6 +83,7 @@ def test_method_trains_resumes_exports_and_loads_in_diffusers(method: str, tiny_
     train(method, tiny_pipeline_dir, toy_data_dir, out, 3, "--resume_from_checkpoint", "latest", *extra)
     assert (out / "checkpoint-3").is_dir() and (out / "README.md").is_file()
     sample(load_export(out, tiny_pipeline_dir))
+    check_card_sampling(out, tiny_pipeline_dir, CARD_SAMPLING[method], tmp_path)
 
 
 @pytest.mark.parametrize("method", sorted(STAGED_ARGS))
@@ -83,3 +104,4 @@ def test_staged_method_checkpoints_each_stage_resumes_inside_its_plan_and_export
     a, b = load_file(full / weights), load_file(part / weights)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # the resume is exact
     sample(load_export(part, tiny_pipeline_dir))
+    check_card_sampling(part, tiny_pipeline_dir, CARD_SAMPLING[method], tmp_path)

@@ -223,11 +223,12 @@ def test_cli_refuses_a_bad_repo_id_before_writing(tmp_path: Path, capsys: pytest
 
 def test_card_names_base_model_only_for_a_hub_teacher(tmp_path: Path) -> None:
     """The Hub refuses a card whose ``base_model`` is not a model id: a local teacher's card leaves it out."""
-    from distill_diffusion.models.export import write_model_card
+    from distill_diffusion.models.export import TEACHER_SAMPLING, write_model_card
 
-    card = write_model_card(tmp_path, base_model="owner/sd@fp16-branch", method="lcm", paper="p", usage="u").read_text()
+    common = {"method": "lcm", "paper": "p", "usage": "u", "sampling": TEACHER_SAMPLING}
+    card = write_model_card(tmp_path, base_model="owner/sd@fp16-branch", **common).read_text()
     assert "base_model: owner/sd\n" in card
-    card = write_model_card(tmp_path, base_model=str(tmp_path), method="lcm", paper="p", usage="u").read_text()
+    card = write_model_card(tmp_path, base_model=str(tmp_path), **common).read_text()
     assert "base_model" not in card.split("---")[1] and str(tmp_path) in card
 
 

@@ -12,8 +12,9 @@ imported when it runs (the CLI imports this module to build ``--help``).
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -88,9 +89,10 @@ def _toy_scorer(spec: str | None) -> PromptScorer | None:
 class PipelineSpec:
     """One pipeline of the benchmark: ``load_pipeline(model, lora, sampler)`` sampled at each of ``steps``.
 
-    ``guidance_scale`` is one scale (``None``: the sampler's) or a sweep of several; every (steps, guidance)
-    pair becomes a row. A one-element sweep is stored as its single value, so both spell the same spec.
-    ``sampler`` None: ``generate``'s default, the distilled adapter's (``lcm``) with a LoRA, else the teacher's (``ddim``).
+    ``guidance_scale`` is one scale (``None``: the model card's for its sampler, else the sampler's) or a sweep of
+    several; every (steps, guidance) pair becomes a row. A one-element sweep is stored as its single value, so both
+    spell the same spec. ``sampler`` None: as ``generate``, the one the LoRA's (else the model's) model card records
+    (:func:`~distill_diffusion.pipelines.card.resolve_sampling`), set when the benchmark runs.
     """
 
     name: str
@@ -101,10 +103,10 @@ class PipelineSpec:
     steps: tuple[int, ...] = DEFAULT_STEPS
 
     def __post_init__(self) -> None:
-        from distill_diffusion.pipelines.samplers import default_sampler, get_sampler
+        from distill_diffusion.pipelines.samplers import get_sampler
 
-        self.sampler = default_sampler(self.lora is not None) if self.sampler is None else self.sampler
-        get_sampler(self.sampler)
+        if self.sampler is not None:
+            get_sampler(self.sampler)
         require(bool(self.name) and "/" not in self.name, f"pipeline name {self.name!r} must be non-empty, without '/'")
         require(bool(self.steps) and all(s >= 1 for s in self.steps), f"{self.name}: steps {self.steps} must be ≥ 1")
         if isinstance(self.guidance_scale, Sequence):
@@ -219,8 +221,20 @@ def parse_dtype(name: str) -> torch.dtype:
     return table[name]
 
 
+def with_card_sampling(p: PipelineSpec, local_files_only: bool) -> tuple[PipelineSpec, str | None]:
+    """``p`` with its sampler (and, without ``guidance=``, its guidance) from its artefact's model card as ``generate``
+    reads it, and the note to print once every check has passed."""
+    from distill_diffusion.pipelines.card import resolve_sampling
+
+    try:
+        choice = resolve_sampling(p.model, p.lora, p.sampler, local_files_only=local_files_only, option="sampler=NAME in --pipeline")
+    except UserError as exc:
+        raise UserError(f"{p.name}: {exc}") from None
+    return replace(p, sampler=choice.sampler, guidance_scale=choice.guidance_scale(p.guidance_scale)), choice.note
+
+
 def _validate(pipelines: Sequence[PipelineSpec], s: BenchmarkSettings, output_dir: str | Path) -> tuple[list[str], Any, Any]:
-    """Every check that can fail, before anything is generated or written."""
+    """Every check that can fail, before anything is generated or written (``pipelines`` with their samplers set)."""
     from distill_diffusion.config import ModelConfig
     from distill_diffusion.eval.clip_score import load_clip
     from distill_diffusion.eval.evaluate import checked_evaluator
@@ -287,7 +301,11 @@ def run_quality_benchmark(
     from distill_diffusion.pipelines import load_pipeline
 
     s = settings or BenchmarkSettings()
+    resolved = [with_card_sampling(p, s.local_files_only) for p in pipelines]
+    pipelines = [p for p, _ in resolved]
     prompts, evaluator, clip = _validate(pipelines, s, output_dir)
+    for note in dict.fromkeys(note for _, note in resolved if note):
+        print(note, file=sys.stderr)
     state = PartialState()
     device = s.device or str(state.device)
     out = Path(output_dir)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from distill_diffusion.bench.options import add_metric_options, add_model_options, check_stats_cache
@@ -25,16 +26,19 @@ class _DeprecatedPreset(argparse.Action):
 
 def add_generate(sub: argparse._SubParsersAction) -> None:
     """``distill-diffusion generate --model BASE [--lora DIR] [--sampler lcm] [--steps 4] --prompts FILE|toy --output_dir DIR``."""
-    from distill_diffusion.pipelines.samplers import SAMPLERS, default_sampler
+    from distill_diffusion.pipelines.samplers import SAMPLERS
 
     p = sub.add_parser("generate", help="images + manifest.jsonl from a model (+ LoRA) with a sampler")
     p.add_argument("--model", required=True, help="diffusers folder, hub id or .safetensors (teacher or student)")
     p.add_argument("--lora", default=None, help="LoRA folder (pytorch_lora_weights.safetensors) or file")
     p.add_argument("--sampler", default=None, choices=list(SAMPLERS),
-                   help=f"scheduler, steps and guidance to sample with; default: {default_sampler(True)} with --lora, else {default_sampler(False)}")
+                   help="scheduler, steps and guidance to sample with; default: the one the LoRA's (else the model's) model "
+                        "card records; a model without one: ddim; a LoRA without one: required")  # fmt: skip
     p.add_argument("--preset", dest="sampler", choices=list(SAMPLERS), action=_DeprecatedPreset, help=argparse.SUPPRESS)
-    p.add_argument("--steps", type=int, default=None, help="default: the sampler's")
-    p.add_argument("--guidance", type=float, default=None, help="diffusers guidance_scale; default: the sampler's")
+    p.add_argument("--steps", "--num_inference_steps", dest="steps", type=int, default=None,
+                   help="default: the model card's, else the sampler's")
+    p.add_argument("--guidance", "--guidance_scale", dest="guidance", type=float, default=None,
+                   help="diffusers guidance_scale; default: the model card's, else the sampler's")
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument("--prompts", help="text file (one per line), JSON list / COCO captions, or 'toy'")
     group.add_argument("--prompt", help="one prompt")
@@ -53,13 +57,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from distill_diffusion.bench.quality import parse_dtype
     from distill_diffusion.config import ModelConfig
     from distill_diffusion.eval.generate import check_seeds, generate_to_folder, resolve_prompts
-    from distill_diffusion.pipelines import get_sampler, load_pipeline
+    from distill_diffusion.pipelines import load_pipeline, resolve_sampling
     from distill_diffusion.pipelines.loader import check_pipeline_request
-    from distill_diffusion.pipelines.samplers import default_sampler
 
     # Every check first: a bad argument must fail before the pipeline loads and before anything is written.
-    sampler = args.sampler or default_sampler(args.lora is not None)
-    kwargs = get_sampler(sampler).call_kwargs(args.steps, args.guidance)
+    choice = resolve_sampling(args.model, args.lora, args.sampler, local_files_only=args.local_files_only)
+    sampler, kwargs = choice.sampler, choice.call_kwargs(args.steps, args.guidance)
     prompts = resolve_prompts([args.prompt] if args.prompt is not None else args.prompts, args.num_images, args.seed)
     require(args.batch_size >= 1, f"--batch_size {args.batch_size}; pass 1 or more")
     check_seeds(args.seed, len(prompts))
@@ -69,6 +72,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         ModelConfig(pretrained_model_name_or_path=args.model, local_files_only=args.local_files_only), args.lora,
         sampler, steps=[kwargs["num_inference_steps"]], device=args.device, lora_scale=args.lora_scale,
     )  # fmt: skip
+    if choice.note:
+        print(choice.note, file=sys.stderr)
     pipe = load_pipeline(
         args.model, args.lora, sampler, device=args.device or str(PartialState().device), dtype=dtype,
         local_files_only=args.local_files_only, fuse_lora=not args.no_fuse_lora, lora_scale=args.lora_scale,

@@ -1,4 +1,5 @@
-"""Inference: samplers per method (scheduler, steps, guidance) and a loader returning a stock diffusers pipeline.
+"""Inference: samplers per method (scheduler, steps, guidance), the sampler an artefact's model card records, and a loader
+returning a stock diffusers pipeline.
 
 Exports resolve lazily (PEP 562) so that building the CLI parser does not import torch and diffusers.
 """
@@ -11,10 +12,12 @@ from typing import Any
 _EXPORTS = {
     "SAMPLERS": "samplers",
     "Sampler": "samplers",
+    "SamplingChoice": "card",
     "build_scheduler": "samplers",
     "get_sampler": "samplers",
     "load_pipeline": "loader",
     "resolve_lora": "loader",
+    "resolve_sampling": "card",
 }
 __all__ = sorted(_EXPORTS)
 

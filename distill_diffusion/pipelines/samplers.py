@@ -216,11 +216,6 @@ def sampler_of(pipe: Any) -> Sampler | None:
     return get_sampler(name) if name is not None else None
 
 
-def default_sampler(lora: bool) -> str:
-    """The sampler for a model given without one: the distilled adapter's (LCM-LoRA) or the teacher's."""
-    return "lcm" if lora else "ddim"
-
-
 def build_scheduler(sampler: Sampler, scheduler_config: Any, trained: dict[str, Any] | None = None) -> Any:
     """The sampler's scheduler from a checkpoint's scheduler config (betas, prediction type kept).
 

@@ -18,7 +18,7 @@ from distill_diffusion.core.losses import min_snr_weights, weighted_mse
 from distill_diffusion.errors import require
 from distill_diffusion.models.batch import latents_and_embeddings
 from distill_diffusion.models.denoiser import Denoiser
-from distill_diffusion.models.export import save_pipeline
+from distill_diffusion.models.export import TEACHER_SAMPLING, save_pipeline
 from distill_diffusion.models.loading import SDComponents
 from distill_diffusion.trainers.methods.base import LossOutput, MethodBase, Phase, StepContext
 
@@ -97,4 +97,4 @@ class FineTune(MethodBase):
         return build_pipeline(self.components, unet=self.unet)
 
     def export(self, output_dir: Path) -> None:
-        save_pipeline(self.components, output_dir, unet=self.unet, method="finetune", paper=self.paper)
+        save_pipeline(self.components, output_dir, unet=self.unet, method="finetune", paper=self.paper, sampling=TEACHER_SAMPLING)

@@ -12,7 +12,7 @@ from distill_diffusion.core.timesteps import (
     trained_step_counts,
     visited_timesteps,
 )
-from distill_diffusion.models.export import write_model_card
+from distill_diffusion.models.export import CardSampling, write_model_card
 
 
 def inference_line(sampler: Any, sched: str) -> str:
@@ -60,5 +60,6 @@ image = pipe("a prompt", num_inference_steps=1, guidance_scale=1.0).images[0]
   probabilities {cfg.student_timestep_probs}{' (the first from pure noise)' if cfg.first_step_pure_noise else ''}; {inputs_line(cfg)};
   {method.describe_discriminator()}; {cfg.adv_loss} loss, R1 γ {cfg.r1_gamma}, distillation weight {cfg.distill_weight}.
 """
+    sampling = CardSampling("ladd", min(trained_step_counts(method.scheduler()) or [1]), 1.0)  # its fewest trained steps, no CFG
     write_model_card(folder, base_model=method.components.source, method=method.card_name + ("-lora" if cfg.lora else ""), paper=method.paper,
-                     usage=usage, extra=extra)
+                     usage=usage, sampling=sampling, extra=extra)

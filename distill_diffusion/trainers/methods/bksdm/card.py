@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from distill_diffusion.models.export import write_model_card
+from distill_diffusion.models.export import TEACHER_SAMPLING, write_model_card
 
 
 def write_card(method: Any, folder: Path) -> None:
@@ -27,4 +27,5 @@ image = pipe("a prompt", num_inference_steps=25, guidance_scale=7.5).images[0]
 - Faster still: train an LCM-LoRA on this folder (`distill-diffusion train lcm --config lcm_lora_sd15
   --pretrained_model_name_or_path path/to/this/folder`) and sample it in 2-4 steps.
 """
-    write_model_card(folder, base_model=method.components.source, method="bksdm", paper=method.paper, usage=usage, extra=extra)
+    write_model_card(folder, base_model=method.components.source, method="bksdm", paper=method.paper, usage=usage,
+                     sampling=TEACHER_SAMPLING, extra=extra)  # a smaller UNet, sampled as its teacher

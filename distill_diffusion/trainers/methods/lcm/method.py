@@ -32,7 +32,7 @@ from distill_diffusion.errors import require
 from distill_diffusion.models import sharded
 from distill_diffusion.models.batch import latents_and_embeddings
 from distill_diffusion.models.denoiser import Denoiser
-from distill_diffusion.models.export import write_model_card
+from distill_diffusion.models.export import CardSampling, write_model_card
 from distill_diffusion.models.loading import SDXL_ERROR, SDComponents, TeacherConfigs
 from distill_diffusion.models.lora import (
     EXPORT_DTYPES,
@@ -331,4 +331,6 @@ image = pipe("a prompt", num_inference_steps=4, guidance_scale={g}).images[0]
   (LCM form; diffusers scale w + 1), {cfg.loss_type} loss, target EMA {cfg.target_ema_decay}.
 - {what}
 """
-    write_model_card(folder, base_model=components.source, method="lcm" + ("-lora" if cfg.lora else ""), paper=paper, usage=usage, extra=extra)
+    sampling = CardSampling("lcm" if cfg.lora else "lcm-full", 4, g)  # type: ignore[arg-type]
+    write_model_card(folder, base_model=components.source, method="lcm" + ("-lora" if cfg.lora else ""), paper=paper, usage=usage,
+                     sampling=sampling, extra=extra)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from distill_diffusion.models.export import write_model_card
+from distill_diffusion.models.export import CardSampling, write_model_card
 
 
 def write_card(method: Any, folder: Path) -> None:
@@ -29,4 +29,5 @@ image = pipe("a prompt", num_inference_steps={steps}, guidance_scale={g}).images
 - Distillation: rounds {cfg.start_steps} → {cfg.target_steps} steps, {method.plan.student_steps}, steps per round
   {cfg.steps_per_round}, {cfg.loss_weighting} weighting on the x error; guidance {cfg.guidance}.
 """
-    write_model_card(folder, base_model=method.components.source, method="progressive", paper=method.paper, usage=usage, extra=extra)
+    write_model_card(folder, base_model=method.components.source, method="progressive", paper=method.paper, usage=usage,
+                     sampling=CardSampling("progressive", steps, g), extra=extra)
