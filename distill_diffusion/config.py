@@ -27,7 +27,14 @@ from distill_diffusion.config_files import (  # noqa: F401
     load_config,
     load_yaml,
 )
-from distill_diffusion.config_types import build_dataclass, check_choices, public_dict, set_dotted
+from distill_diffusion.config_types import (
+    build_dataclass,
+    check_choices,
+    public_dict,
+    read_renamed,
+    renamed_overrides,
+    set_dotted,
+)
 from distill_diffusion.errors import require
 from distill_diffusion.hub import HubOptions
 
@@ -366,7 +373,8 @@ def build_run_config(
     require(not extra, f"unknown config section(s) {', '.join(extra)}; valid: {', '.join(CONFIG_KEYS)}")
     check_config_method(config, method)
     raw = {s: _section(config, s) for s in (*SECTIONS, "phases", "method")}
-    for key, value in overrides:
+    raw["method"] = read_renamed(config_cls, raw["method"], "method")  # a config or saved run from before a rename
+    for key, value in renamed_overrides(config_cls, overrides, "method"):
         section, name = _resolve_key(key, config_cls)
         set_dotted(raw[section], name, value, key)
     built = {s: build_dataclass(cls, raw[s], s) for s, cls in SECTIONS.items()}

@@ -14,9 +14,10 @@ import inspect
 import json
 import math
 import re
+import sys
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 from distill_diffusion.errors import UserError, require
@@ -180,6 +181,45 @@ def build_dataclass(cls: type, data: Mapping[str, Any] | None, section: str) -> 
     unknown = sorted(set(data) - set(types_))
     require(not unknown, f"unknown {section} option(s) {', '.join(unknown)}; valid ones: {', '.join(sorted(types_))}")
     return cls(**{k: convert(f"{section}.{k}", v, types_[k]) for k, v in data.items()})
+
+
+@dataclasses.dataclass(frozen=True)
+class RenamedOption:
+    """A former option name still read from configs and saved runs (``renamed_options`` of a config dataclass, keyed by the
+    former name): the option it became, and how a former value becomes a value of it."""
+
+    new: str
+    upgrade: Callable[[Any], Any]
+    #: How the two relate, for the warning and the error (``guidance_scale = w + 1``).
+    relation: str
+
+
+def read_renamed(cls: type, data: Mapping[str, Any], section: str, warn: bool = True) -> dict[str, Any]:
+    """``data`` with the former option names of ``cls`` replaced by the new ones, each value converted once (with ``warn``,
+    one warning line per name); a former and a new name both given is a :class:`UserError`."""
+    renamed: Mapping[str, RenamedOption] = getattr(cls, "renamed_options", {})
+    out = dict(data)
+    for old, option in renamed.items():
+        require(old not in out or option.new not in out, f"{section}.{old} and {section}.{option.new} are both given "
+                f"({option.relation}); keep only {section}.{option.new}")
+    for old, option in renamed.items():
+        if old in out:
+            value = option.upgrade(convert(f"{section}.{old}", out.pop(old), field_types(cls)[option.new]))
+            out[option.new] = value
+            if warn:
+                print(f"warning: {section}.{old} is deprecated; read as {section}.{option.new} {value} ({option.relation}); "
+                      f"write {option.new}: {value} instead", file=sys.stderr)
+    return out
+
+
+def renamed_overrides(cls: type, overrides: Sequence[tuple[str, Any]], section: str) -> list[tuple[str, Any]]:
+    """Command-line overrides with the former option names of ``cls`` (``--section.old`` or a bare ``--old``) replaced
+    by the new ones (:func:`read_renamed`); the others unchanged."""
+    renamed: Mapping[str, RenamedOption] = getattr(cls, "renamed_options", {})
+    names = {*renamed, *(option.new for option in renamed.values())}
+    ours = {key.removeprefix(f"{section}."): value for key, value in overrides if key.removeprefix(f"{section}.") in names}
+    rest = [(key, value) for key, value in overrides if key.removeprefix(f"{section}.") not in names]
+    return rest + [(f"{section}.{name}", value) for name, value in read_renamed(cls, ours, section).items()]
 
 
 def public_dict(obj: Any) -> dict[str, Any]:

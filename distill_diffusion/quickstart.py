@@ -18,7 +18,8 @@ from distill_diffusion.toy.paths import TOY_GUIDANCE
 #: The toy LCM-LoRA recipe: a config shipped in distill_diffusion/configs, loaded by name.
 LCM_CONFIG = "tiny/lcm_lora"
 #: Teacher guidance for the benchmark rows: the toy world's reference scale (``toy.paths.TOY_GUIDANCE``, 2.0), the
-#: scale the LoRA distils (w = 1); w = 2 scores the same within noise (benchmarks/results/toy_quality/lcm_recipe_ablation.md).
+#: scale the LoRA distils (guidance_scale_min = max = 2.0); 3.0 scores the same within noise
+#: (benchmarks/results/toy_quality/lcm_recipe_ablation.md).
 TEACHER_GUIDANCE = TOY_GUIDANCE
 
 

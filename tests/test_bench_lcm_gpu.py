@@ -29,7 +29,7 @@ def test_tiny_run_writes_results(tmp_path: Path) -> None:
     assert result["device"] and result["torch"] == torch.__version__ and result["diffusers"]
     s = result["settings"]
     assert (s["batch_size"], s["resolution"], s["latent_size"], s["steps_timed"], s["lora_rank"], s["lora_alpha"]) == (2, 32, 4, 2, 4, 4)
-    assert s["mixed_precision"] == "no" and s["w_range"] == [5.0, 15.0]
+    assert s["mixed_precision"] == "no" and s["guidance_scale_range"] == [6.0, 16.0]
     assert 0 < s["trainable_parameters"] == s["trainable_lora_parameters"] < s["unet_parameters"]
     with torch.device("meta"):
         base = UNet2DConditionModel.from_config(tiny_unet_config())

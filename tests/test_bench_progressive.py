@@ -12,6 +12,7 @@ import torch
 from distill_diffusion.errors import UserError
 from distill_diffusion.toy.paths import TOY_GUIDANCE
 from distill_diffusion.toy.tiny import tiny_unet_config
+from distill_diffusion.trainers.methods.progressive import ProgressiveConfig
 from distill_diffusion.trainers.methods.progressive.bench_gpu import run_sd15_progressive_benchmark
 from distill_diffusion.trainers.methods.progressive.bench_speed import ENGINE_KEY, run_progressive_benchmark
 
@@ -67,7 +68,7 @@ def test_the_toy_plan_reads_the_teachers_schedule_and_the_shipped_recipe(tiny_pi
     plan = toy_plan(SimpleNamespace(teacher=tiny_pipeline_dir), run)
     assert plan.num_train_timesteps == 1000 and plan.student_steps == [32, 16, 8, 4, 2, 1]
     # fixed guidance at the toy's reference scale: no guidance stage (docs/progressive.md says why)
-    assert run.method_config.guidance == "fixed" and run.method_config.w_min == TOY_GUIDANCE - 1
+    assert run.method_config.guidance == "fixed" and run.method_config.guidance_scale_min == TOY_GUIDANCE
     # the eps teacher's weights in a v student: a conversion stage before the first round
     assert [s.name for s in plan.stages()][:2] == ["convert", "round-1-32-steps"] and plan.first_round_stage == 1
 
@@ -76,7 +77,7 @@ def test_the_toy_plan_reads_the_teachers_schedule_and_the_shipped_recipe(tiny_pi
 def test_a_fixed_guidance_config_is_trained_at_the_benchmarks_guidance(scale: float) -> None:
     from distill_diffusion.trainers.methods.progressive.bench_toy import toy_method_options
 
-    assert toy_method_options(scale) == {"w_min": scale - 1}
+    assert toy_method_options(scale) == {"guidance_scale_min": scale}
 
 
 def test_a_guidance_below_one_is_one_line_before_anything_is_built(capsys, tmp_path: Path) -> None:
@@ -96,7 +97,22 @@ def test_a_finished_run_at_another_guidance_is_not_reused(tmp_path: Path) -> Non
     from distill_diffusion.trainers.methods.progressive.bench_toy import check_finished_run
 
     (tmp_path / "model_index.json").write_text("{}")
+    (tmp_path / "config.yaml").write_text("method:\n  guidance: fixed\n  guidance_scale_min: 2.0\n")
+    check_finished_run(SimpleNamespace(method_config=ProgressiveConfig(guidance="fixed", guidance_scale_min=2.0)), tmp_path)
+    with pytest.raises(UserError, match="trained with guidance fixed at guidance_scale 2.0, not fixed at guidance_scale 3.0; "
+                       "pass another --run_dir"):
+        check_finished_run(SimpleNamespace(method_config=ProgressiveConfig(guidance="fixed", guidance_scale_min=3.0)), tmp_path)
+
+
+def test_a_finished_run_saved_with_the_former_w_option_is_reused_at_its_guidance(capsys, tmp_path: Path) -> None:
+    """A run saved before ``w_min`` became ``guidance_scale_min`` (w = 1: guidance_scale 2) is the toy run at 2.0."""
+    from types import SimpleNamespace
+
+    from distill_diffusion.trainers.methods.progressive.bench_toy import check_finished_run
+
+    (tmp_path / "model_index.json").write_text("{}")
     (tmp_path / "config.yaml").write_text("method:\n  guidance: fixed\n  w_min: 1.0\n")
-    check_finished_run(SimpleNamespace(method_config=SimpleNamespace(guidance="fixed", w_min=1.0)), tmp_path)
-    with pytest.raises(UserError, match="trained with guidance fixed at w = 1.0, not fixed at w = 2.0; pass another --run_dir"):
-        check_finished_run(SimpleNamespace(method_config=SimpleNamespace(guidance="fixed", w_min=2.0)), tmp_path)
+    check_finished_run(SimpleNamespace(method_config=ProgressiveConfig(guidance="fixed", guidance_scale_min=2.0)), tmp_path)
+    assert "warning: method.w_min is deprecated; read as method.guidance_scale_min 2.0" in capsys.readouterr().err
+    with pytest.raises(UserError, match="at guidance_scale 2.0, not fixed at guidance_scale 3.0"):
+        check_finished_run(SimpleNamespace(method_config=ProgressiveConfig(guidance="fixed", guidance_scale_min=3.0)), tmp_path)

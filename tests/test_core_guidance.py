@@ -10,6 +10,7 @@ from distill_diffusion.core import (
     guidance_embedding,
     guidance_scale_to_lcm_w,
     lcm_w_to_guidance_scale,
+    sample_lcm_w,
 )
 
 
@@ -33,6 +34,15 @@ def test_conventions_differ_by_one(g):
     torch.testing.assert_close(cfg(cond, uncond, g), cfg_lcm(cond, uncond, w))
     torch.testing.assert_close(cfg(cond, uncond, g), uncond + g * (cond - uncond))
     assert not torch.allclose(cfg(cond, uncond, g), cfg_lcm(cond, uncond, g))
+
+
+@pytest.mark.parametrize(("g_min", "g_max"), [(6.0, 16.0), (2.0, 8.0), (2.0, 2.0), (1.0, 3.5)])
+def test_sample_lcm_w_draws_w_uniformly_from_the_converted_bounds(g_min, g_max):
+    torch.manual_seed(0)
+    w = sample_lcm_w(1000, g_min, g_max, "cpu")
+    torch.manual_seed(0)
+    assert torch.equal(w, torch.rand(1000) * ((g_max - 1) - (g_min - 1)) + (g_min - 1))  # one draw, w = g − 1
+    assert w.dtype == torch.float32 and float(w.min()) >= g_min - 1 and float(w.max()) <= g_max - 1
 
 
 def test_per_sample_tensor_scale():

@@ -250,7 +250,7 @@ def test_add_with_exact_r1_trains_under_fsdp_as_under_ddp_and_exports(tiny_pipel
 def test_lcm_lora_target_network_follows_the_sharded_student_as_under_ddp(tiny_pipeline_dir: Path, tmp_path: Path) -> None:
     """LCM-LoRA's EMA target θ⁻ is method state over the student's LoRA weights; FSDP2 replaces those parameters, and a
     target kept on the old ones never moved (nor was it swapped in for the target pass), silently."""
-    runs = {name: launch(mode, tmp_path / name, train_args("lcm", tiny_pipeline_dir, tmp_path / f"{name}_out", "--w_max", "3"), tmp_path)
+    runs = {name: launch(mode, tmp_path / name, train_args("lcm", tiny_pipeline_dir, tmp_path / f"{name}_out", "--guidance_scale_max", "4"), tmp_path)
             for name, mode in (("fsdp", FSDP), ("ddp", DDP))}
     fsdp, ddp = runs["fsdp"]["weights"], runs["ddp"]["weights"]
     assert any(k.startswith("method.target.") for k in fsdp)

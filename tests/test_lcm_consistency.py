@@ -94,7 +94,7 @@ def test_bad_runs_are_one_line_errors(capsys, lora_run: Path, tiny_pipeline_dir:
     (other / "config.yaml").write_text(config)
     assert "different teachers" in _error(capsys, str(lora_run), str(other), "--output", out)
     raw = yaml.safe_load((lora_run / "config.yaml").read_text())
-    raw["method"]["w_max"] += 1.0
+    raw["method"]["guidance_scale_max"] += 1.0
     (other / "config.yaml").write_text(yaml.safe_dump(raw))
     assert "different guidance" in _error(capsys, str(lora_run), str(other), "--output", out)
     assert "fewer than --num_samples 100000" in _error(capsys, str(lora_run), "--num_samples", "100000", "--output", out)

@@ -14,6 +14,7 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from test_guidance_scale_options import W_IN_TEXT
 from test_methods_contract import check_card_sampling
 
 from distill_diffusion.cli import main
@@ -95,6 +96,7 @@ def test_lora_export_files(lora_run: Path, tiny_pipeline_dir: Path) -> None:
     card = (lora_run / "README.md").read_text()
     assert str(tiny_pipeline_dir) in card and "load_lora_weights" in card and "LCMScheduler" in card
     assert "num_inference_steps=4" in card and "guidance_scale=1.0" in card
+    assert "guidance_scale in [2.0, 2.0]" in card and not W_IN_TEXT.search(card)  # the toy config's range, no w
 
 
 PLAIN_SCRIPT = r'''
@@ -192,7 +194,8 @@ def test_full_mode_resumes_and_exports_an_lcm_pipeline(tiny_pipeline_dir: Path, 
     scheduler = json.loads((full / "scheduler" / "scheduler_config.json").read_text())
     assert scheduler["_class_name"] == "LCMScheduler" and scheduler["original_inference_steps"] == 8  # the toy config's N
     assert json.loads((full / "unet" / "config.json").read_text())["time_cond_proj_dim"] == 256
-    assert "guidance_scale=8.5" in (full / "README.md").read_text()
+    card = (full / "README.md").read_text()
+    assert "guidance_scale=8.5" in card and "guidance embedding" in card and not W_IN_TEXT.search(card)
     check_card_sampling(full, tiny_pipeline_dir, ("lcm-full", 4, 8.5), tmp_path)
     for cls in (LatentConsistencyModelPipeline, StableDiffusionPipeline):
         pipe = cls.from_pretrained(full, safety_checker=None)

@@ -29,7 +29,7 @@ def run(capsys: pytest.CaptureFixture, teacher: Path, data: Path, out: Path, *ex
     ("extra", "fragment"),
     [
         (("--method.lora_rank", "0"), "lora_rank=0 must be >= 1"),
-        (("--method.w_min", "9", "--method.w_max", "3"), "w_min=9.0 is larger than method.w_max=3.0"),
+        (("--method.guidance_scale_min", "10", "--method.guidance_scale_max", "4"), "guidance_scale_min=10.0 is larger than method.guidance_scale_max=4.0"),
         (("--method.solver_substeps", "0"), "solver_substeps=0 must be >= 1"),
         (("--method.loss_type", "l1"), "loss_type"),
         (("--method.target_ema_decay", "1.5"), "target_ema_decay"),

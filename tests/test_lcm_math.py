@@ -156,12 +156,21 @@ def test_eps_and_v_teachers_give_the_same_target() -> None:
 
 
 def test_sampling_follows_the_skipping_step_grid() -> None:
-    method = LCM(components(), LCMConfig(lora_rank=2, w_min=2.0, w_max=4.0))
+    method = LCM(components(), LCMConfig(lora_rank=2, guidance_scale_min=3.0, guidance_scale_max=5.0))
     t_nk, t_n, w = method.sample_timesteps_and_w(4000, torch.device("cpu"))
     grid = skipping_step_grid(1000, 50)
     assert set(t_nk.tolist()) == set(grid.tolist())
     assert torch.equal(t_n, (t_nk - 20).clamp(min=0)) and int(t_n.min()) == 0
     assert float(w.min()) >= 2.0 and float(w.max()) <= 4.0
+
+
+def test_w_is_drawn_bit_for_bit_as_when_the_options_were_w_min_and_w_max() -> None:
+    """The default guidance_scale 6-16 is the former w ∈ [5, 15]: the draws recorded with w_min 5, w_max 15 (seed 7)."""
+    method = LCM(components(), LCMConfig(lora_rank=2))
+    torch.manual_seed(7)
+    w = method.sample_timesteps_and_w(6, torch.device("cpu"))[2]
+    recorded = [7.070860385894775, 11.29736328125, 8.653162002563477, 13.512683868408203, 13.549431800842285, 10.50935173034668]
+    assert torch.equal(w, torch.tensor(recorded))
 
 
 def test_losses() -> None:
@@ -178,7 +187,7 @@ def batch(n: int = 2, seed: int = 0) -> dict[str, torch.Tensor]:
 
 
 def test_gradients_reach_only_lora_and_base_stays_bit_identical() -> None:
-    method = LCM(components(), LCMConfig(lora_rank=4, w_min=2.0, w_max=2.0))
+    method = LCM(components(), LCMConfig(lora_rank=4, guidance_scale_min=3.0, guidance_scale_max=3.0))
     unet = method.unet
     base = {k: v.clone() for k, v in unet.state_dict().items() if "lora_" not in k}
     lora = [p.clone() for p in method.online]
@@ -254,7 +263,7 @@ def test_uncond_embedding_is_the_empty_prompt() -> None:
 
 
 def test_loss_goes_down_on_a_fixed_batch() -> None:
-    method = LCM(components(), LCMConfig(lora_rank=4, w_min=2.0, w_max=2.0, loss_type="l2"))
+    method = LCM(components(), LCMConfig(lora_rank=4, guidance_scale_min=3.0, guidance_scale_max=3.0, loss_type="l2"))
     opt = torch.optim.AdamW(method.online, lr=1e-3, weight_decay=0.0)
     losses = []
     for step in range(8):

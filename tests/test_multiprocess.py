@@ -33,7 +33,7 @@ def lcm_args(teacher: Path, data: Path, out: Path, *extra: str) -> list[str]:
     return ["lcm", "--config", "tiny/lcm_lora", "--pretrained_model_name_or_path", str(teacher),
             "--train_data_dir", str(data), "--output_dir", str(out), "--max_train_steps", "4", "--checkpointing_steps", "2",
             "--train_batch_size", "2", "--lora_rank", "4", "--lora_alpha", "4", "--progress_bar", "false",
-            "--validation_steps", "0", "--lr_scheduler", "constant", "--export_dtype", "fp32", "--w_max", "3", *extra]
+            "--validation_steps", "0", "--lr_scheduler", "constant", "--export_dtype", "fp32", "--guidance_scale_max", "4", *extra]
 
 
 def launch(processes: int, prefix: Path, args: list[str], *flags: str, tmp: Path) -> dict[int, dict]:

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
+from test_guidance_scale_options import W_IN_TEXT
 from test_resume_errors import refused
 
 from distill_diffusion.cli import main
@@ -59,7 +62,9 @@ def test_each_stage_is_checkpointed_under_its_name_and_each_round_exported(train
     last, out = load_file(trained / "round-2-1-steps" / weights), load_file(trained / weights)
     assert all((last[k] == out[k]).all() for k in last)
     card = (trained / "README.md").read_text()
-    assert "num_inference_steps=1" in card and "guidance_scale=2.0" in card  # w-student at 1 + w_min (tiny/progressive's w_min 1)
+    # the guidance-input student at validation_guidance_scale, by default guidance_scale_min (tiny/progressive's 2.0)
+    assert "num_inference_steps=1" in card and "guidance_scale=2.0" in card
+    assert "trained for guidance_scale in [2.0, 5.0]" in card and not W_IN_TEXT.search(card)
     state = json.loads((trained / "checkpoint-3-round-1-2-steps" / "training_state.json").read_text())
     assert state["train"]["stage"] == 2 and state["run"]["method"]["steps_per_round"] == [2, 1]
 
@@ -109,7 +114,7 @@ def test_a_bad_plan_is_one_line_before_loading(capsys, tiny_pipeline_dir: Path, 
     (("--steps_per_round", "2,2"), "--method.steps_per_round 2,1"),
     (("--target_steps", "2", "--steps_per_round", "2"), "--method.target_steps 1"),
     (("--guidance", "fixed"), "--method.guidance distill"),
-    (("--w_min", "0.5"), "--method.w_min 1.0"),
+    (("--guidance_scale_min", "1.5"), "--method.guidance_scale_min 2.0"),
 ])
 def test_resume_with_a_changed_round_plan_is_refused(capsys, trained: Path, tiny_pipeline_dir: Path, toy_data_dir: Path,
                                                      extra: tuple[str, ...], fragment: str) -> None:
@@ -128,10 +133,47 @@ def test_the_shipped_fixed_guidance_has_no_guidance_stage_and_builds_w_into_the_
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-3-round-1-2-steps", "checkpoint-4-round-2-1-steps"]
     assert not (out / "convert").exists()
     card = (out / "README.md").read_text()
-    assert "guidance_scale=1.0" in card and "guidance w = 1.0 is built into the student" in card
+    assert "guidance_scale=1.0" in card and "the teacher's guidance_scale 2.0 is built into the student" in card
+    assert not W_IN_TEXT.search(card)
     assert json.loads((out / "unet" / "config.json").read_text())["time_cond_proj_dim"] is None
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     result = subprocess.run([sys.executable, "-c", PLAIN_SCRIPT, str(out), "1"], capture_output=True, text=True, env=env, cwd=out,
                             timeout=300)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.strip().splitlines()[-1])["timesteps"] == [999]
+
+
+def _former_w_options(method: dict) -> dict:
+    """A method section as runs saved it before guidance_scale_min/max: the LCM weights w = guidance_scale − 1."""
+    renamed = {"guidance_scale_min": "w_min", "guidance_scale_max": "w_max"}
+    return {renamed.get(k, k): v - 1 if k in renamed else v for k, v in method.items()}
+
+
+def test_a_run_saved_with_the_former_w_options_resumes_to_the_same_weights(capsys, trained: Path, tmp_path: Path) -> None:
+    """config.yaml and checkpoints holding w_min/w_max: read once as guidance_scale = w + 1 (one warning line each), the
+    resume checks pass, and the last round trains to the uninterrupted run's weights bit for bit."""
+    import yaml
+
+    old = tmp_path / "run"
+    shutil.copytree(trained, old)
+    shutil.rmtree(old / "checkpoint-4-round-2-1-steps")
+    config = yaml.safe_load((old / "config.yaml").read_text())
+    (old / "config.yaml").write_text(yaml.safe_dump({**config, "method": _former_w_options(config["method"])}, sort_keys=False))
+    for state_file in old.glob("checkpoint-*/training_state.json"):
+        state = json.loads(state_file.read_text())
+        state["run"]["method"] = _former_w_options(state["run"]["method"])
+        state_file.write_text(json.dumps(state))
+    capsys.readouterr()
+    args = ["train", "progressive", "--config", str(old / "config.yaml"), "--output_dir", str(old), "--resume_from_checkpoint",
+            "latest", "--progress_bar", "false"]
+    assert main(args) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "is deprecated" in line]
+    assert warnings == ["warning: method.w_min is deprecated; read as method.guidance_scale_min 2.0 (guidance_scale = w + 1); "
+                        "write guidance_scale_min: 2.0 instead",
+                        "warning: method.w_max is deprecated; read as method.guidance_scale_max 5.0 (guidance_scale = w + 1); "
+                        "write guidance_scale_max: 5.0 instead"]
+    saved = yaml.safe_load((old / "config.yaml").read_text())["method"]
+    assert (saved["guidance_scale_min"], saved["guidance_scale_max"]) == (2.0, 5.0) and "w_min" not in saved
+    weights = "unet/diffusion_pytorch_model.safetensors"
+    resumed, uninterrupted = load_file(old / weights), load_file(trained / weights)
+    assert all(torch.equal(resumed[k], uninterrupted[k]) for k in uninterrupted)

@@ -110,20 +110,29 @@ def test_every_round_trains_on_the_grid_the_exported_scheduler_visits(start: int
 
 
 def test_the_guidance_stage_target_is_the_teachers_cfg_output_at_fixed_w() -> None:
-    m = method("epsilon", guidance="distill", w_min=2.0, w_max=2.0)
+    m = method("epsilon", guidance="distill", guidance_scale_min=3.0, guidance_scale_max=3.0)
     assert m.plan.round_index(0) is None  # stage 0 is the guidance stage
     torch.manual_seed(0)
     x0, c = inputs(3)
     w = m.sample_w(3, x0.device)
     torch.manual_seed(1)
     z_t, t, target = m.guidance_target(x0, c, w)
-    # diffusers' CFG on the raw eps outputs at guidance_scale w + 1, converted to x0 by the DDIM scheduler's formula
+    # diffusers' CFG on the raw eps outputs at guidance_scale 3, converted to x0 by the DDIM scheduler's formula
     uncond = m.uncond(c)
     eps_c = m.teacher_unet(z_t, t, encoder_hidden_states=c).sample
     eps_u = m.teacher_unet(z_t, t, encoder_hidden_states=uncond).sample
     eps = eps_u + 3.0 * (eps_c - eps_u)
     abar = append_dims(torch.as_tensor(DDIMScheduler.from_config(SD15_SCHEDULER_CONFIG).alphas_cumprod)[t], 4)
     torch.testing.assert_close(target, (z_t - (1 - abar).sqrt() * eps) / abar.sqrt(), rtol=1e-4, atol=1e-4)
+
+
+def test_w_is_drawn_bit_for_bit_as_when_the_options_were_w_min_and_w_max() -> None:
+    """guidance_scale 2-8 is the former w ∈ [1, 7]: the draws recorded with w_min 1, w_max 7 (seed 7); fixed at 2 is w = 1."""
+    m = method("epsilon", guidance="distill", guidance_scale_min=2.0, guidance_scale_max=8.0)
+    torch.manual_seed(7)
+    recorded = [4.209535121917725, 2.192819118499756, 4.955270290374756, 4.941341400146484, 2.39656925201416, 3.550368309020996]
+    assert torch.equal(m.sample_w(6, torch.device("cpu")), torch.tensor(recorded))
+    assert torch.equal(method("epsilon", guidance="fixed", guidance_scale_min=2.0).sample_w(2, torch.device("cpu")), torch.ones(2))
 
 
 def test_the_w_student_starts_equal_to_the_teacher_at_every_w() -> None:
@@ -156,7 +165,7 @@ def relative_gap(x: torch.Tensor, ref: torch.Tensor) -> float:
 @pytest.mark.parametrize("guidance", ["fixed", "none"])
 def test_an_eps_teacher_copied_into_a_v_student_is_not_the_teacher_so_a_conversion_stage_regresses_it_on_the_teachers_x0(
         guidance: str) -> None:
-    m = method("epsilon", guidance=guidance, w_min=1.0, w_max=1.0)
+    m = method("epsilon", guidance=guidance, guidance_scale_min=2.0, guidance_scale_max=2.0)
     assert [s.name for s in m.stages()] == ["convert", "round-1-4-steps"] and m.plan.round_index(0) is None
     x0, c = inputs(4)
     w = m.sample_w(4, x0.device)
@@ -177,13 +186,13 @@ def test_an_eps_teacher_copied_into_a_v_student_is_not_the_teacher_so_a_conversi
 
 
 def test_after_the_conversion_stage_round_1_starts_from_its_student_and_keeps_the_original_teacher() -> None:
-    m = method("epsilon", guidance="fixed", w_min=1.0)
+    m = method("epsilon", guidance="fixed", guidance_scale_min=2.0)
     params = m.trainable_parameters(Phase("unet", "unet"))
     ema = [p + 0.01 * torch.randn_like(p) for p in params]
     m.on_stage_end(0, {"unet": ema})
     assert all(torch.equal(p, e) for p, e in zip(params, ema)) and m.round_teacher is None and m.sampling_steps() == 8
     # round 1's targets are those of a plan without the conversion stage: two steps of the original guided teacher
-    plain = method("epsilon", guidance="fixed", w_min=1.0, convert_steps=0)
+    plain = method("epsilon", guidance="fixed", guidance_scale_min=2.0, convert_steps=0)
     assert [s.name for s in plain.stages()] == ["round-1-4-steps"]
     z, c = inputs(2)
     i, w = torch.tensor([0, 3]), torch.ones(2)

@@ -6,6 +6,7 @@ from distill_diffusion.core.guidance import (
     guidance_embedding,
     guidance_scale_to_lcm_w,
     lcm_w_to_guidance_scale,
+    sample_lcm_w,
 )
 from distill_diffusion.core.parameterization import (
     PREDICTION_TYPES,
@@ -42,6 +43,7 @@ __all__ = [
     "lcm_w_to_guidance_scale",
     "previous_on_grid",
     "progressive_target_x0",
+    "sample_lcm_w",
     "skipping_step_grid",
     "spaced_timesteps",
     "to_x0_eps",

@@ -2,7 +2,9 @@
 
 Ho & Salimans, "Classifier-Free Diffusion Guidance", arXiv:2207.12598, eq. 6. Two conventions that differ
 by one: diffusers/Imagen scale ``g`` (``g cond + (1-g) uncond``; g = 1 is no guidance) and the LCM/Ho &
-Salimans weight ``w`` (``(1+w) cond - w uncond``; w = 0 is no guidance), so ``g = w + 1``.
+Salimans weight ``w`` (``(1+w) cond - w uncond``; w = 0 is no guidance), so ``g = w + 1``. Users set ``g``
+(``guidance_scale``, the diffusers name); the LCM/Meng math reads ``w``: the two functions below are the only
+places that turn one into the other (docs/methods.md).
 """
 
 from __future__ import annotations
@@ -33,6 +35,13 @@ def lcm_w_to_guidance_scale(w: float | Tensor) -> float | Tensor:
 def guidance_scale_to_lcm_w(guidance_scale: float | Tensor) -> float | Tensor:
     """diffusers guidance scale g → LCM weight ``w = g - 1``."""
     return guidance_scale - 1
+
+
+def sample_lcm_w(batch_size: int, guidance_scale_min: float, guidance_scale_max: float, device: torch.device | str) -> Tensor:
+    """``w ~ U[w_min, w_max]`` per sample, the guidance range a student is distilled for (LCM Alg. 1, arXiv:2310.04378;
+    Meng et al., arXiv:2210.03142, stage one), given as diffusers scales: the bounds become w once, then one uniform draw."""
+    w_min, w_max = guidance_scale_to_lcm_w(guidance_scale_min), guidance_scale_to_lcm_w(guidance_scale_max)
+    return torch.rand(batch_size, device=device) * (w_max - w_min) + w_min
 
 
 def guidance_embedding(w: Tensor, dim: int, dtype: torch.dtype = torch.float32) -> Tensor:

@@ -4,7 +4,8 @@ Shared by every method that distils a guided teacher (latent consistency distill
 distillation's guidance stage, adversarial distillation's distillation term). Guidance in the LCM form
 ``(1 + w)·cond − w·uncond`` (Luo et al., "Latent Consistency Models", arXiv:2310.04378, Eq. 9; Meng et al.,
 "On Distillation of Guided Diffusion Models", arXiv:2210.03142, Eq. 3 uses the same w); diffusers' guidance
-scale is ``w + 1`` (:mod:`distill_diffusion.core.guidance`).
+scale is ``w + 1`` (:mod:`distill_diffusion.core.guidance`). Users give the guidance a student is distilled for as
+diffusers scales, ``guidance_scale_min`` and ``guidance_scale_max`` (docs/methods.md); the math reads w.
 """
 
 from __future__ import annotations
@@ -14,8 +15,24 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from distill_diffusion.core import append_dims, cfg_lcm, ddim_step
+from distill_diffusion.config_types import RenamedOption
+from distill_diffusion.core import append_dims, cfg_lcm, ddim_step, lcm_w_to_guidance_scale
+from distill_diffusion.errors import require
 from distill_diffusion.models.denoiser import Denoiser
+
+#: The guidance range options' former names, in the LCM weight w: configs and saved runs that hold them still load.
+GUIDANCE_RANGE_RENAMES = {
+    "w_min": RenamedOption("guidance_scale_min", lcm_w_to_guidance_scale, "guidance_scale = w + 1"),
+    "w_max": RenamedOption("guidance_scale_max", lcm_w_to_guidance_scale, "guidance_scale = w + 1"),
+}
+
+
+def check_guidance_range(guidance_scale_min: float, guidance_scale_max: float) -> None:
+    """The teacher guidance a student is distilled for: ``1 <= guidance_scale_min <= guidance_scale_max`` (diffusers scales)."""
+    require(guidance_scale_min >= 1, f"method.guidance_scale_min={guidance_scale_min} must be >= 1 (diffusers guidance_scale; "
+            "1 = no guidance); pass e.g. 2")
+    require(guidance_scale_min <= guidance_scale_max, f"method.guidance_scale_min={guidance_scale_min} is larger than "
+            f"method.guidance_scale_max={guidance_scale_max}; swap them or make them equal")
 
 
 def guided_prediction(teacher: Denoiser, z: Tensor, t: Tensor, c: Tensor, uncond: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:

@@ -19,6 +19,7 @@ from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import ProjectConfiguration, set_seed
 
 from distill_diffusion.config import RunConfig, TrainConfig
+from distill_diffusion.config_types import read_renamed
 from distill_diffusion.errors import UserError, require
 from distill_diffusion.hub import check_hub_access
 from distill_diffusion.paths import check_output_dir
@@ -111,6 +112,8 @@ def check_resumable(folder: Path, run: RunConfig, method_cls: type) -> None:
     if not saved:  # written before checkpoints recorded their run
         return
     now = run.to_dict()
+    # a checkpoint from before an option was renamed records it under its former name
+    saved = {**saved, "method": read_renamed(type(run.method_config), saved.get("method") or {}, "method", warn=False)}
     require(saved.get("method_name") == run.method, f"{folder} was written by `train {saved.get('method_name')}`; "
             f"resume it with that method, or pass a new --output_dir")
     fields = [("train", "use_ema")] + [("method", name) for name in getattr(method_cls, "resume_fields", ())]

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from distill_diffusion.config import RunConfig
-from distill_diffusion.core import append_dims
+from distill_diffusion.core import append_dims, guidance_scale_to_lcm_w
 from distill_diffusion.errors import require
 from distill_diffusion.models.batch import latents_and_embeddings
 from distill_diffusion.models.denoiser import Denoiser
@@ -287,7 +287,7 @@ class AdversarialMethod(MethodBase):
         """ᾱ_s-weighted MSE between the student's sample and the guided teacher's x̂0 from it re-noised at s ~ U{0..T−1}."""
         s = torch.randint(0, self.schedule.num_train_timesteps, (fake.shape[0],), device=fake.device)
         z_s = self.schedule.add_noise(fake.detach(), torch.randn_like(fake), s)
-        w = torch.full((fake.shape[0],), self.config.distill_guidance_scale - 1.0, device=fake.device)
+        w = torch.full((fake.shape[0],), guidance_scale_to_lcm_w(self.config.distill_guidance_scale), device=fake.device)
         with torch.no_grad(), adapters_disabled(self.layers):
             teacher = Denoiser(self.teacher_unet, self.schedule, self.components.prediction_type)
             target, _ = guided_prediction(teacher, z_s, s, c, self.uncond(c), w)

@@ -31,7 +31,7 @@ TEACHER_ROW = "teacher (guided x0)"
 
 @dataclasses.dataclass
 class ConsistencySettings:
-    """What to measure; ``guidance_scale=None`` takes the first run's training w (mid-range) + 1."""
+    """What to measure; ``guidance_scale=None`` takes the middle of the first run's training guidance_scale range."""
 
     num_samples: int = 64
     timesteps: tuple[int, ...] = (999, 759, 499, 259, 99, 39)
@@ -48,7 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num_samples", type=int, default=64, help="training images (first in dataset order)")
     p.add_argument("--timesteps", type=int, nargs="+", default=[999, 759, 499, 259, 99, 39])
     p.add_argument("--ode_step", type=int, default=20, help="DDIM step (in timesteps) of the reference ODE solve")
-    p.add_argument("--guidance", type=float, default=None, help="teacher guidance scale (default: the first run's w + 1)")
+    p.add_argument("--guidance", type=float, default=None, help="teacher guidance scale (default: the middle of the first run's guidance_scale range)")
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="e.g. cuda (default: cpu)")
@@ -108,9 +108,9 @@ def _check(settings: ConsistencySettings, runs: list[Any]) -> None:
     for run in runs[1:]:
         require(run.model.pretrained_model_name_or_path == base,
                 f"runs distil different teachers ({base} and {run.model.pretrained_model_name_or_path}); compare runs of one teacher")
-    ranges = {(r.method_config.w_min, r.method_config.w_max) for r in runs}
+    ranges = {(r.method_config.guidance_scale_min, r.method_config.guidance_scale_max) for r in runs}
     require(len(ranges) == 1 or settings.guidance_scale is not None,
-            f"runs were distilled at different guidance (LCM w ranges {sorted(ranges)}); compare runs of one guidance or pass --guidance")
+            f"runs were distilled at different guidance (guidance_scale ranges {sorted(ranges)}); compare runs of one guidance or pass --guidance")
     require(settings.num_samples >= 1 and settings.batch_size >= 1, "--num_samples and --batch_size must be ≥ 1")
     require(settings.ode_step >= 1, f"--ode_step {settings.ode_step} must be ≥ 1")
     require(all(0 < t < 1000 for t in settings.timesteps), f"--timesteps {settings.timesteps} must lie in 1..999")
@@ -178,7 +178,7 @@ def _score(run_dirs: list[str], s: ConsistencySettings) -> dict[str, Any]:
     runs = [load_lcm_lora_run(d) for d in run_dirs]
     _check(s, runs)
     method = runs[0].method_config
-    g = s.guidance_scale if s.guidance_scale is not None else 1.0 + (method.w_min + method.w_max) / 2
+    g = s.guidance_scale if s.guidance_scale is not None else (method.guidance_scale_min + method.guidance_scale_max) / 2
     components = load_teacher(runs[0].model, device=s.device)
     pipe = build_pipeline(components)
     # the pipeline's UNet: the teacher while no LoRA is loaded, a student while one is
@@ -200,7 +200,7 @@ def _score(run_dirs: list[str], s: ConsistencySettings) -> dict[str, Any]:
     rows += _student_rows(pipe, model, run_dirs, runs, points, refs)
     return {
         "benchmark": "LCM consistency error per timestep: MSE(f(z_t, t), guided teacher DDIM ODE from z_t to 0)",
-        "teacher": str(runs[0].model.pretrained_model_name_or_path), "guidance_scale": g, "lcm_w": g - 1.0,
+        "teacher": str(runs[0].model.pretrained_model_name_or_path), "guidance_scale": g,
         "settings": dataclasses.asdict(s) | {"guidance_scale": g}, "num_images": s.num_samples,
         "device": str(next(pipe.unet.parameters()).device), "torch": torch.__version__, "rows": rows,
     }

@@ -94,7 +94,7 @@ def run_sd15_lora_benchmark(batch_size: int = 8, resolution: int = 512, steps: i
             "batch_size": batch_size, "resolution": resolution, "latent_size": resolution // 8, "steps_timed": steps,
             "warmup_steps": 3, "mixed_precision": mixed_precision, "gradient_checkpointing": gradient_checkpointing,
             "lora_rank": method.lora_rank, "lora_alpha": method.lora_alpha, "lora_target_modules": method.lora_target_modules,
-            "w_range": [method.w_min, method.w_max], "num_ddim_timesteps": method.num_ddim_timesteps,
+            "guidance_scale_range": [method.guidance_scale_min, method.guidance_scale_max], "num_ddim_timesteps": method.num_ddim_timesteps,
             **_parameter_counts(engine.method.unet),
         },
     }
@@ -107,5 +107,5 @@ def _write(result: dict, output: Path) -> None:
 
     s = result["settings"]
     note = (f"{result['benchmark']}; {s['unet_parameters'] / 1e6:.1f}M frozen UNet parameters, {s['trainable_parameters'] / 1e6:.2f}M "
-            f"trainable (LoRA, alpha {s['lora_alpha']}); w ∈ [{s['w_range'][0]}, {s['w_range'][1]}].")
+            f"trainable (LoRA, alpha {s['lora_alpha']}); guidance_scale in [{s['guidance_scale_range'][0]}, {s['guidance_scale_range'][1]}].")
     write_results(result, output, {"LoRA rank": str(s["lora_rank"])}, note)

@@ -44,7 +44,7 @@ def measure_training(batch_size: int, steps: int) -> dict[str, float]:
     from distill_diffusion.models.denoiser import Denoiser
 
     with tempfile.TemporaryDirectory() as tmp:
-        engine, data = tiny_engine(Path(tmp), "lcm", batch_size, {"lora_rank": 16, "lora_alpha": 16, "w_min": 2.0, "w_max": 2.0})
+        engine, data = tiny_engine(Path(tmp), "lcm", batch_size, {"lora_rank": 16, "lora_alpha": 16, "guidance_scale_min": 3.0, "guidance_scale_max": 3.0})
         m = engine.method
         batch = collate_latents([data[i] for i in range(batch_size)])
         x0, c = batch["latents"], batch["prompt_embeds"]

@@ -4,19 +4,23 @@ diffusers LCM scripts; docs/lcm.md)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
-from distill_diffusion.config_types import check_choices
+from distill_diffusion.config_types import RenamedOption, check_choices
 from distill_diffusion.errors import require
 from distill_diffusion.models.lora import LoRAOptions
+from distill_diffusion.models.teacher import GUIDANCE_RANGE_RENAMES, check_guidance_range
 
 
 @dataclass
 class LCMConfig(LoRAOptions):
     """Options of latent consistency distillation (defaults: the LCM/LCM-LoRA papers' and diffusers scripts' values).
 
-    ``lora``: LCM-LoRA (one UNet: frozen base = teacher, LoRA = student); false trains a full w-conditioned LCM.
+    ``lora``: LCM-LoRA (one UNet: frozen base = teacher, LoRA = student); false trains a full LCM student that takes the
+    guidance scale as an input (a guidance embedding, arXiv:2310.04378 Sec. 4.2).
     """
+
+    renamed_options: ClassVar[dict[str, RenamedOption]] = GUIDANCE_RANGE_RENAMES
 
     #: Dropout on the LoRA input; applies to the target pass too (the same module in train mode, as the reference).
     lora_dropout: float = 0.0
@@ -25,9 +29,11 @@ class LCMConfig(LoRAOptions):
     #: DDIM sub-steps the teacher takes from t_{n+k} to t_n (1 = the reference LCD solver). More sub-steps make
     #: each hop more accurate (a coarse grid, few hops, a fine ODE solve) at one teacher forward per sub-step.
     solver_substeps: int = 1
-    #: Teacher guidance w ~ U[w_min, w_max] in the LCM form (1+w)·cond − w·uncond, i.e. diffusers g = w + 1.
-    w_min: float = 5.0
-    w_max: float = 15.0
+    #: Lowest teacher guidance_scale the student is distilled for (diffusers convention; 1 = no guidance): each sample
+    #: draws one uniformly from [guidance_scale_min, guidance_scale_max], 6 to 16 as in the diffusers LCM scripts.
+    guidance_scale_min: float = 6.0
+    #: Highest teacher guidance_scale the student is distilled for.
+    guidance_scale_max: float = 16.0
     #: huber: sqrt((a−b)² + c²) − c with c = huber_c; l2: mean squared error. Both in fp32.
     loss_type: Literal["huber", "l2"] = "huber"
     huber_c: float = 0.001
@@ -36,7 +42,7 @@ class LCMConfig(LoRAOptions):
     #: μ of the target network θ⁻ ← μ·θ⁻ + (1−μ)·θ. None: LoRA uses the student itself under no_grad
     #: (the LCM-LoRA reference), the full model 0.95 (the LCM reference). A value with LoRA keeps an EMA LoRA.
     target_ema_decay: float | None = None
-    #: Full model only: size of the w-embedding projection added to the student (time_cond_proj_dim).
+    #: Full model only: size of the guidance embedding's projection added to the student (time_cond_proj_dim).
     time_cond_proj_dim: int = 256
     #: Unconditional input of the teacher's CFG: the empty prompt's embedding (what SD pipelines use),
     #: or zeros (what the diffusers LCM scripts use).
@@ -52,8 +58,7 @@ class LCMConfig(LoRAOptions):
         require(0.0 <= self.lora_dropout < 1.0, f"method.lora_dropout={self.lora_dropout} must be in [0, 1); pass e.g. 0.0")
         require(self.num_ddim_timesteps >= 1, f"method.num_ddim_timesteps={self.num_ddim_timesteps} must be >= 1; the reference uses 50")
         require(self.solver_substeps >= 1, f"method.solver_substeps={self.solver_substeps} must be >= 1; 1 is the reference solver")
-        require(self.w_min >= 0, f"method.w_min={self.w_min} must be >= 0 (LCM form, g = w + 1); pass e.g. 5")
-        require(self.w_min <= self.w_max, f"method.w_min={self.w_min} is larger than method.w_max={self.w_max}; swap them or make them equal")
+        check_guidance_range(self.guidance_scale_min, self.guidance_scale_max)
         require(self.huber_c > 0, f"method.huber_c={self.huber_c} must be > 0; the reference uses 0.001")
         require(self.timestep_scaling > 0, f"method.timestep_scaling={self.timestep_scaling} must be > 0; LCMScheduler uses 10")
         if self.target_ema_decay is None and not self.lora:

@@ -7,7 +7,8 @@ Stable-Diffusion Acceleration Module", arXiv:2311.05556. Mistakes of the diffuse
 two fp32 UNets, v outputs read as eps, unloadable LoRA exports. Defaults and outputs: docs/lcm.md.
 
 Guidance convention: ``w`` is the LCM-paper weight, ``(1 + w) cond − w uncond``; diffusers' guidance
-scale is ``g = w + 1`` (``core.guidance``).
+scale is ``g = w + 1`` (``core.guidance``). Users give the range as diffusers scales (``guidance_scale_min``,
+``guidance_scale_max``); :func:`~distill_diffusion.core.sample_lcm_w` draws w from it.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from distill_diffusion.core import (
     consistency_function,
     guidance_embedding,
     previous_on_grid,
+    sample_lcm_w,
     skipping_step_grid,
 )
 from distill_diffusion.core.losses import l2, pseudo_huber
@@ -70,7 +72,7 @@ def check_solver_grid(num_train_timesteps: int, config: LCMConfig) -> None:
 
 
 def check_proj_dim(have: int | None, config: LCMConfig) -> None:
-    """A teacher that already has a w-embedding must keep its size (its weights are loaded into the student)."""
+    """A teacher that already has a guidance embedding must keep its size (its weights are loaded into the student)."""
     require(have in (None, config.time_cond_proj_dim),
             f"the teacher UNet already has time_cond_proj_dim={have}; pass --method.time_cond_proj_dim {have}")
 
@@ -165,10 +167,10 @@ class LCM(MethodBase):
         return LossOutput(self.distance(pred, target))
 
     def sample_timesteps_and_w(self, batch_size: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
-        """``(t_{n+k}, t_n, w)`` per sample, as the reference: n ~ U{0..N−1}, w ~ U[w_min, w_max]."""
+        """``(t_{n+k}, t_n, w)`` per sample, as the reference: n ~ U{0..N−1}, w ~ U[w_min, w_max] (w = guidance_scale − 1)."""
         n = torch.randint(0, self.config.num_ddim_timesteps, (batch_size,), device=device)
         t_nk = self.grid.to(device)[n]
-        w = torch.rand(batch_size, device=device) * (self.config.w_max - self.config.w_min) + self.config.w_min
+        w = sample_lcm_w(batch_size, self.config.guidance_scale_min, self.config.guidance_scale_max, device)
         return t_nk, previous_on_grid(t_nk, self.k), w
 
     def w_condition(self, w: Tensor) -> dict[str, Tensor]:
@@ -270,7 +272,7 @@ class LCM(MethodBase):
         return build_pipeline(self.components, unet=self.unet, scheduler=self.scheduler())
 
     def validation_call_kwargs(self) -> dict[str, Any]:
-        """LoRA students sample with guidance off (1.0) by default, full ones at their w-embedding's scale."""
+        """LoRA students sample with guidance off (1.0) by default, full ones at 8.5 through their guidance embedding."""
         return {"guidance_scale": float(self.config.validation_guidance_scale)}  # type: ignore[arg-type]
 
     def export(self, output_dir: Path) -> None:
@@ -321,14 +323,14 @@ from diffusers import DiffusionPipeline
 pipe = DiffusionPipeline.from_pretrained("path/to/this/folder")  # LatentConsistencyModelPipeline + LCMScheduler
 image = pipe("a prompt", num_inference_steps=4, guidance_scale={g}).images[0]
 """
-        what = (f"Full UNet with a w-embedding (time_cond_proj_dim {cfg.time_cond_proj_dim}); `unet/` (the online student) "
+        what = (f"Full UNet with a guidance embedding (time_cond_proj_dim {cfg.time_cond_proj_dim}); `unet/` (the online student) "
                 f"loads with UNet2DConditionModel; `unet_target/` is the EMA target network (decay {cfg.target_ema_decay}), "
                 f"`UNet2DConditionModel.from_pretrained(folder, subfolder=\"unet_target\")`.")
-        guidance = f"guidance_scale {g} (the student is conditioned on w = guidance_scale − 1; no CFG pass)"
+        guidance = f"guidance_scale {g} (the student takes the guidance scale as an input; no CFG pass)"
     extra = f"""
 - Inference: LCMScheduler, 2–8 steps (4 recommended), {guidance}.
-- Distillation: skipping-step DDIM solver N = {cfg.num_ddim_timesteps} ({cfg.solver_substeps} DDIM sub-step(s) per hop), teacher guidance w ∈ [{cfg.w_min}, {cfg.w_max}]
-  (LCM form; diffusers scale w + 1), {cfg.loss_type} loss, target EMA {cfg.target_ema_decay}.
+- Distillation: skipping-step DDIM solver N = {cfg.num_ddim_timesteps} ({cfg.solver_substeps} DDIM sub-step(s) per hop), teacher
+  guidance_scale in [{cfg.guidance_scale_min}, {cfg.guidance_scale_max}], {cfg.loss_type} loss, target EMA {cfg.target_ema_decay}.
 - {what}
 """
     sampling = CardSampling("lcm" if cfg.lora else "lcm-full", 4, g)  # type: ignore[arg-type]

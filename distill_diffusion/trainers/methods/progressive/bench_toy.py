@@ -48,28 +48,31 @@ def toy_plan(world: Any, run: Any) -> Any:
 
 
 def toy_method_options(guidance_scale: float) -> dict[str, Any]:
-    """The config's method options at the benchmark's guidance: a fixed-guidance config is trained at
-    w = guidance_scale − 1, so its students and the teacher rows share one scale (a w-conditioned student is
-    sampled at it instead)."""
+    """The config's method options at the benchmark's guidance: a fixed-guidance config is trained at that
+    guidance_scale, so its students and the teacher rows share one scale (a student that takes the guidance scale as an
+    input is sampled at it instead)."""
     from distill_diffusion.config import load_config
 
     require(guidance_scale >= 1, f"--guidance_scale {guidance_scale}: must be >= 1 (diffusers scale; 1 = no guidance)")
-    return {"w_min": guidance_scale - 1} if load_config(CONFIG)["method"].get("guidance") == "fixed" else {}
+    return {"guidance_scale_min": guidance_scale} if load_config(CONFIG)["method"].get("guidance") == "fixed" else {}
 
 
 def check_finished_run(run: Any, run_dir: Path) -> None:
     """A finished run in ``run_dir`` is reused only at the guidance it was trained at (a run stopped mid-way is
     refused by the engine's resume check instead)."""
     from distill_diffusion.config import load_yaml
+    from distill_diffusion.config_types import read_renamed
 
     saved = run_dir / "config.yaml"
     if not (run_dir / "model_index.json").is_file() or not saved.is_file():
         return
-    method = load_yaml(saved).get("method") or {}
     want = run.method_config
-    if method.get("guidance") != want.guidance or float(method.get("w_min", want.w_min)) != want.w_min:
-        raise UserError(f"{run_dir} holds a run trained with guidance {method.get('guidance')} at w = {method.get('w_min')}, "
-                        f"not {want.guidance} at w = {want.w_min}; pass another --run_dir, or that run's --guidance_scale")
+    method = read_renamed(type(want), load_yaml(saved).get("method") or {}, "method")  # a run saved before the rename too
+    scale = float(method.get("guidance_scale_min", want.guidance_scale_min))
+    if method.get("guidance") != want.guidance or scale != want.guidance_scale_min:
+        raise UserError(f"{run_dir} holds a run trained with guidance {method.get('guidance')} at guidance_scale {scale}, "
+                        f"not {want.guidance} at guidance_scale {want.guidance_scale_min}; pass another --run_dir, or that run's "
+                        "--guidance_scale")
 
 
 def train_toy_progressive(world: Any, run_dir: Path, method_options: dict[str, Any]) -> tuple[Any, dict[str, float]]:

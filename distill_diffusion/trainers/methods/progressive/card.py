@@ -18,11 +18,14 @@ pipe = StableDiffusionPipeline.from_pretrained("path/to/this/folder")  # its DDI
 image = pipe("a prompt", num_inference_steps={steps}, guidance_scale={g}).images[0]
 """
     if method.w_conditioned:
-        guidance = (f"guidance_scale {g}: the student is conditioned on w = guidance_scale − 1 (time_cond_proj_dim "
-                    f"{cfg.time_cond_proj_dim}, trained for w in [{cfg.w_min}, {cfg.w_max}]), one UNet call per step, no CFG pass")
-    else:
-        guidance = (f"guidance_scale 1: guidance w = {cfg.w_min if cfg.guidance == 'fixed' else 0} is built into the student "
+        guidance = (f"guidance_scale {g}: the student takes the guidance scale as an input (time_cond_proj_dim "
+                    f"{cfg.time_cond_proj_dim}, trained for guidance_scale in [{cfg.guidance_scale_min}, {cfg.guidance_scale_max}]), "
+                    "one UNet call per step, no CFG pass")
+    elif cfg.guidance == "fixed":
+        guidance = (f"guidance_scale 1: the teacher's guidance_scale {cfg.guidance_scale_min} is built into the student "
                     "(a CFG pass on top would apply it twice)")
+    else:
+        guidance = "guidance_scale 1: distilled from the unguided teacher"
     extra = f"""
 - Inference: DDIMScheduler (trailing spacing, prediction_type {cfg.prediction_type}, last step to alpha = 1) at exactly
   {steps} steps, the grid it was distilled on; {guidance}.

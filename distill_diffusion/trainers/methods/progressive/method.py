@@ -7,7 +7,8 @@ get Alg. 2 wrong in two ways avoided here: one swaps t' and t''; one does not so
 
 Each round is an engine :class:`Stage`: fresh optimizer and LR schedule, a restarted EMA; at its end the student
 (its EMA when kept) becomes the teacher of the next round and is exported as a pipeline folder. Guidance in the
-LCM/Meng form ``(1 + w)·cond − w·uncond``; diffusers' guidance scale is ``w + 1``.
+LCM/Meng form ``(1 + w)·cond − w·uncond``; diffusers' guidance scale is ``w + 1``, the form users give it in
+(``guidance_scale_min``, ``guidance_scale_max``; :mod:`distill_diffusion.core.guidance` converts).
 
 Alg. 2 starts the student as the teacher. The student's weights are the teacher's, but where it predicts another
 quantity (v or x0 from an eps teacher) the same outputs mean another x̂ (on SD 1.5's schedule −z instead of the
@@ -25,7 +26,14 @@ import torch
 from torch import Tensor
 
 from distill_diffusion.config import RunConfig, TrainConfig
-from distill_diffusion.core import append_dims, ddim_step, guidance_embedding, progressive_target_x0
+from distill_diffusion.core import (
+    append_dims,
+    ddim_step,
+    guidance_embedding,
+    guidance_scale_to_lcm_w,
+    progressive_target_x0,
+    sample_lcm_w,
+)
 from distill_diffusion.core.losses import weighted_mse
 from distill_diffusion.errors import require
 from distill_diffusion.models import sharded
@@ -58,7 +66,8 @@ class Progressive(MethodBase):
                             "Meng et al., On Distillation of Guided Diffusion Models, arXiv:2210.03142")
     config_class: ClassVar[type] = ProgressiveConfig
     resume_fields: ClassVar[tuple[str, ...]] = (
-        "start_steps", "target_steps", "steps_per_round", "guidance", "guidance_steps", "w_min", "w_max", "time_cond_proj_dim",
+        "start_steps", "target_steps", "steps_per_round", "guidance", "guidance_steps", "guidance_scale_min", "guidance_scale_max",
+        "time_cond_proj_dim",
         "prediction_type", "convert_steps",
     )
 
@@ -130,7 +139,7 @@ class Progressive(MethodBase):
     def first_teacher(self, z: Tensor, t: Tensor, c: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
         """``(x̂, ε̂)`` of the original teacher, guided at w (no uncond pass when the plan has no guidance)."""
         teacher = Denoiser(self.teacher_unet, self.schedule, self.components.prediction_type)
-        if self.w_conditioned or (self.config.guidance == "fixed" and self.config.w_min > 0):
+        if self.w_conditioned or (self.config.guidance == "fixed" and self.config.guidance_scale_min > 1):
             return guided_prediction(teacher, z, t, c, self.uncond(c), w)
         out = teacher(z, t, c)
         return out.x0, out.eps
@@ -177,13 +186,13 @@ class Progressive(MethodBase):
         return Denoiser(self.unet if unet is None else unet, self.schedule, self.config.prediction_type)
 
     def sample_w(self, batch_size: int, device: torch.device) -> Tensor:
-        """w ~ U[w_min, w_max] for a w-conditioned student; w_min (fixed) or 0 (none) otherwise."""
+        """w ~ U[w_min, w_max] for a w-conditioned student; w_min (fixed) or 0 (none) otherwise (w = guidance_scale − 1)."""
         cfg = self.config
         if cfg.guidance == "none":
             return torch.zeros(batch_size, device=device)
         if cfg.guidance == "fixed":
-            return torch.full((batch_size,), cfg.w_min, device=device)
-        return torch.rand(batch_size, device=device) * (cfg.w_max - cfg.w_min) + cfg.w_min
+            return torch.full((batch_size,), guidance_scale_to_lcm_w(cfg.guidance_scale_min), device=device)
+        return sample_lcm_w(batch_size, cfg.guidance_scale_min, cfg.guidance_scale_max, device)
 
     def w_condition(self, w: Tensor) -> dict[str, Tensor]:
         """``timestep_cond`` = the sinusoidal embedding of w·1000 (as diffusers' pipelines feed guidance_scale − 1)."""
