@@ -151,7 +151,7 @@ SAMPLERS: dict[str, Sampler] = {
             4,
             7.5,
             "progressive-distillation student: its own exported DDIM (trailing, v-prediction) at its round's step count; "
-            "a w-conditioned student reads w = guidance - 1 (one UNet call a step), one with guidance built in needs guidance 1",
+            "a guidance-conditioned student takes guidance_scale through its guidance embedding (one UNet call a step), one with guidance built in needs guidance_scale 1",
         ),
         Sampler(
             "lcm",
@@ -178,7 +178,7 @@ SAMPLERS: dict[str, Sampler] = {
             "LCMScheduler",
             4,
             8.5,
-            "full LCM student with a guidance embedding (w = guidance - 1), LatentConsistencyModelPipeline",
+            "full LCM student with a guidance embedding (it takes guidance_scale, no CFG pass), LatentConsistencyModelPipeline",
             pipeline="LatentConsistencyModelPipeline",
             needs_guidance_embedding=True,
             max_steps_key="original_inference_steps",
