@@ -128,6 +128,8 @@ def test_the_second_teacher_step_check_runs(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="measured FD 7.12 / 8.92 / 22.13 at 1 / 2 / 4 steps "
+                   "(benchmarks/results/second_teacher/ladd_step_check.json): more steps are worse on this teacher")
 def test_more_student_steps_are_never_worse_on_a_second_teacher(tmp_path: Path) -> None:
     """Another architecture on other data (``second_teacher``): with backward simulation (the ``tiny/ladd`` config's), 2
     and 4 steps of the student's sampler are no worse than 1 (Fréchet distance to real latents, N = 1024)."""
