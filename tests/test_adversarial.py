@@ -149,3 +149,51 @@ def test_approximate_r1_is_per_head_and_per_position_too(tiny_pipeline_dir: Path
     m = method(tiny_pipeline_dir, r1_gamma=1.0, r1_approximate_sigma=0.1)
     monkeypatch.setattr(torch, "randn_like", torch.ones_like)
     assert discriminator_on(m, monkeypatch)["r1"] == pytest.approx(2 * 0.1**2)
+
+
+def record_conditions(engine: Any) -> list[torch.Tensor]:
+    """Each heads call's condition (the generator's on its fakes, the discriminator's on reals and fakes: twice the rows)."""
+    forward, calls = engine.method.heads.forward, []
+
+    def spy(features: dict[str, torch.Tensor], cond: torch.Tensor) -> Any:
+        calls.append(cond.detach().clone())
+        return forward(features, cond)
+
+    engine.method.heads.forward = spy
+    return calls
+
+
+@pytest.mark.parametrize("name", ["ladd", "add"])
+def test_the_discriminator_can_be_conditioned_on_each_fakes_student_timestep(name: str, tiny_pipeline_dir: Path,
+                                                                             tmp_path: Path) -> None:
+    """``disc_student_timestep``: the heads' condition ends with the embedding of the student timestep each fake was made
+    at, the generator's and the discriminator's calls agree on it, and a real sample carries its fake's timestep (so the
+    label says nothing of which rows are real); off, the condition is unchanged."""
+    from distill_diffusion.trainers.methods.adversarial import method as adversarial
+    from distill_diffusion.trainers.methods.adversarial.heads import TIME_DIM, timestep_condition
+
+    widths = {}
+    for on in (False, True):
+        engine = adversarial_engine(tmp_path / str(on), tiny_pipeline_dir, name, disc_student_timestep=on, disc_updates=1)
+        drawn = []
+        sample = adversarial.sample_student_timesteps
+
+        def spy(*args: Any) -> torch.Tensor:
+            drawn.append(sample(*args))
+            return drawn[-1]
+
+        calls = record_conditions(engine)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(adversarial, "sample_student_timesteps", spy)
+            torch.manual_seed(0)
+            assert engine.step(engine.next_micro()) is not None
+        generator = [cond for cond in calls if cond.shape[0] == 2]
+        discriminator = [cond for cond in calls if cond.shape[0] == 4]
+        assert len(generator) == len(discriminator) == 2 == len(drawn)  # accumulation 2
+        widths[on] = generator[0].shape[1]
+        if on:
+            for t, g, d in zip(drawn, generator, discriminator, strict=True):
+                label = timestep_condition(t)
+                assert torch.equal(g[:, -TIME_DIM:], label)
+                assert torch.equal(d[:, -TIME_DIM:], torch.cat([label, label]))  # reals first, then their fakes
+    assert widths[True] == widths[False] + TIME_DIM

@@ -37,7 +37,7 @@ class ADD(AdversarialMethod):
     card_name: ClassVar[str] = "add"
     reuses_fake_features: ClassVar[bool] = True
     resume_fields: ClassVar[tuple[str, ...]] = ("lora", "lora_rank", "lora_alpha", "lora_target_modules", "feature_layers",
-                                                "head_width", "image_conditioning")
+                                                "head_width", "image_conditioning", "disc_student_timestep")
 
     @classmethod
     def extra_models(cls, config: ADDConfig) -> dict[str, ExtraModel]:
@@ -60,7 +60,7 @@ class ADD(AdversarialMethod):
 
     def build_heads(self) -> nn.Module:
         text = cross_attention_width(dict(self.components.unet.config))
-        cond = text + (self.vit.width if self.config.image_conditioning else 0)
+        cond = text + (self.vit.width if self.config.image_conditioning else 0) + self.student_timestep_width()
         return DiscriminatorHeads(dict.fromkeys(self.vit.names(), self.vit.width), cond, self.config.head_width, dims=1)
 
     def images(self, latents: Tensor) -> Tensor:

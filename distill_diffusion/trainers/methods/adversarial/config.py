@@ -36,6 +36,12 @@ class AdversarialConfig(LoRAOptions):
     #: arXiv:2405.14867, §4.5), so the later steps learn to correct the student's own samples. Needs the student timesteps
     #: to be the sampler's trailing grid from T − 1 (999, 749, 499, 249); costs k forwards without gradients per such row.
     backward_simulation: bool = False
+    #: Condition the discriminator on the student timestep each fake was made at (a real sample gets the timestep of the
+    #: fake made from it, so its label says nothing of it): each student timestep then has its own decision boundary
+    #: (Lin et al., SDXL-Lightning, arXiv:2402.13929, §3.2, condition theirs on the student's timesteps). Unconditioned, a
+    #: discriminator fitted mostly to the first timestep's fakes (0.7 of them) rewards whatever those lack, and the later
+    #: timesteps overshoot in that direction (docs/ladd.md, "Multi-step sampling").
+    disc_student_timestep: bool = False
     #: Discriminator updates per generator update (each on a fresh batch; users needed more D than G updates).
     disc_updates: int = 1
     #: Width of each discriminator head's conv layers.

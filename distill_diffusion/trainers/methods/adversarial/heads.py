@@ -76,7 +76,12 @@ def rows(logits: list[Tensor], index: slice) -> list[Tensor]:
     return [k[index] for k in logits]
 
 
+def timestep_condition(t: Tensor) -> Tensor:
+    """The sinusoidal embedding of integer timesteps [B] -> [B, TIME_DIM] in fp32 (diffusers' UNet convention)."""
+    return get_timestep_embedding(t, TIME_DIM, flip_sin_to_cos=True).float()
+
+
 def noise_text_condition(t: Tensor, c: Tensor) -> Tensor:
     """LADD's condition: [sinusoidal(t), mean of the text embedding's tokens] in fp32 (the pooled text embedding of
     cached prompts)."""
-    return torch.cat([get_timestep_embedding(t, TIME_DIM, flip_sin_to_cos=True), c.float().mean(dim=1)], dim=1)
+    return torch.cat([timestep_condition(t), c.float().mean(dim=1)], dim=1)

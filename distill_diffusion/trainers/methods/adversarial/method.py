@@ -46,7 +46,13 @@ from distill_diffusion.models.lora import (
 from distill_diffusion.models.students import build_student
 from distill_diffusion.models.teacher import UncondEmbedding, guided_prediction
 from distill_diffusion.trainers.methods.adversarial.config import AdversarialConfig
-from distill_diffusion.trainers.methods.adversarial.heads import rows, sample_scores, sum_over_heads
+from distill_diffusion.trainers.methods.adversarial.heads import (
+    TIME_DIM,
+    rows,
+    sample_scores,
+    sum_over_heads,
+    timestep_condition,
+)
 from distill_diffusion.trainers.methods.adversarial.simulation import (
     BackwardSimulation,
     check_backward_simulation,
@@ -73,6 +79,8 @@ class Fakes:
     latents: Tensor
     c: Tensor
     source: Any
+    #: The student timestep each sample was made at (the discriminator's condition with ``disc_student_timestep``).
+    t: Tensor
     features: tuple[dict[str, Tensor], Tensor] | None = None
 
 
@@ -163,8 +171,17 @@ class AdversarialMethod(MethodBase):
 
     def build_heads(self) -> nn.Module:
         """The discriminator's trainable heads, called ``heads(features, cond) -> logits``, one [B, positions] tensor per
-        head (:class:`~distill_diffusion.trainers.methods.adversarial.heads.DiscriminatorHeads`)."""
+        head (:class:`~distill_diffusion.trainers.methods.adversarial.heads.DiscriminatorHeads`); their condition is
+        :meth:`features`' plus :meth:`student_timestep_width` more values."""
         raise NotImplementedError
+
+    def student_timestep_width(self) -> int:
+        """How many values :meth:`with_student_timestep` appends to the heads' condition (0 unless ``disc_student_timestep``)."""
+        return TIME_DIM if self.config.disc_student_timestep else 0
+
+    def with_student_timestep(self, cond: Tensor, t: Tensor) -> Tensor:
+        """``cond`` with the embedding of each row's student timestep appended (``disc_student_timestep``), else itself."""
+        return torch.cat([cond, timestep_condition(t)], dim=1) if self.config.disc_student_timestep else cond
 
     def features(self, latents: Tensor, c: Tensor, source: Any, own_rows: int) -> tuple[dict[str, Tensor], Tensor]:
         """The heads' inputs and condition for ``latents`` (gradients flow to ``latents`` unless under no_grad).
@@ -203,7 +220,7 @@ class AdversarialMethod(MethodBase):
     def generator_loss(self, x0: Tensor, c: Tensor, ctx: StepContext) -> LossOutput:
         cfg = self.config
         # 1. The student denoises z_t in one step, t from its timesteps (LADD: mostly 999, the 1-step case).
-        fake = self.student_sample(x0, c, ctx.module("unet"))
+        fake, t = self.student_sample(x0, c, ctx.module("unet"))
         with torch.no_grad():
             source = self.source_condition(x0)
         # 2. Score the sample; gradients reach the student through the frozen feature network's input.
@@ -211,8 +228,8 @@ class AdversarialMethod(MethodBase):
         # kept for the discriminator's first update, per micro-batch: each of its micro-batches scores the samples the
         # generator made from the same real latents
         kept = ({k: v.detach() for k, v in features.items()}, cond.detach()) if self.reuses_fake_features else None
-        ctx.store.setdefault(_FAKES, {})[ctx.micro_batch] = Fakes(fake.detach(), c, source, kept)
-        logits = self.heads(features, cond)
+        ctx.store.setdefault(_FAKES, {})[ctx.micro_batch] = Fakes(fake.detach(), c, source, t, kept)
+        logits = self.heads(features, self.with_student_timestep(cond, t))
         adv = hinge_or_softplus(None, logits, cfg.adv_loss)
         loss, logs = cfg.adv_weight * adv, {"g_adv": float(adv.detach()), "d_fake_g": mean_logit(logits)}
         # 3. Optional distillation: ᾱ_s·‖x̂ − x̂_teacher(z_s)‖² at a fresh s on the re-noised sample (ADD eq. 5).
@@ -222,14 +239,15 @@ class AdversarialMethod(MethodBase):
             logs["g_distill"] = float(distill.detach())
         return LossOutput(loss, logs)
 
-    def student_sample(self, x0: Tensor, c: Tensor, unet: nn.Module) -> Tensor:
-        """The student's one-step sample x̂0 from ``student_input`` at a timestep drawn from its own (ADD §3.1)."""
+    def student_sample(self, x0: Tensor, c: Tensor, unet: nn.Module) -> tuple[Tensor, Tensor]:
+        """The student's one-step sample x̂0 from ``student_input`` at a timestep drawn from its own (ADD §3.1), and
+        those timesteps."""
         cfg = self.config
         t = sample_student_timesteps(cfg.student_timesteps, cfg.student_timestep_probs, x0.shape[0], x0.device)
         z_t = self.student_input(x0, t)
         if self.simulation is not None:  # later timesteps: the sampler's own input (DMD2 §4.5), not a noised real latent
             z_t = self.simulation(unet, z_t, t, c)
-        return Denoiser(unet, self.schedule, self.components.prediction_type)(z_t, t, c).x0
+        return Denoiser(unet, self.schedule, self.components.prediction_type)(z_t, t, c).x0, t
 
     def student_input(self, x0: Tensor, t: Tensor) -> Tensor:
         """The student's input z_t = α_t·x0 + σ_t·ε (ADD §3.1); with ``first_step_pure_noise``, ε alone at the first
@@ -246,7 +264,10 @@ class AdversarialMethod(MethodBase):
         # 4. Real latents and the generator's samples through the frozen feature network (no gradients: only the heads
         #    learn here).
         with torch.no_grad():
-            features, cond = self.discriminator_inputs(x0, c, self.unseen_fakes(x0, c, ctx))
+            fakes = self.unseen_fakes(x0, c, ctx)
+            features, cond = self.discriminator_inputs(x0, c, fakes)
+            # a real sample is labelled with the student timestep of the fake made from it
+            cond = self.with_student_timestep(cond, torch.cat([fakes.t, fakes.t]))
         exact_r1 = cfg.r1_gamma > 0 and cfg.r1_approximate_sigma == 0
         features = {k: v.float().requires_grad_(exact_r1) for k, v in features.items()}
         logits = ctx.module("disc")(features, cond)
@@ -281,7 +302,8 @@ class AdversarialMethod(MethodBase):
         fakes = ctx.store.get(_FAKES, {}).pop(ctx.micro_batch, None)
         if fakes is not None:
             return fakes
-        return Fakes(self.student_sample(x0, c, ctx.module("unet")), c, self.source_condition(x0))
+        fake, t = self.student_sample(x0, c, ctx.module("unet"))
+        return Fakes(fake, c, self.source_condition(x0), t)
 
     def distillation_loss(self, fake: Tensor, c: Tensor) -> Tensor:
         """ᾱ_s-weighted MSE between the student's sample and the guided teacher's x̂0 from it re-noised at s ~ U{0..T−1}."""

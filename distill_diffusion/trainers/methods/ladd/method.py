@@ -39,7 +39,8 @@ class LADD(AdversarialMethod):
     paper: ClassVar[str] = "Sauer et al., LADD, arXiv:2403.12015, §3"
     config_class: ClassVar[type] = LADDConfig
     card_name: ClassVar[str] = "ladd"
-    resume_fields: ClassVar[tuple[str, ...]] = ("lora", "lora_rank", "lora_alpha", "lora_target_modules", "disc_blocks", "head_width")
+    resume_fields: ClassVar[tuple[str, ...]] = ("lora", "lora_rank", "lora_alpha", "lora_target_modules", "disc_blocks", "head_width",
+                                                    "disc_student_timestep")
 
     @classmethod
     def check_before_loading(cls, run: RunConfig, teacher: TeacherConfigs | None) -> None:
@@ -58,7 +59,8 @@ class LADD(AdversarialMethod):
     def build_heads(self) -> nn.Module:
         unet_config = dict(self.components.unet.config)
         channels = {tap: bb.tap_channels(unet_config, tap) for tap in self.taps}
-        return DiscriminatorHeads(channels, TIME_DIM + cross_attention_width(unet_config), self.config.head_width)
+        return DiscriminatorHeads(channels, TIME_DIM + cross_attention_width(unet_config) + self.student_timestep_width(),
+                                  self.config.head_width)
 
     def features(self, latents: Tensor, c: Tensor, source: Any, own_rows: int) -> tuple[dict[str, Tensor], Tensor]:
         """Each sample re-noised at its own high-biased level t_d, through the backbone up to its deepest tap (adapter
