@@ -61,6 +61,8 @@ class ModelConfig:
     original_config: str | None = None
     #: Load only local files, never download from the hub (tests and air-gapped clusters).
     local_files_only: bool = False
+    #: Another AutoencoderKL (a folder or hub id) used instead of the teacher's VAE, e.g. an fp16-safe SDXL VAE.
+    pretrained_vae_model_name_or_path: str | None = None
 
     def __post_init__(self) -> None:
         self.pretrained_model_name_or_path = str(self.pretrained_model_name_or_path or "")

@@ -18,8 +18,8 @@ from torch import Tensor
 
 from distill_diffusion.core.parameterization import PREDICTION_TYPES, from_x0_eps, to_x0_eps, x0_error_scale
 from distill_diffusion.core.schedule import NoiseSchedule, append_dims
-from distill_diffusion.models.conditioning import Conditioning, as_conditioning
 from distill_diffusion.errors import require
+from distill_diffusion.models.conditioning import Conditioning, as_conditioning
 
 
 @dataclass
