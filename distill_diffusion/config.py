@@ -98,6 +98,9 @@ class DataConfig:
     center_crop: bool = True
     #: Flip images horizontally at random.
     random_flip: bool = False
+    #: SDXL micro-conditioning (time ids): each image's own original size and crop offset (data, as diffusers' SDXL
+    #: training scripts), or the resolution and no crop for every image (fixed); unused by SD 1.x/2.x.
+    micro_conditioning: Literal["data", "fixed"] = "data"
     #: Share of captions replaced by the empty prompt (caption dropout, for CFG training).
     proportion_empty_prompts: float = 0.0
     #: Largest tolerated share of unreadable images before the run stops with an error.

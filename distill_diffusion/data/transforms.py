@@ -112,26 +112,44 @@ class ImageTransform:
     """Resize the shorter side to ``resolution``, crop a square (centre or random), optionally flip.
 
     Matches the diffusers text-to-image scripts (``Resize`` + ``CenterCrop``/``RandomCrop`` +
-    ``RandomHorizontalFlip`` + ``Normalize([0.5], [0.5])``) but honours every flag.
+    ``RandomHorizontalFlip`` + ``Normalize([0.5], [0.5])``) but honours every flag. :meth:`with_geometry` also gives
+    what SDXL's micro-conditioning needs (Podell et al., arXiv:2307.01952, §2.2), recorded as diffusers'
+    ``train_text_to_image_sdxl.py`` does: the original size (h, w) before resizing and the crop's top-left (top, left)
+    in the resized image, measured from the right edge when the image is flipped (that script flips before cropping).
     """
 
     resolution: int
     center_crop: bool = True
     random_flip: bool = False
     interpolation: str = "bilinear"
+    #: ``data``: record each image's own original size and crop; ``fixed``: record (R, R) and (0, 0), the values
+    #: diffusers' SDXL pipelines use at inference (``micro_conditioning`` in DataConfig).
+    micro_conditioning: str = "data"
 
     def __post_init__(self) -> None:
         if self.interpolation not in INTERPOLATIONS:
             raise ValueError(f"interpolation must be one of {sorted(INTERPOLATIONS)}")
+        if self.micro_conditioning not in ("data", "fixed"):
+            raise ValueError("micro_conditioning must be 'data' or 'fixed'")
 
     def __call__(self, img: Image.Image, rng: random.Random) -> torch.Tensor:
         """Decode ``img`` and return a float tensor [3, R, R] in [-1, 1]."""
+        return self.with_geometry(img, rng)[0]
+
+    def with_geometry(self, img: Image.Image, rng: random.Random) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int]]:
+        """``(pixels [3, R, R], original (h, w), crop top-left (top, left))``; the same draws as :meth:`__call__`."""
+        original = _upright_size(img)
         img = self._resize(img)
-        img = self._crop(img, rng)
+        width = img.size[0]
+        img, (top, left) = self._crop(img, rng)
         if self.random_flip and rng.random() < 0.5:
             img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            left = width - left - self.resolution
         array = np.asarray(img, dtype=np.uint8)
-        return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
+        pixels = torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
+        if self.micro_conditioning == "fixed":
+            return pixels, (self.resolution, self.resolution), (0, 0)
+        return pixels, original, (top, left)
 
     def _target_size(self, width: int, height: int) -> tuple[int, int]:
         scale = self.resolution / min(width, height)
@@ -147,13 +165,32 @@ class ImageTransform:
             img = img.resize(size, INTERPOLATIONS[self.interpolation])
         return img
 
-    def _crop(self, img: Image.Image, rng: random.Random) -> Image.Image:
+    def _crop(self, img: Image.Image, rng: random.Random) -> tuple[Image.Image, tuple[int, int]]:
         width, height = img.size
         if self.center_crop:
             left, top = (width - self.resolution) // 2, (height - self.resolution) // 2
         else:
             left, top = rng.randint(0, width - self.resolution), rng.randint(0, height - self.resolution)
-        return img.crop((left, top, left + self.resolution, top + self.resolution))
+        return img.crop((left, top, left + self.resolution, top + self.resolution)), (top, left)
+
+
+#: EXIF orientations that swap width and height (rotations by 90 or 270 degrees, with or without a mirror).
+_TRANSPOSING = {5, 6, 7, 8}
+
+
+def _upright_size(img: Image.Image) -> tuple[int, int]:
+    """(height, width) of the image as shown (after its EXIF rotation), read from the header before any draft decode."""
+    width, height = img.size
+    try:
+        orientation = img.getexif().get(0x0112)
+    except Exception:  # a damaged EXIF block: the pixels may still be fine, and the decode decides
+        orientation = None
+    return (width, height) if orientation in _TRANSPOSING else (height, width)
+
+
+def geometry_fields(original: tuple[int, int], crop_top_left: tuple[int, int]) -> dict[str, torch.Tensor]:
+    """The item fields SDXL's micro-conditioning is built from: ``original_size`` and ``crop_top_left``, int64 [2]."""
+    return {"original_size": torch.tensor(original, dtype=torch.long), "crop_top_left": torch.tensor(crop_top_left, dtype=torch.long)}
 
 
 def pick_caption(value: Any, rng: random.Random) -> str:
