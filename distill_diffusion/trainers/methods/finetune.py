@@ -67,7 +67,7 @@ class FineTune(MethodBase):
     def compute_loss(self, phase: str, batch: dict[str, Any], ctx: StepContext) -> LossOutput:
         x0, c, eps, t, z_t = self.noised_batch(batch)
         # 4. Predict in the model's own parameterisation and regress onto its target (loss in fp32).
-        output = ctx.module("unet")(z_t, t, encoder_hidden_states=c).sample.float()  # fp32 weights (build_unet)
+        output = ctx.module("unet")(z_t, t, **c.unet_kwargs()).sample.float()  # fp32 weights (build_unet)
         return LossOutput(self.task_loss(output, x0, eps, t), {})
 
     def noised_batch(self, batch: dict[str, Any]) -> tuple[torch.Tensor, ...]:
