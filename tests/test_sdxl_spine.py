@@ -198,3 +198,17 @@ def test_conditioning_of_a_plain_sd_teacher_has_no_added_inputs(tiny_pipeline_di
     assert sd.text_encoder_2 is None and not sd.force_zeros_for_empty_prompt
     c = encode_conditioning(sd, ["a red circle"])
     assert isinstance(c, Conditioning) and not c.has_added
+
+
+def test_tiny_builder_takes_the_family(tmp_path: Path) -> None:
+    from diffusers import StableDiffusionXLPipeline
+
+    from distill_diffusion.toy.tiny import build_tiny_components, save_tiny_pipeline
+
+    parts = build_tiny_components(family="sdxl")
+    unet = parts["unet"].config
+    width = parts["text_encoder"].config.hidden_size + parts["text_encoder_2"].config.hidden_size
+    assert unet.cross_attention_dim == width
+    assert unet.projection_class_embeddings_input_dim == 6 * unet.addition_time_embed_dim + parts["text_encoder_2"].config.projection_dim
+    pipe = StableDiffusionXLPipeline.from_pretrained(save_tiny_pipeline(tmp_path / "xl", parts))
+    assert pipe.config.force_zeros_for_empty_prompt
