@@ -43,6 +43,14 @@ def test_geometry_is_the_original_size_and_the_crop_in_the_resized_image() -> No
         torch.testing.assert_close(pixels, expected)
 
 
+def test_original_size_is_as_shown_after_the_exif_rotation() -> None:
+    buffer, exif = io.BytesIO(), Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees: stored 64 wide, shown 64 high
+    _image(64, 32).save(buffer, format="JPEG", exif=exif)
+    _, original, _ = ImageTransform(R).with_geometry(Image.open(io.BytesIO(buffer.getvalue())), item_rng(0, 0, 0))
+    assert original == (64, 32)
+
+
 def test_flipped_crops_are_measured_from_the_right_edge() -> None:
     flip = ImageTransform(R, center_crop=False, random_flip=True)
     plain = ImageTransform(R, center_crop=False)

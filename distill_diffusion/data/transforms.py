@@ -138,8 +138,7 @@ class ImageTransform:
 
     def with_geometry(self, img: Image.Image, rng: random.Random) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int]]:
         """``(pixels [3, R, R], original (h, w), crop top-left (top, left))``; the same draws as :meth:`__call__`."""
-        original = _upright_size(img)
-        img = self._resize(img)
+        img, original = self._resize(img)
         width = img.size[0]
         img, (top, left) = self._crop(img, rng)
         if self.random_flip and rng.random() < 0.5:
@@ -155,15 +154,20 @@ class ImageTransform:
         scale = self.resolution / min(width, height)
         return max(self.resolution, round(width * scale)), max(self.resolution, round(height * scale))
 
-    def _resize(self, img: Image.Image) -> Image.Image:
+    def _resize(self, img: Image.Image) -> tuple[Image.Image, tuple[int, int]]:
+        """The resized image and the original (height, width) as shown, before draft decoding and resizing."""
+        width, height = img.size
         # JPEG draft mode decodes at 1/2, 1/4 or 1/8 scale when that still covers the target size: a
         # large speed-up on web-scale photos; the resize below still sets the exact size.
         img.draft("RGB", self._target_size(*img.size))
+        drafted = img.size
         img = to_rgb(ImageOps.exif_transpose(img))
+        if img.size != drafted:  # an EXIF rotation by 90 or 270 degrees swapped the sides
+            width, height = height, width
         size = self._target_size(*img.size)
         if img.size != size:
             img = img.resize(size, INTERPOLATIONS[self.interpolation])
-        return img
+        return img, (height, width)
 
     def _crop(self, img: Image.Image, rng: random.Random) -> tuple[Image.Image, tuple[int, int]]:
         width, height = img.size
@@ -172,20 +176,6 @@ class ImageTransform:
         else:
             left, top = rng.randint(0, width - self.resolution), rng.randint(0, height - self.resolution)
         return img.crop((left, top, left + self.resolution, top + self.resolution)), (top, left)
-
-
-#: EXIF orientations that swap width and height (rotations by 90 or 270 degrees, with or without a mirror).
-_TRANSPOSING = {5, 6, 7, 8}
-
-
-def _upright_size(img: Image.Image) -> tuple[int, int]:
-    """(height, width) of the image as shown (after its EXIF rotation), read from the header before any draft decode."""
-    width, height = img.size
-    try:
-        orientation = img.getexif().get(0x0112)
-    except Exception:  # a damaged EXIF block: the pixels may still be fine, and the decode decides
-        orientation = None
-    return (width, height) if orientation in _TRANSPOSING else (height, width)
 
 
 def geometry_fields(original: tuple[int, int], crop_top_left: tuple[int, int]) -> dict[str, torch.Tensor]:
