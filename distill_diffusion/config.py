@@ -61,6 +61,8 @@ class ModelConfig:
     original_config: str | None = None
     #: Load only local files, never download from the hub (tests and air-gapped clusters).
     local_files_only: bool = False
+    #: Another AutoencoderKL (a folder or hub id) used instead of the teacher's VAE, e.g. an fp16-safe SDXL VAE.
+    pretrained_vae_model_name_or_path: str | None = None
 
     def __post_init__(self) -> None:
         self.pretrained_model_name_or_path = str(self.pretrained_model_name_or_path or "")
@@ -96,6 +98,9 @@ class DataConfig:
     center_crop: bool = True
     #: Flip images horizontally at random.
     random_flip: bool = False
+    #: SDXL micro-conditioning (time ids): each image's own original size and crop offset (data, as diffusers' SDXL
+    #: training scripts), or the resolution and no crop for every image (fixed); unused by SD 1.x/2.x.
+    micro_conditioning: Literal["data", "fixed"] = "data"
     #: Share of captions replaced by the empty prompt (caption dropout, for CFG training).
     proportion_empty_prompts: float = 0.0
     #: Largest tolerated share of unreadable images before the run stops with an error.

@@ -175,10 +175,9 @@ def test_the_discriminator_can_be_conditioned_on_each_fakes_student_timestep(nam
     widths = {}
     for on in (False, True):
         engine = adversarial_engine(tmp_path / str(on), tiny_pipeline_dir, name, disc_student_timestep=on, disc_updates=1)
-        drawn = []
-        sample = adversarial.sample_student_timesteps
+        drawn: list[torch.Tensor] = []
 
-        def spy(*args: Any) -> torch.Tensor:
+        def spy(*args: Any, drawn: list[torch.Tensor] = drawn, sample: Any = adversarial.sample_student_timesteps) -> torch.Tensor:
             drawn.append(sample(*args))
             return drawn[-1]
 

@@ -111,10 +111,12 @@ def build_latents(root: Path) -> None:
 
 def build_models(root: Path, teacher: Path) -> None:
     """Bad teachers under ``root``: copies of the tiny pipeline with one thing broken, and bad weight files."""
+    from diffusers import AutoencoderKL
     from helpers_sd import save_ldm_single_file
     from safetensors.torch import load_file
 
     from distill_diffusion.toy.tiny import save_toy_dinov2
+    from distill_diffusion.toy.tiny_sdxl import save_tiny_sdxl_pipeline
 
     (root / "empty_model").mkdir()
     for suffix in (".ckpt", ".bin", ".pt"):
@@ -141,6 +143,10 @@ def build_models(root: Path, teacher: Path) -> None:
     save_toy_dinov2(root / "dinov2", resolution=R, hidden_size=16, layers=4)
     edit_copy(root / "dinov2", root / "dinov2_patch_0", "config.json", patch_size=0)
     edit_copy(root / "dinov2", root / "dinov2_layers_text", "config.json", num_hidden_layers="four")
+    refiner = save_tiny_sdxl_pipeline(root / "xl_refiner")
+    index = json.loads((refiner / "model_index.json").read_text())
+    (refiner / "model_index.json").write_text(json.dumps({**index, "text_encoder": [None, None], "tokenizer": [None, None]}))
+    AutoencoderKL(block_out_channels=(32,), norm_num_groups=8, latent_channels=3).save_pretrained(root / "vae_3_channels")
     shutil.copytree(teacher, root / "broken_index")
     (root / "broken_index" / "model_index.json").write_text("{oops")
 
@@ -432,8 +438,12 @@ MODEL_CASES = [
      "model.original_config {bad}/nope: no such folder"),
     ("finetune", ["--pretrained_model_name_or_path", "{bad}/full.safetensors", "--model.original_config", "{bad}/empty_model"],
      "no model_index.json"),
-    ("finetune", ["--pretrained_model_name_or_path", "{bad}/xl.safetensors", "--model.original_config", "{teacher}"], "SDXL"),
-    ("finetune", ["--pretrained_model_name_or_path", "{bad}/xl_text_time"], "SDXL teachers are not supported yet"),
+    ("finetune", ["--pretrained_model_name_or_path", "{bad}/xl.safetensors", "--model.original_config", "{teacher}"],
+     "is an SDXL refiner (no first text encoder, no conditioner.embedders.0.* keys)"),
+    ("finetune", ["--pretrained_model_name_or_path", "{bad}/xl_text_time"], "has no text_encoder_2/ subfolder"),
+    ("lcm", ["--pretrained_model_name_or_path", "{bad}/xl_refiner"], "is an SDXL refiner (no first text encoder, model_index.json"),
+    ("finetune", ["--pretrained_vae_model_name_or_path", "{bad}/missing_vae"], "missing_vae: no such folder"),
+    ("finetune", ["--pretrained_vae_model_name_or_path", "{bad}/a_file"], "is not a model folder with a config.json"),
     ("lcm", ["--pretrained_model_name_or_path", "{bad}/w_teacher", "--method.lora", "false", "--method.time_cond_proj_dim", "16"],
      "already has time_cond_proj_dim=32"),
     ("finetune", ["--pretrained_model_name_or_path", "nobody/no-such-model-xyz"], "cannot load model 'nobody/no-such-model-xyz'"),
@@ -448,6 +458,8 @@ AFTER_LOAD_CASES = [
     ("finetune", ["--pretrained_model_name_or_path", "{bad}/junk_text.safetensors", "--model.original_config", "{teacher}"],
      "Failed to load CLIPTextModel"),
     ("add", ["--method.feature_network", "{bad}/missing_dinov2"], "missing_dinov2: no such folder"),
+    ("finetune", ["--pretrained_vae_model_name_or_path", "{bad}/vae_3_channels"], "has latent_channels=3 but the teacher UNet "
+     "takes in_channels=4"),
 ]
 
 OUTPUT_CASES = [

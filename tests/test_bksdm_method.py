@@ -66,7 +66,7 @@ def test_without_kd_the_loss_is_the_plain_fine_tune_loss(tiny_pipeline_dir: Path
     assert calls == []  # and no teacher forward
     torch.manual_seed(0)
     x0, c, eps, t, z_t = m.noised_batch(batch())
-    expected = m.task_loss(m.unet(z_t, t, encoder_hidden_states=c).sample.float(), x0, eps, t)
+    expected = m.task_loss(m.unet(z_t, t, **c.unet_kwargs()).sample.float(), x0, eps, t)
     torch.testing.assert_close(loss, expected)
 
 

@@ -57,12 +57,11 @@ def test_teacher_with_too_few_training_steps(capsys, tiny_pipeline_dir: Path, to
     assert "has 40 training timesteps, fewer than method.num_ddim_timesteps=50" in line
 
 
-def test_sdxl_teacher_is_refused(capsys, tiny_pipeline_dir: Path, toy_data_dir: Path, tmp_path: Path) -> None:
-    teacher = teacher_copy(tiny_pipeline_dir, tmp_path / "xl")
-    index = json.loads((teacher / "model_index.json").read_text())
-    index["text_encoder_2"] = ["transformers", "CLIPTextModelWithProjection"]
-    (teacher / "model_index.json").write_text(json.dumps(index))
-    assert "SDXL" in run(capsys, teacher, toy_data_dir, tmp_path / "out")
+def test_sdxl_teacher_is_refused(capsys, toy_data_dir: Path, tmp_path: Path) -> None:
+    from distill_diffusion.toy.tiny_sdxl import save_tiny_sdxl_pipeline
+
+    teacher = save_tiny_sdxl_pipeline(tmp_path / "xl")  # loads now; the method itself refuses it for now
+    assert "SDXL teachers are not supported yet" in run(capsys, teacher, toy_data_dir, tmp_path / "out")
 
 
 def test_method_refuses_sdxl_components() -> None:

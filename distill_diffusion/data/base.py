@@ -20,7 +20,13 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from distill_diffusion.data.transforms import ImageTransform, drop_caption, item_rng, pick_caption
+from distill_diffusion.data.transforms import (
+    ImageTransform,
+    drop_caption,
+    geometry_fields,
+    item_rng,
+    pick_caption,
+)
 from distill_diffusion.errors import UserError
 
 
@@ -114,22 +120,23 @@ class CaptionedImageDataset(Dataset):
             if candidate in self.budget.bad_indices:
                 continue
             try:
-                pixels, text = self.decode(candidate, rng)
+                pixels, text, geometry = self.decode(candidate, rng)
             except (UserError, KeyboardInterrupt):
                 raise
             except Exception as error:  # corrupt/truncated data: count it and fall through
                 self.budget.record(candidate, error)
                 continue
-            return {"pixel_values": pixels, "text": drop_caption(text, self.proportion_empty_prompts, rng)}
+            return {"pixel_values": pixels, "text": drop_caption(text, self.proportion_empty_prompts, rng), **geometry}
         self.budget.check()
         raise UserError(f"{self.budget.where}: no image could be read; check the files")
 
-    def decode(self, index: int, rng: Any) -> tuple[torch.Tensor, str]:
-        """Load, decode and transform one item (raises on unreadable data)."""
+    def decode(self, index: int, rng: Any) -> tuple[torch.Tensor, str, dict[str, torch.Tensor]]:
+        """Load, decode and transform one item (raises on unreadable data): pixels, caption, and the original size and
+        crop offset (:func:`~distill_diffusion.data.transforms.geometry_fields`)."""
         img, caption = self.load(index)
         with img:
-            pixels = self.transform(img, rng)
-        return pixels, pick_caption(caption, rng)
+            pixels, original, crop = self.transform.with_geometry(img, rng)
+        return pixels, pick_caption(caption, rng), geometry_fields(original, crop)
 
     def probe(self, count: int) -> None:
         """Decode the first ``count`` items now so a broken dataset fails before training starts."""

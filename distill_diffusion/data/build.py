@@ -18,7 +18,7 @@ from distill_diffusion.errors import require
 
 _DEFAULTS = DataConfig()
 #: Fields that act on images and captions as read; a latent folder holds both encoded already.
-_IMAGE_FIELDS = {"caption_column", "center_crop", "random_flip", "max_bad_fraction", "cache_latents", "cache_dir"}
+_IMAGE_FIELDS = {"caption_column", "center_crop", "random_flip", "max_bad_fraction", "cache_latents", "cache_dir", "micro_conditioning"}
 #: Which optional DataConfig fields each source reads (the rest must stay at their defaults).
 _SOURCE_FIELDS = {
     "imagefolder": {"train_data_dir", "dataset_split", *_IMAGE_FIELDS},
@@ -45,7 +45,7 @@ def check_source_fields(cfg: DataConfig) -> None:
 def build_transform(cfg: DataConfig, interpolation: str = "bilinear") -> ImageTransform:
     """The pixel transform from ``resolution``, ``center_crop`` and ``random_flip``."""
     return ImageTransform(cfg.resolution, center_crop=cfg.center_crop, random_flip=cfg.random_flip,
-                          interpolation=interpolation)
+                          interpolation=interpolation, micro_conditioning=cfg.micro_conditioning)
 
 
 def build_train_dataset(cfg: DataConfig, seed: int | None = 0, interpolation: str = "bilinear") -> Dataset:

@@ -1,8 +1,9 @@
 """Optional latent cache: VAE latents and text embeddings computed once, stored as safetensors shards.
 
 Layout of ``cache_dir``: ``latents-00000.safetensors`` … (tensors ``latents`` [n, C, h, w] and
-``prompt_embeds`` [n, L, D]), ``empty_prompt.safetensors`` (``prompt_embeds`` [L, D], used for caption
-dropout) and ``index.json`` (version, fingerprint, shard sizes, captions, the pixel resolution), written
+``prompt_embeds`` [n, L, D]; for SDXL also the pooled ``text_embeds`` [n, P]; for image data the ``original_size`` and
+``crop_top_left`` [n, 2] SDXL's micro-conditioning is built from), ``empty_prompt.safetensors`` (``prompt_embeds``
+[L, D], and ``text_embeds`` [P] for SDXL, used for caption dropout) and ``index.json`` (version, fingerprint, shard sizes, captions, the pixel resolution), written
 last. Every file is written to a temporary name and renamed, so an interrupted build never looks complete.
 A cache whose fingerprint (data config + model + seed) differs from the requested one is stale and rebuilt, and so is
 one with a missing or damaged file (:func:`shard_problems`).
@@ -180,7 +181,7 @@ def _without_dropout(dataset: Dataset) -> Dataset:
 def build_latent_cache(
     dataset: Dataset,
     encode_images_fn: Callable[[torch.Tensor], torch.Tensor],
-    encode_text_fn: Callable[[list[str]], torch.Tensor],
+    encode_text_fn: Callable[[list[str]], Any],
     cache_dir: str | Path,
     batch_size: int = 16,
     fingerprint: Mapping[str, Any] | None = None,
@@ -191,7 +192,8 @@ def build_latent_cache(
     """Encode every item of ``dataset`` once and write the cache (skipped when a valid one exists).
 
     ``encode_images_fn(pixel_values [B,3,R,R] in [-1,1]) -> latents [B,C,h,w]`` (scaled, e.g.
-    ``models.encode.encode_images``); ``encode_text_fn(list[str]) -> [B, L, D]``. Both run under
+    ``models.encode.encode_images``); ``encode_text_fn(list[str]) -> [B, L, D]`` or a Conditioning (its
+    ``prompt_embeds`` and ``text_embeds`` are stored; time ids come from the stored geometry). Both run under
     ``torch.no_grad``. Call it on the main process only, then build :class:`CachedLatentDataset` everywhere.
     """
     cache_dir = Path(cache_dir).expanduser()
@@ -209,7 +211,8 @@ def build_latent_cache(
     with torch.no_grad():
         for batch in loader:
             pending["latents"].append(encode_images_fn(batch["pixel_values"]).cpu())
-            pending["prompt_embeds"].append(encode_text_fn(batch["text"]).cpu())
+            for key, value in {**text_parts(encode_text_fn(batch["text"])), **geometry(batch)}.items():
+                pending.setdefault(key, []).append(value.cpu())
             captions.extend(batch["text"])
             resolution = int(batch["pixel_values"].shape[-1])
             if sum(len(t) for t in pending["latents"]) >= shard_size:
@@ -221,10 +224,28 @@ def build_latent_cache(
     return cache_dir
 
 
-def save_empty_prompt(encode_text_fn: Callable[[list[str]], torch.Tensor], cache_dir: Path, empty_prompt: str = "") -> None:
-    """``empty_prompt.safetensors``: the embedding swapped in for caption dropout (``prompt_embeds`` [L, D])."""
+def text_parts(encoded: Any) -> dict[str, torch.Tensor]:
+    """What is stored of an encoded prompt batch: ``prompt_embeds``, and a Conditioning's ``text_embeds`` (SDXL)."""
+    if isinstance(encoded, torch.Tensor):
+        return {"prompt_embeds": encoded}
+    return {k: v for k, v in encoded.tensors().items() if k != "time_ids"}
+
+
+#: Per-image preprocessing records stored beside the latents (SDXL's micro-conditioning is built from them).
+GEOMETRY_KEYS = ("original_size", "crop_top_left")
+
+
+def geometry(batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """The batch's original sizes and crop offsets, where its source records them."""
+    return {k: batch[k] for k in GEOMETRY_KEYS if k in batch}
+
+
+def save_empty_prompt(encode_text_fn: Callable[[list[str]], Any], cache_dir: Path, empty_prompt: str = "") -> None:
+    """``empty_prompt.safetensors``: the embeddings swapped in for caption dropout (``prompt_embeds`` [L, D], and
+    ``text_embeds`` [P] for SDXL)."""
     with torch.no_grad():
-        atomic_save({"prompt_embeds": encode_text_fn([empty_prompt])[0].cpu()}, cache_dir / EMPTY_NAME)
+        parts = text_parts(encode_text_fn([empty_prompt]))
+        atomic_save({k: v[0].cpu() for k, v in parts.items()}, cache_dir / EMPTY_NAME)
 
 
 def flush_shard(pending: dict[str, list[torch.Tensor]], cache_dir: Path, shards: list[dict[str, Any]],
@@ -232,7 +253,7 @@ def flush_shard(pending: dict[str, list[torch.Tensor]], cache_dir: Path, shards:
     """Write the pending batches as shard ``len(shards)``, record it in ``shards`` and empty ``pending``."""
     if not pending["latents"]:
         return
-    tensors = {k: torch.cat(v) for k, v in pending.items()}
+    tensors = {k: torch.cat(v) for k, v in pending.items() if v}
     name = shard_name(len(shards))
     atomic_save(tensors, cache_dir / name, metadata)
     shards.append({"file": name, "count": len(tensors["latents"])})
@@ -241,7 +262,8 @@ def flush_shard(pending: dict[str, list[torch.Tensor]], cache_dir: Path, shards:
 
 
 class CachedLatentDataset(Dataset):
-    """Map-style dataset over a latent cache: items ``{"latents", "prompt_embeds", "text"}``.
+    """Map-style dataset over a latent cache: items ``{"latents", "prompt_embeds", "text"}``, and ``text_embeds``,
+    ``original_size`` and ``crop_top_left`` where the cache has them (SDXL; caches of SD teachers have no ``text_embeds``).
 
     Shards are memory-mapped (safetensors ``safe_open``) per process, so DataLoader workers share pages.
     Caption dropout: with probability ``proportion_empty_prompts`` (drawn from ``item_rng(seed, epoch,
@@ -263,7 +285,13 @@ class CachedLatentDataset(Dataset):
         self._ends = _cumulative([s["count"] for s in self.shards])
         self.proportion_empty_prompts, self.seed, self.epoch = proportion_empty_prompts, int(seed or 0), 0
         self._handles: dict[str, Any] = {}
-        self.empty_embeds = self._open(EMPTY_NAME).get_tensor("prompt_embeds")
+        empty = self._open(EMPTY_NAME)
+        self.empty_parts = {k: empty.get_tensor(k) for k in ("prompt_embeds", "text_embeds") if k in empty.keys()}
+
+    @property
+    def empty_embeds(self) -> torch.Tensor:
+        """The empty prompt's ``prompt_embeds`` [L, D] (caption dropout)."""
+        return self.empty_parts["prompt_embeds"]
 
     def _open(self, name: str) -> Any:
         if name not in self._handles:
@@ -294,8 +322,13 @@ class CachedLatentDataset(Dataset):
         caption = self.captions[item]
         text = drop_caption(caption, self.proportion_empty_prompts, item_rng(self.seed, self.epoch, index))
         dropped = bool(caption) and not text
-        embeds = self.empty_embeds if dropped else handle.get_slice("prompt_embeds")[offset]
-        return {"latents": handle.get_slice("latents")[offset], "prompt_embeds": embeds, "text": text}
+        item, stored = {"latents": handle.get_slice("latents")[offset], "text": text}, set(handle.keys())
+        for key in ("prompt_embeds", "text_embeds", *GEOMETRY_KEYS):
+            if key in self.empty_parts and dropped:
+                item[key] = self.empty_parts[key]
+            elif key in stored:
+                item[key] = handle.get_slice(key)[offset]
+        return item
 
 
 def _cumulative(counts: Sequence[int]) -> list[int]:
@@ -310,7 +343,7 @@ def prepare_latent_cache(
     cfg: DataConfig,
     dataset: Dataset,
     encode_images_fn: Callable[[torch.Tensor], torch.Tensor],
-    encode_text_fn: Callable[[list[str]], torch.Tensor],
+    encode_text_fn: Callable[[list[str]], Any],
     model_key: str,
     seed: int | None = 0,
     batch_size: int = 16,

@@ -35,6 +35,7 @@ from distill_diffusion.data.cache import (
     save_empty_prompt,
     shard_name,
     shard_problems,
+    text_parts,
     write_index,
 )
 from distill_diffusion.errors import UserError, require
@@ -111,7 +112,8 @@ def _make_shard(captions: Sequence[str], batches: list[list[int]], sample_fn: Sa
         with torch.no_grad():
             embeds = encode_text_fn([captions[i] for i in indices])
             pending["latents"].append(sample_fn(embeds, indices).cpu())
-        pending["prompt_embeds"].append(embeds.cpu())
+        for key, value in text_parts(embeds).items():  # SDXL: the pooled text_embeds too
+            pending.setdefault(key, []).append(value.cpu())
         done(len(indices))
     return pending
 

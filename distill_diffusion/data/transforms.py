@@ -112,48 +112,75 @@ class ImageTransform:
     """Resize the shorter side to ``resolution``, crop a square (centre or random), optionally flip.
 
     Matches the diffusers text-to-image scripts (``Resize`` + ``CenterCrop``/``RandomCrop`` +
-    ``RandomHorizontalFlip`` + ``Normalize([0.5], [0.5])``) but honours every flag.
+    ``RandomHorizontalFlip`` + ``Normalize([0.5], [0.5])``) but honours every flag. :meth:`with_geometry` also gives
+    what SDXL's micro-conditioning needs (Podell et al., arXiv:2307.01952, §2.2), recorded as diffusers'
+    ``train_text_to_image_sdxl.py`` does: the original size (h, w) before resizing and the crop's top-left (top, left)
+    in the resized image, measured from the right edge when the image is flipped (that script flips before cropping).
     """
 
     resolution: int
     center_crop: bool = True
     random_flip: bool = False
     interpolation: str = "bilinear"
+    #: ``data``: record each image's own original size and crop; ``fixed``: record (R, R) and (0, 0), the values
+    #: diffusers' SDXL pipelines use at inference (``micro_conditioning`` in DataConfig).
+    micro_conditioning: str = "data"
 
     def __post_init__(self) -> None:
         if self.interpolation not in INTERPOLATIONS:
             raise ValueError(f"interpolation must be one of {sorted(INTERPOLATIONS)}")
+        if self.micro_conditioning not in ("data", "fixed"):
+            raise ValueError("micro_conditioning must be 'data' or 'fixed'")
 
     def __call__(self, img: Image.Image, rng: random.Random) -> torch.Tensor:
         """Decode ``img`` and return a float tensor [3, R, R] in [-1, 1]."""
-        img = self._resize(img)
-        img = self._crop(img, rng)
+        return self.with_geometry(img, rng)[0]
+
+    def with_geometry(self, img: Image.Image, rng: random.Random) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int]]:
+        """``(pixels [3, R, R], original (h, w), crop top-left (top, left))``; the same draws as :meth:`__call__`."""
+        img, original = self._resize(img)
+        width = img.size[0]
+        img, (top, left) = self._crop(img, rng)
         if self.random_flip and rng.random() < 0.5:
             img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            left = width - left - self.resolution
         array = np.asarray(img, dtype=np.uint8)
-        return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
+        pixels = torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
+        if self.micro_conditioning == "fixed":
+            return pixels, (self.resolution, self.resolution), (0, 0)
+        return pixels, original, (top, left)
 
     def _target_size(self, width: int, height: int) -> tuple[int, int]:
         scale = self.resolution / min(width, height)
         return max(self.resolution, round(width * scale)), max(self.resolution, round(height * scale))
 
-    def _resize(self, img: Image.Image) -> Image.Image:
+    def _resize(self, img: Image.Image) -> tuple[Image.Image, tuple[int, int]]:
+        """The resized image and the original (height, width) as shown, before draft decoding and resizing."""
+        width, height = img.size
         # JPEG draft mode decodes at 1/2, 1/4 or 1/8 scale when that still covers the target size: a
         # large speed-up on web-scale photos; the resize below still sets the exact size.
         img.draft("RGB", self._target_size(*img.size))
+        drafted = img.size
         img = to_rgb(ImageOps.exif_transpose(img))
+        if img.size != drafted:  # an EXIF rotation by 90 or 270 degrees swapped the sides
+            width, height = height, width
         size = self._target_size(*img.size)
         if img.size != size:
             img = img.resize(size, INTERPOLATIONS[self.interpolation])
-        return img
+        return img, (height, width)
 
-    def _crop(self, img: Image.Image, rng: random.Random) -> Image.Image:
+    def _crop(self, img: Image.Image, rng: random.Random) -> tuple[Image.Image, tuple[int, int]]:
         width, height = img.size
         if self.center_crop:
             left, top = (width - self.resolution) // 2, (height - self.resolution) // 2
         else:
             left, top = rng.randint(0, width - self.resolution), rng.randint(0, height - self.resolution)
-        return img.crop((left, top, left + self.resolution, top + self.resolution))
+        return img.crop((left, top, left + self.resolution, top + self.resolution)), (top, left)
+
+
+def geometry_fields(original: tuple[int, int], crop_top_left: tuple[int, int]) -> dict[str, torch.Tensor]:
+    """The item fields SDXL's micro-conditioning is built from: ``original_size`` and ``crop_top_left``, int64 [2]."""
+    return {"original_size": torch.tensor(original, dtype=torch.long), "crop_top_left": torch.tensor(crop_top_left, dtype=torch.long)}
 
 
 def pick_caption(value: Any, rng: random.Random) -> str:

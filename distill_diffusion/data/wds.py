@@ -23,7 +23,13 @@ from typing import Any
 
 from torch.utils.data import IterableDataset
 
-from distill_diffusion.data.transforms import ImageTransform, drop_caption, item_rng, open_image
+from distill_diffusion.data.transforms import (
+    ImageTransform,
+    drop_caption,
+    geometry_fields,
+    item_rng,
+    open_image,
+)
 from distill_diffusion.errors import UserError, require
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
@@ -115,9 +121,9 @@ class WebDatasetSource(IterableDataset):
             raise KeyError(f"sample {sample.get('__key__')} lacks an image or a caption")
         rng = item_rng(self.seed, self.epoch, f"{sample.get('__url__')}/{sample.get('__key__')}")
         with open_image(data) as img:
-            pixels = self.transform(img, rng)
+            pixels, original, crop = self.transform.with_geometry(img, rng)
         text = caption.decode("utf-8").strip() if isinstance(caption, bytes) else str(caption)
-        return {"pixel_values": pixels, "text": drop_caption(text, self.proportion_empty_prompts, rng)}
+        return {"pixel_values": pixels, "text": drop_caption(text, self.proportion_empty_prompts, rng), **geometry_fields(original, crop)}
 
     def _probe(self) -> None:
         """Read the start of the first shard: wrong keys or undecodable images fail now, not mid-run."""

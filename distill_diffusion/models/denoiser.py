@@ -3,7 +3,9 @@
 After k-diffusion's ``external.py`` wrappers and EDM's preconditioning (Karras et al., arXiv:2206.00364):
 methods talk in x0/eps, and this class (with ``core.parameterization``) is the only reader of
 ``prediction_type`` outside ``core``. Outputs are float32 whatever the UNet's dtype, so losses and solver
-steps never run in half precision.
+steps never run in half precision. The condition is a :class:`~distill_diffusion.models.conditioning.Conditioning`
+(SDXL's pooled text and micro-conditioning ride along as ``added_cond_kwargs``); a bare text-embedding tensor is taken
+as an SD 1.x/2.x one.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from torch import Tensor
 from distill_diffusion.core.parameterization import PREDICTION_TYPES, from_x0_eps, to_x0_eps, x0_error_scale
 from distill_diffusion.core.schedule import NoiseSchedule, append_dims
 from distill_diffusion.errors import require
+from distill_diffusion.models.conditioning import Conditioning, as_conditioning
 
 
 @dataclass
@@ -41,7 +44,7 @@ def module_dtype(module: Any) -> torch.dtype:
 
 
 class Denoiser:
-    """``Denoiser(unet, schedule, prediction_type)(z_t, t, encoder_hidden_states)`` -> :class:`DenoiserOutput`.
+    """``Denoiser(unet, schedule, prediction_type)(z_t, t, c)`` -> :class:`DenoiserOutput`, ``c`` a Conditioning.
 
     ``unet`` is any callable with the ``UNet2DConditionModel`` signature (a plain, peft-wrapped or
     accelerate-prepared UNet); ``t`` holds integer timesteps, shape [B] or a scalar.
@@ -59,16 +62,14 @@ class Denoiser:
             t = t.expand(like.shape[0])
         return append_dims(self.schedule.alpha(t), like.ndim), append_dims(self.schedule.sigma(t), like.ndim)
 
-    def __call__(self, z_t: Tensor, t: Tensor | int, encoder_hidden_states: Tensor, **unet_kwargs: Any) -> DenoiserOutput:
+    def __call__(self, z_t: Tensor, t: Tensor | int, c: Conditioning | Tensor, **unet_kwargs: Any) -> DenoiserOutput:
         """Run the UNet on ``z_t`` at ``t`` and convert its output to (x0, eps) in float32.
 
         Extra keyword arguments (``timestep_cond``, ``cross_attention_kwargs``, ...) go to the UNet.
         """
         dtype = module_dtype(self.unet)
         t = torch.as_tensor(t, device=z_t.device)
-        raw = self.unet(
-            z_t.to(dtype), t, encoder_hidden_states=encoder_hidden_states.to(dtype), return_dict=False, **unet_kwargs
-        )[0]
+        raw = self.unet(z_t.to(dtype), t, return_dict=False, **as_conditioning(c).unet_kwargs(dtype), **unet_kwargs)[0]
         model_output = raw.float()
         alpha, sigma = self._scalings(t, z_t)
         x0, eps = to_x0_eps(model_output, z_t.float(), alpha, sigma, self.prediction_type)

@@ -42,14 +42,25 @@ def card_front_matter(method: str, sampling: CardSampling) -> str:
     return yaml.safe_dump({CARD_KEY: {"method": method, **asdict(sampling)}}, sort_keys=False)
 
 
-def build_pipeline(components: SDComponents, unet: nn.Module | None = None, scheduler: Any = None) -> StableDiffusionPipeline:
-    """A ``StableDiffusionPipeline`` over the (unwrapped) components; DDIM from the checkpoint's config by default."""
+def build_pipeline(components: SDComponents, unet: nn.Module | None = None, scheduler: Any = None) -> Any:
+    """A ``StableDiffusionPipeline`` (``StableDiffusionXLPipeline`` for SDXL components, with the checkpoint's
+    ``force_zeros_for_empty_prompt``) over the (unwrapped) components; DDIM from the checkpoint's config by default."""
+    scheduler = scheduler if scheduler is not None else DDIMScheduler.from_config(components.scheduler.config)
+    if components.text_encoder_2 is not None:
+        from diffusers import StableDiffusionXLPipeline
+
+        return StableDiffusionXLPipeline(
+            vae=components.vae, text_encoder=components.text_encoder, text_encoder_2=components.text_encoder_2,
+            tokenizer=components.tokenizer, tokenizer_2=components.tokenizer_2,
+            unet=unet if unet is not None else components.unet, scheduler=scheduler,
+            force_zeros_for_empty_prompt=components.force_zeros_for_empty_prompt, add_watermarker=False,
+        )
     return StableDiffusionPipeline(
         vae=components.vae,
         text_encoder=components.text_encoder,
         tokenizer=components.tokenizer,
         unet=unet if unet is not None else components.unet,
-        scheduler=scheduler if scheduler is not None else DDIMScheduler.from_config(components.scheduler.config),
+        scheduler=scheduler,
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
@@ -61,9 +72,10 @@ def save_pipeline(components: SDComponents, output_dir: Path, *, unet: nn.Module
     """Save a full diffusers pipeline folder (safetensors) with the trained UNet and a model card."""
     pipeline = build_pipeline(components, unet=unet, scheduler=components.scheduler)
     pipeline.save_pretrained(output_dir, safe_serialization=True)
+    name = type(pipeline).__name__
     usage = f"""
-from diffusers import StableDiffusionPipeline
-pipe = StableDiffusionPipeline.from_pretrained("path/to/this/folder")
+from diffusers import {name}
+pipe = {name}.from_pretrained("path/to/this/folder")
 image = pipe("a prompt", num_inference_steps={sampling.num_inference_steps}).images[0]
 """
     write_model_card(output_dir, base_model=components.source, method=method, paper=paper, usage=usage, sampling=sampling)

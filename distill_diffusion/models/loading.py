@@ -1,4 +1,4 @@
-"""Load a frozen Stable Diffusion 1.x/2.x teacher from a diffusers folder, a hub id or one .safetensors file.
+"""Load a frozen Stable Diffusion 1.x/2.x or SDXL teacher from a diffusers folder, a hub id or one .safetensors file.
 
 Sources (``ModelConfig.pretrained_model_name_or_path``):
 
@@ -10,9 +10,13 @@ Sources (``ModelConfig.pretrained_model_name_or_path``):
   refused: loading them runs arbitrary code.
 
 Family rule (works for real checkpoints and the toy): SDXL if the pipeline has ``text_encoder_2``, or
-the UNet has ``addition_embed_type == "text_time"`` or ``cross_attention_dim == 2048`` (refused for now);
+the UNet has ``addition_embed_type == "text_time"`` or ``cross_attention_dim == 2048``; a single file is SDXL when it
+has ``conditioner.embedders.1.*`` keys (the original SDXL layout: embedders 0 and 1 are the two text encoders).
 SD 2.x if ``cross_attention_dim == 1024`` (OpenCLIP ViT-H); everything else with one CLIP text encoder
 is SD 1.x-like (768 for real SD 1.x, the toy's 64). The prediction type is the scheduler config's.
+SDXL loads through ``StableDiffusionXLPipeline`` (Podell et al., arXiv:2307.01952); the refiner, which has only the
+second text encoder and 5 micro-conditioning ids, is refused. ``ModelConfig.pretrained_vae_model_name_or_path``
+swaps in another ``AutoencoderKL`` (SDXL's fp16-fix VAE), as diffusers' SDXL training scripts do.
 """
 
 from __future__ import annotations
@@ -40,6 +44,14 @@ _HUB_ID = re.compile(r"[A-Za-z0-9][\w.\-]*(/[A-Za-z0-9][\w.\-]*)?")
 _FIX = "pass a diffusers pipeline folder, a hub id (owner/name) or a .safetensors file"
 #: Key prefixes of the three parts of an original LDM/A1111 SD 1.x/2.x checkpoint.
 _SINGLE_FILE_PARTS = (("model.diffusion_model.", "UNet"), ("first_stage_model.", "VAE"), ("cond_stage_model.", "text encoder"))
+#: The same for an original SDXL checkpoint (embedder 0: CLIP ViT-L, embedder 1: OpenCLIP ViT-bigG).
+_SDXL_SINGLE_FILE_PARTS = (("model.diffusion_model.", "UNet"), ("first_stage_model.", "VAE"),
+                           ("conditioner.embedders.1.", "second text encoder"))
+_SDXL_KEY, _SDXL_FIRST_ENCODER_KEY = "conditioner.embedders.1.", "conditioner.embedders.0."
+_REFINER = ("is an SDXL refiner (no first text encoder, {what}); distil the SDXL base model "
+            "(stabilityai/stable-diffusion-xl-base-1.0) instead")
+_SD_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+_SDXL_PARTS = (*_SD_PARTS, "text_encoder_2", "tokenizer_2")
 
 
 @dataclass
@@ -51,11 +63,21 @@ class SDComponents:
     text_encoder: Any
     tokenizer: Any
     scheduler: Any
-    family: str  # "sd1" | "sd2" ("sdxl" is refused at load time)
+    family: str  # "sd1" | "sd2" | "sdxl"
     prediction_type: str
     source: str
     #: Loads the UNet again from its source in a given dtype (set by :func:`load_teacher`).
     reload_unet: Any = None
+    #: SDXL's second text encoder (``CLIPTextModelWithProjection``) and its tokenizer; None for SD 1.x/2.x.
+    text_encoder_2: Any = None
+    tokenizer_2: Any = None
+    #: The pipeline's ``force_zeros_for_empty_prompt`` (SDXL base: true): CFG's unconditional input is zeros.
+    force_zeros_for_empty_prompt: bool = False
+
+    @property
+    def text_encoders(self) -> list[Any]:
+        """The text encoders that exist (one for SD 1.x/2.x, two for SDXL)."""
+        return [m for m in (self.text_encoder, self.text_encoder_2) if m is not None]
 
     def fp32_unet_state(self) -> dict[str, torch.Tensor]:
         """The UNet's weights in fp32 as stored, for trainable copies (a full student, a fine-tune).
@@ -95,14 +117,28 @@ def _check_pipeline_dir(path: Path) -> None:
         what = "a single model (config.json)" if (path / "config.json").is_file() else "no model_index.json"
         raise UserError(f"model folder {path} has {what}, so it is not a diffusers pipeline; {_FIX}")
     index = _read_json(path / "model_index.json")
-    for name in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+    unet_config = _read_json(path / "unet" / "config.json") if (path / "unet" / "config.json").is_file() else {}
+    sdxl = detect_family(index, unet_config) == "sdxl"
+    if sdxl:
+        check_not_refiner(index, str(path))
+    for name in _SDXL_PARTS if sdxl else _SD_PARTS:
         require(
             (path / name).is_dir(),
             f"model folder {path} has no {name}/ subfolder ({index.get('_class_name', 'unknown')} pipeline); "
-            "pass a Stable Diffusion 1.x/2.x pipeline folder",
+            "pass a Stable Diffusion 1.x/2.x or SDXL pipeline folder",
         )
-    unet_config = _read_json(path / "unet" / "config.json") if (path / "unet" / "config.json").is_file() else {}
-    require(detect_family(index, unet_config) != "sdxl", f"{path}: {SDXL_ERROR}")
+
+
+def _present(index: Mapping[str, Any], name: str) -> bool:
+    """A ``model_index.json`` entry that names a class (a refiner's ``text_encoder`` is ``[null, null]``)."""
+    entry = index.get(name)
+    return bool(entry) and not (isinstance(entry, (list, tuple)) and entry[0] is None)
+
+
+def check_not_refiner(index: Mapping[str, Any], where: str) -> None:
+    """An SDXL pipeline index must have the first text encoder; the refiner has only text_encoder_2 (one line)."""
+    require(_present(index, "text_encoder") and _present(index, "tokenizer"),
+            f"{where} " + _REFINER.format(what="model_index.json has text_encoder null"))
 
 
 def _check_single_file(path: Path, cfg: ModelConfig) -> None:
@@ -118,8 +154,11 @@ def _check_single_file(path: Path, cfg: ModelConfig) -> None:
             keys = list(handle.keys())
     except Exception as exc:  # safetensors raises its own SafetensorError for a bad header
         raise UserError(f"{path} is not a readable safetensors file ({exc}); re-export or re-download it") from None
-    require(not any(k.startswith("conditioner.embedders.1.") for k in keys), f"{path}: {SDXL_ERROR}")
-    for prefix, part in _SINGLE_FILE_PARTS:
+    family = single_file_family(keys)
+    if family == "sdxl":
+        require(any(k.startswith(_SDXL_FIRST_ENCODER_KEY) for k in keys),
+                f"{path} " + _REFINER.format(what=f"no {_SDXL_FIRST_ENCODER_KEY}* keys"))
+    for prefix, part in _SDXL_SINGLE_FILE_PARTS if family == "sdxl" else _SINGLE_FILE_PARTS:
         require(
             any(k.startswith(prefix) for k in keys),
             f"{path} has no {part} weights (no {prefix}* keys), so it is not a full single-file SD checkpoint; "
@@ -138,6 +177,17 @@ def _check_single_file(path: Path, cfg: ModelConfig) -> None:
         _check_pipeline_dir(config_path)
 
 
+def single_file_family(keys: list[str]) -> str:
+    """``"sdxl"`` for an original SDXL checkpoint (``conditioner.embedders.1.*`` keys), else ``"sd"`` (1.x/2.x: diffusers
+    tells them apart by the text encoder's keys while loading)."""
+    return "sdxl" if any(k.startswith(_SDXL_KEY) for k in keys) else "sd"
+
+
+def _single_file_keys(path: Path) -> list[str]:
+    with safe_open(str(path), framework="pt") as handle:
+        return list(handle.keys())
+
+
 def _looks_like_path(text: str) -> bool:
     return text.startswith(("/", "./", "../", "~", "\\")) or text.count("/") > 1 or Path(text).suffix.lower() in (
         ".safetensors", *PICKLE_SUFFIXES)
@@ -146,9 +196,11 @@ def _looks_like_path(text: str) -> bool:
 def check_model_source(cfg: ModelConfig) -> str:
     """Validate the model source cheaply, before any load: ``"diffusers_dir"``, ``"single_file"`` or ``"hub"``.
 
-    Raises :class:`UserError` for an empty or missing path, a folder that is not an SD pipeline, a pickle
-    file, an SDXL folder or file, or a single file whose component configs cannot be found offline.
+    Raises :class:`UserError` for an empty or missing path, a folder that is not an SD/SDXL pipeline, a pickle
+    file, an SDXL refiner, a single file whose component configs cannot be found offline, or a VAE override that is
+    a missing path.
     """
+    _check_vae_source(cfg)
     src = cfg.pretrained_model_name_or_path.strip()
     require(bool(src), f"model.pretrained_model_name_or_path is empty; {_FIX}")
     path = Path(src).expanduser()
@@ -249,50 +301,116 @@ def _dtype_kwarg() -> str:
     return "dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype"
 
 
+def _check_vae_source(cfg: ModelConfig) -> None:
+    """``model.pretrained_vae_model_name_or_path``: an existing folder, or a hub id (nothing else is read here)."""
+    vae = (cfg.pretrained_vae_model_name_or_path or "").strip()
+    if not vae:
+        return
+    path = Path(vae).expanduser()
+    fix = "pass an AutoencoderKL folder (config.json + safetensors weights) or a hub id, e.g. madebyollin/sdxl-vae-fp16-fix"
+    if path.exists():
+        require(path.is_dir() and (path / "config.json").is_file(),
+                f"model.pretrained_vae_model_name_or_path {vae} is not a model folder with a config.json; {fix}")
+        return
+    require(not _looks_like_path(vae) and bool(_HUB_ID.fullmatch(vae)),
+            f"model.pretrained_vae_model_name_or_path {vae}: no such folder; {fix}")
+
+
+def _load_vae(cfg: ModelConfig, weight_dtype: torch.dtype) -> Any:
+    """The VAE override (diffusers' SDXL scripts' ``--pretrained_vae_model_name_or_path``), or None."""
+    from diffusers import AutoencoderKL
+
+    vae = (cfg.pretrained_vae_model_name_or_path or "").strip()
+    if not vae:
+        return None
+    src = str(Path(vae).expanduser()) if Path(vae).expanduser().exists() else vae
+    try:
+        return AutoencoderKL.from_pretrained(src, local_files_only=cfg.local_files_only, use_safetensors=True,
+                                             **{_dtype_kwarg(): weight_dtype})
+    except (OSError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:300]
+        raise UserError(f"cannot load the VAE {vae!r} ({first}); pass an AutoencoderKL folder or hub id") from None
+
+
+def check_vae_channels(vae: Any, unet: Any, vae_source: str) -> None:
+    """A VAE must make latents with the channels the UNet takes (one line otherwise)."""
+    have, want = int(vae.config.latent_channels), int(unet.config.in_channels)
+    require(have == want, f"the VAE {vae_source} has latent_channels={have} but the teacher UNet takes in_channels={want}; "
+            "pass a VAE of the teacher's family (SD 1.x/2.x/SDXL VAEs have 4)")
+
+
+def _pipeline_class(family: str) -> Any:
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    return StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
+
+
+def _source_family(cfg: ModelConfig, kind: str, src: str) -> str:
+    """``"sdxl"`` or ``"sd"`` before loading: from the single file's keys, or the (local or hub) pipeline index."""
+    from diffusers import StableDiffusionPipeline
+
+    if kind == "single_file":
+        return single_file_family(_single_file_keys(Path(src)))
+    index = StableDiffusionPipeline.load_config(src, revision=cfg.revision, local_files_only=cfg.local_files_only)
+    family = detect_family(index, {})
+    parts = _SDXL_PARTS if family == "sdxl" else _SD_PARTS
+    if family == "sdxl":
+        check_not_refiner(index, src)
+    require(all(_present(index, k) for k in parts),
+            f"{src} is a {index.get('_class_name', 'non-SD')} pipeline, not Stable Diffusion 1.x/2.x or SDXL; pass an SD or SDXL model")
+    return "sdxl" if family == "sdxl" else "sd"
+
+
 def _load_pipeline(cfg: ModelConfig, kind: str, weight_dtype: torch.dtype) -> Any:
     """Stock diffusers loading; loader errors (missing repo, offline, bad variant) become UserErrors."""
-    from diffusers import StableDiffusionPipeline
     from diffusers.loaders.single_file_utils import SingleFileComponentError
 
     src = str(Path(cfg.pretrained_model_name_or_path).expanduser()) if kind != "hub" else cfg.pretrained_model_name_or_path
-    common = {_dtype_kwarg(): weight_dtype, "local_files_only": cfg.local_files_only, "safety_checker": None}
+    common: dict[str, Any] = {_dtype_kwarg(): weight_dtype, "local_files_only": cfg.local_files_only}
+    vae = _load_vae(cfg, weight_dtype)
+    if vae is not None:
+        common["vae"] = vae
     try:
+        family = _source_family(cfg, kind, src)
+        pipeline_class = _pipeline_class(family)
+        if family != "sdxl":
+            common["safety_checker"] = None
         if kind == "single_file":
-            return StableDiffusionPipeline.from_single_file(src, config=cfg.original_config, **common)
-        index = StableDiffusionPipeline.load_config(src, revision=cfg.revision, local_files_only=cfg.local_files_only)
-        require(
-            all(index.get(k) for k in ("unet", "vae", "text_encoder", "tokenizer", "scheduler")),
-            f"{src} is a {index.get('_class_name', 'non-SD')} pipeline, not Stable Diffusion 1.x/2.x; pass an SD 1.x/2.x model",
-        )
-        require(detect_family(index, {}) != "sdxl", f"{src}: {SDXL_ERROR}")
+            return pipeline_class.from_single_file(src, config=cfg.original_config, **common)
+        extra = {"requires_safety_checker": False} if family != "sdxl" else {"add_watermarker": False}
         # use_safetensors: a folder or hub repo whose weights are only pickles fails instead of being unpickled.
-        return StableDiffusionPipeline.from_pretrained(
-            src, revision=cfg.revision, variant=cfg.variant, feature_extractor=None, requires_safety_checker=False,
-            use_safetensors=True, **common,
+        return pipeline_class.from_pretrained(
+            src, revision=cfg.revision, variant=cfg.variant, feature_extractor=None, use_safetensors=True, **extra, **common,
         )
     except SingleFileComponentError as exc:  # a component's weights are missing or do not fit its config
         first = str(exc).strip().splitlines()[0][:300]
-        raise UserError(f"cannot load {src} ({first}); pass a full SD checkpoint (UNet, VAE and text encoder) "
+        raise UserError(f"cannot load {src} ({first}); pass a full SD or SDXL checkpoint (UNet, VAE and text encoders) "
                         "whose architecture matches model.original_config, or a diffusers folder") from None
     except (OSError, ValueError) as exc:
         raise _load_error(cfg, kind, exc) from None
 
 
 def load_teacher(cfg: ModelConfig, weight_dtype: torch.dtype = torch.float32, device: Any = None) -> SDComponents:
-    """Load the teacher frozen (``requires_grad_(False)``, ``eval()``) with UNet/VAE/text encoder in ``weight_dtype``.
+    """Load the teacher frozen (``requires_grad_(False)``, ``eval()``) with UNet/VAE/text encoders in ``weight_dtype``.
 
     Methods decide what to unfreeze and cast their trainable weights to fp32 (the precision policy: docs/training.md).
     """
     kind = check_model_source(cfg)
     pipe = _load_pipeline(cfg, kind, weight_dtype)
     family = detect_family(dict(pipe.config), dict(pipe.unet.config))
-    require(family != "sdxl", f"{cfg.pretrained_model_name_or_path}: {SDXL_ERROR}")
+    if family == "sdxl":
+        require(getattr(pipe, "text_encoder", None) is not None, f"{cfg.pretrained_model_name_or_path} "
+                + _REFINER.format(what="the loaded pipeline has no text_encoder"))
+    check_vae_channels(pipe.vae, pipe.unet, cfg.pretrained_vae_model_name_or_path or "of the pipeline")
     prediction_type = pipe.scheduler.config.get("prediction_type", "epsilon")
     require(
         prediction_type in PREDICTION_TYPES,
         f"scheduler prediction_type {prediction_type!r} is not supported; use a model with one of {', '.join(PREDICTION_TYPES)}",
     )
-    for module in (pipe.unet, pipe.vae, pipe.text_encoder):
+    text_encoder_2 = getattr(pipe, "text_encoder_2", None)
+    for module in (pipe.unet, pipe.vae, pipe.text_encoder, text_encoder_2):
+        if module is None:
+            continue
         module.requires_grad_(False)
         module.eval()
         # Loaded in weight_dtype already; .to(dtype) again would only trigger diffusers' fp32-modules warning.
@@ -311,6 +429,9 @@ def load_teacher(cfg: ModelConfig, weight_dtype: torch.dtype = torch.float32, de
         prediction_type=prediction_type,
         source=source,
         reload_unet=partial(_load_unet, cfg, kind),
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=getattr(pipe, "tokenizer_2", None),
+        force_zeros_for_empty_prompt=bool(pipe.config.get("force_zeros_for_empty_prompt", False)),
     )
 
 

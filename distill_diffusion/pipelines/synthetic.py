@@ -158,17 +158,21 @@ def _load_teacher_pipeline(cfg: SyntheticConfig, device: str) -> Any:
 
 def _sampler(pipe: Any, cfg: SyntheticConfig) -> tuple[Any, Any]:
     """``(sample_fn, encode_text_fn)`` over ``pipe`` for :func:`~distill_diffusion.data.synthetic.write_synthetic_latents`."""
-    from distill_diffusion.models.encode import encode_prompt
+    from distill_diffusion.models.conditioning import Conditioning
+    from distill_diffusion.models.encode import encode_conditioning
 
-    def encode(texts: list[str]) -> torch.Tensor:
-        return encode_prompt(pipe.tokenizer, pipe.text_encoder, texts)
+    def encode(texts: list[str]) -> Conditioning:
+        return encode_conditioning(pipe, texts)
 
     with torch.no_grad():
         empty = encode([""])
 
-    def sample(prompt_embeds: torch.Tensor, indices: list[int]) -> torch.Tensor:
+    def sample(c: Conditioning, indices: list[int]) -> torch.Tensor:
         generators = [torch.Generator("cpu").manual_seed(cfg.seed + i) for i in indices]
-        return pipe(prompt_embeds=prompt_embeds, negative_prompt_embeds=empty.expand(len(indices), -1, -1),
+        uncond = empty.expand(len(indices))
+        # SDXL: the pooled embeddings too; the pipeline makes the time ids (original = target size, no crop)
+        pooled = {"pooled_prompt_embeds": c.text_embeds, "negative_pooled_prompt_embeds": uncond.text_embeds} if c.has_added else {}
+        return pipe(prompt_embeds=c.encoder_hidden_states, negative_prompt_embeds=uncond.encoder_hidden_states, **pooled,
                     height=cfg.resolution, width=cfg.resolution, num_inference_steps=cfg.num_inference_steps,
                     guidance_scale=cfg.guidance_scale, generator=generators, output_type="latent").images
 

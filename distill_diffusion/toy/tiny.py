@@ -100,11 +100,17 @@ def _tiny_text_encoder(vocab_size: int, bos_id: int, eos_id: int) -> CLIPTextMod
     return CLIPTextModel(config)
 
 
-def build_tiny_components(resolution: int = 32, seed: int = 0, prediction_type: str = "epsilon") -> dict[str, Any]:
-    """Random-initialised tiny SD components: ``unet``, ``vae``, ``text_encoder``, ``tokenizer``, ``scheduler``.
+def build_tiny_components(resolution: int = 32, seed: int = 0, prediction_type: str = "epsilon", family: str = "sd1") -> dict[str, Any]:
+    """Random-initialised tiny SD components: ``unet``, ``vae``, ``text_encoder``, ``tokenizer``, ``scheduler``
+    (``family="sdxl"``: :func:`distill_diffusion.toy.tiny_sdxl.build_tiny_sdxl_components`, with the second encoder).
 
     Deterministic for a seed; the caller's global torch RNG state is left untouched.
     """
+    require(family in ("sd1", "sdxl"), f"family={family!r}; the toy has sd1 and sdxl")
+    if family == "sdxl":
+        from distill_diffusion.toy.tiny_sdxl import build_tiny_sdxl_components
+
+        return build_tiny_sdxl_components(resolution, seed, prediction_type)
     require(resolution % 16 == 0 and resolution >= 16, f"resolution={resolution} must be a multiple of 16 (VAE x4, UNet x4)")
     require(prediction_type in PREDICTION_TYPES, f"prediction_type={prediction_type!r}; use one of {', '.join(PREDICTION_TYPES)}")
     tokenizer = build_tokenizer()
@@ -121,12 +127,17 @@ def build_tiny_components(resolution: int = 32, seed: int = 0, prediction_type: 
 
 
 def save_tiny_pipeline(out_dir: str | Path, components: dict[str, Any] | None = None, **kw: Any) -> Path:
-    """Save a ``StableDiffusionPipeline`` folder (safetensors, no safety checker) and return its path.
+    """Save a ``StableDiffusionPipeline`` folder (safetensors, no safety checker) and return its path (SDXL components:
+    a ``StableDiffusionXLPipeline`` folder).
 
     ``components`` defaults to :func:`build_tiny_components` ``(**kw)``. The folder loads with stock
     ``StableDiffusionPipeline.from_pretrained(out_dir)``.
     """
     parts = components if components is not None else build_tiny_components(**kw)
+    if "text_encoder_2" in parts:
+        from distill_diffusion.toy.tiny_sdxl import save_tiny_sdxl_pipeline
+
+        return save_tiny_sdxl_pipeline(out_dir, parts)
     pipe = StableDiffusionPipeline(
         **{k: parts[k] for k in ("unet", "vae", "text_encoder", "tokenizer", "scheduler")},
         safety_checker=None,

@@ -236,13 +236,13 @@ def enable_gradient_checkpointing(method: Any) -> None:
 def _cached(dataset, run: RunConfig, components, accelerator: Accelerator):
     """Encode the dataset once (main process first, the others reuse the files) and read latents from disk."""
     from distill_diffusion.data import prepare_latent_cache
-    from distill_diffusion.models.encode import encode_images, encode_prompt
+    from distill_diffusion.models.encode import encode_conditioning, encode_images
 
     def images(pixels: torch.Tensor) -> torch.Tensor:
         return encode_images(components.vae, pixels.to(components.vae.device, components.vae.dtype))
 
-    def texts(prompts: list[str]) -> torch.Tensor:
-        return encode_prompt(components.tokenizer, components.text_encoder, prompts)
+    def texts(prompts: list[str]) -> Any:
+        return encode_conditioning(components, prompts)
 
     model_key = f"{run.model.pretrained_model_name_or_path}@{run.model.revision}/{run.model.variant}"
     with accelerator.main_process_first():

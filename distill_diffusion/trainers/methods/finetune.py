@@ -19,7 +19,7 @@ from distill_diffusion.errors import require
 from distill_diffusion.models.batch import latents_and_embeddings
 from distill_diffusion.models.denoiser import Denoiser
 from distill_diffusion.models.export import TEACHER_SAMPLING, save_pipeline
-from distill_diffusion.models.loading import SDComponents
+from distill_diffusion.models.loading import SDXL_ERROR, SDComponents
 from distill_diffusion.trainers.methods.base import LossOutput, MethodBase, Phase, StepContext
 
 
@@ -44,6 +44,7 @@ class FineTune(MethodBase):
     config_class: ClassVar[type] = FineTuneConfig
 
     def __init__(self, components: SDComponents, config: FineTuneConfig):
+        require(components.family != "sdxl", f"{components.source}: {SDXL_ERROR}")
         self.components, self.config = components, config
         self.unet = self.build_unet(components)
         self.unet.train()
@@ -67,7 +68,7 @@ class FineTune(MethodBase):
     def compute_loss(self, phase: str, batch: dict[str, Any], ctx: StepContext) -> LossOutput:
         x0, c, eps, t, z_t = self.noised_batch(batch)
         # 4. Predict in the model's own parameterisation and regress onto its target (loss in fp32).
-        output = ctx.module("unet")(z_t, t, encoder_hidden_states=c).sample.float()  # fp32 weights (build_unet)
+        output = ctx.module("unet")(z_t, t, **c.unet_kwargs()).sample.float()  # fp32 weights (build_unet)
         return LossOutput(self.task_loss(output, x0, eps, t), {})
 
     def noised_batch(self, batch: dict[str, Any]) -> tuple[torch.Tensor, ...]:

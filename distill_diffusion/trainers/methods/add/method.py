@@ -21,8 +21,9 @@ from torch import Tensor, nn
 
 from distill_diffusion.config import RunConfig
 from distill_diffusion.errors import require
+from distill_diffusion.models.conditioning import Conditioning, as_conditioning, pooled_text_width
 from distill_diffusion.models.encode import decode_latents
-from distill_diffusion.models.loading import ExtraModel, SDComponents, TeacherConfigs, cross_attention_width
+from distill_diffusion.models.loading import ExtraModel, SDComponents, TeacherConfigs
 from distill_diffusion.trainers.methods.add import features as vit
 from distill_diffusion.trainers.methods.add.config import ADDConfig
 from distill_diffusion.trainers.methods.adversarial.heads import DiscriminatorHeads
@@ -59,7 +60,7 @@ class ADD(AdversarialMethod):
         network.to(self.device)
 
     def build_heads(self) -> nn.Module:
-        text = cross_attention_width(dict(self.components.unet.config))
+        text = pooled_text_width(dict(self.components.unet.config))
         cond = text + (self.vit.width if self.config.image_conditioning else 0) + self.student_timestep_width()
         return DiscriminatorHeads(dict.fromkeys(self.vit.names(), self.vit.width), cond, self.config.head_width, dims=1)
 
@@ -71,17 +72,17 @@ class ADD(AdversarialMethod):
         """The CLS embedding of the real image each fake was noised from (ADD's image conditioning), or None."""
         return self.vit(self.images(x0))[1].float() if self.config.image_conditioning else None
 
-    def features(self, latents: Tensor, c: Tensor, source: Any, own_rows: int) -> tuple[dict[str, Tensor], Tensor]:
+    def features(self, latents: Tensor, c: Conditioning, source: Any, own_rows: int) -> tuple[dict[str, Tensor], Tensor]:
         """The ViT's tokens at the chosen blocks of the decoded ``latents``; the condition is [pooled text, CLS of the
         real image]: a real sample's own (the first ``own_rows``), a fake's source's (``source``)."""
         tokens, cls = self.vit(self.images(latents))
-        cond = c.float().mean(dim=1)
+        cond = as_conditioning(c).pooled()
         if self.config.image_conditioning:
             own = cls[:own_rows].float()
             cond = torch.cat([cond, own if own_rows == latents.shape[0] else torch.cat([own, source])], dim=1)
         return tokens, cond
 
-    def discriminator_inputs(self, x0: Tensor, c: Tensor, fakes: Fakes) -> tuple[dict[str, Tensor], Tensor]:
+    def discriminator_inputs(self, x0: Tensor, c: Conditioning, fakes: Fakes) -> tuple[dict[str, Tensor], Tensor]:
         """Fresh features of the real latents beside the generator's features of its samples: the frozen VAE and ViT
         give a sample the same features in both phases (no re-noising, unlike LADD), so the fakes are not decoded and
         read again. Samples made for a later discriminator update (no generator features) are read with the reals."""

@@ -18,6 +18,8 @@ import torch
 from diffusers.models.embeddings import get_timestep_embedding
 from torch import Tensor, nn
 
+from distill_diffusion.models.conditioning import Conditioning, as_conditioning
+
 #: Size of the sinusoidal embedding of LADD's discriminator noise level.
 TIME_DIM = 128
 
@@ -81,7 +83,9 @@ def timestep_condition(t: Tensor) -> Tensor:
     return get_timestep_embedding(t, TIME_DIM, flip_sin_to_cos=True).float()
 
 
-def noise_text_condition(t: Tensor, c: Tensor) -> Tensor:
-    """LADD's condition: [sinusoidal(t), mean of the text embedding's tokens] in fp32 (the pooled text embedding of
-    cached prompts)."""
-    return torch.cat([timestep_condition(t), c.float().mean(dim=1)], dim=1)
+def noise_text_condition(t: Tensor, c: Conditioning | Tensor) -> Tensor:
+    """LADD's condition: [sinusoidal(t), pooled text] in fp32: the model's pooled text embedding where it has one
+    (SDXL), else the mean of the text embedding's tokens (:meth:`Conditioning.pooled`), so cached prompts need nothing
+    more. Its width is :func:`~distill_diffusion.models.conditioning.pooled_text_width`."""
+    pooled = as_conditioning(c).pooled()
+    return torch.cat([timestep_condition(t).to(pooled.device), pooled], dim=1)

@@ -33,6 +33,7 @@ from distill_diffusion.config import RunConfig
 from distill_diffusion.core import append_dims, guidance_scale_to_lcm_w
 from distill_diffusion.errors import require
 from distill_diffusion.models.batch import latents_and_embeddings
+from distill_diffusion.models.conditioning import Conditioning, cat
 from distill_diffusion.models.denoiser import Denoiser
 from distill_diffusion.models.loading import SDXL_ERROR, SDComponents, TeacherConfigs
 from distill_diffusion.models.lora import (
@@ -77,7 +78,7 @@ class Fakes:
     them, ``reuses_fake_features``) their features and condition as the generator computed them."""
 
     latents: Tensor
-    c: Tensor
+    c: Conditioning
     source: Any
     #: The student timestep each sample was made at (the discriminator's condition with ``disc_student_timestep``).
     t: Tensor
@@ -159,7 +160,7 @@ class AdversarialMethod(MethodBase):
             self.layers = []
         self.unet.train()
         self.device = next(self.unet.parameters()).device
-        self.uncond = UncondEmbedding(components.tokenizer, components.text_encoder)
+        self.uncond = UncondEmbedding(components)
         self.heads = self.build_heads().to(self.device)
         self.models = {"unet": self.unet, "disc": self.heads}
         self.simulation = None
@@ -183,18 +184,18 @@ class AdversarialMethod(MethodBase):
         """``cond`` with the embedding of each row's student timestep appended (``disc_student_timestep``), else itself."""
         return torch.cat([cond, timestep_condition(t)], dim=1) if self.config.disc_student_timestep else cond
 
-    def features(self, latents: Tensor, c: Tensor, source: Any, own_rows: int) -> tuple[dict[str, Tensor], Tensor]:
+    def features(self, latents: Tensor, c: Conditioning, source: Any, own_rows: int) -> tuple[dict[str, Tensor], Tensor]:
         """The heads' inputs and condition for ``latents`` (gradients flow to ``latents`` unless under no_grad).
 
         ``source``: what :meth:`source_condition` gave for the real latents the fakes came from, for the rows after
         the first ``own_rows`` (which are real samples, conditioned on themselves)."""
         raise NotImplementedError
 
-    def discriminator_inputs(self, x0: Tensor, c: Tensor, fakes: Fakes) -> tuple[dict[str, Tensor], Tensor]:
+    def discriminator_inputs(self, x0: Tensor, c: Conditioning, fakes: Fakes) -> tuple[dict[str, Tensor], Tensor]:
         """The heads' inputs and condition for the real latents ``x0`` followed by the samples ``fakes`` (called under
         no_grad). Default: both through :meth:`features` in one batch; a method whose features of a sample do not
         change between the phases reuses the generator's (``fakes.features``, when it made them)."""
-        texts = torch.cat([c, fakes.c.to(c.dtype)])
+        texts = cat([c, fakes.c.to(dtype=c.dtype)])
         return self.features(torch.cat([x0, fakes.latents]), texts, fakes.source, own_rows=x0.shape[0])
 
     def source_condition(self, x0: Tensor) -> Any:
@@ -217,7 +218,7 @@ class AdversarialMethod(MethodBase):
         x0, c = latents_and_embeddings(batch, self.components)
         return self.generator_loss(x0, c, ctx) if phase == "generator" else self.discriminator_loss(x0, c, ctx)
 
-    def generator_loss(self, x0: Tensor, c: Tensor, ctx: StepContext) -> LossOutput:
+    def generator_loss(self, x0: Tensor, c: Conditioning, ctx: StepContext) -> LossOutput:
         cfg = self.config
         # 1. The student denoises z_t in one step, t from its timesteps (LADD: mostly 999, the 1-step case).
         fake, t = self.student_sample(x0, c, ctx.module("unet"))
@@ -239,7 +240,7 @@ class AdversarialMethod(MethodBase):
             logs["g_distill"] = float(distill.detach())
         return LossOutput(loss, logs)
 
-    def student_sample(self, x0: Tensor, c: Tensor, unet: nn.Module) -> tuple[Tensor, Tensor]:
+    def student_sample(self, x0: Tensor, c: Conditioning, unet: nn.Module) -> tuple[Tensor, Tensor]:
         """The student's one-step sample x̂0 from ``student_input`` at a timestep drawn from its own (ADD §3.1), and
         those timesteps."""
         cfg = self.config
@@ -258,7 +259,7 @@ class AdversarialMethod(MethodBase):
             return z_t
         return torch.where(append_dims(t == self.config.student_timesteps[0], x0.ndim), noise.to(z_t.dtype), z_t)
 
-    def discriminator_loss(self, x0: Tensor, c: Tensor, ctx: StepContext) -> LossOutput:
+    def discriminator_loss(self, x0: Tensor, c: Conditioning, ctx: StepContext) -> LossOutput:
         cfg = self.config
         n = x0.shape[0]
         # 4. Real latents and the generator's samples through the frozen feature network (no gradients: only the heads
@@ -295,7 +296,7 @@ class AdversarialMethod(MethodBase):
             logs["r1"] = float(r1.detach())
         return LossOutput(loss, logs)
 
-    def unseen_fakes(self, x0: Tensor, c: Tensor, ctx: StepContext) -> Fakes:
+    def unseen_fakes(self, x0: Tensor, c: Conditioning, ctx: StepContext) -> Fakes:
         """Samples no discriminator update has scored: the generator's of this micro-batch (each taken once, by the
         first update), else (a later update, on fresh micro-batches) the current student's from ``x0`` (no gradients;
         called under no_grad). Every update then judges samples it has not seen, from every micro-batch."""
@@ -305,7 +306,7 @@ class AdversarialMethod(MethodBase):
         fake, t = self.student_sample(x0, c, ctx.module("unet"))
         return Fakes(fake, c, self.source_condition(x0), t)
 
-    def distillation_loss(self, fake: Tensor, c: Tensor) -> Tensor:
+    def distillation_loss(self, fake: Tensor, c: Conditioning) -> Tensor:
         """ᾱ_s-weighted MSE between the student's sample and the guided teacher's x̂0 from it re-noised at s ~ U{0..T−1}."""
         s = torch.randint(0, self.schedule.num_train_timesteps, (fake.shape[0],), device=fake.device)
         z_s = self.schedule.add_noise(fake.detach(), torch.randn_like(fake), s)

@@ -25,6 +25,7 @@ from distill_diffusion.core.schedule import NoiseSchedule
 from distill_diffusion.core.timesteps import TRAINED_TIMESTEPS, visited_timesteps
 from distill_diffusion.errors import require
 from distill_diffusion.models import sharded
+from distill_diffusion.models.conditioning import Conditioning
 from distill_diffusion.models.denoiser import Denoiser
 
 
@@ -68,7 +69,7 @@ class BackwardSimulation:
         table = torch.tensor(self.timesteps, device=t.device)
         return (t[:, None] == table[None, :]).long().argmax(dim=1)
 
-    def denoised(self, unet: Any, z: Tensor, t: int, c: Tensor) -> Tensor:
+    def denoised(self, unet: Any, z: Tensor, t: int, c: Conditioning) -> Tensor:
         """One sampler step's x̂ = c_out·x̂0 + c_skip·z_t (LCMScheduler.step, steps 4-6), with its clipping if configured."""
         x0 = Denoiser(unet, self.schedule, self.prediction_type)(z, torch.full((z.shape[0],), t, device=z.device), c).x0
         config = self.scheduler.config
@@ -80,7 +81,7 @@ class BackwardSimulation:
         return c_out * x0 + c_skip * z.float()
 
     @torch.no_grad()
-    def __call__(self, unet: Any, z_t: Tensor, t: Tensor, c: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def __call__(self, unet: Any, z_t: Tensor, t: Tensor, c: Conditioning, generator: torch.Generator | None = None) -> Tensor:
         stage = self.stages(t)
         out, rows = z_t.clone(), (stage >= 1).nonzero().flatten()
         # sharded (FSDP2) every process runs all len(timesteps) − 1 passes, on a placeholder row where none of its rows

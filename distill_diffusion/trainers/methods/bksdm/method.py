@@ -95,7 +95,7 @@ class BKSDM(FineTune):
         x0, c, eps, t, z_t = self.noised_batch(batch)
         # 4. Student forward (engine-wrapped module) with its stage outputs captured on the unwrapped one.
         with feat.FeatureCapture(self.unet, feat.student_outputs(self.pairs)) as f_student:
-            out_s = ctx.module("unet")(z_t, t, encoder_hidden_states=c).sample.float()
+            out_s = ctx.module("unet")(z_t, t, **c.unet_kwargs()).sample.float()
         task = self.task_loss(out_s, x0, eps, t)
         if cfg.lambda_out == 0 and not self.pairs:  # no KD term: the task loss alone, no teacher forward
             return LossOutput(task, {"loss_task": float(task.detach())})

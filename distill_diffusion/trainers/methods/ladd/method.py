@@ -16,7 +16,8 @@ import torch
 from torch import Tensor, nn
 
 from distill_diffusion.config import RunConfig
-from distill_diffusion.models.loading import SDComponents, TeacherConfigs, cross_attention_width
+from distill_diffusion.models.conditioning import Conditioning, pooled_text_width
+from distill_diffusion.models.loading import SDComponents, TeacherConfigs
 from distill_diffusion.models.lora import adapters_disabled
 from distill_diffusion.trainers.methods.adversarial.heads import (
     TIME_DIM,
@@ -59,10 +60,10 @@ class LADD(AdversarialMethod):
     def build_heads(self) -> nn.Module:
         unet_config = dict(self.components.unet.config)
         channels = {tap: bb.tap_channels(unet_config, tap) for tap in self.taps}
-        return DiscriminatorHeads(channels, TIME_DIM + cross_attention_width(unet_config) + self.student_timestep_width(),
+        return DiscriminatorHeads(channels, TIME_DIM + pooled_text_width(unet_config) + self.student_timestep_width(),
                                   self.config.head_width)
 
-    def features(self, latents: Tensor, c: Tensor, source: Any, own_rows: int) -> tuple[dict[str, Tensor], Tensor]:
+    def features(self, latents: Tensor, c: Conditioning, source: Any, own_rows: int) -> tuple[dict[str, Tensor], Tensor]:
         """Each sample re-noised at its own high-biased level t_d, through the backbone up to its deepest tap (adapter
         off); the condition is [embedding of t_d, pooled text]."""
         cfg = self.config

@@ -170,10 +170,9 @@ def _score(run_dirs: list[str], s: ConsistencySettings) -> dict[str, Any]:
 
     from distill_diffusion.core import guidance_scale_to_lcm_w
     from distill_diffusion.models.denoiser import Denoiser
-    from distill_diffusion.models.encode import encode_prompt
     from distill_diffusion.models.export import build_pipeline
     from distill_diffusion.models.loading import load_teacher
-    from distill_diffusion.models.teacher import guided_prediction
+    from distill_diffusion.models.teacher import UncondEmbedding, guided_prediction
 
     runs = [load_lcm_lora_run(d) for d in run_dirs]
     _check(s, runs)
@@ -184,14 +183,11 @@ def _score(run_dirs: list[str], s: ConsistencySettings) -> dict[str, Any]:
     # the pipeline's UNet: the teacher while no LoRA is loaded, a student while one is
     model = Denoiser(pipe.unet, components.schedule, components.prediction_type)
     points = _noised_points(runs[0], components, s)
-    if method.uncond_embedding == "zeros":
-        uncond = torch.zeros_like(points[0][0][:1])
-    else:
-        uncond = encode_prompt(components.tokenizer, components.text_encoder, [""])
+    uncond = UncondEmbedding(components, method.uncond_embedding)
     w = torch.tensor(float(guidance_scale_to_lcm_w(g)))
 
-    def args(c: Tensor) -> tuple[Tensor, Tensor]:
-        return uncond.expand(c.shape[0], *c.shape[1:]).to(c.dtype), w.expand(c.shape[0]).to(c.device)
+    def args(c: Any) -> tuple[Any, Tensor]:
+        return uncond(c), w.expand(len(c)).to(c.device)
 
     refs = [{t: teacher_ode(model, z, t, c, *args(c), s.ode_step) for t, z in zs.items()} for c, zs in points]
 

@@ -33,6 +33,7 @@ from distill_diffusion.core.losses import l2, pseudo_huber
 from distill_diffusion.errors import require
 from distill_diffusion.models import sharded
 from distill_diffusion.models.batch import latents_and_embeddings
+from distill_diffusion.models.conditioning import Conditioning
 from distill_diffusion.models.denoiser import Denoiser
 from distill_diffusion.models.export import CardSampling, write_model_card
 from distill_diffusion.models.loading import SDXL_ERROR, SDComponents, TeacherConfigs
@@ -115,7 +116,7 @@ class LCM(MethodBase):
         self.k = self.schedule.num_train_timesteps // config.num_ddim_timesteps
         self.grid = skipping_step_grid(self.schedule.num_train_timesteps, config.num_ddim_timesteps)
         self.decay = config.target_ema_decay
-        self.uncond = UncondEmbedding(components.tokenizer, components.text_encoder, config.uncond_embedding)
+        self.uncond = UncondEmbedding(components, config.uncond_embedding)
         if config.lora:
             self._init_lora()
         else:
@@ -179,7 +180,7 @@ class LCM(MethodBase):
             return {}
         return {"timestep_cond": guidance_embedding(w, self.config.time_cond_proj_dim)}
 
-    def teacher_step(self, z: Tensor, t: Tensor, s: Tensor, c: Tensor, w: Tensor) -> Tensor:
+    def teacher_step(self, z: Tensor, t: Tensor, s: Tensor, c: Conditioning, w: Tensor) -> Tensor:
         """The frozen teacher's guided DDIM solve t → s in ``solver_substeps`` equal steps (LoRA: adapters off)."""
         teacher = Denoiser(self.teacher_unet, self.schedule, self.components.prediction_type)
         m, uncond = self.config.solver_substeps, self.uncond_like(c)
@@ -190,7 +191,7 @@ class LCM(MethodBase):
                 z = guided_ddim_step(teacher, z, t_i, s_i, c, uncond, w)
         return z
 
-    def consistency(self, denoiser: Denoiser, z: Tensor, t: Tensor, c: Tensor, **unet_kwargs: Any) -> Tensor:
+    def consistency(self, denoiser: Denoiser, z: Tensor, t: Tensor, c: Conditioning, **unet_kwargs: Any) -> Tensor:
         """``f(z, t) = c_skip(t)·z + c_out(t)·x0_hat(z, t)``; exactly z at t = 0 (c_skip = 1, c_out = 0)."""
         return consistency_function(denoiser(z, t, c, **unet_kwargs).x0, z, t, self.config.timestep_scaling)
 
@@ -200,7 +201,7 @@ class LCM(MethodBase):
             return l2(pred, target)
         return pseudo_huber(pred, target, self.config.huber_c)
 
-    def uncond_like(self, c: Tensor) -> Tensor:
+    def uncond_like(self, c: Conditioning) -> Conditioning:
         """The teacher's unconditional embedding, expanded to ``c``'s batch (empty prompt encoded once)."""
         return self.uncond(c)
 

@@ -38,6 +38,7 @@ from distill_diffusion.core.losses import weighted_mse
 from distill_diffusion.errors import require
 from distill_diffusion.models import sharded
 from distill_diffusion.models.batch import latents_and_embeddings
+from distill_diffusion.models.conditioning import Conditioning
 from distill_diffusion.models.denoiser import Denoiser
 from distill_diffusion.models.loading import SDXL_ERROR, SDComponents, TeacherConfigs
 from distill_diffusion.models.students import build_student
@@ -92,7 +93,7 @@ class Progressive(MethodBase):
         self.components, self.config, self.schedule = components, config, components.schedule
         self.plan = RoundPlan(config, self.schedule.num_train_timesteps, default_steps=config.round_steps(1)[0],
                               teacher_prediction_type=components.prediction_type)
-        self.uncond = UncondEmbedding(components.tokenizer, components.text_encoder)
+        self.uncond = UncondEmbedding(components)
         self.w_conditioned = config.guidance == "distill"
         # the original teacher stays frozen in the weight dtype; the student is an fp32 copy predicting v (or x)
         self.teacher_unet = components.unet
@@ -127,7 +128,7 @@ class Progressive(MethodBase):
         # 5. L = w(λ_t)·||x̂ − x̃||² with w = max(SNR, 1) or SNR + 1 (Salimans & Ho §4), in fp32
         return LossOutput(weighted_mse(x_pred, x_target, self.loss_weights(t)), {})
 
-    def guidance_target(self, x0: Tensor, c: Tensor, w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def guidance_target(self, x0: Tensor, c: Conditioning, w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Meng et al. stage 1 (and the conversion stage): ``(z_t, t, x̂)``, t ~ U{0..T−1}, x̂ the original teacher's
         as the first round uses it (:meth:`first_teacher`): its CFG ``(1+w)·x̂(z_t, c) − w·x̂(z_t, ∅)``."""
         t = torch.randint(0, self.schedule.num_train_timesteps, (x0.shape[0],), device=x0.device)
@@ -136,7 +137,7 @@ class Progressive(MethodBase):
             x_target, _ = self.first_teacher(z_t, t, c, w)
         return z_t, t, x_target
 
-    def first_teacher(self, z: Tensor, t: Tensor, c: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
+    def first_teacher(self, z: Tensor, t: Tensor, c: Conditioning, w: Tensor) -> tuple[Tensor, Tensor]:
         """``(x̂, ε̂)`` of the original teacher, guided at w (no uncond pass when the plan has no guidance)."""
         teacher = Denoiser(self.teacher_unet, self.schedule, self.components.prediction_type)
         if self.w_conditioned or (self.config.guidance == "fixed" and self.config.guidance_scale_min > 1):
@@ -144,7 +145,7 @@ class Progressive(MethodBase):
         out = teacher(z, t, c)
         return out.x0, out.eps
 
-    def round_target(self, x0: Tensor, c: Tensor, w: Tensor, stage: int) -> tuple[Tensor, Tensor, Tensor]:
+    def round_target(self, x0: Tensor, c: Conditioning, w: Tensor, stage: int) -> tuple[Tensor, Tensor, Tensor]:
         """Alg. 2 on the round's grid: ``(z_t, t, x̃)`` for i ~ U{0..N−1} and z_t = α_t·x + σ_t·ε."""
         grid = self.plan.grid(stage)
         i = torch.randint(0, grid.student_steps, (x0.shape[0],), device=x0.device)
@@ -153,7 +154,7 @@ class Progressive(MethodBase):
         return z_t, t, self.x_tilde(z_t, i, c, w, stage)
 
     @torch.no_grad()
-    def x_tilde(self, z_t: Tensor, i: Tensor, c: Tensor, w: Tensor, stage: int) -> Tensor:
+    def x_tilde(self, z_t: Tensor, i: Tensor, c: Conditioning, w: Tensor, stage: int) -> Tensor:
         """The x target of student step ``i`` (t → t''): one student DDIM step onto it lands where two teacher steps do.
 
         Two teacher DDIM steps z_t → z_t' → z_t'' through the teacher grid's midpoint t', then
@@ -167,7 +168,7 @@ class Progressive(MethodBase):
         return progressive_target_x0(z_t.float(), z_tpp, append_dims(s.alpha(t), ndim), append_dims(s.sigma(t), ndim),
                                      append_dims(s.alpha(tpp), ndim), append_dims(s.sigma(tpp), ndim))
 
-    def teacher_step(self, z: Tensor, t: Tensor, s: Tensor, c: Tensor, w: Tensor) -> Tensor:
+    def teacher_step(self, z: Tensor, t: Tensor, s: Tensor, c: Conditioning, w: Tensor) -> Tensor:
         """One deterministic DDIM step t → s of this round's teacher.
 
         The first round without a guidance stage uses the original teacher, guided at w (no uncond pass at
