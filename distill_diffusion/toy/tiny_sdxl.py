@@ -12,7 +12,7 @@ The layout of SDXL base (Podell et al., arXiv:2307.01952, §2.1, Tab. 1) at a fr
   linear projections in the transformers, 1 layer per transformer (SDXL: 0/2/10).
 - The SD toy's VAE (x4), with ``force_upcast`` set as in SDXL's VAE config; the SD toy's tokenizer for both encoders.
 - ``EulerDiscreteScheduler`` with SDXL's training schedule (``scaled_linear`` 0.00085 -> 0.012, ``steps_offset`` 1,
-  ``timestep_spacing`` leading).
+  ``timestep_spacing`` leading), its config holding DDIM's ``clip_sample``/``set_alpha_to_one`` False as SDXL base's does.
 
 Built in about a second; not trained here.
 """
@@ -79,6 +79,9 @@ def build_tiny_sdxl_components(resolution: int = 32, seed: int = 0, prediction_t
     vae.register_to_config(scaling_factor=calibrate_scaling_factor(vae, resolution, seed=seed), force_upcast=True)
     scheduler = EulerDiscreteScheduler(**{k: v for k, v in SD15_SCHEDULER_CONFIG.items() if k not in ("clip_sample", "set_alpha_to_one")},
                                        prediction_type=prediction_type)
+    # SDXL base's scheduler_config.json carries DDIM's keys too, so DDIMScheduler.from_config (validation, the toy's
+    # calibration) gets clip_sample False instead of its default True, which would clamp unit-variance latents.
+    scheduler.register_to_config(clip_sample=False, set_alpha_to_one=False, sample_max_value=1.0)
     for module in (unet, vae, text_encoder, text_encoder_2):
         module.eval()
     return {"unet": unet, "vae": vae, "text_encoder": text_encoder, "text_encoder_2": text_encoder_2,
