@@ -19,7 +19,7 @@ from distill_diffusion.errors import require
 from distill_diffusion.models.batch import latents_and_embeddings
 from distill_diffusion.models.denoiser import Denoiser
 from distill_diffusion.models.export import TEACHER_SAMPLING, save_pipeline
-from distill_diffusion.models.loading import SDXL_ERROR, SDComponents
+from distill_diffusion.models.loading import SDComponents
 from distill_diffusion.trainers.methods.base import LossOutput, MethodBase, Phase, StepContext
 
 
@@ -44,7 +44,6 @@ class FineTune(MethodBase):
     config_class: ClassVar[type] = FineTuneConfig
 
     def __init__(self, components: SDComponents, config: FineTuneConfig):
-        require(components.family != "sdxl", f"{components.source}: {SDXL_ERROR}")
         self.components, self.config = components, config
         self.unet = self.build_unet(components)
         self.unet.train()
