@@ -30,8 +30,9 @@ import torch
 from distill_diffusion.errors import require
 from distill_diffusion.toy.paths import BUILD_FILE, TOY_GUIDANCE, TOY_VERSION, ToyWorld
 
-#: Pipeline entries the fine-tune export writes that make up the teacher folder.
-_PIPELINE_ENTRIES = ("model_index.json", "unet", "vae", "text_encoder", "tokenizer", "scheduler", "README.md")
+#: Pipeline entries the fine-tune export writes that make up the teacher folder (the ``_2`` ones: SDXL's, ``toy.build_xl``).
+_PIPELINE_ENTRIES = ("model_index.json", "unet", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2",
+                     "scheduler", "README.md")
 
 
 @dataclass(frozen=True)
@@ -149,8 +150,13 @@ def _stage_vae(tmp: Path, b: BuildBudget, progress: bool) -> dict[str, Any]:
     return {"steps": b.vae_steps, **metrics}
 
 
-def unet_run_config(tmp: Path, b: BuildBudget, progress: bool) -> Any:
-    """The engine run that trains the teacher UNet: plain fine-tune on cached latents, EMA, caption dropout."""
+def unet_run_config(tmp: Path, b: BuildBudget, progress: bool, random_crop: bool = False) -> Any:
+    """The engine run that trains the teacher UNet: plain fine-tune on cached latents, EMA, caption dropout.
+
+    ``tmp`` holds ``init_teacher/`` and ``data/``. ``random_crop``: random 32x32 crops with each image's original
+    size and crop offset recorded for SDXL's micro-conditioning (the XL teacher, ``toy.build_xl``); the SD teacher's
+    square images need no crop.
+    """
     from distill_diffusion.config import build_run_config
     from distill_diffusion.trainers.methods.finetune import FineTuneConfig
 
@@ -160,6 +166,7 @@ def unet_run_config(tmp: Path, b: BuildBudget, progress: bool) -> Any:
             "source": "imagefolder",
             "train_data_dir": str(tmp / "data"),
             "resolution": 32,
+            **({"center_crop": False, "micro_conditioning": "data"} if random_crop else {}),
             "proportion_empty_prompts": b.proportion_empty_prompts,
             "cache_latents": True,
             "cache_dir": str(tmp / "unet_run" / "latent_cache"),
@@ -184,7 +191,7 @@ def unet_run_config(tmp: Path, b: BuildBudget, progress: bool) -> Any:
     return build_run_config("finetune", FineTuneConfig, config)
 
 
-def _stage_unet(tmp: Path, b: BuildBudget, progress: bool) -> dict[str, Any]:
+def _stage_unet(tmp: Path, b: BuildBudget, progress: bool, random_crop: bool = False) -> dict[str, Any]:
     """Train through the engine (``trainers.engine.build.train``) and keep only the exported pipeline as ``teacher/``."""
     from distill_diffusion.trainers.engine.build import train
 
@@ -194,7 +201,7 @@ def _stage_unet(tmp: Path, b: BuildBudget, progress: bool) -> dict[str, Any]:
         # the engine logs to trackers only; keep the loss curve for build.json without one
         losses.append(float(logs["unet/loss"]))
 
-    out = train(unet_run_config(tmp, b, progress), callbacks=[record_loss])
+    out = train(unet_run_config(tmp, b, progress, random_crop), callbacks=[record_loss])
     (tmp / "teacher").mkdir()
     for entry in _PIPELINE_ENTRIES:
         if (out / entry).exists():

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -75,18 +76,22 @@ def calibrate(
     num_real: int = 1024,
     seed: int = 0,
     progress: bool = True,
+    teacher: str | Path | None = None,
 ) -> dict[str, Any]:
     """Teacher FD/CLIP/prompt-accuracy numbers at each DDIM step count and spacing, and the quality-bar ratios.
 
     ``num_images`` must exceed the CLIP projection dimension (the covariance needs that many samples);
     FD at small N is biased up, so the same N, prompts and seeds are used for every step count.
+    ``teacher``: a pipeline folder other than ``world.teacher`` scored in the same world (the SDXL teacher,
+    ``toy.build_xl``: diffusers picks its pipeline class from ``model_index.json``; its default micro-conditioning
+    at 32x32 is original = target size and no crop, the native uncropped images).
     """
-    from diffusers import StableDiffusionPipeline
+    from diffusers import DiffusionPipeline
 
     from distill_diffusion.toy.vae import reconstruct_uint8
     from distill_diffusion.toy.world import toy_images, toy_prompts
 
-    pipe = StableDiffusionPipeline.from_pretrained(world.teacher, safety_checker=None, local_files_only=True)
+    pipe = DiffusionPipeline.from_pretrained(teacher or world.teacher, local_files_only=True, **_no_checker(teacher or world.teacher))
     pipe.set_progress_bar_config(disable=True)
     measure, feature = _measure_fn(world, num_real, seed)
     prompts = toy_prompts(num_images, seed)
@@ -100,6 +105,11 @@ def calibrate(
     results["settings"] = {"num_images": num_images, "num_real": num_real, "guidance_scale": guidance_scale,
                            "feature": feature, "headline_spacing": SPACINGS[0], "seed": seed}
     return results
+
+
+def _no_checker(folder: str | Path) -> dict[str, Any]:
+    """``safety_checker=None`` for an SD folder (the toy's has none); SDXL pipelines have no such argument."""
+    return {} if (Path(folder) / "text_encoder_2").is_dir() else {"safety_checker": None}
 
 
 def _measure_fn(world: ToyWorld, num_real: int, seed: int) -> tuple[Measure, str]:

@@ -4,6 +4,8 @@
 imagefolder), ``teacher/`` (a stock ``StableDiffusionPipeline`` folder), ``clip/`` (a stock ``CLIPModel``
 folder with its processor), ``classifier/`` (the shape/colour/background classifier of ``toy.classifier``)
 and ``build.json`` (what was trained, how long, losses, calibration). The version suffix changes whenever the world or its training changes, so an old cache is never reused.
+The toy SDXL teacher, built only when asked for (``toy build --sdxl``), lives in ``xl/`` with its own ``build.json``
+stamped with :data:`XL_VERSION`.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from typing import Any
 
 CACHE_ENV = "DISTILL_DIFFUSION_CACHE"
 TOY_VERSION = "toy-v3"
+#: The toy SDXL teacher's version (``xl/build.json``); bump it whenever its data, architecture or training change.
+XL_VERSION = "xl-v1"
 #: The toy teacher's reference guidance scale: its calibration, the quickstart's teacher rows and the progressive
 #: and adversarial toy benchmarks' default (bksdm-toy keeps the 3.0 its results used). At 2.0 the toy-v3 teacher's
 #: 50-step FID is a third lower than at 3.0 with the same CLIP score and prompt accuracy (3.0 is past the FID-optimal
@@ -66,6 +70,33 @@ class ToyWorld:
     @property
     def build_json(self) -> Path:
         return self.root / BUILD_FILE
+
+    @property
+    def xl(self) -> Path:
+        """The SDXL teacher's own folder (``toy.build_xl``): ``teacher/``, ``data/`` and ``build.json``, versioned by
+        :data:`XL_VERSION` in that ``build.json``; built on demand, never by the SD build."""
+        return self.root / "xl"
+
+    @property
+    def teacher_xl(self) -> Path:
+        """The toy SDXL teacher, a stock ``StableDiffusionXLPipeline`` folder."""
+        return self.xl / "teacher"
+
+    @property
+    def data_xl(self) -> Path:
+        """The XL teacher's training images: the toy examples on canvases of varied size (``toy.world_xl``)."""
+        return self.xl / "data"
+
+    def xl_is_complete(self) -> bool:
+        """True when the XL teacher was built, finished (``xl/build.json`` is written last) and is of this
+        :data:`XL_VERSION`; an XL folder of an older version is rebuilt, like the world's version suffix."""
+        stamp = self.xl / BUILD_FILE
+        if not (stamp.is_file() and (self.teacher_xl / "model_index.json").is_file()):
+            return False
+        try:
+            return json.loads(stamp.read_text()).get("version") == XL_VERSION
+        except (OSError, json.JSONDecodeError):
+            return False
 
     def is_complete(self) -> bool:
         """True when every part is there; ``build.json`` is written last, and the folder appears only by

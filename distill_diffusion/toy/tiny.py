@@ -157,9 +157,10 @@ def init_toy(
     seed: int = 0,
     prediction_type: str = "epsilon",
     vae_steps: int = 0,
+    sdxl: bool = False,
 ) -> dict[str, Path]:
     """Write the toy dataset to ``directory/data``, a tiny teacher to ``directory/teacher`` and ADD's toy feature network
-    to ``directory/dinov2``.
+    to ``directory/dinov2`` (``sdxl``: also a tiny SDXL teacher to ``directory/teacher_xl``, with the same VAE).
 
     The teacher is random-initialised (seconds). ``vae_steps > 0`` first fits its VAE on toy images
     (:func:`distill_diffusion.toy.vae.train_toy_vae`, minutes on a CPU), which a teacher that is then
@@ -170,8 +171,23 @@ def init_toy(
     parts = build_tiny_components(resolution=resolution, seed=seed, prediction_type=prediction_type)
     if vae_steps > 0:
         train_toy_vae(parts["vae"], steps=vae_steps, resolution=resolution, seed=seed)
-    return {"data": data, "teacher": save_tiny_pipeline(root / "teacher", components=parts),
-            "dinov2": save_toy_dinov2(root / "dinov2", resolution=resolution, seed=seed)}
+    paths = {"data": data, "teacher": save_tiny_pipeline(root / "teacher", components=parts),
+             "dinov2": save_toy_dinov2(root / "dinov2", resolution=resolution, seed=seed)}
+    if sdxl:
+        paths["teacher_xl"] = _save_xl_teacher(root / "teacher_xl", parts["vae"], resolution, seed, prediction_type)
+    return paths
+
+
+def _save_xl_teacher(out_dir: Path, vae: AutoencoderKL, resolution: int, seed: int, prediction_type: str) -> Path:
+    """A random tiny SDXL pipeline sharing the SD teacher's VAE (a copy: SDXL's config adds ``force_upcast``)."""
+    import copy
+
+    from distill_diffusion.toy.tiny_sdxl import build_tiny_sdxl_components, save_tiny_sdxl_pipeline
+
+    parts = build_tiny_sdxl_components(resolution, seed, prediction_type)
+    parts["vae"] = copy.deepcopy(vae)
+    parts["vae"].register_to_config(force_upcast=True)
+    return save_tiny_sdxl_pipeline(out_dir, parts)
 
 
 def save_toy_dinov2(out_dir: str | Path, resolution: int = 32, seed: int = 0, hidden_size: int = 64, layers: int = 4) -> Path:

@@ -113,11 +113,17 @@ def _cross(cx: float, cy: float, r: float, angle: float) -> list[tuple[float, fl
 
 def render(example: ToyExample, resolution: int = 32) -> Image.Image:
     """Draw ``example`` as an RGB image of ``resolution`` x ``resolution`` pixels."""
-    size = resolution * _SUPERSAMPLE
-    image = Image.new("RGB", (size, size), BACKGROUNDS[example.background])
+    return render_canvas(example, resolution, resolution)
+
+
+def render_canvas(example: ToyExample, height: int, width: int) -> Image.Image:
+    """Draw ``example`` on a ``height`` x ``width`` canvas: the radius is a fraction of the shorter side, the centre a
+    fraction of each side, so the shape stays whole on any canvas (a square canvas is :func:`render`)."""
+    h, w = height * _SUPERSAMPLE, width * _SUPERSAMPLE
+    image = Image.new("RGB", (w, h), BACKGROUNDS[example.background])
     draw = ImageDraw.Draw(image)
     fill = COLOURS[example.colour]
-    cx, cy, r = example.cx * size, example.cy * size, example.radius * size
+    cx, cy, r = example.cx * w, example.cy * h, example.radius * min(h, w)
     if example.shape in ("circle", "ring"):
         draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
         if example.shape == "ring":
@@ -131,7 +137,7 @@ def render(example: ToyExample, resolution: int = 32) -> Image.Image:
         draw.polygon(_cross(cx, cy, r, example.angle), fill=fill)
     else:  # star: five points
         draw.polygon(_polygon(cx, cy, [r, STAR_INNER * r] * 5, example.angle), fill=fill)
-    return image.resize((resolution, resolution), Image.Resampling.BOX)
+    return image.resize((width, height), Image.Resampling.BOX)
 
 
 def iter_examples(n: int, seed: int = 0) -> Iterator[ToyExample]:
