@@ -50,6 +50,7 @@ def test_xl_teacher_loads_in_stock_diffusers_and_samples(built: tuple[ToyWorld, 
     world, _ = built
     pipe = StableDiffusionXLPipeline.from_pretrained(world.teacher_xl, local_files_only=True)
     assert pipe.unet.config.addition_embed_type == "text_time"
+    assert pipe.config.force_zeros_for_empty_prompt is False  # CFG's uncond = the caption dropout's empty prompt
     assert pipe.text_encoder_2.__class__.__name__ == "CLIPTextModelWithProjection"
     pipe.set_progress_bar_config(disable=True)
     image = pipe("a red circle", num_inference_steps=2, guidance_scale=2.0, output_type="np",

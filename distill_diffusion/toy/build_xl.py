@@ -99,7 +99,10 @@ def _stage_init(tmp: Path, b: BuildBudget, progress: bool, world: ToyWorld) -> d
     vae = AutoencoderKL.from_pretrained(world.teacher / "vae", local_files_only=True)
     vae.register_to_config(force_upcast=True)  # SDXL's VAE config; the toy VAE is fp32 anyway
     parts["vae"] = vae.eval()
-    save_tiny_sdxl_pipeline(tmp / "init_teacher", components=parts)
+    # Caption dropout trains the unconditional branch on the empty prompt's encoding (as diffusers'
+    # train_text_to_image_sdxl.py does), so CFG must use that encoding: not SDXL base's zeros, which match its own
+    # training. The fine-tune's export keeps the flag, and LCM's unconditional input follows it.
+    save_tiny_sdxl_pipeline(tmp / "init_teacher", components=parts, force_zeros_for_empty_prompt=False)
     return {"unet_parameters": sum(p.numel() for p in parts["unet"].parameters())}
 
 

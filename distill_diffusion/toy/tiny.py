@@ -187,7 +187,8 @@ def _save_xl_teacher(out_dir: Path, vae: AutoencoderKL, resolution: int, seed: i
     parts = build_tiny_sdxl_components(resolution, seed, prediction_type)
     parts["vae"] = copy.deepcopy(vae)
     parts["vae"].register_to_config(force_upcast=True)
-    return save_tiny_sdxl_pipeline(out_dir, parts)
+    # the empty prompt's encoding as CFG's unconditional input, as the trained toy XL teacher (toy.build_xl)
+    return save_tiny_sdxl_pipeline(out_dir, parts, force_zeros_for_empty_prompt=False)
 
 
 def save_toy_dinov2(out_dir: str | Path, resolution: int = 32, seed: int = 0, hidden_size: int = 64, layers: int = 4) -> Path:
