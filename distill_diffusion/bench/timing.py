@@ -22,18 +22,24 @@ from torch.utils.data import Dataset
 
 
 class LatentBatches(Dataset):
-    """Pre-encoded ``{"latents", "prompt_embeds"}`` items (the latent-cache path of the engine)."""
+    """Pre-encoded ``{"latents", "prompt_embeds"}`` items (the latent-cache path of the engine); with ``pooled_dim``
+    also SDXL's pooled ``text_embeds`` and the geometry its micro-conditioning is built from: original size
+    ``pixel_size`` square and no crop, what diffusers' pipelines pass at inference."""
 
-    def __init__(self, n: int, latent_shape: tuple[int, int, int], embed_shape: tuple[int, int]):
+    def __init__(self, n: int, latent_shape: tuple[int, int, int], embed_shape: tuple[int, int], pooled_dim: int | None = None,
+                 pixel_size: int = 0):
         g = torch.Generator().manual_seed(0)
         self.latents = torch.randn(n, *latent_shape, generator=g)
         self.embeds = torch.randn(n, *embed_shape, generator=g)
+        self.pooled = torch.randn(n, pooled_dim, generator=g) if pooled_dim else None
+        self.geometry = {"original_size": torch.tensor([pixel_size, pixel_size]), "crop_top_left": torch.zeros(2, dtype=torch.long)}
 
     def __len__(self) -> int:
         return len(self.latents)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {"latents": self.latents[i], "prompt_embeds": self.embeds[i]}
+        item = {"latents": self.latents[i], "prompt_embeds": self.embeds[i]}
+        return item if self.pooled is None else {**item, "text_embeds": self.pooled[i], **self.geometry}
 
 
 def collate_latents(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -78,6 +84,8 @@ def latent_engine(tmp: Path, method_name: str, batch_size: int, sections: dict[s
     when ``None``).
     """
     from distill_diffusion.config import build_run_config
+    from distill_diffusion.models.batch import vae_scale_factor
+    from distill_diffusion.models.conditioning import pooled_text_width
     from distill_diffusion.models.loading import load_teacher
     from distill_diffusion.trainers.engine.build import (
         build_method,
@@ -103,17 +111,21 @@ def latent_engine(tmp: Path, method_name: str, batch_size: int, sections: dict[s
         enable_gradient_checkpointing(method)
     unet = components.unet
     size = latent_size or unet.config.sample_size
+    pooled = pooled_text_width(unet.config) if unet.config.get("addition_embed_type") == "text_time" else None
+    pixels = size * (vae_scale_factor(components.vae) if components.vae is not None else 8)  # no VAE: SD's x8
     data = LatentBatches(batch_size * n_batches, (unet.config.in_channels, size, size),
-                         (components.tokenizer.model_max_length, unet.config.cross_attention_dim))
+                         (components.tokenizer.model_max_length, unet.config.cross_attention_dim), pooled, pixels)
     loader = build_dataloader(data, batch_size, 0, collate_latents, 0)
     return Engine(run, accelerator, method, loader), data
 
 
-def tiny_engine(tmp: Path, method_name: str, batch_size: int, method: dict[str, Any] | None = None) -> tuple[Any, LatentBatches]:
-    """:func:`latent_engine` on a tiny random teacher saved under ``tmp`` and loaded like a user's model."""
+def tiny_engine(tmp: Path, method_name: str, batch_size: int, method: dict[str, Any] | None = None,
+                family: str = "sd1") -> tuple[Any, LatentBatches]:
+    """:func:`latent_engine` on a tiny random teacher saved under ``tmp`` and loaded like a user's model (``family``
+    ``sdxl``: the toy SDXL teacher's architecture, ``toy.tiny_sdxl``)."""
     from distill_diffusion.toy.tiny import save_tiny_pipeline
 
-    teacher = save_tiny_pipeline(tmp / "teacher")
+    teacher = save_tiny_pipeline(tmp / "teacher", family=family)
     model = {"pretrained_model_name_or_path": str(teacher), "local_files_only": True}
     return latent_engine(tmp, method_name, batch_size, {"model": model, "method": method or {}})
 
