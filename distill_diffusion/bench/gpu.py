@@ -1,4 +1,4 @@
-"""What the SD 1.5-sized GPU training benchmarks share: random SD components, the engine on them, timing, checks.
+"""What the SD 1.5- and SDXL-sized GPU training benchmarks share: random SD components, the engine on them, timing, checks.
 
 A method's GPU benchmark (its ``bench_gpu`` module: ``bench lcm-gpu``, ``bench progressive-gpu``, ...) times its engine step on SD 1.5's UNet
 architecture (about 860M parameters) built from its config with random weights, on pre-encoded latents and text
@@ -40,38 +40,97 @@ SD15_UNET_CONFIG: dict[str, Any] = {
     "center_input_sample": False,
 }
 
+#: SDXL base's ``UNet2DConditionModel`` config (Podell et al., arXiv:2307.01952, Tab. 1; the values of
+#: stabilityai/stable-diffusion-xl-base-1.0 ``unet/config.json``): 2,567,463,684 parameters.
+SDXL_UNET_CONFIG: dict[str, Any] = {
+    "sample_size": 128,
+    "in_channels": 4,
+    "out_channels": 4,
+    "block_out_channels": [320, 640, 1280],
+    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+    "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+    "mid_block_type": "UNetMidBlock2DCrossAttn",
+    "layers_per_block": 2,
+    "transformer_layers_per_block": [1, 2, 10],
+    "cross_attention_dim": 2048,
+    "attention_head_dim": [5, 10, 20],
+    "use_linear_projection": True,
+    "addition_embed_type": "text_time",
+    "addition_embed_type_num_heads": 64,
+    "addition_time_embed_dim": 256,
+    "projection_class_embeddings_input_dim": 2816,
+    "norm_num_groups": 32,
+    "norm_eps": 1e-5,
+    "act_fn": "silu",
+    "flip_sin_to_cos": True,
+    "freq_shift": 0,
+    "downsample_padding": 1,
+    "mid_block_scale_factor": 1,
+    "center_input_sample": False,
+}
+#: Widths of SDXL's two text encoders (CLIP ViT-L hidden 768; OpenCLIP ViT-bigG hidden and projection 1280): their
+#: penultimate hidden states concatenate to the UNet's 2048, the second's projection is the pooled 1280.
+SDXL_TEXT_WIDTHS = (768, 1280)
 
-def _text_encoder(hidden: int, tokenizer: Any) -> Any:
-    """A 1-layer random CLIP text encoder of width ``hidden`` (it only encodes the empty prompt, once)."""
-    from transformers import CLIPTextConfig, CLIPTextModel
 
-    return CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=4 * hidden, projection_dim=hidden,
+def is_sdxl_config(unet_config: dict[str, Any]) -> bool:
+    """A UNet with SDXL's added conditions (pooled text and micro-conditioning time ids)."""
+    return unet_config.get("addition_embed_type") == "text_time"
+
+
+def _text_encoder(hidden: int, tokenizer: Any, projection: int | None = None) -> Any:
+    """A 1-layer random CLIP text encoder of width ``hidden`` (it only encodes the empty prompt, once); with
+    ``projection`` a ``CLIPTextModelWithProjection`` (SDXL's second encoder)."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    cls = CLIPTextModelWithProjection if projection else CLIPTextModel
+    return cls(CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=4 * hidden, projection_dim=projection or hidden,
         num_hidden_layers=1, num_attention_heads=hidden // 64 if hidden % 64 == 0 else 1,
         max_position_embeddings=tokenizer.model_max_length, hidden_act="quick_gelu",
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id,
     ))
 
 
+def _scale_only_vae(device: torch.device) -> Any:
+    """A VAE with SDXL's four levels (x8) and 8 channels: the batches derive the pixel size of SDXL's time ids from the
+    VAE's levels, as diffusers does; it never runs (the step reads cached latents)."""
+    from diffusers import AutoencoderKL
+
+    with torch.device(device):
+        vae = AutoencoderKL(block_out_channels=(8, 8, 8, 8), down_block_types=("DownEncoderBlock2D",) * 4,
+                            up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=1, norm_num_groups=8)
+    return vae.requires_grad_(False).eval()
+
+
 def _components(unet_config: dict[str, Any], dtype: torch.dtype, device: torch.device) -> Any:
-    """Frozen random SD components in ``dtype`` on ``device``; no VAE (the step reads cached latents)."""
+    """Frozen random SD components in ``dtype`` on ``device``; no VAE (the step reads cached latents), or for SDXL a
+    stand-in that only gives the x8 scale."""
     from diffusers import DDIMScheduler, UNet2DConditionModel
 
+    from distill_diffusion.models.conditioning import pooled_text_width
     from distill_diffusion.models.loading import SDComponents, detect_family
     from distill_diffusion.toy.tiny import SD15_SCHEDULER_CONFIG
     from distill_diffusion.toy.tokenizer import build_tokenizer
 
     tokenizer = build_tokenizer()
+    xl = is_sdxl_config(unet_config)
     with torch.device(device):
         unet = UNet2DConditionModel.from_config(unet_config)
-        text_encoder = _text_encoder(unet.config.cross_attention_dim, tokenizer)
-    for module in (unet, text_encoder):
-        # plain nn.Module.to: diffusers' override warns about fp32-only modules even when there are none
-        torch.nn.Module.to(module, dtype=dtype).requires_grad_(False).eval()
+        if xl:  # SDXL: two encoders whose hidden states concatenate to the UNet's width; the second one pooled
+            pooled = pooled_text_width(dict(unet.config))
+            text_encoder = _text_encoder(unet.config.cross_attention_dim - pooled, tokenizer)
+            text_encoder_2 = _text_encoder(pooled, tokenizer, projection=pooled)
+        else:
+            text_encoder, text_encoder_2 = _text_encoder(unet.config.cross_attention_dim, tokenizer), None
+    for module in (unet, text_encoder, text_encoder_2):
+        if module is not None:  # plain nn.Module.to: diffusers' override warns about fp32-only modules even when there are none
+            torch.nn.Module.to(module, dtype=dtype).requires_grad_(False).eval()
     return SDComponents(
-        unet=unet, vae=None, text_encoder=text_encoder, tokenizer=tokenizer,
+        unet=unet, vae=_scale_only_vae(device) if xl else None, text_encoder=text_encoder, tokenizer=tokenizer,
         scheduler=DDIMScheduler(**SD15_SCHEDULER_CONFIG, prediction_type="epsilon"),
         family=detect_family({}, dict(unet.config)), prediction_type="epsilon", source="random weights",
+        text_encoder_2=text_encoder_2, tokenizer_2=build_tokenizer() if xl else None, force_zeros_for_empty_prompt=xl,
     )
 
 
@@ -129,14 +188,16 @@ def time_steps(engine: Any, dev: torch.device, steps: int) -> tuple[float, float
 
 def time_method_step(method: str, options: dict[str, Any], title: str, no_gpu: str, *, batch_size: int, resolution: int, steps: int,
                      mixed_precision: str, gradient_checkpointing: bool, unet_config: dict[str, Any] | None, device: str | None,
-                     prepare: Callable[[Any], None] | None = None, architecture: str = "SD 1.5") -> tuple[dict[str, Any], Any]:
+                     prepare: Callable[[Any], None] | None = None, architecture: str = "SD 1.5",
+                     base_config: dict[str, Any] | None = None) -> tuple[dict[str, Any], Any]:
     """Time ``steps`` engine steps of ``method`` (after 3 warm-ups) on random SD components of ``unet_config`` (SD 1.5's
-    when None, named ``architecture`` in the title: SD 1.4 shares it); ``prepare(engine)`` runs first (e.g. to move past
+    when None, or ``base_config``, e.g. :data:`SDXL_UNET_CONFIG`; named ``architecture`` in the title: SD 1.4 shares
+    SD 1.5's); ``prepare(engine)`` runs first (e.g. to move past
     a stage). Returns the common result fields and the engine (its method, for the caller's own fields).
     ``device=None`` needs CUDA: a one-line error otherwise, before anything is built."""
     import diffusers
 
-    config = dict(unet_config or SD15_UNET_CONFIG)
+    config = dict(unet_config or base_config or SD15_UNET_CONFIG)
     dev = check_args(device, batch_size, resolution, steps, mixed_precision, config, no_gpu)
     with tempfile.TemporaryDirectory() as tmp:
         engine, _ = sd_engine(Path(tmp), method, options, batch_size, resolution, mixed_precision, gradient_checkpointing, config, dev)
