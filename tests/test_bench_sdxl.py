@@ -1,0 +1,117 @@
+"""SDXL benchmarks' code: the meta-device peak-memory estimator, the SDXL GPU benchmark on a tiny SDXL UNet, and the
+shared engine builders taking the toy XL architecture."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from distill_diffusion.bench.gpu import SDXL_UNET_CONFIG
+from distill_diffusion.bench.memory_estimate import (
+    activation_profile,
+    add_meta_lora,
+    estimate_lora_training,
+    meta_unet,
+)
+from distill_diffusion.models.lora import DEFAULT_TARGET_MODULES
+from distill_diffusion.toy.tiny_sdxl import tiny_sdxl_unet_config
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # accelerate picks CUDA when there is one
+TINY = tiny_sdxl_unet_config()
+
+
+def _estimate(**kw) -> dict:
+    args = {"batch_size": 2, "resolution": 32, "lora_rank": 4, "target_modules": DEFAULT_TARGET_MODULES,
+            "mixed_precision": "bf16", "gradient_checkpointing": True, "vae_factor": 4, **kw}
+    return estimate_lora_training(TINY, **args)
+
+
+def test_meta_counts_equal_the_real_models() -> None:
+    from diffusers import UNet2DConditionModel
+    from peft import LoraConfig
+
+    real = UNet2DConditionModel(**TINY)
+    meta = meta_unet(TINY, torch.bfloat16)
+    assert sum(p.numel() for p in meta.parameters()) == sum(p.numel() for p in real.parameters())
+    real.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=list(DEFAULT_TARGET_MODULES)))
+    lora = sum(p.numel() for n, p in real.named_parameters() if "lora_" in n)
+    assert add_meta_lora(meta, 4, DEFAULT_TARGET_MODULES) == lora > 0
+
+
+def test_sdxl_config_is_sdxl_base() -> None:
+    unet = meta_unet(SDXL_UNET_CONFIG, torch.bfloat16)
+    assert sum(p.numel() for p in unet.parameters()) == 2_567_463_684  # SDXL base's UNet
+    assert unet.config.projection_class_embeddings_input_dim == 6 * 256 + 1280
+
+
+def test_estimate_is_monotone_in_batch_and_resolution() -> None:
+    small, bigger_batch, bigger_image = _estimate(), _estimate(batch_size=4), _estimate(resolution=64)
+    for other in (bigger_batch, bigger_image):
+        assert other["peak_gib"] > small["peak_gib"]
+        assert other["terms_gib"]["student activations held through the forward"] > small["terms_gib"]["student activations held through the forward"]
+    # weights do not depend on the batch; activations grow with it, at most linearly (autocast's bf16 copies of the
+    # fp32 LoRA weights, saved for backward, are the part that does not grow)
+    assert bigger_batch["terms_gib"]["UNet weights (frozen, weight dtype)"] == small["terms_gib"]["UNet weights (frozen, weight dtype)"]
+    ratio = bigger_batch["activations_without_checkpointing_gib"] / small["activations_without_checkpointing_gib"]
+    assert 1.3 < ratio <= 2.0
+
+
+def test_checkpointing_holds_less_and_units_are_found() -> None:
+    on, off = _estimate(), _estimate(gradient_checkpointing=False)
+    held = "student activations held through the forward"
+    assert on["terms_gib"][held] < off["terms_gib"][held] == pytest.approx(off["activations_without_checkpointing_gib"])
+    # 2 resnets x 3 down levels + 3 x 3 up + 2 mid; 1 transformer block per attention (2 down x 2, 3 x 2 up, 1 mid)
+    assert on["checkpoint_units"] == 6 + 9 + 2 + 4 + 6 + 1
+
+
+def test_attention_is_counted_as_flash_attention_saves_it() -> None:
+    """No [N, N] probabilities among the saved tensors: doubling the tokens at most about doubles attention's share."""
+    unet = meta_unet(TINY, torch.bfloat16)
+    add_meta_lora(unet, 4, DEFAULT_TARGET_MODULES)
+    a, b = activation_profile(unet, 1, 8, torch.bfloat16), activation_profile(unet, 1, 16, torch.bfloat16)
+    assert b.total < 4.5 * a.total  # 4x the pixels; a quadratic attention term would make it grow faster
+
+
+def test_lora_memory_cli_writes_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from distill_diffusion.cli import main
+
+    out = tmp_path / "mem.json"
+    assert main(["bench", "lora-memory", "--family", "sd15", "--resolution", "128", "--output", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert 855e6 < result["unet_parameters"] < 865e6 and result["fits_card"] is True
+    assert "| **peak**" in out.with_suffix(".md").read_text() and "Fits a 24 GB card" in capsys.readouterr().out
+
+
+def test_sdxl_gpu_benchmark_runs_on_a_tiny_sdxl_unet(tmp_path: Path) -> None:
+    """The SDXL components (two encoders, pooled text, time ids) and timing path; fine-tune is the step here because
+    LCM's SDXL support lands separately (the GPU check runs the default, LCM)."""
+    from distill_diffusion.bench.sdxl_gpu import run_sdxl_lora_benchmark
+
+    out = tmp_path / "gpu.json"
+    result = run_sdxl_lora_benchmark(batch_size=2, resolution=32, steps=2, mixed_precision="no", output=out,
+                                     unet_config=TINY, device=DEVICE, method="finetune")
+    assert result["images_per_second"] > 0 and "SDXL" not in result["benchmark"]  # a custom config is named so
+    assert result["settings"]["trainable_parameters"] == result["settings"]["unet_parameters"]
+    assert "images/s" in out.with_suffix(".md").read_text()
+
+
+def test_tiny_engine_builds_the_toy_xl_architecture(tmp_path: Path) -> None:
+    from distill_diffusion.bench.timing import engine_stepper, tiny_engine
+
+    engine, data = tiny_engine(tmp_path, "finetune", 2, family="sdxl")
+    assert engine.method.components.family == "sdxl"
+    assert data[0]["text_embeds"].shape == (40,) and data[0]["original_size"].tolist() == [32, 32]
+    engine_stepper(engine)()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_sdxl_lcm_lora_step_on_the_gpu(tmp_path: Path) -> None:
+    """The real thing at its smallest: SDXL's UNet, 1024², bf16, rank 64, checkpointing, one image, two timed steps."""
+    from distill_diffusion.bench.sdxl_gpu import run_sdxl_lora_benchmark
+
+    result = run_sdxl_lora_benchmark(batch_size=1, steps=2, output=tmp_path / "gpu.json")
+    assert result["settings"]["unet_parameters"] == 2_567_463_684 and result["peak_memory_gib"] > 5
