@@ -2,9 +2,11 @@
 # The checks that need a CUDA GPU, as one short script: the `gpu`-marked tests (CUDA and mixed-precision
 # paths: EMA resume on the GPU, ...; FSDP2 sharded training through accelerate launch, which accelerate runs on GPUs
 # only) and the SD 1.5-sized LCM-LoRA and progressive-distillation training benchmarks
-# the SD 1.4-sized BK-SDM-Small one (training, and sampling latency of teacher vs student) and the SD 1.5 LADD-LoRA one.
+# the SD 1.4-sized BK-SDM-Small one (training, and sampling latency of teacher vs student), the SD 1.5 LADD-LoRA one
+# and SDXL's LCM-LoRA step at 1024², batch 1 (its peak against the meta-device estimate of `bench lora-memory`).
 # Run from the repository root on a machine with a GPU: bash benchmarks/gpu_check.sh
-# Results: benchmarks/results/{lcm,progressive,ladd}_gpu_sd15.{json,md}, bksdm_gpu_sd14.{json,md}, gpu_tests.txt and fsdp_gpu.txt
+# Results: benchmarks/results/{lcm,progressive,ladd}_gpu_sd15.{json,md}, bksdm_gpu_sd14.{json,md}, lcm_gpu_sdxl.{json,md},
+# gpu_tests.txt and fsdp_gpu.txt
 # (copied to $OUT when set).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -24,6 +26,8 @@ distill-diffusion bench bksdm-gpu --mixed_precision bf16 --batch_size 8 --steps 
 bench=$(( bench || $? ))
 distill-diffusion bench ladd-gpu --mixed_precision bf16 --batch_size 8 --steps 20
 bench=$(( bench || $? ))
-if [ -n "${OUT:-}" ]; then cp benchmarks/results/gpu_tests.txt benchmarks/results/fsdp_gpu.txt benchmarks/results/*_gpu_sd1[45].* "$OUT"/ 2>/dev/null; fi
+distill-diffusion bench sdxl-gpu --mixed_precision bf16 --batch_size 1 --resolution 1024 --lora_rank 64 --steps 10
+bench=$(( bench || $? ))
+if [ -n "${OUT:-}" ]; then cp benchmarks/results/gpu_tests.txt benchmarks/results/fsdp_gpu.txt benchmarks/results/*_gpu_sd1[45].* benchmarks/results/*_gpu_sdxl.* "$OUT"/ 2>/dev/null; fi
 echo "gpu tests exit $tests, benchmark exit $bench"
 exit $(( tests || bench ))
