@@ -43,6 +43,20 @@ def tiny_pipeline_dir(toy_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_sdxl_pipeline_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random tiny SDXL pipeline folder (``StableDiffusionXLPipeline``, force_zeros_for_empty_prompt), 32² images."""
+    from distill_diffusion.toy.tiny_sdxl import save_tiny_sdxl_pipeline
+
+    return save_tiny_sdxl_pipeline(tmp_path_factory.mktemp("tiny_sdxl") / "teacher")
+
+
+@pytest.fixture(scope="session", params=["sd1", "sdxl"])
+def family_pipeline_dir(request: pytest.FixtureRequest) -> Path:
+    """The tiny SD pipeline, then the tiny SDXL one: a test taking it runs once per family."""
+    return request.getfixturevalue("tiny_pipeline_dir" if request.param == "sd1" else "tiny_sdxl_pipeline_dir")
+
+
+@pytest.fixture(scope="session")
 def toy_data_dir(toy_dir: Path) -> Path:
     return toy_dir / "data"
 

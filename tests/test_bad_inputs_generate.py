@@ -57,7 +57,8 @@ def _images(folder: Path, count: int) -> None:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory, tiny_pipeline_dir: Path, toy_data_dir: Path) -> World:
+def world(tmp_path_factory: pytest.TempPathFactory, tiny_pipeline_dir: Path, toy_data_dir: Path,
+          tiny_sdxl_pipeline_dir: Path) -> World:
     root = tmp_path_factory.mktemp("bad_inputs")
     clip = save_toy_clip(build_toy_clip(build_tokenizer(), projection_dim=8), build_tokenizer(), root / "clip")
     gen = root / "gen"
@@ -82,6 +83,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, tiny_pipeline_dir: Path, toy
     _pickle_copy(tiny_pipeline_dir, w.pickle_pipeline, "unet")
     _pickle_copy(clip, w.pickle_clip, ".")
     save_lora_of_another_base(w.other_base_lora)
+    _family_loras(w, tiny_pipeline_dir, tiny_sdxl_pipeline_dir)
     _trained(w, tiny_pipeline_dir)
     _cards(w, tiny_pipeline_dir)
     return w
@@ -128,6 +130,21 @@ def save_lora_of_another_base(out: Path) -> Path:
     unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
     StableDiffusionPipeline.save_lora_weights(out, unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(unet)))
     return out
+
+
+def _family_loras(w: World, sd: Path, xl: Path) -> None:
+    """An SD LoRA and an SDXL LoRA as the exports write them (zero adapters: only their keys and shapes matter), and the
+    SDXL pipeline beside the SD one."""
+    from diffusers import UNet2DConditionModel
+
+    from distill_diffusion.models.lora import attach_lora, save_lora
+
+    for name, base, family in (("sd_lora", sd, "sd1"), ("xl_lora", xl, "sdxl")):
+        unet = UNet2DConditionModel.from_pretrained(base / "unet")
+        attach_lora(unet, 4, 4, 0.0, ["to_q", "to_k", "to_v", "conv1"])
+        (w.root / name).mkdir()
+        save_lora(unet, w.root / name, family=family)
+    (w.root / "xl_pipeline").symlink_to(xl, target_is_directory=True)
 
 
 def _readonly(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -256,6 +273,19 @@ CASES = [
     Case("gen-lora-scale-nan", gen("--lora_scale", "nan"), "LoRA scale nan is invalid"),
     Case("gen-lora-scale-inf", gen("--lora_scale", "inf"), "LoRA scale inf is invalid"),
     Case("gen-lora-of-another-base", gen("--lora", "{other_base_lora}", "--sampler", "lcm"), "does not fit this model's UNet"),
+    Case("gen-sdxl-lora-on-sd", gen("--lora", "{xl_lora}", "--sampler", "lcm"), "is an SDXL LoRA (its layers follow that "
+         "UNet's layout) and this is an SD 1.x/2.x model"),
+    Case("gen-sd-lora-on-sdxl", gen("--lora", "{sd_lora}", "--sampler", "lcm", model="xl_pipeline"),
+         "is an SD 1.x/2.x LoRA (its layers follow that UNet's layout) and this is an SDXL model"),
+    # generate: image size and SDXL micro-conditioning
+    Case("gen-sdxl-time-ids-too-few", gen("--time_ids", "32", "32", "0", "0", "32", model="xl_pipeline"),
+         "--time_ids takes 6 numbers ≥ 0, got 5"),
+    Case("gen-sdxl-time-ids-too-many", gen("--time_ids", *["32"] * 7, model="xl_pipeline"), "got 7"),
+    Case("gen-sdxl-time-ids-negative", gen("--time_ids", "32", "32", "-4", "0", "32", "32", model="xl_pipeline"), "numbers ≥ 0"),
+    Case("gen-time-ids-on-sd", gen("--time_ids", "32", "32", "0", "0", "32", "32"), "this model is SD 1.x/2.x, which has no time ids"),
+    Case("gen-height-not-a-multiple", gen("--height", "40"), "--height 40 is not a positive multiple of 16"),
+    Case("gen-sdxl-width-not-a-multiple", gen("--width", "36", model="xl_pipeline"), "--width 36 is not a positive multiple of 16"),
+    Case("gen-width-zero", gen("--width", "0"), "--width 0 is not a positive multiple"),
     # generate: what the artefact's model card says about sampling it
     Case("gen-lora-without-sampler-metadata", gen("--lora", "{lora_dir}"), "lora_dir records no sampler (no 'distill_diffusion' "
          "entry in a README.md front matter), so how to sample it is unknown (an adapter trained elsewhere?); pass --sampler NAME (one of ddim"),
@@ -315,6 +345,8 @@ CASES = [
     Case("bench-spec-pickle-model", bench("--pipeline", "p={pickle_pipeline}"), "pickle weights are not loaded"),
     Case("bench-spec-names-repeat", bench("--pipeline", "p={pipeline}", "--pipeline", "p={pipeline}"), "pipeline names repeat"),
     Case("bench-spec-key-repeats", bench("--pipeline", "p={pipeline},steps=1,steps=2"), "option 'steps' is given twice"),
+    Case("bench-spec-sdxl-lora-on-sd", bench("--pipeline", "p={pipeline},lora={xl_lora},sampler=lcm"), "is an SDXL LoRA"),
+    Case("bench-spec-sd-lora-on-sdxl", bench("--pipeline", "p={xl_pipeline},lora={sd_lora},sampler=lcm"), "is an SD 1.x/2.x LoRA"),
     Case("bench-spec-lora-of-another-base", bench("--pipeline", "p={pipeline},lora={other_base_lora},sampler=lcm"), "does not fit this model's UNet"),
     Case("bench-spec-lora-without-sampler-metadata", bench("--pipeline", "p={pipeline},lora={lora_dir}"),
          "records no sampler (no 'distill_diffusion' entry in a README.md front matter)"),

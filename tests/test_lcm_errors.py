@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from distill_diffusion.cli import main
-from distill_diffusion.errors import UserError
 
 
 def run(capsys: pytest.CaptureFixture, teacher: Path, data: Path, out: Path, *extra: str) -> str:
@@ -57,18 +56,7 @@ def test_teacher_with_too_few_training_steps(capsys, tiny_pipeline_dir: Path, to
     assert "has 40 training timesteps, fewer than method.num_ddim_timesteps=50" in line
 
 
-def test_sdxl_teacher_is_refused(capsys, toy_data_dir: Path, tmp_path: Path) -> None:
-    from distill_diffusion.toy.tiny_sdxl import save_tiny_sdxl_pipeline
-
-    teacher = save_tiny_sdxl_pipeline(tmp_path / "xl")  # loads now; the method itself refuses it for now
-    assert "SDXL teachers are not supported yet" in run(capsys, teacher, toy_data_dir, tmp_path / "out")
-
-
-def test_method_refuses_sdxl_components() -> None:
-    from distill_diffusion.models.loading import SDComponents
-    from distill_diffusion.trainers.methods.lcm import LCM, LCMConfig
-
-    parts = SDComponents(unet=None, vae=None, text_encoder=None, tokenizer=None, scheduler=None, family="sdxl",
-                         prediction_type="epsilon", source="xl")
-    with pytest.raises(UserError, match="SDXL"):
-        LCM(parts, LCMConfig())
+def test_sdxl_teacher_gets_the_same_checks(capsys, tiny_sdxl_pipeline_dir: Path, toy_data_dir: Path, tmp_path: Path) -> None:
+    """SDXL teachers are distilled now: their bad options fail as an SD teacher's do, nothing about the family."""
+    line = run(capsys, tiny_sdxl_pipeline_dir, toy_data_dir, tmp_path / "out", "--method.lora_target_modules", "to_q,to_qkv")
+    assert "'to_qkv' matches no layer" in line and "SDXL" not in line

@@ -11,6 +11,7 @@ from diffusers import DDIMScheduler, LCMScheduler
 from torch import nn
 
 from distill_diffusion.core import SIGMA_DATA, consistency_scalings, previous_on_grid, skipping_step_grid
+from distill_diffusion.models.conditioning import Conditioning, as_conditioning
 from distill_diffusion.models.denoiser import Denoiser
 from distill_diffusion.models.encode import encode_prompt
 from distill_diffusion.models.loading import SDComponents
@@ -20,17 +21,22 @@ from distill_diffusion.toy.tiny import SD15_SCHEDULER_CONFIG, build_tiny_compone
 from distill_diffusion.trainers.methods.base import StepContext
 from distill_diffusion.trainers.methods.lcm import LCM, LCMConfig
 
+FAMILIES = ["sd1", "sdxl"]
+
 
 @functools.cache
-def _tiny(prediction_type: str) -> dict:
-    return build_tiny_components(prediction_type=prediction_type)  # ~1.4 s: built once, copied per test
+def _tiny(prediction_type: str, family: str = "sd1") -> dict:
+    return build_tiny_components(prediction_type=prediction_type, family=family)  # ~1.4 s: built once, copied per test
 
 
-def components(prediction_type: str = "epsilon", dtype: torch.dtype = torch.float32) -> SDComponents:
-    parts = copy.deepcopy(_tiny(prediction_type))
-    for name in ("unet", "vae", "text_encoder"):
-        parts[name].requires_grad_(False).to(dtype)
-    return SDComponents(family="sd1", prediction_type=prediction_type, source="tiny", **parts)
+def components(prediction_type: str = "epsilon", dtype: torch.dtype = torch.float32, family: str = "sd1") -> SDComponents:
+    """Tiny in-memory components; SDXL's as its base model's pipeline has them (force_zeros_for_empty_prompt)."""
+    parts = copy.deepcopy(_tiny(prediction_type, family))
+    for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        if name in parts:
+            parts[name].requires_grad_(False).to(dtype)
+    return SDComponents(family=family, prediction_type=prediction_type, source="tiny", **parts,
+                        force_zeros_for_empty_prompt=family == "sdxl")
 
 
 def randomise_lora(method: LCM, seed: int = 0) -> None:
@@ -40,9 +46,18 @@ def randomise_lora(method: LCM, seed: int = 0) -> None:
             p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
 
 
-def inputs(batch: int = 3, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def inputs(batch: int = 3, seed: int = 0, family: str = "sd1") -> tuple[torch.Tensor, torch.Tensor | Conditioning]:
+    """Latents and a condition: SD a bare text embedding, SDXL a Conditioning (pooled text, per-sample time ids)."""
     gen = torch.Generator().manual_seed(seed)
-    return torch.randn(batch, 4, 8, 8, generator=gen), torch.randn(batch, 77, 64, generator=gen)
+    z = torch.randn(batch, 4, 8, 8, generator=gen)
+    if family == "sd1":
+        return z, torch.randn(batch, 77, 64, generator=gen)
+    time_ids = torch.tensor([[32, 32, 0, 0, 32, 32], [48, 40, 8, 4, 32, 32], [64, 32, 16, 0, 32, 32]] * batch)[:batch]
+    return z, Conditioning(torch.randn(batch, 77, 80, generator=gen), torch.randn(batch, 40, generator=gen), time_ids)
+
+
+def zeros(c: torch.Tensor | Conditioning) -> torch.Tensor | Conditioning:
+    return c.zeros_like() if isinstance(c, Conditioning) else torch.zeros_like(c)
 
 
 @pytest.mark.parametrize("scaling", [10.0, 3.0])
@@ -56,12 +71,13 @@ def test_scalings_agree_with_lcm_scheduler_at_every_timestep(scaling: float) -> 
     torch.testing.assert_close(c_out.double(), ref[:, 1], rtol=1e-6, atol=1e-9)
 
 
+@pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("lora", [True, False])
-def test_boundary_condition_is_exact(lora: bool) -> None:
-    method = LCM(components(), LCMConfig(lora=lora, lora_rank=4))
+def test_boundary_condition_is_exact(lora: bool, family: str) -> None:
+    method = LCM(components(family=family), LCMConfig(lora=lora, lora_rank=4))
     if lora:
         randomise_lora(method)
-    z, c = inputs()
+    z, c = inputs(family=family)
     t = torch.zeros(3, dtype=torch.long)
     f = method.consistency(Denoiser(method.unet, method.schedule, "epsilon"), z, t, c, **method.w_condition(torch.full((3,), 4.0)))
     assert torch.equal(f, z)
@@ -70,29 +86,31 @@ def test_boundary_condition_is_exact(lora: bool) -> None:
 
 def ddim_reference(unet: nn.Module, scheduler_config, z, t, c, uncond, w: float, num_steps: int = 50) -> torch.Tensor:
     """diffusers DDIMScheduler.step (eta 0, 50 steps → k = 20) on the CFG-combined raw UNet output."""
-    scheduler = DDIMScheduler.from_config(scheduler_config)
+    scheduler = DDIMScheduler.from_config(scheduler_config, clip_sample=False, set_alpha_to_one=False)
     scheduler.set_timesteps(num_steps)
     out = []
     for i in range(z.shape[0]):
         with torch.no_grad():
-            cond = unet(z[i : i + 1], t[i], encoder_hidden_states=c[i : i + 1]).sample
-            unc = unet(z[i : i + 1], t[i], encoder_hidden_states=uncond[i : i + 1]).sample
+            cond = unet(z[i : i + 1], t[i], **as_conditioning(c[i : i + 1]).unet_kwargs()).sample
+            unc = unet(z[i : i + 1], t[i], **as_conditioning(uncond[i : i + 1]).unet_kwargs()).sample
         out.append(scheduler.step((1 + w) * cond - w * unc, int(t[i]), z[i : i + 1], eta=0.0).prev_sample)
     return torch.cat(out)
 
 
+@pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
 @pytest.mark.parametrize("w", [0.0, 2.5])
-def test_teacher_step_equals_ddim_scheduler_and_ignores_the_lora(prediction_type: str, w: float) -> None:
-    parts = components(prediction_type)
+def test_teacher_step_equals_ddim_scheduler_and_ignores_the_lora(prediction_type: str, w: float, family: str) -> None:
+    """SDXL: the default unconditional input follows force_zeros_for_empty_prompt (zeros, the cond time ids)."""
+    parts = components(prediction_type, family=family)
     base = copy.deepcopy(parts.unet)
-    method = LCM(parts, LCMConfig(lora_rank=4, uncond_embedding="zeros"))
+    method = LCM(parts, LCMConfig(lora_rank=4, uncond_embedding="zeros" if family == "sd1" else None))
     randomise_lora(method)  # the teacher pass must not see it
-    z, c = inputs()
+    z, c = inputs(family=family)
     t = torch.tensor([19, 499, 999])
     with torch.no_grad():
         x_prev = method.teacher_step(z, t, previous_on_grid(t, method.k), c, torch.full((3,), w))
-    ref = ddim_reference(base, parts.scheduler.config, z, t, c, torch.zeros_like(c), w)
+    ref = ddim_reference(base, parts.scheduler.config, z, t, c, zeros(c), w)
     torch.testing.assert_close(x_prev, ref, atol=2e-5, rtol=1e-4)
     assert all(p.requires_grad for p in method.online), "adapters were not re-enabled"
 
@@ -181,19 +199,21 @@ def test_losses() -> None:
     torch.testing.assert_close(l2, ((a - b) ** 2).mean())
 
 
-def batch(n: int = 2, seed: int = 0) -> dict[str, torch.Tensor]:
-    z, c = inputs(n, seed)
-    return {"latents": z, "prompt_embeds": c}
+def batch(n: int = 2, seed: int = 0, family: str = "sd1") -> dict[str, torch.Tensor]:
+    """A cached-latents batch (SDXL: with the pooled embeddings; its time ids are the fixed ones of the resolution)."""
+    z, c = inputs(n, seed, family)
+    return {"latents": z, **as_conditioning(c).tensors()} if family == "sdxl" else {"latents": z, "prompt_embeds": c}
 
 
-def test_gradients_reach_only_lora_and_base_stays_bit_identical() -> None:
-    method = LCM(components(), LCMConfig(lora_rank=4, guidance_scale_min=3.0, guidance_scale_max=3.0))
+@pytest.mark.parametrize("family", FAMILIES)
+def test_gradients_reach_only_lora_and_base_stays_bit_identical(family: str) -> None:
+    method = LCM(components(family=family), LCMConfig(lora_rank=4, guidance_scale_min=3.0, guidance_scale_max=3.0))
     unet = method.unet
     base = {k: v.clone() for k, v in unet.state_dict().items() if "lora_" not in k}
     lora = [p.clone() for p in method.online]
     opt = torch.optim.AdamW(method.trainable_parameters(method.phases()[0]), lr=1e-2)
     for step in range(2):
-        loss = method.compute_loss("unet", batch(seed=step), step).loss
+        loss = method.compute_loss("unet", batch(seed=step, family=family), step).loss
         assert loss.dtype == torch.float32 and torch.isfinite(loss)
         loss.backward()
         with_grad = {n for n, p in unet.named_parameters() if p.grad is not None}
@@ -236,8 +256,9 @@ def test_ema_lora_target_update_swap_and_state() -> None:
     assert LCM(components(), LCMConfig(lora_rank=2)).state_dict() == {}
 
 
-def test_full_student_is_the_teacher_plus_a_w_projection() -> None:
-    parts = components()
+@pytest.mark.parametrize("family", FAMILIES)
+def test_full_student_is_the_teacher_plus_a_w_projection(family: str) -> None:
+    parts = components(family=family)
     student = build_w_student(parts, 256)
     assert student.config.time_cond_proj_dim == 256 and student.time_embedding.cond_proj.weight.shape[1] == 256
     teacher_state = parts.unet.state_dict()
@@ -247,7 +268,7 @@ def test_full_student_is_the_teacher_plus_a_w_projection() -> None:
     method = LCM(parts, LCMConfig(lora=False))
     assert method.config.target_ema_decay == 0.95 and method.unet is not parts.unet
     assert not any(p.requires_grad for p in method.target_unet.parameters())
-    loss = method.compute_loss("unet", batch(), StepContext(0)).loss
+    loss = method.compute_loss("unet", batch(family=family), StepContext(0)).loss
     loss.backward()
     assert method.unet.time_embedding.cond_proj.weight.grad is not None
     assert all(p.grad is None for p in parts.unet.parameters())
@@ -260,6 +281,34 @@ def test_uncond_embedding_is_the_empty_prompt() -> None:
     empty = encode_prompt(parts.tokenizer, parts.text_encoder, [""])
     assert torch.equal(method.uncond_like(c), empty.expand(3, -1, -1))
     assert torch.equal(LCM(components(), LCMConfig(lora_rank=2, uncond_embedding="zeros")).uncond_like(c), torch.zeros_like(c))
+
+
+def test_uncond_embedding_follows_the_checkpoint_by_default() -> None:
+    """The default is what the teacher's own pipeline uses for CFG: the empty prompt (SD, bit for bit the explicit
+    option), zeros for a checkpoint with force_zeros_for_empty_prompt (SDXL base), the cond branch's time ids kept."""
+    c = torch.randn(3, 77, 64)
+    default, explicit = (LCM(components(), LCMConfig(lora_rank=2, uncond_embedding=m)) for m in (None, "empty_prompt"))
+    assert torch.equal(default.uncond_like(c), explicit.uncond_like(c))
+    _, xc = inputs(family="sdxl")
+    uncond = LCM(components(family="sdxl"), LCMConfig(lora_rank=2)).uncond_like(xc)
+    assert torch.equal(uncond.encoder_hidden_states, torch.zeros_like(xc.encoder_hidden_states))
+    assert torch.equal(uncond.text_embeds, torch.zeros_like(xc.text_embeds)) and torch.equal(uncond.time_ids, xc.time_ids)
+    empty = LCM(components(family="sdxl"), LCMConfig(lora_rank=2, uncond_embedding="empty_prompt")).uncond_like(xc)
+    assert empty.encoder_hidden_states.abs().sum() > 0 and torch.equal(empty.time_ids, xc.time_ids)
+
+
+def test_full_student_takes_w_on_both_families() -> None:
+    """The guidance embedding reaches the UNet through the same keyword on SD and SDXL: another w, another output."""
+    for family in FAMILIES:
+        method = LCM(components(family=family), LCMConfig(lora=False))
+        with torch.no_grad():
+            method.unet.time_embedding.cond_proj.weight.normal_()  # the new projection starts random, but make sure
+        z, c = inputs(2, family=family)
+        student = Denoiser(method.unet, method.schedule, "epsilon")
+        t = torch.tensor([499, 999])
+        with torch.no_grad():
+            a, b = (method.consistency(student, z, t, c, **method.w_condition(torch.full((2,), w))) for w in (1.0, 7.0))
+        assert not torch.allclose(a, b), family
 
 
 def test_loss_goes_down_on_a_fixed_batch() -> None:

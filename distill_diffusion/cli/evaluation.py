@@ -47,6 +47,11 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no_fuse_lora", action="store_true", help="keep the LoRA as adapter layers")
     p.add_argument("--lora_scale", type=float, default=1.0)
     p.add_argument("--grid", action="store_true", help="also write grid.png next to the folder")
+    p.add_argument("--height", type=int, default=None, help="image height in pixels; default: the model's")
+    p.add_argument("--width", type=int, default=None, help="image width in pixels; default: the model's")
+    p.add_argument("--time_ids", type=int, nargs="+", default=None, metavar="N",
+                   help="SDXL micro-conditioning: original height width, crop top left, target height width "
+                        "(default: the image size, no crop)")  # fmt: skip
     add_model_options(p)
     p.set_defaults(func=cmd_generate)
 
@@ -58,6 +63,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from distill_diffusion.config import ModelConfig
     from distill_diffusion.eval.generate import check_seeds, generate_to_folder, resolve_prompts
     from distill_diffusion.pipelines import load_pipeline, resolve_sampling
+    from distill_diffusion.pipelines.geometry import check_size, local_family, micro_conditioning_kwargs
     from distill_diffusion.pipelines.loader import check_pipeline_request
 
     # Every check first: a bad argument must fail before the pipeline loads and before anything is written.
@@ -72,15 +78,22 @@ def cmd_generate(args: argparse.Namespace) -> int:
         ModelConfig(pretrained_model_name_or_path=args.model, local_files_only=args.local_files_only), args.lora,
         sampler, steps=[kwargs["num_inference_steps"]], device=args.device, lora_scale=args.lora_scale,
     )  # fmt: skip
+    check_size(args.model, args.height, args.width)
+    family = local_family(args.model)
+    micro = micro_conditioning_kwargs(family, args.time_ids) if family is not None else {}
     if choice.note:
         print(choice.note, file=sys.stderr)
     pipe = load_pipeline(
         args.model, args.lora, sampler, device=args.device or str(PartialState().device), dtype=dtype,
         local_files_only=args.local_files_only, fuse_lora=not args.no_fuse_lora, lora_scale=args.lora_scale,
     )  # fmt: skip
-    extra = {"model": args.model, "lora": args.lora, "sampler": sampler}
+    if family is None:  # a hub id or single file: its family is known once loaded
+        micro = micro_conditioning_kwargs("sdxl" if hasattr(pipe, "text_encoder_2") else "sd", args.time_ids)
+    size = {k: v for k, v in (("height", args.height), ("width", args.width)) if v is not None}
+    extra = {"model": args.model, "lora": args.lora, "sampler": sampler, **({"time_ids": args.time_ids} if micro else {})}
     folder, timing = generate_to_folder(
-        pipe, prompts, args.output_dir, seed=args.seed, batch_size=args.batch_size, manifest_extra=extra, **kwargs
+        pipe, prompts, args.output_dir, seed=args.seed, batch_size=args.batch_size, manifest_extra=extra,
+        pipe_kwargs={**size, **micro}, **kwargs,
     )
     if args.grid:
         from distill_diffusion.eval.grid import make_grid

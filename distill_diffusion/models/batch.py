@@ -27,7 +27,7 @@ def batch_time_ids(batch: dict[str, Any], target_size: tuple[int, int]) -> torch
     """[B, 6] time ids of a batch: its recorded geometry, or original = target and crop (0, 0) where it has none."""
     if "original_size" in batch and "crop_top_left" in batch:
         return micro_conditioning_ids(batch["original_size"], batch["crop_top_left"], target_size)
-    n = len(batch["text"])
+    n = len(batch["latents"] if "latents" in batch else batch["pixel_values"])  # a batch may carry no captions
     return micro_conditioning_ids(torch.tensor([target_size] * n), torch.zeros(n, 2, dtype=torch.long), target_size)
 
 

@@ -67,6 +67,25 @@ def build_pipeline(components: SDComponents, unet: nn.Module | None = None, sche
     )
 
 
+def pipeline_class_name(components: SDComponents) -> str:
+    """The stock diffusers text-to-image pipeline of the components' family (what a user loads an export with)."""
+    return "StableDiffusionXLPipeline" if components.text_encoder_2 is not None else "StableDiffusionPipeline"
+
+
+def build_lcm_pipeline(components: SDComponents, unet: nn.Module, scheduler: Any) -> Any:
+    """A full LCM student's pipeline: ``LatentConsistencyModelPipeline`` for SD 1.x/2.x (diffusers' LCM pipeline),
+    ``StableDiffusionXLPipeline`` for SDXL (diffusers has no SDXL LCM pipeline; the SDXL pipeline feeds a UNet with
+    ``time_cond_proj_dim`` the guidance embedding of ``guidance_scale - 1`` and runs no CFG pass, as the LCM one does)."""
+    if components.text_encoder_2 is not None:
+        return build_pipeline(components, unet=unet, scheduler=scheduler)
+    from diffusers import LatentConsistencyModelPipeline
+
+    return LatentConsistencyModelPipeline(
+        vae=components.vae, text_encoder=components.text_encoder, tokenizer=components.tokenizer, unet=unet,
+        scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+
+
 def save_pipeline(components: SDComponents, output_dir: Path, *, unet: nn.Module, method: str, paper: str,
                   sampling: CardSampling) -> Path:
     """Save a full diffusers pipeline folder (safetensors) with the trained UNet and a model card."""

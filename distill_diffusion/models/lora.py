@@ -146,37 +146,61 @@ def adapter_metadata(unet: nn.Module) -> dict[str, Any]:
     return {k: sorted(v) if isinstance(v, set) else v for k, v in meta.items() if k in PORTABLE_CONFIG_FIELDS}
 
 
+#: ``ss_base_model_version`` of a kohya-ss file per family (what kohya-ss' scripts write; UIs read it to pick a base).
+KOHYA_BASE_VERSIONS = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}
+
+
 def save_lora(unet: nn.Module, output_dir: Path, dtype: torch.dtype = torch.float16, family: str = "sd1",
               kohya_name: str = KOHYA_FILE) -> dict[str, Path]:
-    """Write ``pytorch_lora_weights.safetensors`` (stock ``load_lora_weights``) and a kohya copy (ComfyUI/A1111)."""
-    from diffusers import StableDiffusionPipeline
+    """Write ``pytorch_lora_weights.safetensors`` (stock ``load_lora_weights`` of the family's pipeline) and a kohya copy
+    (ComfyUI/A1111; SDXL in the sgm names kohya-ss' SDXL LoRAs use)."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     state = lora_state_dict(unet, dtype)
     meta = adapter_metadata(unet)
-    StableDiffusionPipeline.save_lora_weights(
-        output_dir, unet_lora_layers=state, unet_lora_adapter_metadata=meta, safe_serialization=True
-    )
-    kohya = save_kohya(state, output_dir / kohya_name, rank=int(meta["r"]), alpha=float(meta["lora_alpha"]), family=family)
+    pipeline = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
+    pipeline.save_lora_weights(output_dir, unet_lora_layers=state, unet_lora_adapter_metadata=meta, safe_serialization=True)
+    kohya = save_kohya(state, output_dir / kohya_name, rank=int(meta["r"]), alpha=float(meta["lora_alpha"]), family=family,
+                       unet_config=dict(unet.config))
     return {"diffusers": output_dir / "pytorch_lora_weights.safetensors", "kohya": kohya}
 
 
-def save_kohya(state: dict[str, torch.Tensor], path: Path, rank: int, alpha: float, family: str = "sd1") -> Path:
-    """kohya-ss layout (``lora_unet_<module>.lora_down.weight`` + ``.alpha``) via ``convert_state_dict_to_kohya``.
+def save_kohya(state: dict[str, torch.Tensor], path: Path, rank: int, alpha: float, family: str = "sd1",
+               unet_config: dict[str, Any] | None = None) -> Path:
+    """kohya-ss layout (``lora_unet_<module>.lora_down.weight``, ``.lora_up.weight``, ``.alpha``).
 
-    diffusers' converter writes alpha = rank for every module; the real alpha is written instead, because
-    A1111/ComfyUI scale by alpha / rank.
+    SD 1.x/2.x through diffusers' ``convert_state_dict_to_kohya``; SDXL with the sgm module names
+    (:mod:`distill_diffusion.models.kohya`, needs ``unet_config``). diffusers' converter writes alpha = rank for every
+    module; the real alpha is written instead, because A1111/ComfyUI scale by alpha / rank.
     """
-    from diffusers.utils import convert_state_dict_to_kohya
     from safetensors.torch import save_file
 
-    kohya = convert_state_dict_to_kohya({f"unet.{k}": v for k, v in state.items()})
+    if family == "sdxl":
+        require(unet_config is not None, "an SDXL kohya copy needs the UNet's config (its block layout)")
+        kohya = _kohya_sdxl(state, unet_config)
+    else:
+        from diffusers.utils import convert_state_dict_to_kohya
+
+        kohya = convert_state_dict_to_kohya({f"unet.{k}": v for k, v in state.items()})
     dtype = next(iter(state.values())).dtype
     kohya = {k: (torch.tensor(alpha, dtype=dtype) if k.endswith(".alpha") else v.contiguous()) for k, v in kohya.items()}
     meta = {
         "ss_network_module": "networks.lora",
         "ss_network_dim": str(rank),
         "ss_network_alpha": str(alpha),
-        "ss_base_model_version": "sd_v1" if family == "sd1" else "sd_v2",
+        "ss_base_model_version": KOHYA_BASE_VERSIONS.get(family, "sd_v2"),
     }
     save_file(kohya, str(path), metadata=meta)
     return path
+
+
+def _kohya_sdxl(state: dict[str, torch.Tensor], unet_config: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """peft ``<module>.lora_A/B.weight`` → ``lora_unet_<sgm module>.lora_down/up.weight`` (+ ``.alpha``, set by the caller)."""
+    from distill_diffusion.models.kohya import kohya_unet_keys
+
+    out: dict[str, torch.Tensor] = {}
+    for key, prefix in kohya_unet_keys(state, "sdxl", unet_config).items():
+        part = "lora_down" if ".lora_A." in key else "lora_up"
+        out[f"{prefix}.{part}.weight"] = state[key]
+        out[f"{prefix}.alpha"] = state[key].new_zeros(())
+    return out

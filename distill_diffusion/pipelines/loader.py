@@ -178,8 +178,43 @@ def check_lora_fits(model: str, lora: str | Path) -> None:
             misfits.append(f"it adapts {layer}, which this UNet lacks" if have is None else
                            f"{layer} has {have} {side}put features, the LoRA {width}")
     more = f" (and {len(misfits) - 1} more)" if len(misfits) > 1 else ""
+    if misfits:
+        check_lora_family(lora, {layer for layer, _ in widths}, model_family(model, unet_config))
     require(not misfits, f"LoRA {lora} does not fit this model's UNet: {misfits[0] if misfits else ''}{more}; pass the base "
             "model it was trained on, or a LoRA trained on this one")
+
+
+def model_family(model: str, unet_config: Mapping[str, Any]) -> str:
+    """``sdxl`` / ``sd2`` / ``sd1`` of a local pipeline folder, from its ``model_index.json`` and UNet config."""
+    from distill_diffusion.models.loading import detect_family
+
+    index_path = Path(model).expanduser() / "model_index.json"
+    index = _json_object(index_path, "repair or re-download the model folder") if index_path.is_file() else {}
+    return detect_family(index, unet_config)
+
+
+def lora_family(layers: set[str]) -> str | None:
+    """``sdxl`` or ``sd`` for a UNet LoRA that adapts attention layers, from where they are (None: no attention keys).
+
+    SDXL's UNet has no attention in its first down level (Podell et al., arXiv:2307.01952, Tab. 1; diffusers'
+    ``DownBlock2D`` there), SD 1.x/2.x's has (``CrossAttnDownBlock2D``); SDXL's also adapts ``add_embedding``."""
+    if any(layer.startswith("add_embedding.") for layer in layers):
+        return "sdxl"
+    attention = [layer for layer in layers if ".attentions." in layer]
+    if not attention:
+        return None
+    return "sd" if any(layer.startswith("down_blocks.0.attentions.") for layer in attention) else "sdxl"
+
+
+def check_lora_family(lora: str | Path, layers: set[str], family: str) -> None:
+    """A LoRA of the other family (SDXL onto SD 1.x/2.x or the reverse) is named as such, in one line."""
+    found = lora_family(layers)
+    model_is_xl = family == "sdxl"
+    if found is None or (found == "sdxl") == model_is_xl:
+        return
+    names = ("an SDXL LoRA", "an SD 1.x/2.x model") if found == "sdxl" else ("an SD 1.x/2.x LoRA", "an SDXL model")
+    raise UserError(f"LoRA {lora} is {names[0]} (its layers follow that UNet's layout) and this is {names[1]}; pass the "
+                    "base model it was trained on, or a LoRA trained on this one")
 
 
 def _lora_widths(path: Path) -> dict[tuple[str, str], int]:
@@ -317,10 +352,10 @@ def load_pipeline(
 ) -> Any:
     """A stock diffusers pipeline for ``model`` (+ ``lora``) sampling with ``sampler``'s scheduler.
 
-    ``model``: a diffusers SD 1.x/2.x folder, a hub id, or a single ``.safetensors`` checkpoint (with
+    ``model``: a diffusers SD 1.x/2.x or SDXL folder, a hub id, or a single ``.safetensors`` checkpoint (with
     ``original_config``), validated by :func:`distill_diffusion.models.loading.check_model_source`; pickle
     weights are refused. ``dtype`` defaults to float32. Returns the sampler's ``pipeline`` class (e.g.
-    ``StableDiffusionPipeline``) with the sampler recorded on it (:func:`~.samplers.attach_sampler`), safety
+    ``StableDiffusionPipeline``; ``StableDiffusionXLPipeline`` for an SDXL model, the family read from it) with the sampler recorded on it (:func:`~.samplers.attach_sampler`), safety
     checker off and the progress bar disabled. Bad input → UserError, raised by :func:`check_pipeline_request`
     before any weight loads.
     """
@@ -331,8 +366,15 @@ def load_pipeline(
     parts = load_teacher(cfg, weight_dtype=dtype or torch.float32)
     cls = _pipeline_class(spec, parts.unet)
     scheduler = build_scheduler(spec, parts.scheduler.config, trained_scheduler_config(lora))
-    pipe = cls(vae=parts.vae, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer, unet=parts.unet,
-               scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    if parts.family == "sdxl":
+        from distill_diffusion.models.export import build_pipeline
+
+        # one pipeline for every SDXL sampler: StableDiffusionXLPipeline feeds a w-conditioned UNet its guidance
+        # embedding (a full LCM student) as the SD family's LatentConsistencyModelPipeline does
+        pipe = build_pipeline(parts, scheduler=scheduler)
+    else:
+        pipe = cls(vae=parts.vae, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer, unet=parts.unet,
+                   scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     if lora is not None:
         apply_lora(pipe, lora, fuse_lora, lora_scale)
     if device is not None:

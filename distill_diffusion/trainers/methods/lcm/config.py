@@ -44,9 +44,10 @@ class LCMConfig(LoRAOptions):
     target_ema_decay: float | None = None
     #: Full model only: size of the guidance embedding's projection added to the student (time_cond_proj_dim).
     time_cond_proj_dim: int = 256
-    #: Unconditional input of the teacher's CFG: the empty prompt's embedding (what SD pipelines use),
-    #: or zeros (what the diffusers LCM scripts use).
-    uncond_embedding: Literal["empty_prompt", "zeros"] = "empty_prompt"
+    #: Unconditional input of the teacher's CFG. None follows the checkpoint, as its pipeline samples: zero prompt and
+    #: pooled embeddings where it sets ``force_zeros_for_empty_prompt`` (SDXL base), else the empty prompt's encoding
+    #: (SD 1.x/2.x). empty_prompt / zeros force one (zeros: what the diffusers SD LCM scripts use).
+    uncond_embedding: Literal["empty_prompt", "zeros"] | None = None
     #: dtype of the exported LoRA files (fp16 = the size of the published LCM-LoRA adapters).
     export_dtype: Literal["fp16", "bf16", "fp32"] = "fp16"
     #: diffusers guidance scale for validation images and the model card; None: 1.0 (LoRA), 8.5 (full).

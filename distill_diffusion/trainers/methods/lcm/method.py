@@ -35,8 +35,13 @@ from distill_diffusion.models import sharded
 from distill_diffusion.models.batch import latents_and_embeddings
 from distill_diffusion.models.conditioning import Conditioning
 from distill_diffusion.models.denoiser import Denoiser
-from distill_diffusion.models.export import CardSampling, write_model_card
-from distill_diffusion.models.loading import SDXL_ERROR, SDComponents, TeacherConfigs
+from distill_diffusion.models.export import (
+    CardSampling,
+    build_lcm_pipeline,
+    pipeline_class_name,
+    write_model_card,
+)
+from distill_diffusion.models.loading import SDComponents, TeacherConfigs
 from distill_diffusion.models.lora import (
     EXPORT_DTYPES,
     adapters_disabled,
@@ -56,7 +61,6 @@ KOHYA_FILE = "lcm_lora_kohya.safetensors"
 
 def check_teacher(components: SDComponents, config: LCMConfig) -> None:
     """Teachers LCD cannot use, refused before anything is built (one-line :class:`UserError`)."""
-    require(components.family != "sdxl", f"{components.source}: {SDXL_ERROR}")
     check_solver_grid(components.schedule.num_train_timesteps, config)
     if not config.lora:
         check_proj_dim(components.unet.config.get("time_cond_proj_dim"), config)
@@ -88,7 +92,11 @@ def check_validation_steps(train: TrainConfig, config: LCMConfig) -> None:
 
 
 class LCM(MethodBase):
-    """Latent consistency distillation of a Stable Diffusion 1.x/2.x teacher (LoRA or full student)."""
+    """Latent consistency distillation of a Stable Diffusion 1.x/2.x or SDXL teacher (LoRA or full student).
+
+    Family-blind: SDXL's pooled text and micro-conditioning ride in the :class:`Conditioning` every pass takes (teacher,
+    target and student see the same time ids, as in diffusers' SDXL LCM scripts), and a full student's w-embedding
+    (``timestep_cond``) is one more UNet keyword argument on both families."""
 
     paper: ClassVar[str] = "Luo et al., Latent Consistency Models, arXiv:2310.04378, Alg. 1; LCM-LoRA, arXiv:2311.05556"
     config_class: ClassVar[type] = LCMConfig
@@ -277,20 +285,15 @@ class LCM(MethodBase):
         return {"guidance_scale": float(self.config.validation_guidance_scale)}  # type: ignore[arg-type]
 
     def export(self, output_dir: Path) -> None:
-        """LoRA: ``pytorch_lora_weights.safetensors`` + kohya copy + ``scheduler_config.json``. Full: an LCM pipeline folder
-        (its ``unet/`` is the online student) and ``unet_target/``, the EMA target network."""
+        """LoRA: ``pytorch_lora_weights.safetensors`` + kohya copy + ``scheduler_config.json``. Full: a pipeline folder
+        (:func:`~distill_diffusion.models.export.build_lcm_pipeline`; its ``unet/`` is the online student) and
+        ``unet_target/``, the EMA target network."""
         if self.config.lora:
             save_lora(self.unet, output_dir, EXPORT_DTYPES[self.config.export_dtype], self.components.family, KOHYA_FILE)
             # the LCMScheduler trained with (N, s): LCMScheduler.from_pretrained(folder) and load_pipeline use it
             self.scheduler().save_pretrained(output_dir)
         else:
-            from diffusers import LatentConsistencyModelPipeline
-
-            parts = self.components
-            LatentConsistencyModelPipeline(
-                vae=parts.vae, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer, unet=self.unet,
-                scheduler=self.scheduler(), safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-            ).save_pretrained(output_dir, safe_serialization=True)
+            build_lcm_pipeline(self.components, self.unet, self.scheduler()).save_pretrained(output_dir, safe_serialization=True)
             # the EMA target θ⁻ beside the online student, as diffusers' LCM script saves it (``unet_target/``)
             self.target_unet.save_pretrained(output_dir / "unet_target", safe_serialization=True)
         _write_card(self.components, self.config, output_dir, self.paper)
@@ -305,11 +308,13 @@ def _scheduler_args(cfg: LCMConfig) -> str:
 def _write_card(components: SDComponents, cfg: LCMConfig, folder: Path, paper: str) -> None:
     """README.md: base model, method, inference steps and guidance, and how to load with stock diffusers."""
     g = cfg.validation_guidance_scale
+    pipe = pipeline_class_name(components)
+    full_pipe = pipe if pipe != "StableDiffusionPipeline" else "LatentConsistencyModelPipeline"
     if cfg.lora:
         usage = f"""
-from diffusers import LCMScheduler, StableDiffusionPipeline
+from diffusers import LCMScheduler, {pipe}
 
-pipe = StableDiffusionPipeline.from_pretrained("{components.source}")
+pipe = {pipe}.from_pretrained("{components.source}")
 pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config{_scheduler_args(cfg)})
 pipe.load_lora_weights("path/to/this/folder")  # pytorch_lora_weights.safetensors
 image = pipe("a prompt", num_inference_steps=4, guidance_scale={g}).images[0]
@@ -321,7 +326,7 @@ image = pipe("a prompt", num_inference_steps=4, guidance_scale={g}).images[0]
         usage = f"""
 from diffusers import DiffusionPipeline
 
-pipe = DiffusionPipeline.from_pretrained("path/to/this/folder")  # LatentConsistencyModelPipeline + LCMScheduler
+pipe = DiffusionPipeline.from_pretrained("path/to/this/folder")  # {full_pipe} + LCMScheduler
 image = pipe("a prompt", num_inference_steps=4, guidance_scale={g}).images[0]
 """
         what = (f"Full UNet with a guidance embedding (time_cond_proj_dim {cfg.time_cond_proj_dim}); `unet/` (the online student) "
