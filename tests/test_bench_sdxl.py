@@ -85,16 +85,22 @@ def test_lora_memory_cli_writes_table(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "| **peak**" in out.with_suffix(".md").read_text() and "Fits a 24 GB card" in capsys.readouterr().out
 
 
-def test_sdxl_gpu_benchmark_runs_on_a_tiny_sdxl_unet(tmp_path: Path) -> None:
-    """The SDXL components (two encoders, pooled text, time ids) and timing path; fine-tune is the step here because
-    LCM's SDXL support lands separately (the GPU check runs the default, LCM)."""
-    from distill_diffusion.bench.sdxl_gpu import run_sdxl_lora_benchmark
+@pytest.mark.parametrize("method", ["lcm", "finetune"])
+def test_sdxl_gpu_benchmark_runs_on_a_tiny_sdxl_unet(tmp_path: Path, method: str) -> None:
+    """The SDXL components (two encoders, pooled text, time ids) and the timing path, for LCM-LoRA (the default) and a
+    method that trains the whole UNet."""
+    from distill_diffusion.bench.sdxl_gpu import LCM_SDXL_OPTIONS, run_sdxl_lora_benchmark
 
     out = tmp_path / "gpu.json"
-    result = run_sdxl_lora_benchmark(batch_size=2, resolution=32, steps=2, mixed_precision="no", output=out,
-                                     unet_config=TINY, device=DEVICE, method="finetune")
+    result = run_sdxl_lora_benchmark(batch_size=2, resolution=32, steps=2, mixed_precision="no", lora_rank=4, output=out,
+                                     unet_config=TINY, device=DEVICE, method=method)
+    s = result["settings"]
     assert result["images_per_second"] > 0 and "SDXL" not in result["benchmark"]  # a custom config is named so
-    assert result["settings"]["trainable_parameters"] == result["settings"]["unet_parameters"]
+    if method == "lcm":
+        assert 0 < s["trainable_parameters"] < s["unet_parameters"] and s["method_options"]["lora_rank"] == 4
+        assert LCM_SDXL_OPTIONS.items() <= s["method_options"].items()
+    else:
+        assert s["trainable_parameters"] == s["unet_parameters"]
     assert "images/s" in out.with_suffix(".md").read_text()
 
 

@@ -142,3 +142,28 @@ def test_trained_xl_teacher_meets_the_quality_bars() -> None:
     top = calib["ddim"]["trailing"]["50"]
     assert top["fd"] <= 1.0 and top["clip_match"] >= 75 and top["acc_shape"] >= 0.8, top
     assert calib["ratios_by_spacing"]["leading"]["4"] >= 2.5, calib["ratios_by_spacing"]
+
+
+def test_toy_xl_lcm_lora_config_trains_and_its_lora_loads(tmp_path: Path) -> None:
+    """tiny/lcm_lora_xl for two steps on a random toy XL teacher: the LoRA loads into a stock SDXL pipeline and
+    changes its images."""
+    from diffusers import LCMScheduler, StableDiffusionXLPipeline
+
+    from distill_diffusion.toy.tiny import init_toy
+
+    paths = init_toy(tmp_path, num_images=16, sdxl=True)
+    out = tmp_path / "lcm"
+    assert main(["train", "lcm", "--config", "tiny/lcm_lora_xl", "--pretrained_model_name_or_path", str(paths["teacher_xl"]),
+                 "--train_data_dir", str(paths["data"]), "--output_dir", str(out), "--max_train_steps", "2",
+                 "--train_batch_size", "4", "--validation_steps", "0", "--checkpointing_steps", "10", "--progress_bar", "false"]) == 0
+    pipe = StableDiffusionXLPipeline.from_pretrained(paths["teacher_xl"], local_files_only=True)
+    pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+
+    def sample():
+        return pipe("a red circle", num_inference_steps=4, guidance_scale=1.0, output_type="np",
+                    generator=torch.Generator().manual_seed(0)).images
+
+    before = sample()
+    pipe.load_lora_weights(out)
+    assert abs(sample() - before).max() > 1e-4

@@ -9,7 +9,7 @@ targets, gradient checkpointing, w in [3, 15] (diffusers' guidance scale 4-16), 
 (the recipe's fp16 needs the fp16-fix VAE; with cached latents the VAE is not in the step either way) and plain AdamW
 (the recipe's 8-bit Adam saves about 1.5 GiB of the LoRA's 2.9 GiB of optimizer state). ``bench lora-memory``
 estimates the same step's peak without a GPU. A shared benchmark: it runs whichever method trains SDXL, LCM by
-default; it needs the LCM method's SDXL support. Torch is imported when it runs.
+default. Torch is imported when it runs.
 """
 
 from __future__ import annotations
