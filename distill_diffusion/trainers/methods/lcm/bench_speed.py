@@ -14,6 +14,7 @@ module to build ``--help``).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import tempfile
@@ -28,26 +29,31 @@ LATENCY_TARGET = 0.12
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The benchmark's options."""
-    add_speed_options(p, steps=20, batch_sizes=[8, 32], output="benchmarks/results/lcm_speed.json")
+    add_speed_options(p, steps=20, batch_sizes=[8, 32], output=None)
+    p.add_argument("--family", choices=("sd1", "sdxl"), default="sd1",
+                   help="the toy teacher's architecture: sd1, or sdxl (toy.tiny_sdxl: two encoders, text_time UNet)")
 
 
 def run(args: argparse.Namespace) -> int:
     """Run it with the parsed options; returns the exit code."""
-    return run_speed(args, run_lcm_benchmark)
+    args.output = args.output or f"benchmarks/results/lcm{'_xl' if args.family == 'sdxl' else ''}_speed.json"
+    return run_speed(args, functools.partial(run_lcm_benchmark, family=args.family))
 
 
-def measure_training(batch_size: int, steps: int) -> dict[str, float]:
+def measure_training(batch_size: int, steps: int, family: str = "sd1") -> dict[str, float]:
     """Median seconds of the engine step and of each unavoidable pass, at one batch size."""
     import torch
 
     from distill_diffusion.bench.timing import collate_latents, engine_stepper, median_seconds, tiny_engine
+    from distill_diffusion.models.batch import latents_and_embeddings
     from distill_diffusion.models.denoiser import Denoiser
 
     with tempfile.TemporaryDirectory() as tmp:
-        engine, data = tiny_engine(Path(tmp), "lcm", batch_size, {"lora_rank": 16, "lora_alpha": 16, "guidance_scale_min": 3.0, "guidance_scale_max": 3.0})
+        engine, data = tiny_engine(Path(tmp), "lcm", batch_size, {"lora_rank": 16, "lora_alpha": 16, "guidance_scale_min": 3.0,
+                                                                  "guidance_scale_max": 3.0}, family=family)
         m = engine.method
         batch = collate_latents([data[i] for i in range(batch_size)])
-        x0, c = batch["latents"], batch["prompt_embeds"]
+        x0, c = latents_and_embeddings(batch, m.components)  # SDXL: with the pooled text and time ids
         t_nk, t_n, w = m.sample_timesteps_and_w(batch_size, x0.device)
         z = m.schedule.add_noise(x0, torch.randn_like(x0), t_nk)
         target_net = Denoiser(m.target_unet, m.schedule, m.components.prediction_type)
@@ -73,17 +79,17 @@ def measure_training(batch_size: int, steps: int) -> dict[str, float]:
         }
 
 
-def measure_generation(repeats: int) -> dict[str, float]:
+def measure_generation(repeats: int, family: str = "sd1") -> dict[str, float]:
     """Median end-to-end seconds per image: LCM 4 steps (guidance off) vs DDIM 50 steps with CFG."""
     import torch
-    from diffusers import StableDiffusionPipeline
+    from diffusers import DiffusionPipeline
 
     from distill_diffusion.bench.timing import median_seconds
     from distill_diffusion.pipelines import build_scheduler, get_sampler
     from distill_diffusion.toy.tiny import save_tiny_pipeline
 
     with tempfile.TemporaryDirectory() as tmp:
-        pipe = StableDiffusionPipeline.from_pretrained(save_tiny_pipeline(Path(tmp) / "t"), safety_checker=None)
+        pipe = DiffusionPipeline.from_pretrained(save_tiny_pipeline(Path(tmp) / "t", family=family))
         pipe.set_progress_bar_config(disable=True)
         config = pipe.scheduler.config
         results = {}
@@ -99,7 +105,7 @@ def measure_generation(repeats: int) -> dict[str, float]:
 
 
 def run_lcm_benchmark(steps: int = 20, batch_sizes: tuple[int, ...] = (8, 32), repeats: int = 10,
-                      output: str | Path = "benchmarks/results/lcm_speed.json") -> dict:
+                      output: str | Path = "benchmarks/results/lcm_speed.json", family: str = "sd1") -> dict:
     """Both measurements, a printed table, JSON + markdown results files."""
     import torch
 
@@ -107,10 +113,10 @@ def run_lcm_benchmark(steps: int = 20, batch_sizes: tuple[int, ...] = (8, 32), r
 
     rows = []
     for batch_size in batch_sizes:
-        rows.append(passes_row(batch_size, measure_training(batch_size, steps), "engine LCM-LoRA step"))
-    gen = measure_generation(repeats)
+        rows.append(passes_row(batch_size, measure_training(batch_size, steps, family), "engine LCM-LoRA step"))
+    gen = measure_generation(repeats, family)
     result = {
-        "benchmark": "LCM-LoRA speed (toy UNet, CPU)",
+        "benchmark": f"LCM-LoRA speed ({'toy SDXL' if family == 'sdxl' else 'toy'} UNet, CPU)",
         "threads": torch.get_num_threads(), "torch": torch.__version__,
         "device": platform.processor() or platform.machine(), "steps_timed": steps,
         "training": rows, "step_target": STEP_TARGET,
