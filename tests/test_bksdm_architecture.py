@@ -14,6 +14,8 @@ from distill_diffusion.trainers.methods.bksdm import architecture as arch
 from distill_diffusion.trainers.methods.bksdm import features as feat
 from distill_diffusion.trainers.methods.bksdm.inspect_student import macs
 
+#: The BK-SDM paper's variants (KOALA's, for SDXL teachers: tests/test_bksdm_sdxl.py).
+BKSDM_VARIANTS = ("base", "small", "tiny")
 #: Kim et al., arXiv:2305.15798, Table 1: UNet parameters of SD 1.4 and its three students.
 PAPER_PARAMETERS = {"teacher": 859_520_964, "base": 579_384_964, "small": 482_346_884, "tiny": 323_384_964}
 #: Table 1's MACs at 512² (convolutions and linear layers), G.
@@ -24,7 +26,7 @@ def count(unet: torch.nn.Module) -> int:
     return sum(p.numel() for p in unet.parameters())
 
 
-@pytest.mark.parametrize("variant", arch.VARIANTS)
+@pytest.mark.parametrize("variant", BKSDM_VARIANTS)
 def test_sd14_students_have_the_papers_exact_parameter_counts_and_macs(variant: str) -> None:
     teacher = arch.meta_unet(SD15_UNET_CONFIG, "teacher")
     student = arch.meta_unet(arch.student_config(SD15_UNET_CONFIG, variant), "student")
@@ -34,7 +36,7 @@ def test_sd14_students_have_the_papers_exact_parameter_counts_and_macs(variant: 
     assert round(macs(teacher, 64)["conv_linear"]) == PAPER_GMACS["teacher"]
 
 
-@pytest.mark.parametrize("variant", arch.VARIANTS)
+@pytest.mark.parametrize("variant", BKSDM_VARIANTS)
 def test_the_weight_map_covers_every_student_tensor_and_leaves_out_exactly_the_removed_blocks(variant: str) -> None:
     student_cfg = arch.student_config(SD15_UNET_CONFIG, variant)
     mapping = arch.weight_map(SD15_UNET_CONFIG, student_cfg)
@@ -42,7 +44,7 @@ def test_the_weight_map_covers_every_student_tensor_and_leaves_out_exactly_the_r
     teacher_keys = set(arch.meta_unet(SD15_UNET_CONFIG, "t").state_dict())
     assert set(mapping) == student_keys and set(mapping.values()) <= teacher_keys
     assert len(set(mapping.values())) == len(mapping)  # no teacher tensor used twice
-    removed = {arch.module_of(k) for k in teacher_keys - set(mapping.values())}
+    removed = set(arch.removed_blocks(teacher_keys - set(mapping.values()), set(mapping.values())))
     layer_1 = {f"down_blocks.{i}.{kind}.1" for i in range(3) for kind in ("resnets", "attentions")} | {"down_blocks.3.resnets.1"}
     layer_1 |= {f"up_blocks.{i}.{kind}.1" for i in range(1, 4) for kind in ("resnets", "attentions")} | {"up_blocks.0.resnets.1"}
     mid = {"mid_block.resnets.0", "mid_block.resnets.1", "mid_block.attentions.0"}
@@ -71,7 +73,7 @@ def sd2_like_config() -> dict:
 
 
 @pytest.mark.parametrize("config", [tiny_unet_config(), sd2_like_config()], ids=["sd1-like", "sd2-like"])
-@pytest.mark.parametrize("variant", arch.VARIANTS)
+@pytest.mark.parametrize("variant", BKSDM_VARIANTS)
 def test_a_student_initialised_from_the_teacher_reproduces_every_copied_block(variant: str, config: dict) -> None:
     """Each copied module, called on the inputs its teacher module received in a teacher forward, gives the same output."""
     torch.manual_seed(0)

@@ -158,3 +158,13 @@ def micro_conditioning_ids(original_size: Tensor, crop_top_left: Tensor, target_
     ``compute_time_ids``; ``original_size`` and ``crop_top_left`` are [B, 2] per-image records of preprocessing."""
     target = torch.tensor(target_size, dtype=torch.long).expand(original_size.shape[0], 2)
     return torch.cat([original_size.long().cpu(), crop_top_left.long().cpu(), target], dim=1)
+
+
+def placeholder(unet_config: Mapping[str, Any], batch: int = 1, tokens: int = 77) -> Conditioning:
+    """Zero conditioning of the shapes a UNet takes (77 text tokens; SDXL's pooled text and six time ids too): for
+    probing a UNet's shapes and operation counts on the meta device, where only shapes matter."""
+    dim = unet_config["cross_attention_dim"]
+    hidden = torch.zeros(batch, tokens, int(dim[0] if isinstance(dim, (list, tuple)) else dim))
+    if unet_config.get("addition_embed_type") != "text_time":
+        return Conditioning(hidden)
+    return Conditioning(hidden, torch.zeros(batch, pooled_text_width(unet_config)), torch.zeros(batch, TIME_IDS_LENGTH))

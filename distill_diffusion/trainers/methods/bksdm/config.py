@@ -1,4 +1,5 @@
-"""Options of BK-SDM block-removal distillation (defaults: Kim et al., arXiv:2305.15798, §3.3 and §4; docs/bksdm.md)."""
+"""Options of BK-SDM block-removal distillation (defaults: Kim et al., arXiv:2305.15798, §3.3 and §4; SDXL students:
+Lee et al., KOALA, arXiv:2312.04005; docs/bksdm.md)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ class BKSDMConfig(FineTuneConfig):
     """The student architecture and the weights of the three loss terms (the task loss is the plain fine-tune's)."""
 
     #: Blocks removed from the teacher: base (one resnet/attention pair per stage), small (base without the mid
-    #: block) or tiny (small without the innermost stage).
-    variant: Literal["base", "small", "tiny"] = "small"
+    #: block), tiny (small without the innermost stage); for SDXL also KOALA's koala_1b (base with the innermost
+    #: transformers cut to 6 layers) and koala_700m (small with them cut to 5).
+    variant: Literal["base", "small", "tiny", "koala_1b", "koala_700m"] = "small"
     #: A UNet config.json of your own student instead of a variant; initialised from the teacher by the same name map.
     student_config: str | None = None
     #: Weight of output distillation, MSE between the student's and the teacher's UNet outputs (paper: 1).
@@ -26,6 +28,9 @@ class BKSDMConfig(FineTuneConfig):
     #: mse: the paper's summed MSE; normalized: each stage's MSE divided by the teacher feature's mean square, so
     #: no stage dominates by scale (the paper's weights were never tuned).
     feature_loss: Literal["mse", "normalized"] = "mse"
+    #: stages: the output of every down and up stage (BK-SDM); self_attention: the output of every self-attention
+    #: layer (KOALA's finding: the best features to distil on SDXL). Ignored when feature_pairs is given.
+    feature_targets: Literal["stages", "self_attention"] = "stages"
     #: Feature pairs as student_module=teacher_module (e.g. up_blocks.0=up_blocks.1). Empty: every down and up stage
     #: with the teacher stage it was initialised from.
     feature_pairs: list[str] | None = None

@@ -1,7 +1,10 @@
-"""BK-SDM feature distillation: which stage outputs are paired, capturing them with forward hooks, and the loss.
+"""BK-SDM feature distillation: which outputs are paired, capturing them with forward hooks, and the loss.
 
 Kim et al., arXiv:2305.15798, §3.3, eq. 3: L_FeatKD = Σ_l E‖f_l^T(z_t, y, t) − f_l^S(z_t, y, t)‖², with f_l the
-outputs of every down and up stage (not the mid block). Hooks go on the *unwrapped* modules (the reference code
+outputs of every down and up stage (not the mid block). Lee et al., KOALA, arXiv:2312.04005, §3.2, found the
+self-attention outputs the best features to distil on SDXL: :func:`self_attention_pairs` pairs every student
+self-attention with the teacher one it was initialised from. Both models are probed with the UNet's whole
+conditioning (SDXL's pooled text and time ids too). Hooks go on the *unwrapped* modules (the reference code
 hooked through DDP's wrapper and crashed under several processes) and live only for one forward
 (:class:`FeatureCapture` is a context manager), so no exported or checkpointed model ever carries one.
 """
@@ -15,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from distill_diffusion.errors import UserError, require
-from distill_diffusion.models.loading import cross_attention_width
+from distill_diffusion.models.conditioning import placeholder
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,17 @@ def stage_pairs(teacher: nn.Module, student: nn.Module) -> list[FeaturePair]:
         lost = block.downsamplers is None and teacher.down_blocks[i].downsamplers is not None
         pairs.append(FeaturePair(f"down_blocks.{i}", f"down_blocks.{i}", "pre_downsample" if lost else "hidden"))
     pairs += [FeaturePair(f"up_blocks.{i}", f"up_blocks.{i + shift}") for i in range(len(student.up_blocks))]
+    return pairs
+
+
+def self_attention_pairs(mapping: dict[str, str]) -> list[FeaturePair]:
+    """Every student self-attention (``...transformer_blocks.j.attn1``) with the teacher self-attention its weights
+    come from (KOALA's feature target, arXiv:2312.04005, §3.2), read off the weight map: same width, same resolution."""
+    pairs = []
+    for student_key, teacher_key in mapping.items():
+        if student_key.endswith(".attn1.to_q.weight"):
+            pairs.append(FeaturePair(student_key.removesuffix(".to_q.weight"), teacher_key.removesuffix(".to_q.weight")))
+    require(pairs, "method.feature_targets self_attention: the student UNet has no self-attention layers; use stages")
     return pairs
 
 
@@ -96,6 +110,13 @@ class FeatureCapture:
         self._handles.clear()
 
 
+def describe(pairs: list[FeaturePair], most: int = 6) -> str:
+    """The pairs in one line for logs and model cards (the first and last few when there are many, e.g. self-attentions)."""
+    if len(pairs) <= most:
+        return "; ".join(map(str, pairs)) or "none"
+    return f"{len(pairs)} pairs: {'; '.join(map(str, pairs[:2]))}; ...; {'; '.join(map(str, pairs[-2:]))}"
+
+
 def student_outputs(pairs: list[FeaturePair]) -> dict[str, str]:
     return {p.student: "hidden" for p in pairs}
 
@@ -107,11 +128,11 @@ def teacher_outputs(pairs: list[FeaturePair]) -> dict[str, str]:
 def check_pair_shapes(teacher: nn.Module, student: nn.Module, pairs: list[FeaturePair], sample_size: int) -> None:
     """Run both UNets once on the meta device (no memory, no compute) and compare each pair's shapes: a clear error
     at start-up instead of a broadcast error, or a silently broadcast loss, at the first step."""
-    in_channels, dim = teacher.config.in_channels, cross_attention_width(teacher.config)
     shapes = []
     for model, outputs in ((student, student_outputs(pairs)), (teacher, teacher_outputs(pairs))):
         with torch.device("meta"), FeatureCapture(model, outputs) as feats:
-            model(torch.zeros(1, in_channels, sample_size, sample_size), torch.tensor([1]), encoder_hidden_states=torch.zeros(1, 2, dim))
+            c = placeholder(model.config, tokens=2)
+            model(torch.zeros(1, model.config.in_channels, sample_size, sample_size), torch.tensor([1]), **c.unet_kwargs())
         shapes.append({k: tuple(v.shape) for k, v in feats.items()})
     for pair in pairs:
         s, t = shapes[0][pair.student], shapes[1][pair.teacher]

@@ -4,7 +4,7 @@ From the teacher's configs alone (a local folder or a hub id: small JSON files):
 teacher's and the student's UNets (built on the meta device, counted with ``torch.utils.flop_counter``), the block
 map the student is initialised by, the teacher blocks left out, and the feature pairs. MACs are given as Kim et al.,
 arXiv:2305.15798, Table 1 count them (convolutions and linear layers: SD 1.4's UNet 339G at 512²) and with the
-attention-score matmuls added.
+attention-score matmuls added. SDXL UNets are called with their pooled text and time ids (zeros: only shapes count).
 """
 
 from __future__ import annotations
@@ -14,12 +14,17 @@ import json
 from pathlib import Path
 from typing import Any
 
+#: The names of ``architecture.VARIANTS`` (kept here so that ``--help`` imports no torch; a test checks they agree).
+VARIANT_NAMES = ("base", "small", "tiny", "koala_1b", "koala_700m")
 HELP = "parameters, MACs and block map of a BK-SDM student of a teacher (configs only, no weights)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="teacher: a diffusers folder or hub id")
-    p.add_argument("--variant", choices=("base", "small", "tiny"), default="small")
+    p.add_argument("--variant", choices=VARIANT_NAMES, default="small",
+                   help="BK-SDM base/small/tiny (SD 1.x/2.x; base and small also SDXL) or KOALA's koala_1b/koala_700m (SDXL)")
+    p.add_argument("--feature_targets", choices=("stages", "self_attention"), default="stages",
+                   help="which feature pairs to list: stage outputs (BK-SDM) or self-attentions (KOALA)")
     p.add_argument("--student_config", default=None, help="a UNet config.json of your own student (instead of --variant)")
     p.add_argument("--latent_size", type=int, default=None, help="latent side for MACs (default: the UNet's sample_size, 64 for SD 1.x)")
     p.add_argument("--revision", default=None)
@@ -28,15 +33,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def macs(unet: Any, latent_size: int) -> dict[str, float]:
-    """Multiply-accumulates of one UNet call (batch 1, 77 text tokens) on the meta device, in G."""
+    """Multiply-accumulates of one UNet call (batch 1, 77 text tokens; SDXL's pooled text and time ids too) on the
+    meta device, in G."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from distill_diffusion.models.loading import cross_attention_width
+    from distill_diffusion.models.conditioning import placeholder
 
-    dim = cross_attention_width(unet.config)
     with torch.device("meta"), FlopCounterMode(display=False) as counter:
-        unet(torch.zeros(1, unet.config.in_channels, latent_size, latent_size), torch.tensor([1]), encoder_hidden_states=torch.zeros(1, 77, dim))
+        c = placeholder(unet.config)
+        unet(torch.zeros(1, unet.config.in_channels, latent_size, latent_size), torch.tensor([1]), **c.unet_kwargs())
     ops = {str(k): v / 2e9 for k, v in counter.get_flop_counts()["Global"].items()}
     attention = sum(v for k, v in ops.items() if "bmm" in k or "scaled_dot_product" in k)
     total = sum(ops.values())
@@ -44,7 +50,7 @@ def macs(unet: Any, latent_size: int) -> dict[str, float]:
 
 
 def inspect_student(model: str, variant: str = "small", student_config: str | None = None, latent_size: int | None = None,
-                    revision: str | None = None, local_files_only: bool = False) -> dict[str, Any]:
+                    revision: str | None = None, local_files_only: bool = False, feature_targets: str = "stages") -> dict[str, Any]:
     """The report as a dict (see the module docstring)."""
     from distill_diffusion.config import ModelConfig
     from distill_diffusion.errors import require
@@ -55,7 +61,7 @@ def inspect_student(model: str, variant: str = "small", student_config: str | No
 
     configs = read_teacher_configs(ModelConfig(pretrained_model_name_or_path=model, revision=revision, local_files_only=local_files_only))
     require(configs is not None, f"{model}: a single-file checkpoint has no readable UNet config; pass its diffusers folder or hub id")
-    config = BKSDMConfig(variant=variant, student_config=student_config)
+    config = BKSDMConfig(variant=variant, student_config=student_config, feature_targets=feature_targets)
     student_cfg, mapping, pairs = plan(configs.unet, config)
     teacher, student = arch.meta_unet(configs.unet, "teacher"), arch.meta_unet(student_cfg, "student")
     size = int(configs.unet.get("sample_size") or 64) if latent_size is None else latent_size
@@ -67,7 +73,7 @@ def inspect_student(model: str, variant: str = "small", student_config: str | No
         "parameters": {"teacher": sum(p.numel() for p in teacher.parameters()), "student": sum(p.numel() for p in student.parameters())},
         "gmacs": {"teacher": macs(teacher, size), "student": macs(student, size)},
         "block_map": arch.block_map(mapping),
-        "teacher_blocks_removed": sorted({arch.module_of(k) for k in teacher.state_dict() if k not in used}),
+        "teacher_blocks_removed": arch.removed_blocks([k for k in teacher.state_dict() if k not in used], used),
         "feature_pairs": [str(p) for p in pairs],
     }
 
@@ -94,7 +100,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.output:
         check_output_file(args.output, "--output")
-    report = inspect_student(args.model, args.variant, args.student_config, args.latent_size, args.revision, args.local_files_only)
+    report = inspect_student(args.model, args.variant, args.student_config, args.latent_size, args.revision, args.local_files_only,
+                             args.feature_targets)
     if args.output:
         Path(args.output).write_text(json.dumps(report, indent=2))
     print("\n".join(report_lines(report)))

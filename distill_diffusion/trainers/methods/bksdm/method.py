@@ -4,7 +4,9 @@ Kim et al., "BK-SDM: A Lightweight, Fast, and Cheap Version of Stable Diffusion"
 L = L_Task + λ_OutKD·L_OutKD + λ_FeatKD·L_FeatKD, all three on the same noise, timestep and text for both models:
 L_Task the plain diffusion loss (the fine-tune's own, :class:`~distill_diffusion.trainers.methods.finetune.FineTune`),
 L_OutKD = ‖ε_T − ε_S‖² on the UNet outputs, L_FeatKD the summed stage-output MSEs (:mod:`.features`); the paper
-sets every λ to 1. The students and the loss in the project's terms: docs/bksdm.md.
+sets every λ to 1. SDXL teachers get SDXL students (Lee et al., KOALA, arXiv:2312.04005) and the whole conditioning
+(pooled text, micro-conditioning) reaches both models through the batch's Conditioning. The students and the loss in the
+project's terms: docs/bksdm.md.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch
 from distill_diffusion.config import RunConfig
 from distill_diffusion.errors import UserError, require
 from distill_diffusion.models.denoiser import Denoiser
-from distill_diffusion.models.loading import SDXL_ERROR, SDComponents, TeacherConfigs
+from distill_diffusion.models.loading import SDComponents, TeacherConfigs
 from distill_diffusion.trainers.methods.base import LossOutput, StepContext
 from distill_diffusion.trainers.methods.bksdm import architecture as arch
 from distill_diffusion.trainers.methods.bksdm import features as feat
@@ -52,13 +54,18 @@ def plan(teacher_unet: dict[str, Any], config: BKSDMConfig) -> tuple[dict[str, A
     mapping = arch.weight_map_of(teacher, student)
     pairs: list[feat.FeaturePair] = []
     if config.lambda_feat > 0:
-        pairs = feat.parse_pairs(config.feature_pairs, teacher, student) if config.feature_pairs else feat.stage_pairs(teacher, student)
+        if config.feature_pairs:
+            pairs = feat.parse_pairs(config.feature_pairs, teacher, student)
+        elif config.feature_targets == "self_attention":
+            pairs = feat.self_attention_pairs(mapping)
+        else:
+            pairs = feat.stage_pairs(teacher, student)
         feat.check_pair_shapes(teacher, student, pairs, 2 ** (len(teacher.down_blocks) - 1))
     return student_cfg, mapping, pairs
 
 
 class BKSDM(FineTune):
-    """Block-removal feature distillation of a Stable Diffusion 1.x/2.x UNet into a smaller one."""
+    """Block-removal feature distillation of a Stable Diffusion (1.x/2.x or XL) UNet into a smaller one."""
 
     paper: ClassVar[str] = "Kim et al., BK-SDM, arXiv:2305.15798, eq. 4"
     config_class: ClassVar[type] = BKSDMConfig
@@ -71,14 +78,13 @@ class BKSDM(FineTune):
             plan(teacher.unet, run.method_config)
 
     def __init__(self, components: SDComponents, config: BKSDMConfig):
-        require(components.family != "sdxl", f"{components.source}: {SDXL_ERROR}")
         self.teacher = components.unet  # frozen, in the weight dtype
         self.student_cfg, self.mapping, self.pairs = plan(dict(components.unet.config), config)
         super().__init__(components, config)
         self.teacher_denoiser = Denoiser(self.teacher, components.schedule, components.prediction_type)
         teacher, student = self.parameter_counts()
         logger.info(f"BK-SDM student: {student:,} UNet parameters against the teacher's {teacher:,}; initialised by name: "
-                    f"{self.init_report.summary()}; feature pairs: {'; '.join(map(str, self.pairs)) or 'none'}")
+                    f"{self.init_report.summary()}; feature pairs: {feat.describe(self.pairs)}")
 
     def build_unet(self, components: SDComponents) -> Any:
         """The student: built from its config in fp32 on the teacher's device, every tensor copied from the teacher."""
@@ -109,7 +115,8 @@ class BKSDM(FineTune):
         return LossOutput(loss, {"loss_task": float(task.detach()), "loss_out_kd": float(out_kd.detach()), "loss_feat_kd": float(feat_kd.detach())})
 
     def export(self, output_dir: Path) -> None:
-        """A ``StableDiffusionPipeline`` folder: the student UNet with the teacher's VAE, text encoder and scheduler."""
+        """A ``StableDiffusionPipeline`` folder (``StableDiffusionXLPipeline`` for SDXL): the student UNet with the teacher's
+        VAE, text encoder(s) and scheduler."""
         from distill_diffusion.models.export import build_pipeline
         from distill_diffusion.trainers.methods.bksdm.card import write_card
 
