@@ -143,6 +143,7 @@ def build_models(root: Path, teacher: Path) -> None:
     save_toy_dinov2(root / "dinov2", resolution=R, hidden_size=16, layers=4)
     edit_copy(root / "dinov2", root / "dinov2_patch_0", "config.json", patch_size=0)
     edit_copy(root / "dinov2", root / "dinov2_layers_text", "config.json", num_hidden_layers="four")
+    save_tiny_sdxl_pipeline(root / "xl")
     refiner = save_tiny_sdxl_pipeline(root / "xl_refiner")
     index = json.loads((refiner / "model_index.json").read_text())
     (refiner / "model_index.json").write_text(json.dumps({**index, "text_encoder": [None, None], "tokenizer": [None, None]}))
@@ -298,6 +299,8 @@ CONFIG_CASES = [
     ("lcm", ["--method.snr_gamma", "5"], "unknown method option(s) snr_gamma"),
     ("bksdm", ["--method.variant", "huge"], "method.variant='huge' is not valid; use one of: base, small, tiny"),
     ("bksdm", ["--method.lambda_feat", "-1"], "KD weights must be >= 0"),
+    ("bksdm", ["--method.variant", "koala_700m"], "keeps 5 transformer layers in the innermost stage and needs a teacher with more"),
+    ("bksdm", ["--method.feature_targets", "cross_attention"], "feature_targets='cross_attention' is not valid"),
     ("bksdm", ["--method.feature_loss", "l1"], "feature_loss='l1' is not valid"),
     ("bksdm", ["--method.snr_gamma", "0"], "snr_gamma must be > 0"),
     ("bksdm", ["--method.feature_pairs", "down_blocks.0=down_blocks.1"], "the student's output is (1, 32, 2, 2) and the teacher's"),
@@ -450,6 +453,7 @@ MODEL_CASES = [
     ("finetune", ["--pretrained_model_name_or_path", ""], "no teacher given"),
     ("bksdm", ["--pretrained_model_name_or_path", "{bad}/one_layer_per_block"], "already has layers_per_block=1"),
     ("bksdm", ["--pretrained_model_name_or_path", "{bad}/wide_inner_stage", "--method.variant", "tiny"], "needs them equal"),
+    ("bksdm", ["--pretrained_model_name_or_path", "{bad}/xl", "--method.variant", "koala_1b"], "this teacher UNet has 1: use base"),
     ("finetune", ["--pretrained_model_name_or_path", "  "], "model.pretrained_model_name_or_path is empty"),
 ]
 

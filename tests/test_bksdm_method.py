@@ -11,10 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from diffusers import UNet2DConditionModel
 
 from distill_diffusion.cli import main
 from distill_diffusion.config import ModelConfig
 from distill_diffusion.errors import UserError
+from distill_diffusion.models.conditioning import pooled_text_width
 from distill_diffusion.models.loading import load_teacher
 from distill_diffusion.toy.tiny import tiny_unet_config
 from distill_diffusion.trainers.methods.base import StepContext
@@ -30,9 +32,14 @@ def method(teacher: Path, **options: object) -> BKSDM:
     return m
 
 
-def batch(n: int = 2) -> dict[str, torch.Tensor]:
+def batch(n: int = 2, teacher: Path | None = None) -> dict[str, torch.Tensor]:
+    """A cached-latents batch for the teacher's UNet (the tiny SD one by default; SDXL: with pooled text and time ids)."""
+    unet = json.loads((teacher / "unet" / "config.json").read_text()) if teacher else {"cross_attention_dim": 64}
     g = torch.Generator().manual_seed(0)
-    return {"latents": torch.randn(n, 4, 8, 8, generator=g), "prompt_embeds": torch.randn(n, 77, 64, generator=g)}
+    out = {"latents": torch.randn(n, 4, 8, 8, generator=g), "prompt_embeds": torch.randn(n, 77, unet["cross_attention_dim"], generator=g)}
+    if unet.get("addition_embed_type") == "text_time":
+        out |= {"text_embeds": torch.randn(n, pooled_text_width(unet), generator=g), "time_ids": torch.tensor([[32, 32, 0, 0, 32, 32]] * n)}
+    return out
 
 
 def ctx(m: BKSDM) -> StepContext:
@@ -43,10 +50,12 @@ def hooks(module: torch.nn.Module) -> int:
     return sum(len(x._forward_hooks) + len(x._forward_pre_hooks) for x in module.modules())
 
 
-def test_the_loss_is_task_plus_weighted_output_and_feature_kd(tiny_pipeline_dir: Path) -> None:
-    m = method(tiny_pipeline_dir, lambda_out=2.0, lambda_feat=0.5)
+@pytest.mark.parametrize("targets", ["stages", "self_attention"])
+def test_the_loss_is_task_plus_weighted_output_and_feature_kd(family_pipeline_dir: Path, targets: str) -> None:
+    m = method(family_pipeline_dir, lambda_out=2.0, lambda_feat=0.5, feature_targets=targets)
+    assert all(p.student.endswith(".attn1") for p in m.pairs) == (targets == "self_attention")
     torch.manual_seed(0)
-    out = m.compute_loss("unet", batch(), ctx(m))
+    out = m.compute_loss("unet", batch(teacher=family_pipeline_dir), ctx(m))
     logs = out.logs
     assert logs["loss_feat_kd"] > 0 and logs["loss_out_kd"] > 0
     assert float(out.loss.detach()) == pytest.approx(logs["loss_task"] + 2.0 * logs["loss_out_kd"] + 0.5 * logs["loss_feat_kd"], rel=1e-5)
@@ -55,17 +64,17 @@ def test_the_loss_is_task_plus_weighted_output_and_feature_kd(tiny_pipeline_dir:
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.unet.parameters())
 
 
-def test_without_kd_the_loss_is_the_plain_fine_tune_loss(tiny_pipeline_dir: Path) -> None:
-    m = method(tiny_pipeline_dir, lambda_out=0.0, lambda_feat=0.0)
+def test_without_kd_the_loss_is_the_plain_fine_tune_loss(family_pipeline_dir: Path) -> None:
+    m = method(family_pipeline_dir, lambda_out=0.0, lambda_feat=0.0)
     assert m.pairs == []  # no feature pairs, no hooks
     calls = []
     handle = m.teacher.register_forward_hook(lambda *_: calls.append(1))
     torch.manual_seed(0)
-    loss = m.compute_loss("unet", batch(), ctx(m)).loss
+    loss = m.compute_loss("unet", batch(teacher=family_pipeline_dir), ctx(m)).loss
     handle.remove()
     assert calls == []  # and no teacher forward
     torch.manual_seed(0)
-    x0, c, eps, t, z_t = m.noised_batch(batch())
+    x0, c, eps, t, z_t = m.noised_batch(batch(teacher=family_pipeline_dir))
     expected = m.task_loss(m.unet(z_t, t, **c.unet_kwargs()).sample.float(), x0, eps, t)
     torch.testing.assert_close(loss, expected)
 
@@ -209,3 +218,53 @@ def test_help_lists_the_inherited_task_loss_options_with_their_help(capsys) -> N
     assert main(["train", "bksdm", "--help"]) == 0
     out = capsys.readouterr().out
     assert "--method.snr_gamma (default: None)  Min-SNR-γ loss weighting" in out and "--method.variant (default: 'small'" in out
+
+
+#: Loads and samples an SDXL pipeline folder with stock diffusers only (no import of this package).
+PLAIN_XL_SCRIPT = """
+import json, sys
+import numpy as np, torch
+from diffusers import StableDiffusionXLPipeline
+pipe = StableDiffusionXLPipeline.from_pretrained(sys.argv[1])
+image = pipe("a red circle", num_inference_steps=3, guidance_scale=3.0, height=32, width=32, output_type="np",
+             generator=torch.Generator().manual_seed(0)).images
+print(json.dumps({"finite": bool(np.isfinite(image).all()), "parameters": sum(p.numel() for p in pipe.unet.parameters()),
+                  "layers_per_block": pipe.unet.config.layers_per_block, "mid": pipe.unet.config.mid_block_type,
+                  "class": type(pipe).__name__, "addition_embed_type": pipe.unet.config.addition_embed_type}))
+"""
+
+
+@pytest.mark.e2e
+def test_an_sdxl_student_trains_from_the_toy_xl_config_and_loads_in_stock_sdxl(tiny_sdxl_pipeline_dir: Path, toy_data_dir: Path,
+                                                                                 tmp_path: Path) -> None:
+    """`train bksdm --config tiny/bksdm_xl` for two steps on a tiny SDXL teacher (KOALA's self-attention features); the
+    export is a StableDiffusionXLPipeline folder a plain diffusers script loads and samples."""
+    out = tmp_path / "xl"
+    argv = bksdm_argv(tiny_sdxl_pipeline_dir, toy_data_dir, out, "--method.feature_targets", "self_attention")
+    assert main([a if a != "tiny/bksdm" else "tiny/bksdm_xl" for a in argv]) == 0
+    done = subprocess.run([sys.executable, "-c", PLAIN_XL_SCRIPT, str(out)], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    teacher = UNet2DConditionModel.from_pretrained(tiny_sdxl_pipeline_dir / "unet")
+    assert got["finite"] and got["class"] == "StableDiffusionXLPipeline" and got["addition_embed_type"] == "text_time"
+    assert got["layers_per_block"] == 1 and got["mid"] is None and got["parameters"] < sum(p.numel() for p in teacher.parameters())
+    card = (out / "README.md").read_text()
+    assert "StableDiffusionXLPipeline.from_pretrained" in card and ".attn1 ↔" in card and "lcm_lora_sdxl" in card
+
+
+def test_inspect_student_of_an_sdxl_teacher_counts_with_its_added_conditions(tiny_sdxl_pipeline_dir: Path, tmp_path: Path, capsys) -> None:
+    report = tmp_path / "r.json"
+    assert main(["inspect-student", "--model", str(tiny_sdxl_pipeline_dir), "--variant", "small", "--feature_targets", "self_attention",
+                 "--output", str(report)]) == 0
+    data = json.loads(report.read_text())
+    assert data["parameters"]["student"] < data["parameters"]["teacher"]
+    assert 0 < data["gmacs"]["student"]["conv_linear"] < data["gmacs"]["teacher"]["conv_linear"]
+    assert "mid_block.attentions.0" in data["teacher_blocks_removed"] and all(".attn1 ↔ " in p for p in data["feature_pairs"])
+    assert "fewer parameters" in capsys.readouterr().out
+
+
+def test_a_koala_variant_on_the_toy_xl_teacher_is_one_line(tiny_sdxl_pipeline_dir: Path, capsys) -> None:
+    assert main(["inspect-student", "--model", str(tiny_sdxl_pipeline_dir), "--variant", "koala_700m"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "needs a teacher with more there (SDXL base has 10); this teacher UNet has 1: use small" in err[0], err
