@@ -38,7 +38,7 @@ def deep_tiny_sdxl() -> dict:
 def test_sdxl_students_have_the_published_parameter_counts(variant: str) -> None:
     """KOALA-1B: SDXL's blocks as BK-SDM base (one resnet/attention pair per down stage, first and last per up stage,
     mid block kept) with the innermost transformers (and the mid block's) at 6 layers of 10; KOALA-700M: as small (no
-    mid block) with 5. Lee et al., KOALA, arXiv:2312.04005, Table 1 and §3.1."""
+    mid block) with 5. Lee et al., KOALA, arXiv:2312.04005, Table 1."""
     teacher = arch.meta_unet(SDXL_UNET_CONFIG, "teacher")
     student = arch.meta_unet(arch.student_config(SDXL_UNET_CONFIG, variant), "student")
     assert count(teacher) == SDXL_COUNTS["teacher"] and count(teacher) // 10**6 == PUBLISHED_MILLIONS["teacher"]

@@ -8,7 +8,7 @@ removal) and §3.2 (initialisation from the teacher). The students are plain ``U
 - ``small``: base without the mid block (``mid_block_type=None``).
 - ``tiny``: small without the innermost stage (SD: ``block_out_channels`` [320, 640, 1280]; the last kept down
   stage loses its downsampler) — student up stage i is the teacher's up stage i + 1.
-- ``koala_1b`` / ``koala_700m``: Lee et al., "KOALA", arXiv:2312.04005, §3.1, for SDXL: base / small with the
+- ``koala_1b`` / ``koala_700m``: Lee et al., "KOALA", arXiv:2312.04005, for SDXL: base / small with the
   transformer depth of the innermost stage (and of the mid block, which diffusers builds at that depth) cut from
   SDXL's 10 to 6 / 5. On SDXL base's config: 1,161,184,324 / 782,822,724 UNet parameters (the paper's 1,161M / 782M).
 
@@ -43,8 +43,8 @@ VARIANTS: dict[str, Variant] = {
     "base": Variant("Kim et al., BK-SDM, arXiv:2305.15798, §3.1", keep_mid_block=True),
     "small": Variant("Kim et al., BK-SDM, arXiv:2305.15798, §3.1", keep_mid_block=False),
     "tiny": Variant("Kim et al., BK-SDM, arXiv:2305.15798, §3.1", keep_mid_block=False, drop_innermost_stage=True),
-    "koala_1b": Variant("Lee et al., KOALA, arXiv:2312.04005, §3.1", keep_mid_block=True, innermost_transformer_layers=6),
-    "koala_700m": Variant("Lee et al., KOALA, arXiv:2312.04005, §3.1", keep_mid_block=False, innermost_transformer_layers=5),
+    "koala_1b": Variant("Lee et al., KOALA, arXiv:2312.04005", keep_mid_block=True, innermost_transformer_layers=6),
+    "koala_700m": Variant("Lee et al., KOALA, arXiv:2312.04005", keep_mid_block=False, innermost_transformer_layers=5),
 }
 #: Config fields diffusers reads per down stage (a list there); the tiny variant drops the innermost entry.
 _PER_STAGE = ("attention_head_dim", "num_attention_heads", "transformer_layers_per_block", "only_cross_attention",
@@ -96,8 +96,9 @@ def transformer_depths(config: dict[str, Any]) -> list[int]:
 
 
 def _cut_innermost_depth(config: dict[str, Any], teacher: dict[str, Any], variant: str, keep: int) -> None:
-    """KOALA's transformer-depth cut (arXiv:2312.04005, §3.1): the innermost stage's transformers (and the mid block's,
-    which diffusers builds at the innermost depth) keep ``keep`` layers, the teacher's first ones."""
+    """KOALA's transformer-depth cut (arXiv:2312.04005): the innermost stage's transformers (and the mid block's, which
+    diffusers builds at the innermost depth) keep ``keep`` layers. The name map starts them from the teacher's first
+    ``keep`` layers, so the cut stack initially computes exactly the teacher's first layers (our choice of which)."""
     depths = transformer_depths(teacher)
     require(teacher.get("reverse_transformer_layers_per_block") is None, f"the BK-SDM {variant} variant cuts one transformer depth "
             "per stage; this teacher UNet sets reverse_transformer_layers_per_block (pass --method.student_config)")

@@ -1,7 +1,7 @@
 """BK-SDM feature distillation: which outputs are paired, capturing them with forward hooks, and the loss.
 
 Kim et al., arXiv:2305.15798, §3.3, eq. 3: L_FeatKD = Σ_l E‖f_l^T(z_t, y, t) − f_l^S(z_t, y, t)‖², with f_l the
-outputs of every down and up stage (not the mid block). Lee et al., KOALA, arXiv:2312.04005, §3.2, found the
+outputs of every down and up stage (not the mid block). Lee et al., KOALA, arXiv:2312.04005, found the
 self-attention outputs the best features to distil on SDXL: :func:`self_attention_pairs` pairs every student
 self-attention with the teacher one it was initialised from. Both models are probed with the UNet's whole
 conditioning (SDXL's pooled text and time ids too). Hooks go on the *unwrapped* modules (the reference code
@@ -52,7 +52,7 @@ def stage_pairs(teacher: nn.Module, student: nn.Module) -> list[FeaturePair]:
 
 def self_attention_pairs(mapping: dict[str, str]) -> list[FeaturePair]:
     """Every student self-attention (``...transformer_blocks.j.attn1``) with the teacher self-attention its weights
-    come from (KOALA's feature target, arXiv:2312.04005, §3.2), read off the weight map: same width, same resolution."""
+    come from (KOALA's feature target, arXiv:2312.04005), read off the weight map: same width, same resolution."""
     pairs = []
     for student_key, teacher_key in mapping.items():
         if student_key.endswith(".attn1.to_q.weight"):
