@@ -14,6 +14,7 @@ from test_ladd import batch, ctx, optimise
 
 from distill_diffusion.cli import main
 from distill_diffusion.config import ModelConfig
+from distill_diffusion.models.batch import latents_and_embeddings
 from distill_diffusion.models.loading import load_extra_model, load_teacher
 from distill_diffusion.trainers.methods.add import ADD, ADDConfig
 from distill_diffusion.trainers.methods.add.features import default_layers
@@ -47,20 +48,21 @@ def test_the_heads_read_the_vits_patch_tokens_of_the_chosen_blocks(tiny_pipeline
     torch.testing.assert_close(cls, out.pooler_output)
 
 
-def test_generator_gradients_reach_only_the_student_and_discriminator_gradients_only_the_heads(tiny_pipeline_dir: Path, dinov2: Path) -> None:
-    m = method(tiny_pipeline_dir, dinov2, distill_weight=0.5, r1_gamma=1.0)
+def test_generator_gradients_reach_only_the_student_and_discriminator_gradients_only_the_heads(family_pipeline_dir: Path, dinov2: Path) -> None:
+    m = method(family_pipeline_dir, dinov2, distill_weight=0.5, r1_gamma=1.0)
+    family = m.components.family
     lora = [p for p in m.unet.parameters() if p.requires_grad]
     frozen = [*m.components.vae.parameters(), *m.vit.model.parameters()]
     before = [p.detach().clone() for p in frozen]
     store: dict = {}
     m.heads.requires_grad_(False)
-    m.compute_loss("generator", batch(), ctx(m, store)).loss.backward()
+    m.compute_loss("generator", batch(family=family), ctx(m, store)).loss.backward()
     assert all(p.grad is not None for p in lora) and any(p.grad.abs().sum() > 0 for p in lora)
     assert all(p.grad is None for p in [*m.heads.parameters(), *frozen])
     for p in lora:
         p.grad = None
     m.heads.requires_grad_(True)
-    out = m.compute_loss("discriminator", batch(seed=1), ctx(m, store))
+    out = m.compute_loss("discriminator", batch(seed=1, family=family), ctx(m, store))
     out.loss.backward()
     assert all(p.grad is None for p in lora) and any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.heads.parameters())
     assert {"d_real", "d_fake", "d_loss", "r1"} <= out.logs.keys() and out.logs["r1"] > 0
@@ -80,6 +82,17 @@ def test_real_samples_are_conditioned_on_their_own_image_and_fakes_on_their_sour
     torch.testing.assert_close(cond[2:, text:], source)
     torch.testing.assert_close(cond[:2, :text], c.mean(1))
     assert method(tiny_pipeline_dir, dinov2, image_conditioning=False).source_condition(x0) is None
+
+
+def test_on_sdxl_the_heads_text_condition_is_the_pooled_embedding(tiny_sdxl_pipeline_dir: Path, dinov2: Path) -> None:
+    """SDXL has a pooled text embedding (text_encoder_2's projection): the heads read it, not a mean of the tokens."""
+    m = method(tiny_sdxl_pipeline_dir, dinov2)
+    x0, c = latents_and_embeddings(batch(2, family="sdxl"), m.components)
+    with torch.no_grad():
+        _, cond = m.features(x0, c, None, own_rows=2)
+    pooled = c.text_embeds.shape[-1]
+    torch.testing.assert_close(cond[:, :pooled], c.text_embeds.float())
+    assert cond.shape[-1] == pooled + m.vit.width  # [pooled text, CLS of the real image]
 
 
 def test_with_the_discriminator_frozen_the_generators_adversarial_loss_goes_down(tiny_pipeline_dir: Path, dinov2: Path) -> None:

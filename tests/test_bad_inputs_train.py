@@ -100,6 +100,14 @@ def build_latents(root: Path) -> None:
                                        lambda texts: torch.zeros(len(texts), 77, 64), {"seed": 0}, shard_size=2, progress=False,
                                        index_extra={"resolution": R})
 
+    from distill_diffusion.models.conditioning import Conditioning
+
+    def sdxl_text(texts: list[str]) -> Conditioning:  # the tiny SDXL teacher's widths: 80 wide, pooled 40
+        return Conditioning(torch.zeros(len(texts), 77, 80), torch.zeros(len(texts), 40), torch.zeros(len(texts), 6))
+
+    make("latents_sd")  # made for the SD toy teacher: no pooled text embeddings
+    write_synthetic_latents(root / "latents_xl", ["a red circle"] * 4, lambda embeds, indices: torch.zeros(len(indices), 4, 8, 8),
+                            sdxl_text, {"seed": 0}, shard_size=2, progress=False, index_extra={"resolution": R})
     shard = make("latents_truncated") / "latents-00001.safetensors"
     shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
     for name, change in (("latents_more_captions", {"captions": ["a red circle"] * 6, "num_items": 6}),
@@ -336,6 +344,8 @@ CONFIG_CASES = [
     ("add", ["--method.feature_network", "{bad}/dinov2", "--method.feature_layers", "2,9"], "has blocks 1..4; pick among them"),
     ("add", ["--method.feature_network", "{bad}/dinov2", "--method.feature_layers", "0"], "blocks are numbered from 1"),
     ("add", ["--method.feature_network", "{bad}/dinov2", "--method.feature_resolution", "30"], "not a multiple of the ViT's patch size 4"),
+    ("add", ["--pretrained_model_name_or_path", "{bad}/xl", "--method.feature_network", "{bad}/dinov2", "--method.feature_resolution", "30"],
+     "not a multiple of the ViT's patch size 4"),
     ("add", ["--method.feature_network", "{bad}/dinov2", "--train_batch_size", "1"], "collapses at batch 1"),
     ("add", ["--method.feature_network", "{bad}/dinov2", "--method.student_timesteps", "1500,999", "--method.student_timestep_probs",
              "0.5,0.5"], "must lie in 0..999"),
@@ -371,7 +381,7 @@ CONFIG_FILE_CASES = [
     ("finetune", ["--config", "{bad}/snr_negative.yaml"], "snr_gamma must be > 0"),
     ("finetune", ["--config", "{bad}/lcm_method.yaml"], "unknown method option(s) lora_rank"),
     ("ladd", ["--config", "tiny/add"], "this config is for method 'add' (method_name: add), not 'ladd'; run 'distill-diffusion "
-     "train add' with it, or pass a ladd config (ladd_sd15, tiny/ladd)"),
+     "train add' with it, or pass a ladd config (ladd_sd15, ladd_sdxl, tiny/ladd)"),
     ("ladd", ["--config", "{bad}/add_named.yaml"], "this config is for method 'add' (method_name: add), not 'ladd'"),
     ("finetune", ["--config", "tiny/lcm_lora"], "run 'distill-diffusion train lcm' with it, or pass a finetune config"),
 ]
@@ -416,6 +426,13 @@ DATA_CASES = [
     ("finetune", ["--train_data_dir", "null", "--data.source", "latents", "--data.latents_dir", "{bad}/latents_shard_count"],
      "latents-00000.safetensors holds 2 latents, index.json says 3"),
     ("finetune", ["--train_data_dir", "{bad}/caption_empty_list"], "caption 'text' is an empty list"),
+    # latents made for the other family: an SD folder lacks SDXL's pooled embeddings (its time ids are built from them)
+    ("ladd", ["--pretrained_model_name_or_path", "{bad}/xl", "--train_data_dir", "null", "--data.source", "latents",
+              "--data.latents_dir", "{bad}/latents_sd"], "holds no pooled text embeddings (text_embeds), so it was made for an SD 1.x/2.x"),
+    ("progressive", ["--pretrained_model_name_or_path", "{bad}/xl", "--train_data_dir", "null", "--data.source", "latents",
+                     "--data.latents_dir", "{bad}/latents_sd"], "so it was made for an SD 1.x/2.x teacher, but this SDXL teacher"),
+    ("finetune", ["--train_data_dir", "null", "--data.source", "latents", "--data.latents_dir", "{bad}/latents_xl"],
+     "holds pooled text embeddings (text_embeds), so it was made for an SDXL teacher"),
 ]
 
 MODEL_CASES = [

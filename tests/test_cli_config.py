@@ -167,17 +167,6 @@ def test_console_script_exit_code(tmp_path: Path) -> None:
     assert proc.stderr.strip().count("\n") == 0 and "unknown method" in proc.stderr
 
 
-def test_sdxl_teacher_is_refused_by_the_method(capsys: pytest.CaptureFixture[str], toy_data_dir: Path, tmp_path: Path,
-                                               tiny_sdxl_pipeline_dir: Path) -> None:
-    xl = tiny_sdxl_pipeline_dir  # SDXL teachers load; the methods other than lcm and finetune refuse them until each supports it
-    code, _, err = run_cli(capsys, "train", "progressive", "--pretrained_model_name_or_path", str(xl),
-                           "--train_data_dir", str(toy_data_dir), "--output_dir", str(tmp_path / "out"),
-                           "--resolution", "32", "--progress_bar", "false")
-    errors = [line for line in err.splitlines() if line.startswith("error: ")]  # after the loader's progress bars
-    assert code == 2 and len(errors) == 1 and "SDXL teachers are not supported yet" in errors[0] and "Traceback" not in err
-    assert not (tmp_path / "out" / "unet").exists()
-
-
 def test_corrupt_dataset_is_user_error(capsys: pytest.CaptureFixture[str], tiny_pipeline_dir: Path, tmp_path: Path) -> None:
     data = tmp_path / "data"
     data.mkdir()

@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.utils.checkpoint
 from diffusers import UNet2DConditionModel
+from family_batches import latent_batch
 from test_methods_contract import TINY_CONFIGS
 
 from distill_diffusion.config import build_run_config, load_config, parse_overrides
@@ -24,21 +25,24 @@ from distill_diffusion.trainers.engine.build import build_method, enable_gradien
 from distill_diffusion.trainers.methods.base import StepContext
 from distill_diffusion.trainers.methods.registry import METHODS, get_method_class
 
+#: Methods that do not train SDXL teachers yet.
+NOT_SDXL = {"bksdm"}
 
-def cases() -> list[tuple[str, bool | None]]:
-    """(method, lora) for every registered method: both students where its options have ``lora``, else None."""
+
+def cases(family: str = "sd1") -> list[tuple[str, bool | None]]:
+    """(method, lora) for every registered method (of the family): both students where its options have ``lora``, else None."""
     out = []
-    for name in sorted(METHODS):
+    for name in sorted(set(METHODS) - (NOT_SDXL if family == "sdxl" else set())):
         fields = {f.name for f in dataclasses.fields(get_method_class(name).config_class)}
         out += [(name, True), (name, False)] if "lora" in fields else [(name, None)]
     return out
 
 
-def build(name: str, lora: bool | None, teacher: Path, checkpointing: bool):
+def build(name: str, lora: bool | None, teacher: Path, checkpointing: bool, dinov2: Path | None = None):
     """The method as the engine builds it from its tiny config (same seed: same LoRA and heads init)."""
     args = ["--pretrained_model_name_or_path", str(teacher), "--train_batch_size", "2"]
     args += ["--method.lora", str(lora).lower()] if lora is not None else []
-    args += ["--method.feature_network", str(teacher.parent / "dinov2")] if name == "add" else []
+    args += ["--method.feature_network", str(dinov2 or teacher.parent / "dinov2")] if name == "add" else []
     cls = get_method_class(name)
     run = build_run_config(name, cls, load_config(TINY_CONFIGS[name]), parse_overrides(args))
     torch.manual_seed(0)
@@ -53,11 +57,6 @@ def build(name: str, lora: bool | None, teacher: Path, checkpointing: bool):
     return method
 
 
-def batch() -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(0)
-    return {"latents": torch.randn(2, 4, 8, 8, generator=g), "prompt_embeds": torch.randn(2, 77, 64, generator=g)}
-
-
 def run_phases(method) -> dict[str, tuple[torch.Tensor, list[torch.Tensor | None]]]:
     """Each phase once, in order, as the engine runs it: only that phase's weights require grad, the same noise."""
     phases, store, out = method.phases(), {}, {}
@@ -68,7 +67,7 @@ def run_phases(method) -> dict[str, tuple[torch.Tensor, list[torch.Tensor | None
                 p.requires_grad_(name == phase.name)
                 p.grad = None
         torch.manual_seed(1)
-        loss = method.compute_loss(phase.name, batch(), StepContext(0, store=store, modules=method.models)).loss
+        loss = method.compute_loss(phase.name, latent_batch(2, 0, method.components.family), StepContext(0, store=store, modules=method.models)).loss
         loss.backward()
         out[phase.name] = (loss.detach(), [None if p.grad is None else p.grad.clone() for p in params[phase.name]])
     for p in (p for ps in params.values() for p in ps):
@@ -79,11 +78,21 @@ def run_phases(method) -> dict[str, tuple[torch.Tensor, list[torch.Tensor | None
 @pytest.mark.parametrize(("name", "lora"), cases(), ids=lambda v: str(v))
 def test_checkpointing_gives_the_same_loss_and_gradients(name: str, lora: bool | None, tiny_pipeline_dir: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    plain = run_phases(build(name, lora, tiny_pipeline_dir, checkpointing=False))
+    check_same_maths(name, lora, tiny_pipeline_dir, None, monkeypatch)
+
+
+@pytest.mark.parametrize(("name", "lora"), cases("sdxl"), ids=lambda v: str(v))
+def test_checkpointing_gives_the_same_loss_and_gradients_on_sdxl(name: str, lora: bool | None, tiny_sdxl_pipeline_dir: Path,
+                                                                 toy_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    check_same_maths(name, lora, tiny_sdxl_pipeline_dir, toy_dir / "dinov2", monkeypatch)
+
+
+def check_same_maths(name: str, lora: bool | None, teacher: Path, dinov2: Path | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    plain = run_phases(build(name, lora, teacher, checkpointing=False, dinov2=dinov2))
     calls = []
     original = torch.utils.checkpoint.checkpoint
     monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", lambda *a, **k: calls.append(1) or original(*a, **k))
-    method = build(name, lora, tiny_pipeline_dir, checkpointing=True)
+    method = build(name, lora, teacher, checkpointing=True, dinov2=dinov2)
     checkpointed = run_phases(method)
     assert calls, "no block was checkpointed: the comparison would be vacuous"
     assert plain.keys() == checkpointed.keys()

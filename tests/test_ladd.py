@@ -8,11 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 from diffusers import UNet2DConditionModel
+from family_batches import latent_batch
 
 from distill_diffusion.config import ModelConfig
 from distill_diffusion.core.schedule import NoiseSchedule
+from distill_diffusion.models.conditioning import Conditioning
 from distill_diffusion.models.loading import load_teacher
 from distill_diffusion.toy.tiny import SD15_SCHEDULER_CONFIG, tiny_unet_config
+from distill_diffusion.toy.tiny_sdxl import tiny_sdxl_unet_config
 from distill_diffusion.trainers.methods.adversarial.method import sample_student_timesteps
 from distill_diffusion.trainers.methods.base import StepContext
 from distill_diffusion.trainers.methods.ladd import LADD, LADDConfig
@@ -30,9 +33,8 @@ def method(teacher: Path, **options: object) -> LADD:
     return m
 
 
-def batch(n: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return {"latents": torch.randn(n, 4, 8, 8, generator=g), "prompt_embeds": torch.randn(n, 77, 64, generator=g)}
+def batch(n: int = 4, seed: int = 0, family: str = "sd1") -> dict[str, torch.Tensor]:
+    return latent_batch(n, seed, family)
 
 
 def ctx(m: LADD, store: dict | None = None) -> StepContext:
@@ -67,6 +69,29 @@ def test_the_truncated_backbone_gives_the_full_unets_features(taps: list[str]) -
         torch.testing.assert_close(got[tap], seen[tap])
 
 
+@pytest.mark.parametrize("taps", [["down_blocks.0"], ["down_blocks.2"], ["mid_block"]])
+def test_the_truncated_sdxl_backbone_adds_the_pooled_text_and_time_ids_as_the_full_unet_does(taps: list[str]) -> None:
+    """SDXL's added embedding (pooled text and micro-conditioning, through ``get_aug_embed``) reaches every tapped block,
+    the first down block's (no attention) through its resnets' time embedding."""
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel.from_config(tiny_sdxl_unet_config()).eval()
+    z, t = torch.randn(2, 4, 8, 8), torch.tensor([10, 800])
+    c = Conditioning(torch.randn(2, 5, 80), torch.randn(2, 40), torch.tensor([[32, 32, 0, 0, 32, 32], [64, 48, 8, 0, 32, 32]]))
+    seen = {}
+    hooks = [unet.get_submodule(tap).register_forward_hook(lambda _m, _a, out, tap=tap: seen.__setitem__(tap, out[0] if isinstance(out, tuple) else out))
+             for tap in taps]
+    with torch.no_grad():
+        unet(z, t, **c.unet_kwargs())
+        for h in hooks:  # the backbone calls the blocks themselves: their hooks would record it too
+            h.remove()
+        got = bb.unet_features(unet, z, t, c, taps)
+        other = bb.unet_features(unet, z, t, c.with_time_ids(torch.tensor([[32, 32, 0, 0, 32, 32]] * 2)), taps)
+    for tap in taps:
+        torch.testing.assert_close(got[tap], seen[tap])
+        assert not torch.allclose(got[tap][1], other[tap][1])  # the time ids change the features
+    assert bb.tap_names(tiny_sdxl_unet_config()) == ["down_blocks.0", "down_blocks.1", "down_blocks.2", "mid_block"]
+
+
 def test_the_discriminators_noise_level_is_high_biased_and_matches_snr() -> None:
     schedule = NoiseSchedule.from_scheduler_config(SD15_SCHEDULER_CONFIG)
     torch.manual_seed(0)
@@ -81,13 +106,14 @@ def test_the_discriminators_noise_level_is_high_biased_and_matches_snr() -> None
     assert abs(float((drawn == 999).float().mean()) - 0.7) < 0.03 and set(drawn.tolist()) == {999, 749, 499, 249}
 
 
-def test_generator_gradients_reach_only_the_student_and_discriminator_gradients_only_the_heads(tiny_pipeline_dir: Path) -> None:
-    m = method(tiny_pipeline_dir, distill_weight=0.5)
+def test_generator_gradients_reach_only_the_student_and_discriminator_gradients_only_the_heads(family_pipeline_dir: Path) -> None:
+    m = method(family_pipeline_dir, distill_weight=0.5)
+    family = m.components.family
     m.lora_params = [p for p in m.unet.parameters() if p.requires_grad]
     base = {n: p.detach().clone() for n, p in m.unet.named_parameters() if not p.requires_grad}
     store: dict = {}
     phase_grads(m, "generator")
-    m.compute_loss("generator", batch(), ctx(m, store)).loss.backward()
+    m.compute_loss("generator", batch(family=family), ctx(m, store)).loss.backward()
     assert all(p.grad is not None for p in m.lora_params) and any(p.grad.abs().sum() > 0 for p in m.lora_params)
     assert all(p.grad is None for p in m.heads.parameters())
     assert all(p.grad is None for n, p in m.unet.named_parameters() if n in base)
@@ -96,7 +122,7 @@ def test_generator_gradients_reach_only_the_student_and_discriminator_gradients_
     phase_grads(m, "discriminator")
     for p in m.lora_params:
         p.requires_grad_(True)
-    out = m.compute_loss("discriminator", batch(seed=1), ctx(m, store))
+    out = m.compute_loss("discriminator", batch(seed=1, family=family), ctx(m, store))
     out.loss.backward()
     assert all(p.grad is None or p.grad.abs().sum() == 0 for p in m.lora_params)
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.heads.parameters())

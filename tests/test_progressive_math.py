@@ -17,8 +17,10 @@ import functools
 import pytest
 import torch
 from diffusers import DDIMScheduler
+from family_batches import POOLED_WIDTH, TEXT_WIDTH
 
 from distill_diffusion.core import NoiseSchedule, append_dims
+from distill_diffusion.models.conditioning import Conditioning, as_conditioning
 from distill_diffusion.models.denoiser import Denoiser
 from distill_diffusion.models.loading import SDComponents
 from distill_diffusion.toy.tiny import SD15_SCHEDULER_CONFIG, build_tiny_components
@@ -32,25 +34,32 @@ from distill_diffusion.trainers.methods.progressive.plan import (
 
 
 @functools.cache
-def _tiny(prediction_type: str) -> dict:
-    return build_tiny_components(prediction_type=prediction_type)
+def _tiny(prediction_type: str, family: str = "sd1") -> dict:
+    return build_tiny_components(prediction_type=prediction_type, family=family)
 
 
-def components(prediction_type: str = "epsilon") -> SDComponents:
-    parts = copy.deepcopy(_tiny(prediction_type))
-    for name in ("unet", "vae", "text_encoder"):
-        parts[name].requires_grad_(False)
-    return SDComponents(family="sd1", prediction_type=prediction_type, source="tiny", **parts)
+def components(prediction_type: str = "epsilon", family: str = "sd1") -> SDComponents:
+    """Tiny in-memory components; SDXL's as its base model's pipeline has them (force_zeros_for_empty_prompt)."""
+    parts = copy.deepcopy(_tiny(prediction_type, family))
+    for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        if name in parts:
+            parts[name].requires_grad_(False)
+    return SDComponents(family=family, prediction_type=prediction_type, source="tiny", **parts,
+                        force_zeros_for_empty_prompt=family == "sdxl")
 
 
-def method(teacher_type: str = "epsilon", **options) -> Progressive:
+def method(teacher_type: str = "epsilon", family: str = "sd1", **options) -> Progressive:
     config = ProgressiveConfig(**{"start_steps": 8, "target_steps": 4, "guidance": "none", "steps_per_round": [1], **options})
-    return Progressive(components(teacher_type), config)
+    return Progressive(components(teacher_type, family), config)
 
 
-def inputs(batch: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def inputs(batch: int, seed: int = 0, family: str = "sd1") -> tuple[torch.Tensor, torch.Tensor | Conditioning]:
+    """Latents and their conditioning (SDXL: with pooled text and time ids)."""
     gen = torch.Generator().manual_seed(seed)
-    return torch.randn(batch, 4, 8, 8, generator=gen), torch.randn(batch, 77, 64, generator=gen)
+    z, c = torch.randn(batch, 4, 8, 8, generator=gen), torch.randn(batch, 77, TEXT_WIDTH[family], generator=gen)
+    if family == "sd1":
+        return z, c
+    return z, Conditioning(c, torch.randn(batch, POOLED_WIDTH, generator=gen), torch.tensor([[32, 32, 0, 0, 32, 32]] * batch))
 
 
 def scheduler(prediction_type: str, steps: int) -> DDIMScheduler:
@@ -109,18 +118,22 @@ def test_every_round_trains_on_the_grid_the_exported_scheduler_visits(start: int
         assert bool(((grid.pairs[:, 1] < grid.midpoints) & (grid.midpoints < grid.pairs[:, 0])).all())
 
 
-def test_the_guidance_stage_target_is_the_teachers_cfg_output_at_fixed_w() -> None:
-    m = method("epsilon", guidance="distill", guidance_scale_min=3.0, guidance_scale_max=3.0)
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_the_guidance_stage_target_is_the_teachers_cfg_output_at_fixed_w(family: str) -> None:
+    m = method("epsilon", family, guidance="distill", guidance_scale_min=3.0, guidance_scale_max=3.0)
     assert m.plan.round_index(0) is None  # stage 0 is the guidance stage
     torch.manual_seed(0)
-    x0, c = inputs(3)
+    x0, c = inputs(3, family=family)
     w = m.sample_w(3, x0.device)
     torch.manual_seed(1)
     z_t, t, target = m.guidance_target(x0, c, w)
-    # diffusers' CFG on the raw eps outputs at guidance_scale 3, converted to x0 by the DDIM scheduler's formula
-    uncond = m.uncond(c)
-    eps_c = m.teacher_unet(z_t, t, encoder_hidden_states=c).sample
-    eps_u = m.teacher_unet(z_t, t, encoder_hidden_states=uncond).sample
+    # diffusers' CFG on the raw eps outputs at guidance_scale 3, converted to x0 by the DDIM scheduler's formula; SDXL's
+    # unconditional branch is zero embeddings with the conditional branch's time ids (force_zeros_for_empty_prompt)
+    uncond = m.uncond(as_conditioning(c))
+    if family == "sdxl":
+        assert not uncond.encoder_hidden_states.any() and torch.equal(uncond.time_ids, c.time_ids)
+    eps_c = m.teacher_unet(z_t, t, **as_conditioning(c).unet_kwargs()).sample
+    eps_u = m.teacher_unet(z_t, t, **uncond.unet_kwargs()).sample
     eps = eps_u + 3.0 * (eps_c - eps_u)
     abar = append_dims(torch.as_tensor(DDIMScheduler.from_config(SD15_SCHEDULER_CONFIG).alphas_cumprod)[t], 4)
     torch.testing.assert_close(target, (z_t - (1 - abar).sqrt() * eps) / abar.sqrt(), rtol=1e-4, atol=1e-4)
@@ -135,14 +148,23 @@ def test_w_is_drawn_bit_for_bit_as_when_the_options_were_w_min_and_w_max() -> No
     assert torch.equal(method("epsilon", guidance="fixed", guidance_scale_min=2.0).sample_w(2, torch.device("cpu")), torch.ones(2))
 
 
-def test_the_w_student_starts_equal_to_the_teacher_at_every_w() -> None:
-    m = method("v_prediction", guidance="distill")
-    z, c = inputs(2)
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_the_w_student_starts_equal_to_the_teacher_at_every_w(family: str) -> None:
+    """The w-embedding (``time_cond_proj_dim``) also builds on SDXL's UNet, whose pooled-text and time-id embedding
+    (``addition_embed_type="text_time"``) is added beside it."""
+    m = method("v_prediction", family, guidance="distill")
+    assert m.unet.config.time_cond_proj_dim == m.config.time_cond_proj_dim
+    z, c = inputs(2, family=family)
+    kwargs = as_conditioning(c).unet_kwargs()
     t = torch.tensor([999, 500])
-    base = m.teacher_unet(z, t, encoder_hidden_states=c).sample
+    base = m.teacher_unet(z, t, **kwargs).sample
     for w in (0.0, 3.0):
-        out = m.unet(z, t, encoder_hidden_states=c, **m.w_condition(torch.full((2,), w))).sample
+        out = m.unet(z, t, **kwargs, **m.w_condition(torch.full((2,), w))).sample
         torch.testing.assert_close(out, base, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():  # once trained, w reaches the output
+        m.unet.time_embedding.cond_proj.weight.normal_()
+    outs = [m.unet(z, t, **kwargs, **m.w_condition(torch.full((2,), w))).sample for w in (0.0, 3.0)]
+    assert not torch.allclose(*outs)
 
 
 class TeacherAsV(torch.nn.Module):

@@ -195,12 +195,23 @@ def open_latents_dir(latents_dir: str | Path | None, proportion_empty_prompts: f
     return CachedLatentDataset(root, proportion_empty_prompts, seed, max_train_samples)
 
 
-def check_latents_fit(dataset: CachedLatentDataset, resolution: int, in_channels: int, text_width: int) -> None:
-    """The stored latents and embeddings fit the teacher (its UNet's input channels and text width) and the run's
+def check_latents_fit(dataset: CachedLatentDataset, resolution: int, in_channels: int, text_width: int,
+                      pooled_width: int | None = None) -> None:
+    """The stored latents and embeddings fit the teacher (its UNet's input channels and text width, and for an SDXL
+    teacher, ``pooled_width`` set, the pooled text embeddings its added conditioning takes) and the run's
     ``data.resolution`` is the one they were made at; each mismatch is a one-line error with the fix."""
     item = dataset[0]
     channels, width = int(item["latents"].shape[0]), int(item["prompt_embeds"].shape[-1])
     where, remake = f"data.latents_dir {dataset.cache_dir}", "make the latents with this teacher (prepare-synthetic)"
+    # checked first: an SD folder's text width differs from SDXL's too, but the family is the cause to name
+    pooled = item.get("text_embeds")
+    require(pooled is not None or pooled_width is None, f"{where} holds no pooled text embeddings (text_embeds), so it was made "
+            f"for an SD 1.x/2.x teacher, but this SDXL teacher's UNet takes them with its time ids; {remake}")
+    require(pooled is None or pooled_width is not None, f"{where} holds pooled text embeddings (text_embeds), so it was made "
+            f"for an SDXL teacher, but this teacher's UNet takes none; {remake}")
+    require(pooled is None or int(pooled.shape[-1]) == pooled_width, f"{where} holds pooled text embeddings of width "
+            f"{int(pooled.shape[-1]) if pooled is not None else 0} but the teacher's UNet takes {pooled_width}; {remake}, or train "
+            "the teacher they were made with")
     require(channels == in_channels, f"{where} holds {channels}-channel latents but the teacher's UNet takes {in_channels}; "
             f"{remake}, or train the teacher they were made with")
     require(width == text_width, f"{where} holds text embeddings of width {width} but the teacher's UNet attends to "

@@ -194,14 +194,16 @@ def _plain_copy(method_cls: type, run: RunConfig, accelerator: Accelerator) -> A
 
 
 def check_data_fits(run: RunConfig, dataset: Any, unet_config: Mapping[str, Any]) -> None:
-    """Latents read from a folder (``data.source: latents``) must suit this teacher: its UNet's input channels and
-    text width, and the resolution they were made at must be ``data.resolution``."""
+    """Latents read from a folder (``data.source: latents``) must suit this teacher: its UNet's input channels, text
+    width and (SDXL) pooled text embeddings, and the resolution they were made at must be ``data.resolution``."""
     if run.data.source != "latents":
         return
     from distill_diffusion.data.synthetic import check_latents_fit
+    from distill_diffusion.models.conditioning import pooled_text_width
     from distill_diffusion.models.loading import cross_attention_width
 
-    check_latents_fit(dataset, run.data.resolution, int(unet_config["in_channels"]), cross_attention_width(unet_config))
+    pooled = pooled_text_width(unet_config) if unet_config.get("addition_embed_type") == "text_time" else None
+    check_latents_fit(dataset, run.data.resolution, int(unet_config["in_channels"]), cross_attention_width(unet_config), pooled)
 
 
 def build_method(method_cls: type, run: RunConfig, components: Any) -> Any:

@@ -31,7 +31,7 @@ from distill_diffusion.trainers.methods.adversarial.method import AdversarialMet
 
 
 class ADD(AdversarialMethod):
-    """A 1-4-step student of a Stable Diffusion 1.x/2.x teacher, trained against a DINOv2 discriminator on images."""
+    """A 1-4-step student of a Stable Diffusion teacher (1.x/2.x or SDXL), trained against a DINOv2 discriminator on images."""
 
     paper: ClassVar[str] = "Sauer et al., ADD, arXiv:2311.17042, §3"
     config_class: ClassVar[type] = ADDConfig

@@ -12,7 +12,7 @@ from distill_diffusion.core.timesteps import (
     trained_step_counts,
     visited_timesteps,
 )
-from distill_diffusion.models.export import CardSampling, write_model_card
+from distill_diffusion.models.export import CardSampling, pipeline_class_name, write_model_card
 
 
 def inference_line(sampler: Any, sched: str) -> str:
@@ -38,20 +38,21 @@ def inputs_line(cfg: Any) -> str:
 def write_card(method: Any, folder: Path) -> None:
     cfg, T = method.config, method.schedule.num_train_timesteps
     sched = f"LCMScheduler.from_config(pipe.scheduler.config, original_inference_steps={T})"
+    name = pipeline_class_name(method.components)  # the teacher family's stock pipeline
     if cfg.lora:
         usage = f"""
-from diffusers import LCMScheduler, StableDiffusionPipeline
+from diffusers import LCMScheduler, {name}
 
-pipe = StableDiffusionPipeline.from_pretrained("{method.components.source}")
+pipe = {name}.from_pretrained("{method.components.source}")
 pipe.scheduler = {sched}
 pipe.load_lora_weights("path/to/this/folder")  # pytorch_lora_weights.safetensors
 image = pipe("a prompt", num_inference_steps=1, guidance_scale=1.0).images[0]
 """
     else:
-        usage = """
-from diffusers import StableDiffusionPipeline
+        usage = f"""
+from diffusers import {name}
 
-pipe = StableDiffusionPipeline.from_pretrained("path/to/this/folder")  # its LCMScheduler samples the student's grid
+pipe = {name}.from_pretrained("path/to/this/folder")  # its LCMScheduler samples the student's grid
 image = pipe("a prompt", num_inference_steps=1, guidance_scale=1.0).images[0]
 """
     extra = f"""

@@ -35,7 +35,7 @@ from distill_diffusion.errors import require
 from distill_diffusion.models.batch import latents_and_embeddings
 from distill_diffusion.models.conditioning import Conditioning, cat
 from distill_diffusion.models.denoiser import Denoiser
-from distill_diffusion.models.loading import SDXL_ERROR, SDComponents, TeacherConfigs
+from distill_diffusion.models.loading import SDComponents, TeacherConfigs
 from distill_diffusion.models.lora import (
     EXPORT_DTYPES,
     adapters_disabled,
@@ -112,7 +112,7 @@ def mean_logit(logits: list[Tensor]) -> float:
 
 
 class AdversarialMethod(MethodBase):
-    """A 1-4-step student of a Stable Diffusion 1.x/2.x teacher, trained against a discriminator (ADD, LADD)."""
+    """A 1-4-step student of a Stable Diffusion teacher (1.x/2.x or SDXL), trained against a discriminator (ADD, LADD)."""
 
     config_class: ClassVar[type] = AdversarialConfig
     phase_names: ClassVar[tuple[str, ...]] = ("generator", "discriminator")
@@ -147,7 +147,6 @@ class AdversarialMethod(MethodBase):
             check_target_modules(teacher.meta_unet(), config.lora_target_modules)
 
     def __init__(self, components: SDComponents, config: AdversarialConfig):
-        require(components.family != "sdxl", f"{components.source}: {SDXL_ERROR}")
         self.components, self.config, self.schedule = components, config, components.schedule
         if config.lora:
             # ONE UNet: base frozen in the weight dtype (teacher), LoRA in fp32 (student)

@@ -35,7 +35,7 @@ def taps_of(config: LADDConfig, unet_config: dict[str, Any]) -> list[str]:
 
 
 class LADD(AdversarialMethod):
-    """A 1-4-step student of a Stable Diffusion 1.x/2.x teacher, trained against a latent discriminator."""
+    """A 1-4-step student of a Stable Diffusion teacher (1.x/2.x or SDXL), trained against a latent discriminator."""
 
     paper: ClassVar[str] = "Sauer et al., LADD, arXiv:2403.12015, §3"
     config_class: ClassVar[type] = LADDConfig

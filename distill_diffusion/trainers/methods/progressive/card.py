@@ -5,16 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from distill_diffusion.models.export import CardSampling, write_model_card
+from distill_diffusion.models.export import CardSampling, pipeline_class_name, write_model_card
 
 
 def write_card(method: Any, folder: Path) -> None:
-    """README.md for a student folder: stock ``StableDiffusionPipeline`` + its own DDIMScheduler at its step count."""
+    """README.md for a student folder: the family's stock pipeline (``StableDiffusionPipeline``,
+    ``StableDiffusionXLPipeline``) + its own DDIMScheduler at its step count."""
     cfg, steps, g = method.config, method.sampling_steps(), method.guidance_scale()
+    name = pipeline_class_name(method.components)
     usage = f"""
-from diffusers import StableDiffusionPipeline
+from diffusers import {name}
 
-pipe = StableDiffusionPipeline.from_pretrained("path/to/this/folder")  # its DDIMScheduler: trailing, {cfg.prediction_type}
+pipe = {name}.from_pretrained("path/to/this/folder")  # its DDIMScheduler: trailing, {cfg.prediction_type}
 image = pipe("a prompt", num_inference_steps={steps}, guidance_scale={g}).images[0]
 """
     if method.w_conditioned:

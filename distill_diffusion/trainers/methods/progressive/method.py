@@ -40,7 +40,7 @@ from distill_diffusion.models import sharded
 from distill_diffusion.models.batch import latents_and_embeddings
 from distill_diffusion.models.conditioning import Conditioning
 from distill_diffusion.models.denoiser import Denoiser
-from distill_diffusion.models.loading import SDXL_ERROR, SDComponents, TeacherConfigs
+from distill_diffusion.models.loading import SDComponents, TeacherConfigs
 from distill_diffusion.models.students import build_student
 from distill_diffusion.models.teacher import UncondEmbedding, guided_prediction
 from distill_diffusion.trainers.methods.base import LossOutput, MethodBase, Phase, Stage, StepContext
@@ -61,7 +61,7 @@ def check_max_train_steps_used(max_train_steps: int, config: ProgressiveConfig) 
 
 
 class Progressive(MethodBase):
-    """Progressive distillation of a Stable Diffusion 1.x/2.x teacher into an N/2^k-step DDIM student."""
+    """Progressive distillation of a Stable Diffusion teacher (1.x/2.x or SDXL) into an N/2^k-step DDIM student."""
 
     paper: ClassVar[str] = ("Salimans & Ho, Progressive Distillation, arXiv:2202.00512, Alg. 2; "
                             "Meng et al., On Distillation of Guided Diffusion Models, arXiv:2210.03142")
@@ -88,7 +88,6 @@ class Progressive(MethodBase):
             check_start_steps(teacher.num_train_timesteps, run.method_config)
 
     def __init__(self, components: SDComponents, config: ProgressiveConfig):
-        require(components.family != "sdxl", f"{components.source}: {SDXL_ERROR}")
         check_start_steps(components.schedule.num_train_timesteps, config)
         self.components, self.config, self.schedule = components, config, components.schedule
         self.plan = RoundPlan(config, self.schedule.num_train_timesteps, default_steps=config.round_steps(1)[0],
@@ -274,7 +273,9 @@ class Progressive(MethodBase):
         return {"guidance_scale": self.guidance_scale(), "num_inference_steps": self.sampling_steps()}
 
     def export(self, output_dir: Path) -> None:
-        """A ``StableDiffusionPipeline`` folder: the student UNet and a trailing ``DDIMScheduler`` at its prediction type."""
+        """The teacher family's stock pipeline folder (``StableDiffusionPipeline``, ``StableDiffusionXLPipeline``): the
+        student UNet (with its w-embedding ``time_cond_proj_dim``, which both pipelines feed ``guidance_scale − 1``) and a
+        trailing ``DDIMScheduler`` at its prediction type."""
         from distill_diffusion.trainers.methods.progressive.card import write_card
 
         self.validation_pipeline().save_pretrained(output_dir, safe_serialization=True)
