@@ -39,7 +39,6 @@ from distill_diffusion.core.schedule import NoiseSchedule
 from distill_diffusion.errors import UserError, require
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
-SDXL_ERROR = "SDXL teachers are not supported yet; use an SD 1.x/2.x checkpoint"
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.\-]*(/[A-Za-z0-9][\w.\-]*)?")
 _FIX = "pass a diffusers pipeline folder, a hub id (owner/name) or a .safetensors file"
 #: Key prefixes of the three parts of an original LDM/A1111 SD 1.x/2.x checkpoint.
