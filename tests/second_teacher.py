@@ -138,4 +138,5 @@ def run_step_check(root: Path, teacher_steps: int, student_steps: int, images: i
     """Teacher, student, and the student's FD at 1, 2 and 4 steps."""
     world = MixtureWorld()
     teacher = train_teacher(root / "teacher", world, teacher_steps)
+    torch.manual_seed(0)  # the student's draws as in benchmarks/results/second_teacher/fault9_diag.py
     return student_fd(train_student(teacher, world, student_steps, **options), world, images=images)

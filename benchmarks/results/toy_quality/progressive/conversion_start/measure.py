@@ -1,3 +1,4 @@
+# ruff: noqa  (a record of the measurement as run at its commit; later renames, e.g. load_preset -> load_config, are not applied)
 """The start of progressive distillation's first round on the toy world, from two students (results.md).
 
 tiny/progressive's round 1 (64 -> 32 steps, the eps teacher guided at w = 1 by CFG, a v student) from (A) the
@@ -9,17 +10,22 @@ cosine decay. One thread.
 
 usage: python measure.py TOY_WORLD M K BATCH EVERY OUT.json
 """
-import copy, json, sys, time
+import copy
+import json
+import sys
+import time
 from pathlib import Path
+
 import torch
+
 torch.set_num_threads(1)
-from distill_diffusion.config import load_preset, build_run_config
-from distill_diffusion.trainers.methods.progressive import Progressive
-from distill_diffusion.models.loading import load_teacher
+from distill_diffusion.config import build_run_config, load_preset
+from distill_diffusion.core.losses import weighted_mse
 from distill_diffusion.data import build_train_dataset, collate_examples
 from distill_diffusion.models.batch import latents_and_embeddings
-from distill_diffusion.core.losses import weighted_mse
+from distill_diffusion.models.loading import load_teacher
 from distill_diffusion.trainers.methods.base import Phase, StepContext
+from distill_diffusion.trainers.methods.progressive import Progressive
 
 world, M, K, B, every, out_json = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
 preset = load_preset("tiny/progressive")
