@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from PIL import Image
+from helpers_generate import generate
 from safetensors.torch import load_file
 
 from distill_diffusion.cli import main
@@ -33,16 +33,6 @@ def train(preset: str, teacher: Path, data: Path, out: Path) -> Path:
     assert main(["train", "lcm", "--config", preset, "--pretrained_model_name_or_path", str(teacher),
                  "--train_data_dir", str(data), "--output_dir", str(out), *TINY]) == 0
     return out
-
-
-def generate(model: Path, out: Path, *extra: str) -> dict:
-    """``generate`` with what the card records (no sampler, steps or guidance given); the manifest's first entry."""
-    assert main(["generate", "--model", str(model), *extra, "--prompt", "a red circle", "--output_dir", str(out),
-                 "--device", "cpu"]) == 0
-    entry = json.loads((out / "manifest.jsonl").read_text().splitlines()[0])
-    image = np.asarray(Image.open(out / entry["file_name"]))
-    assert image.shape == (32, 32, 3) and image.std() > 0
-    return entry
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
-from PIL import Image
+from helpers_generate import generate
 
 from distill_diffusion.cli import main
 
@@ -76,16 +75,6 @@ def plain_load(export: Path, teacher: Path | None, steps: int, guidance: float) 
 
 def card(out: Path) -> dict:
     return yaml.safe_load((out / "README.md").read_text().split("---\n")[1])["distill_diffusion"]
-
-
-def generate(model: Path, out: Path, *extra: str) -> dict:
-    """``generate`` with what the card records (no sampler, steps or guidance given); the manifest's first entry."""
-    assert main(["generate", "--model", str(model), *extra, "--prompt", "a red circle", "--output_dir", str(out),
-                 "--device", "cpu"]) == 0
-    entry = json.loads((out / "manifest.jsonl").read_text().splitlines()[0])
-    image = np.asarray(Image.open(out / entry["file_name"]))
-    assert image.shape == (32, 32, 3) and image.std() > 0
-    return entry
 
 
 @pytest.mark.parametrize("method", ["ladd", "add"])
