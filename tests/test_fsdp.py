@@ -212,8 +212,9 @@ def test_ladd_resumes_under_fsdp_to_the_weights_of_the_uninterrupted_run(ladd: d
 
 @pytest.mark.e2e
 def test_ladd_under_fsdp_trains_the_weights_ddp_trains(ladd: dict) -> None:
-    """Every trainable weight of both modules, to float rounding (the gradients are summed in another order)."""
-    assert_same_weights(ladd["fsdp"]["weights"], ladd["ddp"]["weights"], atol=1e-7)
+    """Every trainable weight of both modules, to float rounding (the gradients are summed in another order): two fp32
+    ulps of a weight near 1 (a GroupNorm gain of the heads can end one ulp, 1.2e-7, apart)."""
+    assert_same_weights(ladd["fsdp"]["weights"], ladd["ddp"]["weights"], atol=2.5e-7)
     changed = [k for k in ladd["fsdp"]["weights"] if k.startswith("disc.")]
     assert changed  # the heads are in the comparison
 
