@@ -6,6 +6,9 @@
    count (1024 images per row by default: FID is biased upward at small N, enough to blur the comparisons): the
    teacher under DDIM at 1, 2, 4, 8, 25, 50 steps and under LCMScheduler at 1, 2, 4, 8, and the LCM-LoRA
    (LCMScheduler) at 1, 2, 4, 8, same prompts and seeds; print the table and the paths of the plot and the grids.
+
+``--sdxl`` runs the same three steps on the toy SDXL teacher (``toy build --sdxl``) with ``tiny/lcm_lora_xl``: the
+same table, its rows named ``teacher-xl``, ``teacher-xl-lcm-sched`` and ``lcm-lora-xl``.
 """
 
 from __future__ import annotations
@@ -15,8 +18,9 @@ from typing import Any
 
 from distill_diffusion.toy.paths import TOY_GUIDANCE
 
-#: The toy LCM-LoRA recipe: a config shipped in distill_diffusion/configs, loaded by name.
+#: The toy LCM-LoRA recipes: configs shipped in distill_diffusion/configs, loaded by name (SD and SDXL teachers).
 LCM_CONFIG = "tiny/lcm_lora"
+LCM_CONFIG_XL = "tiny/lcm_lora_xl"
 #: Teacher guidance for the benchmark rows: the toy world's reference scale (``toy.paths.TOY_GUIDANCE``, 2.0), the
 #: scale the LoRA distils (guidance_scale_min = max = 2.0); 3.0 scores the same within noise
 #: (benchmarks/results/toy_quality/lcm_recipe_ablation.md).
@@ -24,11 +28,11 @@ TEACHER_GUIDANCE = TOY_GUIDANCE
 
 
 def distil_lcm_lora(teacher: Path, data: Path, output_dir: Path, max_train_steps: int | None = None,
-                    callbacks: list[Any] | None = None) -> Path:
+                    callbacks: list[Any] | None = None, config_name: str = LCM_CONFIG) -> Path:
     """Train (or resume, or reuse when finished) the toy LCM-LoRA; returns the export folder.
 
-    The recipe is the shipped ``tiny/lcm_lora`` config; only the paths, resuming and the step count change
-    (``callbacks``: engine callbacks, e.g. a timer).
+    The recipe is the shipped ``config_name`` config (``tiny/lcm_lora``; ``tiny/lcm_lora_xl`` for the XL teacher);
+    only the paths, resuming and the step count change (``callbacks``: engine callbacks, e.g. a timer).
     """
     from distill_diffusion.config import build_run_config, load_config
     from distill_diffusion.trainers.engine.build import train
@@ -36,7 +40,7 @@ def distil_lcm_lora(teacher: Path, data: Path, output_dir: Path, max_train_steps
 
     if (output_dir / "pytorch_lora_weights.safetensors").is_file():
         return output_dir
-    config = load_config(LCM_CONFIG)
+    config = load_config(config_name)
     config["model"]["pretrained_model_name_or_path"] = str(teacher)
     config["data"]["train_data_dir"] = str(data)
     config["train"].update(output_dir=str(output_dir), resume_from_checkpoint="latest")
@@ -46,22 +50,27 @@ def distil_lcm_lora(teacher: Path, data: Path, output_dir: Path, max_train_steps
 
 
 def run_quickstart(output_dir: str | Path = "quickstart", cache_dir: str | Path | None = None,
-                   num_images: int = 1024, lcm_steps: int | None = None, budget: str = "full") -> dict[str, Any]:
-    """Steps 1-3 above; returns the benchmark result (rows, meta, files)."""
+                   num_images: int = 1024, lcm_steps: int | None = None, budget: str = "full",
+                   sdxl: bool = False) -> dict[str, Any]:
+    """Steps 1-3 above (on the toy SDXL teacher with ``sdxl``); returns the benchmark result (rows, meta, files)."""
     from distill_diffusion.bench.quality import PipelineSpec, run_quality_benchmark, toy_bench_settings
     from distill_diffusion.toy.build import ensure_toy_world
+    from distill_diffusion.toy.build_xl import ensure_toy_xl_teacher
 
     out = Path(output_dir)
-    print("[1/3] toy world (built once, then cached)")
-    world = ensure_toy_world(cache_dir=cache_dir, budget=budget)
-    print(f"[2/3] LCM-LoRA distillation of the toy teacher -> {out / 'lcm_lora'}")
-    lora = distil_lcm_lora(world.teacher, world.data, out / "lcm_lora", lcm_steps)
+    print("[1/3] toy world" + (" and its SDXL teacher" if sdxl else "") + " (built once, then cached)")
+    world = (ensure_toy_xl_teacher if sdxl else ensure_toy_world)(cache_dir=cache_dir, budget=budget)
+    teacher, suffix = (world.teacher_xl, "-xl") if sdxl else (world.teacher, "")
+    lora_dir = out / f"lcm_lora{suffix.replace('-', '_')}"
+    print(f"[2/3] LCM-LoRA distillation of the toy teacher -> {lora_dir}")
+    # both students train on the square 32² images (the XL teacher's time ids: original 32², crop (0, 0), as sampled)
+    lora = distil_lcm_lora(teacher, world.data, lora_dir, lcm_steps, config_name=LCM_CONFIG_XL if sdxl else LCM_CONFIG)
     print("[3/3] FID and CLIP score vs steps (same prompts and seeds for every row)")
     settings = toy_bench_settings(world, num_images, cache_dir)
     specs = [
-        PipelineSpec("teacher", str(world.teacher), sampler="ddim", guidance_scale=TEACHER_GUIDANCE, steps=(1, 2, 4, 8, 25, 50)),
-        PipelineSpec("teacher-lcm-sched", str(world.teacher), sampler="lcm", guidance_scale=TEACHER_GUIDANCE, steps=(1, 2, 4, 8)),
-        PipelineSpec("lcm-lora", str(world.teacher), lora=str(lora), sampler="lcm", guidance_scale=1.0, steps=(1, 2, 4, 8)),
+        PipelineSpec(f"teacher{suffix}", str(teacher), sampler="ddim", guidance_scale=TEACHER_GUIDANCE, steps=(1, 2, 4, 8, 25, 50)),
+        PipelineSpec(f"teacher{suffix}-lcm-sched", str(teacher), sampler="lcm", guidance_scale=TEACHER_GUIDANCE, steps=(1, 2, 4, 8)),
+        PipelineSpec(f"lcm-lora{suffix}", str(teacher), lora=str(lora), sampler="lcm", guidance_scale=1.0, steps=(1, 2, 4, 8)),
     ]
     result = run_quality_benchmark(specs, out / "bench", settings)
     files = result.get("files", {})

@@ -30,3 +30,24 @@ def test_quickstart_runs_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert (tmp_path / "qs" / "lcm_lora" / "pytorch_lora_weights.safetensors").is_file()
     assert (tmp_path / "qs" / "bench" / "grid_lcm-lora.png").is_file()
 
+
+
+def test_quickstart_sdxl_runs_the_same_table_on_the_xl_teacher(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    tiny = replace(build.BUDGETS["small"], num_images=64, vae_steps=2, unet_steps=2, clip_steps=2,
+                   classifier_steps=2, calibration_images=0)
+    monkeypatch.setitem(build.BUDGETS, "tiny-test", tiny)
+    from distill_diffusion.cli import main
+
+    code = main(["quickstart", "--sdxl", "--output_dir", str(tmp_path / "qs"), "--cache_dir", str(tmp_path / "cache"),
+                 "--num_images", "40", "--lcm_steps", "2", "--budget", "tiny-test"])
+    assert code == 0
+    assert "| lcm-lora-xl " in capsys.readouterr().out
+    rows = json.loads((tmp_path / "qs" / "bench" / "results.json").read_text())["rows"]
+    assert {(r["pipeline"], r["steps"]) for r in rows} >= {("teacher-xl", 50), ("teacher-xl-lcm-sched", 4), ("lcm-lora-xl", 4)}
+    from safetensors.torch import load_file
+
+    lora = load_file(tmp_path / "qs" / "lcm_lora_xl" / "pytorch_lora_weights.safetensors")
+    to_k = [v for k, v in lora.items() if "attn2.to_k" in k and "lora_A" in k]
+    assert to_k and all(v.shape[1] == 80 for v in to_k), "the LoRA of the XL UNet (cross-attention 32 + 48 wide)"
+    assert (tmp_path / "cache" / "toy-v3" / "xl" / "teacher" / "text_encoder_2").is_dir()
