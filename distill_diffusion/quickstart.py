@@ -8,7 +8,7 @@
    (LCMScheduler) at 1, 2, 4, 8, same prompts and seeds; print the table and the paths of the plot and the grids.
 
 ``--sdxl`` runs the same three steps on the toy SDXL teacher (``toy build --sdxl``) with ``tiny/lcm_lora_xl``: the
-same table, its rows named ``teacher-xl``, ``teacher-xl-lcm-sched`` and ``lcm-lora-xl``.
+same table, in ``bench_xl/`` beside the LoRA in ``lcm_lora_xl/``.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from typing import Any
 
 from distill_diffusion.toy.paths import TOY_GUIDANCE
 
-#: The toy LCM-LoRA recipes: configs shipped in distill_diffusion/configs, loaded by name (SD and SDXL teachers).
+#: The toy LCM-LoRA recipe: a config shipped in distill_diffusion/configs, loaded by name (``tiny/lcm_lora_xl`` for the
+#: SDXL teacher, ``ToyTeacher.config``).
 LCM_CONFIG = "tiny/lcm_lora"
-LCM_CONFIG_XL = "tiny/lcm_lora_xl"
 #: Teacher guidance for the benchmark rows: the toy world's reference scale (``toy.paths.TOY_GUIDANCE``, 2.0), the
 #: scale the LoRA distils (guidance_scale_min = max = 2.0); 3.0 scores the same within noise
 #: (benchmarks/results/toy_quality/lcm_recipe_ablation.md).
@@ -56,23 +56,22 @@ def run_quickstart(output_dir: str | Path = "quickstart", cache_dir: str | Path 
     from distill_diffusion.bench.quality import PipelineSpec, run_quality_benchmark, toy_bench_settings
     from distill_diffusion.toy.build import ensure_toy_world
     from distill_diffusion.toy.build_xl import ensure_toy_xl_teacher
+    from distill_diffusion.toy.paths import ToyTeacher
 
     out = Path(output_dir)
     print("[1/3] toy world" + (" and its SDXL teacher" if sdxl else "") + " (built once, then cached)")
-    world = (ensure_toy_xl_teacher if sdxl else ensure_toy_world)(cache_dir=cache_dir, budget=budget)
-    teacher, suffix = (world.teacher_xl, "-xl") if sdxl else (world.teacher, "")
-    lora_dir = out / f"lcm_lora{suffix.replace('-', '_')}"
-    print(f"[2/3] LCM-LoRA distillation of the toy teacher -> {lora_dir}")
-    # both students train on the square 32² images (the XL teacher's time ids: original 32², crop (0, 0), as sampled)
-    lora = distil_lcm_lora(teacher, world.data, lora_dir, lcm_steps, config_name=LCM_CONFIG_XL if sdxl else LCM_CONFIG)
+    toy = ToyTeacher((ensure_toy_xl_teacher if sdxl else ensure_toy_world)(cache_dir=cache_dir, budget=budget), sdxl)
+    teacher, bench_dir = str(toy.path), toy.folder(out / "bench")
+    print(f"[2/3] LCM-LoRA distillation of the toy teacher -> {toy.folder(out / 'lcm_lora')}")
+    lora = distil_lcm_lora(toy.path, toy.data, toy.folder(out / "lcm_lora"), lcm_steps, config_name=toy.config(LCM_CONFIG))
     print("[3/3] FID and CLIP score vs steps (same prompts and seeds for every row)")
-    settings = toy_bench_settings(world, num_images, cache_dir)
+    settings = toy_bench_settings(toy.world, num_images, cache_dir)
     specs = [
-        PipelineSpec(f"teacher{suffix}", str(teacher), sampler="ddim", guidance_scale=TEACHER_GUIDANCE, steps=(1, 2, 4, 8, 25, 50)),
-        PipelineSpec(f"teacher{suffix}-lcm-sched", str(teacher), sampler="lcm", guidance_scale=TEACHER_GUIDANCE, steps=(1, 2, 4, 8)),
-        PipelineSpec(f"lcm-lora{suffix}", str(teacher), lora=str(lora), sampler="lcm", guidance_scale=1.0, steps=(1, 2, 4, 8)),
+        PipelineSpec("teacher", teacher, sampler="ddim", guidance_scale=TEACHER_GUIDANCE, steps=(1, 2, 4, 8, 25, 50)),
+        PipelineSpec("teacher-lcm-sched", teacher, sampler="lcm", guidance_scale=TEACHER_GUIDANCE, steps=(1, 2, 4, 8)),
+        PipelineSpec("lcm-lora", teacher, lora=str(lora), sampler="lcm", guidance_scale=1.0, steps=(1, 2, 4, 8)),
     ]
-    result = run_quality_benchmark(specs, out / "bench", settings)
+    result = run_quality_benchmark(specs, bench_dir, settings)
     files = result.get("files", {})
     if "markdown" in files:
         print(Path(files["markdown"]).read_text())

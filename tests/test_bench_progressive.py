@@ -65,7 +65,7 @@ def test_the_toy_plan_reads_the_teachers_schedule_and_the_shipped_recipe(tiny_pi
     from distill_diffusion.trainers.methods.progressive.bench_toy import CONFIG, toy_plan
 
     run = build_run_config("progressive", Progressive, load_config(CONFIG))
-    plan = toy_plan(SimpleNamespace(teacher=tiny_pipeline_dir), run)
+    plan = toy_plan(SimpleNamespace(path=tiny_pipeline_dir), run)
     assert plan.num_train_timesteps == 1000 and plan.student_steps == [32, 16, 8, 4, 2, 1]
     # fixed guidance at the toy's reference scale: no guidance stage (docs/progressive.md says why)
     assert run.method_config.guidance == "fixed" and run.method_config.guidance_scale_min == TOY_GUIDANCE

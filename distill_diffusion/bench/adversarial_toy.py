@@ -23,7 +23,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from distill_diffusion.bench.options import add_toy_run_options
-from distill_diffusion.toy.paths import TOY_GUIDANCE
+from distill_diffusion.toy.paths import TOY_GUIDANCE, ToyTeacher
 
 HELP = "LADD and ADD on the toy world at 1/2/4 steps beside the teacher (50 steps, guidance sweep) and the LCM-LoRA"
 LORA_FILE = "pytorch_lora_weights.safetensors"
@@ -49,13 +49,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run it with the parsed options; returns the exit code."""
+    from distill_diffusion.bench.toy_runs import load_toy_teacher
+
     steps = {"ladd": args.ladd_steps, "add": args.add_steps, "lcm-lora": args.lcm_steps}
-    run_adversarial_toy(args.output_dir, args.run_dir, args.num_images, args.guidance_scale, args.cache_dir, steps, args.students)
+    teacher, output_dir, run_dir = load_toy_teacher(args)
+    run_adversarial_toy(teacher, output_dir, run_dir, args.num_images, args.guidance_scale, args.cache_dir, steps, args.students)
     return 0
 
 
-def train_students(world: Any, run_dir: Path, steps: dict[str, int | None], students: Sequence[str] = STUDENTS) -> dict[str, float]:
-    """Train (or resume, or reuse) ``students`` (LADD, ADD, the LCM-LoRA); returns seconds per run."""
+def train_students(teacher: ToyTeacher, run_dir: Path, steps: dict[str, int | None], students: Sequence[str] = STUDENTS) -> dict[str, float]:
+    """Train (or resume, or reuse) ``students`` (LADD, ADD, the LCM-LoRA) of ``teacher``; returns seconds per run."""
     from distill_diffusion.bench.toy_runs import toy_run_config, train_lcm_lora_timed, train_timed
     from distill_diffusion.toy.tiny import save_toy_dinov2
 
@@ -66,13 +69,13 @@ def train_students(world: Any, run_dir: Path, steps: dict[str, int | None], stud
     for name, (method, config) in RUNS.items():
         if name not in students:
             continue
-        run = toy_run_config(method, config, world, run_dir / name, {"feature_network": str(dinov2)} if method == "add" else None)
+        run = toy_run_config(method, config, teacher, run_dir / name, {"feature_network": str(dinov2)} if method == "add" else None)
         if steps.get(name) is not None:
             run.train.max_train_steps = steps[name]
         stage = SimpleNamespace(name="train", steps=run.train.max_train_steps)
         seconds[name] = sum(train_timed(run, [stage], run_dir / name, done_file=LORA_FILE).values())
     if "lcm-lora" in students:
-        seconds["lcm-lora"] = train_lcm_lora_timed(world.teacher, world.data, run_dir / "lcm-lora", steps.get("lcm-lora"))
+        seconds["lcm-lora"] = train_lcm_lora_timed(teacher.path, teacher, run_dir / "lcm-lora", steps.get("lcm-lora"))
     return seconds
 
 
@@ -93,18 +96,17 @@ def bar_lines(rows: list[dict[str, Any]], guidance: float) -> list[str]:
     return lines
 
 
-def run_adversarial_toy(output_dir: str | Path = "benchmarks/results/toy_quality/adversarial", run_dir: str | Path = "toy_runs/adversarial",
-                        num_images: int = 1024, guidance_scale: float = TOY_GUIDANCE, cache_dir: str | Path | None = None,
+def run_adversarial_toy(toy: ToyTeacher, output_dir: str | Path, run_dir: str | Path, num_images: int = 1024,
+                        guidance_scale: float = TOY_GUIDANCE, cache_dir: str | Path | None = None,
                         steps: dict[str, int | None] | None = None, students: Sequence[str] = STUDENTS) -> dict[str, Any]:
-    """Train ``students`` (default: every run), then benchmark them beside the teacher; writes ``output_dir`` (quality
-    results, bars.md, training.json)."""
+    """Train ``students`` (default: every run) of ``toy``'s teacher, then benchmark them beside it; writes
+    ``output_dir`` (quality results, bars.md, training.json)."""
     from distill_diffusion.bench.quality import PipelineSpec, run_quality_benchmark, toy_bench_settings
     from distill_diffusion.bench.step_bars import step_bar_lines, training_free_specs
-    from distill_diffusion.toy.build import ensure_toy_world
 
-    world, run_dir, out = ensure_toy_world(cache_dir=cache_dir), Path(run_dir), Path(output_dir)
-    seconds = train_students(world, run_dir, steps or {}, students)
-    teacher = str(world.teacher)
+    run_dir, out = Path(run_dir), Path(output_dir)
+    seconds = train_students(toy, run_dir, steps or {}, students)
+    teacher = str(toy.path)
     sweep = tuple(sorted({*TEACHER_SWEEP, guidance_scale}))
     specs = [PipelineSpec("teacher", teacher, sampler="ddim", guidance_scale=sweep, steps=(TEACHER_STEPS,)),
              *training_free_specs(teacher, guidance_scale, STUDENT_STEPS)]
@@ -112,10 +114,10 @@ def run_adversarial_toy(output_dir: str | Path = "benchmarks/results/toy_quality
         specs.append(PipelineSpec("lcm-lora", teacher, lora=str(run_dir / "lcm-lora"), sampler="lcm", guidance_scale=1.0, steps=STUDENT_STEPS))
     specs += [PipelineSpec(name, teacher, lora=str(run_dir / name), sampler="ladd", guidance_scale=1.0, steps=STUDENT_STEPS)
               for name in RUNS if name in students]
-    result = run_quality_benchmark(specs, out, toy_bench_settings(world, num_images, cache_dir))
+    result = run_quality_benchmark(specs, out, toy_bench_settings(toy.world, num_images, cache_dir))
     lines = [*bar_lines(result["rows"], guidance_scale), "", *step_bar_lines(result["rows"], {n: [n] for n in students})]
     (out / "bars.md").write_text("\n".join(lines) + "\n")
-    configs = {name: config for name, (_, config) in RUNS.items()} | {"lcm-lora": "tiny/lcm_lora"}
+    configs = {name: toy.config(config) for name, (_, config) in RUNS.items()} | {"lcm-lora": toy.config("tiny/lcm_lora")}
     training = {"runs": {name: configs[name] for name in students}, "steps": steps or {},
                 "seconds": seconds, "total_minutes": round(sum(seconds.values()) / 60, 1)}
     (out / "training.json").write_text(json.dumps(training, indent=2))

@@ -45,11 +45,14 @@ def run_gpu(args: argparse.Namespace, benchmark: Callable[..., object]) -> int:
 
 
 def add_toy_run_options(p: argparse.ArgumentParser, *, output_dir: str, run_dir: str, guidance_scale: float = TOY_GUIDANCE) -> None:
-    """Results folder, training folder, images per row, guidance and toy cache: the toy method benchmarks' options.
+    """Results folder, training folder, images per row, guidance, toy cache and teacher: the toy method benchmarks'
+    options (read by :func:`bench.toy_runs.load_toy_teacher`).
 
     ``guidance_scale``: the default teacher guidance; the toy's reference scale unless the method distils another."""
-    p.add_argument("--output_dir", default=output_dir)
-    p.add_argument("--run_dir", default=run_dir, help="training output (resumed when present)")
+    p.add_argument("--output_dir", default=None, help=f"results (default {output_dir}, with _xl for --sdxl)")
+    p.add_argument("--run_dir", default=None, help=f"training output, resumed when present (default {run_dir}, with _xl for --sdxl)")
+    p.add_argument("--sdxl", action="store_true", help="distil the toy SDXL teacher (toy build --sdxl) with the tiny _xl configs")
+    p.set_defaults(toy_folders=(output_dir, run_dir))
     p.add_argument("--num_images", type=int, default=1024, help="images per row (FID is biased at small N)")
     p.add_argument("--guidance_scale", type=float, default=guidance_scale, help="the teacher's guidance (and the students' where they take one)")
     p.add_argument("--cache_dir", default=None, help="toy-world cache (default $DISTILL_DIFFUSION_CACHE)")

@@ -1,7 +1,8 @@
-"""Training runs of the toy method benchmarks: a shipped tiny config pointed at the toy world, resumable, timed.
+"""Training runs of the toy method benchmarks: a shipped tiny config pointed at a toy teacher, resumable, timed.
 
-``bench progressive-toy`` and ``bench bksdm-toy`` train the config a user would (only paths, resuming and the
-options a benchmark compares change) and record each stage's wall-clock seconds beside the run.
+``bench progressive-toy``, ``bench bksdm-toy`` and ``bench adversarial-toy`` train the config a user would (only
+paths, resuming and the options a benchmark compares change) on the SD teacher or, with ``--sdxl``, the toy SDXL
+teacher (:class:`~distill_diffusion.toy.paths.ToyTeacher`), and record each stage's wall-clock seconds beside the run.
 """
 
 from __future__ import annotations
@@ -10,6 +11,21 @@ import json
 import time
 from pathlib import Path
 from typing import Any
+
+from distill_diffusion.toy.paths import ToyTeacher
+
+
+def load_toy_teacher(args: Any) -> tuple[ToyTeacher, Path, Path]:
+    """The toy teacher of :func:`add_toy_run_options`' ``--sdxl`` (its world built or reused, the XL teacher too) and
+    the results and run folders: the ones given, or the defaults (``_xl`` for the SDXL teacher)."""
+    from distill_diffusion.toy.build import ensure_toy_world
+    from distill_diffusion.toy.build_xl import ensure_toy_xl_teacher
+
+    world = (ensure_toy_xl_teacher if args.sdxl else ensure_toy_world)(cache_dir=args.cache_dir)
+    teacher = ToyTeacher(world, args.sdxl)
+    output_dir, run_dir = args.toy_folders
+    return (teacher, Path(args.output_dir) if args.output_dir else teacher.folder(output_dir),
+            Path(args.run_dir) if args.run_dir else teacher.folder(run_dir))
 
 
 class StageTimer:
@@ -30,15 +46,15 @@ class StageTimer:
         self.path.write_text(json.dumps(self.seconds, indent=2))
 
 
-def toy_run_config(method: str, config_name: str, world: Any, run_dir: Path, method_options: dict[str, Any] | None = None) -> Any:
-    """The :class:`RunConfig` of ``config_name`` on ``world``, writing (and resuming) ``run_dir``; ``method_options``
-    override the config's method section."""
+def toy_run_config(method: str, config_name: str, teacher: ToyTeacher, run_dir: Path, method_options: dict[str, Any] | None = None) -> Any:
+    """The :class:`RunConfig` of the SD config ``config_name`` (or its SDXL variant, :meth:`ToyTeacher.config`) on
+    ``teacher``, writing (and resuming) ``run_dir``; ``method_options`` override the config's method section."""
     from distill_diffusion.config import build_run_config, load_config
     from distill_diffusion.trainers.methods.registry import get_method_class
 
-    config = load_config(config_name)
-    config["model"]["pretrained_model_name_or_path"] = str(world.teacher)
-    config["data"]["train_data_dir"] = str(world.data)
+    config = load_config(teacher.config(config_name))
+    config["model"]["pretrained_model_name_or_path"] = str(teacher.path)
+    config["data"]["train_data_dir"] = str(teacher.data)
     config["train"].update(output_dir=str(run_dir), resume_from_checkpoint="latest")
     config["method"] = {**config.get("method", {}), **(method_options or {})}
     return build_run_config(method, get_method_class(method), config)
@@ -56,13 +72,14 @@ def train_timed(run: Any, stages: list[Any], run_dir: Path, done_file: str = "mo
     return timer.seconds
 
 
-def train_lcm_lora_timed(model: Path, data: Path, out: Path, lcm_steps: int | None) -> float:
-    """The quickstart's toy LCM-LoRA recipe (``tiny/lcm_lora``) on ``model``, resumable; returns its training seconds."""
+def train_lcm_lora_timed(model: Path, teacher: ToyTeacher, out: Path, lcm_steps: int | None) -> float:
+    """The quickstart's toy LCM-LoRA recipe (``tiny/lcm_lora``, or ``tiny/lcm_lora_xl`` for the SDXL teacher) on
+    ``model`` (the teacher or a student of it), resumable; returns its training seconds."""
     from types import SimpleNamespace
 
-    from distill_diffusion.quickstart import distil_lcm_lora
+    from distill_diffusion.quickstart import LCM_CONFIG, distil_lcm_lora
 
     out.mkdir(parents=True, exist_ok=True)
     timer = StageTimer([SimpleNamespace(name="train", steps=10**9)], out / "stage_seconds.json")
-    distil_lcm_lora(Path(model), data, out, lcm_steps, callbacks=[timer])
+    distil_lcm_lora(Path(model), teacher.data, out, lcm_steps, callbacks=[timer], config_name=teacher.config(LCM_CONFIG))
     return sum(timer.seconds.values())

@@ -111,3 +111,32 @@ class ToyWorld:
     def info(self) -> dict[str, Any]:
         """The contents of ``build.json``."""
         return json.loads(self.build_json.read_text())
+
+
+@dataclass(frozen=True)
+class ToyTeacher:
+    """One teacher of a toy world and the names that go with it: the SD teacher, or with ``sdxl`` the toy SDXL
+    teacher (``toy build --sdxl``), whose tiny configs are the SD ones' ``_xl`` variants (``tiny/ladd`` →
+    ``tiny/ladd_xl``) and whose benchmark folders carry ``_xl``. Both are distilled on the world's square 32² images
+    (for SDXL: time ids original 32², crop (0, 0), what its pipeline passes when sampling)."""
+
+    world: ToyWorld
+    sdxl: bool = False
+
+    @property
+    def path(self) -> Path:
+        """The teacher's pipeline folder."""
+        return self.world.teacher_xl if self.sdxl else self.world.teacher
+
+    @property
+    def data(self) -> Path:
+        """The images its students train on."""
+        return self.world.data
+
+    def config(self, name: str) -> str:
+        """The shipped tiny config of this teacher for the SD config ``name``."""
+        return f"{name}_xl" if self.sdxl else name
+
+    def folder(self, path: str | Path) -> Path:
+        """A benchmark's default results or run folder for this teacher (``…/bksdm`` → ``…/bksdm_xl``)."""
+        return Path(f"{path}_xl") if self.sdxl else Path(path)

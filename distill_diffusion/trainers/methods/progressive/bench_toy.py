@@ -18,7 +18,7 @@ from typing import Any
 
 from distill_diffusion.bench.options import add_toy_run_options
 from distill_diffusion.errors import UserError, require
-from distill_diffusion.toy.paths import TOY_GUIDANCE
+from distill_diffusion.toy.paths import TOY_GUIDANCE, ToyTeacher
 
 HELP = "progressive distillation on the toy world: per-round training time and FID/CLIP/accuracy of every round's student"
 CONFIG = "tiny/progressive"
@@ -33,28 +33,33 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run it with the parsed options; returns the exit code."""
-    run_progressive_toy(args.output_dir, args.run_dir, args.num_images, args.guidance_scale, args.cache_dir)
+    from distill_diffusion.bench.toy_runs import load_toy_teacher
+
+    options = toy_method_options(args.guidance_scale, args.sdxl)  # a bad scale is refused before the toy world is built
+    teacher, output_dir, run_dir = load_toy_teacher(args)
+    run_progressive_toy(teacher, output_dir, run_dir, args.num_images, args.guidance_scale, args.cache_dir, options)
     return 0
 
 
-def toy_plan(world: Any, run: Any) -> Any:
+def toy_plan(teacher: ToyTeacher, run: Any) -> Any:
     """The run's :class:`RoundPlan` on the toy teacher's schedule (training timesteps and prediction type read from its
     scheduler config)."""
     from distill_diffusion.trainers.methods.progressive.plan import RoundPlan
 
-    scheduler = json.loads((world.teacher / "scheduler" / "scheduler_config.json").read_text())
+    scheduler = json.loads((teacher.path / "scheduler" / "scheduler_config.json").read_text())
     return RoundPlan(run.method_config, int(scheduler["num_train_timesteps"]), run.train.max_train_steps,
                      teacher_prediction_type=scheduler.get("prediction_type", "epsilon"))
 
 
-def toy_method_options(guidance_scale: float) -> dict[str, Any]:
+def toy_method_options(guidance_scale: float, sdxl: bool = False) -> dict[str, Any]:
     """The config's method options at the benchmark's guidance: a fixed-guidance config is trained at that
     guidance_scale, so its students and the teacher rows share one scale (a student that takes the guidance scale as an
     input is sampled at it instead)."""
     from distill_diffusion.config import load_config
 
     require(guidance_scale >= 1, f"--guidance_scale {guidance_scale}: must be >= 1 (diffusers scale; 1 = no guidance)")
-    return {"guidance_scale_min": guidance_scale} if load_config(CONFIG)["method"].get("guidance") == "fixed" else {}
+    config = load_config(f"{CONFIG}_xl" if sdxl else CONFIG)
+    return {"guidance_scale_min": guidance_scale} if config["method"].get("guidance") == "fixed" else {}
 
 
 def check_finished_run(run: Any, run_dir: Path) -> None:
@@ -75,37 +80,37 @@ def check_finished_run(run: Any, run_dir: Path) -> None:
                         "--guidance_scale")
 
 
-def train_toy_progressive(world: Any, run_dir: Path, method_options: dict[str, Any]) -> tuple[Any, dict[str, float]]:
+def train_toy_progressive(teacher: ToyTeacher, run_dir: Path, method_options: dict[str, Any]) -> tuple[Any, dict[str, float]]:
     """Train (or resume, or reuse when finished) the tiny config with ``method_options`` (:func:`toy_method_options`)
-    on ``world``; returns its run config and stage seconds."""
+    on ``teacher``; returns its run config and stage seconds."""
     from distill_diffusion.bench.toy_runs import toy_run_config, train_timed
 
-    run = toy_run_config("progressive", CONFIG, world, run_dir, method_options)
+    run = toy_run_config("progressive", CONFIG, teacher, run_dir, method_options)
     check_finished_run(run, run_dir)
-    return run, train_timed(run, toy_plan(world, run).stages(), run_dir)
+    return run, train_timed(run, toy_plan(teacher, run).stages(), run_dir)
 
 
-def run_progressive_toy(output_dir: str | Path = "benchmarks/results/toy_quality/progressive", run_dir: str | Path = "toy_runs/progressive",
-                        num_images: int = 1024, guidance_scale: float = TOY_GUIDANCE, cache_dir: str | Path | None = None) -> dict[str, Any]:
-    """Train, then benchmark the teacher and every round's student; writes ``output_dir`` (results + training.json)."""
+def run_progressive_toy(toy: ToyTeacher, output_dir: str | Path, run_dir: str | Path, num_images: int = 1024,
+                        guidance_scale: float = TOY_GUIDANCE, cache_dir: str | Path | None = None,
+                        options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train ``toy``'s tiny config with ``options`` (:func:`toy_method_options`), then benchmark the teacher and every
+    round's student; writes ``output_dir`` (results + training.json)."""
     from distill_diffusion.bench.quality import PipelineSpec, run_quality_benchmark, toy_bench_settings
     from distill_diffusion.bench.step_bars import step_bar_lines, training_free_specs
-    from distill_diffusion.toy.build import ensure_toy_world
 
-    options = toy_method_options(guidance_scale)  # a bad scale is refused before the toy world is built
-    world, run_dir, out = ensure_toy_world(cache_dir=cache_dir), Path(run_dir), Path(output_dir)
-    run, seconds = train_toy_progressive(world, run_dir, options)
-    plan = toy_plan(world, run)
+    run_dir, out = Path(run_dir), Path(output_dir)
+    run, seconds = train_toy_progressive(toy, run_dir, toy_method_options(guidance_scale, toy.sdxl) if options is None else options)
+    plan = toy_plan(toy, run)
     student_g = guidance_scale if run.method_config.guidance == "distill" else 1.0
-    specs = [PipelineSpec("teacher", str(world.teacher), sampler="ddim", guidance_scale=guidance_scale, steps=(50,)),
-             *training_free_specs(str(world.teacher), guidance_scale, STUDENT_STEPS)]
+    specs = [PipelineSpec("teacher", str(toy.path), sampler="ddim", guidance_scale=guidance_scale, steps=(50,)),
+             *training_free_specs(str(toy.path), guidance_scale, STUDENT_STEPS)]
     rounds = [stage.name for stage, steps in zip(plan.stages()[plan.first_round_stage:], plan.student_steps) if steps <= max(STUDENT_STEPS)]
     for stage, steps in zip(plan.stages()[plan.first_round_stage:], plan.student_steps):
         if stage.name in rounds:
             specs.append(PipelineSpec(stage.name, str(run_dir / stage.name), sampler="progressive", guidance_scale=student_g, steps=(steps,)))
-    result = run_quality_benchmark(specs, out, toy_bench_settings(world, num_images, cache_dir))
+    result = run_quality_benchmark(specs, out, toy_bench_settings(toy.world, num_images, cache_dir))
     (out / "bars.md").write_text("\n".join(step_bar_lines(result["rows"], {"progressive": rounds})) + "\n")
-    training = {"config": CONFIG, "stage_seconds": seconds, "total_minutes": round(sum(seconds.values()) / 60, 1),
+    training = {"config": toy.config(CONFIG), "stage_seconds": seconds, "total_minutes": round(sum(seconds.values()) / 60, 1),
                 "stages": [{"name": s.name, "steps": s.steps} for s in plan.stages()], "method": json.loads(json.dumps(vars(run.method_config)))}
     (out / "training.json").write_text(json.dumps(training, indent=2))
     print(Path(result["files"]["markdown"]).read_text())
