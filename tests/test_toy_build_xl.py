@@ -132,7 +132,7 @@ def test_toy_init_writes_a_random_xl_teacher(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_trained_xl_teacher_meets_the_quality_bars() -> None:
-    """The cached (or freshly built, about 10 min on 2 cores) full XL teacher at the toy's reference guidance, N = 1024:
+    """The cached (or freshly built, about 17 min on 2 cores) full XL teacher at the toy's reference guidance, N = 1024:
     50 DDIM steps FD <= 1.0, CLIP >= 75, shape accuracy >= 80%; 4 leading DDIM steps >= 2.5x the 50-step FD
     (docs/toy_world.md, "The toy SDXL teacher")."""
     from distill_diffusion.toy.calibrate import calibrate
