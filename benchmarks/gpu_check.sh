@@ -3,9 +3,11 @@
 # paths: EMA resume on the GPU, ...; FSDP2 sharded training through accelerate launch, which accelerate runs on GPUs
 # only) and the SD 1.5-sized LCM-LoRA and progressive-distillation training benchmarks
 # the SD 1.4-sized BK-SDM-Small one (training, and sampling latency of teacher vs student), the SD 1.5 LADD-LoRA one
-# and SDXL's LCM-LoRA step at 1024², batch 1 (its peak against the meta-device estimate of `bench lora-memory`).
+# and SDXL's LCM-LoRA step at 1024², batch 1 (its peak against the meta-device estimate of `bench lora-memory`), then the
+# LADD, progressive and KOALA SDXL configs' steps (`bench sdxl-gpu --config`).
 # Run from the repository root on a machine with a GPU: bash benchmarks/gpu_check.sh
-# Results: benchmarks/results/{lcm,progressive,ladd}_gpu_sd15.{json,md}, bksdm_gpu_sd14.{json,md}, lcm_gpu_sdxl.{json,md},
+# Results: benchmarks/results/{lcm,progressive,ladd}_gpu_sd15.{json,md}, bksdm_gpu_sd14.{json,md},
+# {lcm,ladd,progressive,koala_700m,koala_1b}_gpu_sdxl.{json,md},
 # gpu_tests.txt and fsdp_gpu.txt
 # (copied to $OUT when set).
 set -uo pipefail
@@ -28,6 +30,11 @@ distill-diffusion bench ladd-gpu --mixed_precision bf16 --batch_size 8 --steps 2
 bench=$(( bench || $? ))
 distill-diffusion bench sdxl-gpu --mixed_precision bf16 --batch_size 1 --resolution 1024 --lora_rank 64 --steps 10
 bench=$(( bench || $? ))
+# every other SDXL config at its own resolution, batch, bf16 and checkpointing (ADD needs a real VAE: not timed here)
+for config in ladd_sdxl progressive_sdxl bksdm_koala_700m_sdxl bksdm_koala_1b_sdxl; do
+  distill-diffusion bench sdxl-gpu --config "$config" --steps 10
+  bench=$(( bench || $? ))
+done
 if [ -n "${OUT:-}" ]; then cp benchmarks/results/gpu_tests.txt benchmarks/results/fsdp_gpu.txt benchmarks/results/*_gpu_sd1[45].* benchmarks/results/*_gpu_sdxl.* "$OUT"/ 2>/dev/null; fi
 echo "gpu tests exit $tests, benchmark exit $bench"
 exit $(( tests || bench ))

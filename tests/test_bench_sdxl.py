@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from diffusers import UNet2DConditionModel
 
 from distill_diffusion.bench.gpu import SDXL_UNET_CONFIG
 from distill_diffusion.bench.memory_estimate import (
@@ -16,6 +17,7 @@ from distill_diffusion.bench.memory_estimate import (
     estimate_lora_training,
     meta_unet,
 )
+from distill_diffusion.bench.sdxl_gpu import CONFIGS, LCM_SDXL_OPTIONS, run_sdxl_gpu_benchmark
 from distill_diffusion.models.lora import DEFAULT_TARGET_MODULES
 from distill_diffusion.toy.tiny_sdxl import tiny_sdxl_unet_config
 
@@ -85,23 +87,41 @@ def test_lora_memory_cli_writes_table(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "| **peak**" in out.with_suffix(".md").read_text() and "Fits a 24 GB card" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("method", ["lcm", "finetune"])
-def test_sdxl_gpu_benchmark_runs_on_a_tiny_sdxl_unet(tmp_path: Path, method: str) -> None:
-    """The SDXL components (two encoders, pooled text, time ids) and the timing path, for LCM-LoRA (the default) and a
-    method that trains the whole UNet."""
-    from distill_diffusion.bench.sdxl_gpu import LCM_SDXL_OPTIONS, run_sdxl_lora_benchmark
+#: Options over each config's that fit the tiny XL UNet (its transformers have one layer: KOALA's depth cut needs more).
+TINY_FIT = {"bksdm_koala_700m_sdxl": {"variant": "small"}, "bksdm_koala_1b_sdxl": {"variant": "base"}}
 
+
+@pytest.mark.parametrize("config", list(CONFIGS))
+def test_sdxl_gpu_benchmark_times_each_sdxl_config_on_a_tiny_sdxl_unet(tmp_path: Path, config: str) -> None:
+    """The SDXL components (two encoders, pooled text, time ids) and the timing path of every config it times: a LoRA
+    (LCM, LADD: the heads train too), a whole UNet (progressive, past its guidance stage) and a KOALA student."""
     out = tmp_path / "gpu.json"
-    result = run_sdxl_lora_benchmark(batch_size=2, resolution=32, steps=2, mixed_precision="no", lora_rank=4, output=out,
-                                     unet_config=TINY, device=DEVICE, method=method)
+    lora = {"lora_rank": 4} if config in ("lcm_lora_sdxl", "ladd_sdxl") else {}
+    result = run_sdxl_gpu_benchmark(config, batch_size=2, resolution=32, steps=2, mixed_precision="no", output=out,
+                                    unet_config=TINY, device=DEVICE, method_options=TINY_FIT.get(config), **lora)
     s = result["settings"]
     assert result["images_per_second"] > 0 and "SDXL" not in result["benchmark"]  # a custom config is named so
-    if method == "lcm":
-        assert 0 < s["trainable_parameters"] < s["unet_parameters"] and s["method_options"]["lora_rank"] == 4
-        assert LCM_SDXL_OPTIONS.items() <= s["method_options"].items()
+    assert s["config"] == config and s["unet_parameters"] == sum(p.numel() for p in UNet2DConditionModel(**TINY).parameters())
+    if lora:
+        assert s["method_options"]["lora_rank"] == 4 and 0 < s["trainable_by_model"]["unet"] < s["unet_parameters"]
+    elif config == "progressive_sdxl":
+        assert s["trainable_parameters"] >= s["unet_parameters"]  # the whole student (with its w-embedding)
     else:
-        assert s["trainable_parameters"] == s["unet_parameters"]
-    assert "images/s" in out.with_suffix(".md").read_text()
+        assert 0 < s["trainable_parameters"] < s["unet_parameters"]  # the smaller student
+    assert config in out.with_suffix(".md").read_text()
+
+
+def test_the_lcm_lora_sdxl_config_is_the_diffusers_sdxl_recipe() -> None:
+    from distill_diffusion.config import load_config
+
+    assert LCM_SDXL_OPTIONS.items() <= load_config("lcm_lora_sdxl")["method"].items()
+
+
+def test_sdxl_gpu_refuses_a_rank_for_a_config_without_lora(tmp_path: Path) -> None:
+    from distill_diffusion.cli import main
+
+    assert main(["bench", "sdxl-gpu", "--config", "progressive_sdxl", "--lora_rank", "4", "--output", str(tmp_path / "g.json")]) == 2
+    assert not (tmp_path / "g.json").exists()
 
 
 def test_tiny_engine_builds_the_toy_xl_architecture(tmp_path: Path) -> None:
@@ -117,7 +137,5 @@ def test_tiny_engine_builds_the_toy_xl_architecture(tmp_path: Path) -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_sdxl_lcm_lora_step_on_the_gpu(tmp_path: Path) -> None:
     """The real thing at its smallest: SDXL's UNet, 1024², bf16, rank 64, checkpointing, one image, two timed steps."""
-    from distill_diffusion.bench.sdxl_gpu import run_sdxl_lora_benchmark
-
-    result = run_sdxl_lora_benchmark(batch_size=1, steps=2, output=tmp_path / "gpu.json")
+    result = run_sdxl_gpu_benchmark(batch_size=1, steps=2, output=tmp_path / "gpu.json")
     assert result["settings"]["unet_parameters"] == 2_567_463_684 and result["peak_memory_gib"] > 5

@@ -21,6 +21,20 @@ NO_GPU = ("the SD 1.5 progressive-distillation benchmark needs a CUDA GPU; run i
           "(the CPU benchmark is `distill-diffusion bench progressive`)")
 
 
+#: Options that make the timed steps the first halving round's: a one-step guidance stage (:func:`past_guidance_stage`
+#: ends it) and a round longer than any timing.
+FIRST_ROUND: dict[str, Any] = {"steps_per_round": [10**6], "guidance_steps": 1}
+
+
+def past_guidance_stage(engine: Any) -> None:
+    """Move a fresh engine to its first halving round (the teacher is then the random w-conditioned student; a plan
+    without a guidance stage starts there already)."""
+    if engine.method.plan.stages()[0].name != "guidance":
+        return
+    engine.method.on_stage_end(0, {})
+    engine.state.stage = engine.state.global_step = 1
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The benchmark's options."""
     add_gpu_options(p, "benchmarks/results/progressive_gpu_sd15.json")
@@ -41,12 +55,7 @@ def run_sd15_progressive_benchmark(batch_size: int = 8, resolution: int = 512, s
     """
     from distill_diffusion.bench import gpu
 
-    options = {"start_steps": 64, "target_steps": 32, "steps_per_round": [10**6], "guidance_steps": 1}
-
-    def past_guidance_stage(engine: Any) -> None:  # the teacher is the (random) w-conditioned student
-        engine.method.on_stage_end(0, {})
-        engine.state.stage = engine.state.global_step = 1
-
+    options = {"start_steps": 64, "target_steps": 32, **FIRST_ROUND}
     result, engine = gpu.time_method_step("progressive", options, "progressive distillation halving-round step", NO_GPU, batch_size=batch_size,
                                           resolution=resolution, steps=steps, mixed_precision=mixed_precision,
                                           gradient_checkpointing=gradient_checkpointing, unet_config=unet_config, device=device,
