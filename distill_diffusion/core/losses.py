@@ -8,6 +8,9 @@
   its error scale k (:func:`distill_diffusion.core.parameterization.x0_error_scale`).
 - The pseudo-Huber distance ``sqrt((a − b)² + c²) − c`` (Song & Dhariwal, "Improved Techniques for Training
   Consistency Models", arXiv:2310.14189, §3.3; the LCM-LoRA recipe uses c = 0.001).
+- The distribution matching loss of DMD (Yin et al., "One-step Diffusion with Distribution Matching Distillation",
+  arXiv:2311.18828, §3.2, eqs. 7-8; kept by DMD2, arXiv:2405.14867): the generator's sample moves along the
+  difference of the real and fake scores at its noised copy, applied through a stop-gradient surrogate.
 """
 
 from __future__ import annotations
@@ -41,3 +44,20 @@ def min_snr_weights(snr: Tensor, gamma: float, error_scale: Tensor) -> Tensor:
 def truncated_snr_weights(snr: Tensor, error_scale: Tensor) -> Tensor:
     """Truncated SNR: ``max(SNR, 1) / k`` per sample (Salimans & Ho §4's weighting of the x0 error)."""
     return torch.clamp(snr.float(), min=1.0) / error_scale
+
+
+def distribution_matching_loss(x: Tensor, x0_real: Tensor, x0_fake: Tensor) -> Tensor:
+    """DMD's generator loss for samples ``x`` [B, ...] (with gradients) given the real and the fake score's x0
+    predictions at a noised copy of them (no gradients), in fp32.
+
+    The KL gradient with respect to x is w_t·α_t·(s_fake − s_real) (DMD eq. 7); with s = −(x_t − α_t·x̂0)/σ_t² it is
+    proportional to x̂0_fake − x̂0_real, which DMD normalises per sample by the mean absolute distance between the
+    sample and the real score's x̂0 (eq. 8: w_t = σ_t²/α_t · C·S/‖x − x̂0_real‖₁, so no timestep weighting is left).
+    The surrogate ``0.5·mean((x − sg(x − g))²)`` has exactly that gradient g (over the element count) with respect to
+    x; a sample with x = x̂0_real gives g = 0 instead of a division by zero."""
+    x = x.float()
+    with torch.no_grad():
+        real, fake = x0_real.float(), x0_fake.float()
+        scale = (x - real).abs().flatten(1).mean(dim=1).view(-1, *([1] * (x.ndim - 1)))
+        grad = torch.nan_to_num((fake - real) / scale, nan=0.0, posinf=0.0, neginf=0.0)
+    return 0.5 * ((x - (x - grad).detach()) ** 2).mean()
