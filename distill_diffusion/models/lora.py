@@ -15,6 +15,7 @@ diffusers 0.42.1's loader picks one format from the FIRST key, so with LCM-LoRA'
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -95,6 +96,50 @@ def attach_lora(unet: nn.Module, rank: int, alpha: int, dropout: float, target_m
     unet.add_adapter(config, adapter_name=ADAPTER)
     cast_training_params(unet, torch.float32)
     return [p for p in unet.parameters() if p.requires_grad]
+
+
+def attach_second_lora(unet: nn.Module, name: str, rank: int, alpha: int, target_modules: Sequence[str]) -> list[nn.Parameter]:
+    """Add another zero-initialised adapter ``name`` beside :func:`attach_lora`'s (DMD2's fake-score model beside its
+    generator on one frozen base) and return its parameters, in fp32.
+
+    peft's ``add_adapter`` activates the new adapter and clears ``requires_grad`` on the others; afterwards the first
+    adapter is the active one again and every adapter weight is trainable, so that each phase picks its own
+    (:func:`adapter_parameters`) and switches per call with :func:`adapter_active`."""
+    from diffusers.training_utils import cast_training_params
+    from peft import LoraConfig
+
+    require(name != ADAPTER and name not in getattr(unet, "peft_config", {}), f"a LoRA adapter {name!r} is already attached")
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, init_lora_weights=True, target_modules=list(target_modules))
+    with warnings.catch_warnings():  # peft warns that the model will hold several adapters: the point here
+        warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
+        unet.add_adapter(config, adapter_name=name)
+    for layer in tuner_layers(unet):
+        layer._active_adapter = ADAPTER
+    for key, param in unet.named_parameters():
+        if ".lora_" in key:
+            param.requires_grad_(True)
+    cast_training_params(unet, torch.float32)
+    return adapter_parameters(unet, name)
+
+
+def adapter_parameters(unet: nn.Module, name: str) -> list[nn.Parameter]:
+    """The weights of LoRA adapter ``name`` (``...lora_A.<name>.weight``)."""
+    return [p for key, p in unet.named_parameters() if f".{name}." in key and ".lora_" in key]
+
+
+@contextmanager
+def adapter_active(layers: Sequence[Any], name: str) -> Iterator[None]:
+    """Run the UNet with adapter ``name`` alone (its other adapters idle): the per-layer ``_active_adapter``, as
+    :func:`adapters_disabled` flips ``_disable_adapters`` and for the same reasons (no ``requires_grad`` changes;
+    recomputed in this mode under checkpointing, :mod:`~distill_diffusion.models.checkpointing`)."""
+    previous = [layer._active_adapter for layer in layers]
+    for layer in layers:
+        layer._active_adapter = name
+    try:
+        yield
+    finally:
+        for layer, was in zip(layers, previous):
+            layer._active_adapter = was
 
 
 def tuner_layers(unet: nn.Module) -> list[Any]:

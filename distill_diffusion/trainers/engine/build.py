@@ -226,9 +226,8 @@ def enable_gradient_checkpointing(method: Any) -> None:
     from distill_diffusion.models.checkpointing import enable_checkpointing
 
     for phase in method.phases():
-        if not phase.gradient_checkpointing:
-            continue
-        for name in phase.modules:
+        names = phase.modules if phase.gradient_checkpointing is True else phase.gradient_checkpointing or ()
+        for name in names:
             module = method.models[name]
             if not getattr(module, "_supports_gradient_checkpointing", False):
                 raise UserError(f"--gradient_checkpointing: module {name!r} does not support it; drop the flag")

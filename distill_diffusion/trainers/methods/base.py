@@ -36,8 +36,8 @@ class Phase:
     and LR schedule, switches ``requires_grad`` on for these modules' trainable weights only, and zeroes every
     module's gradients first. The phase runs on steps where ``step % every == 0``, ``repeats`` times (each repeat
     after the first on fresh micro-batches). ``gradient_checkpointing``: ``--gradient_checkpointing`` may enable
-    it on these modules (off for modules that are not diffusers models, or whose inner blocks carry hooks that must
-    not fire again in backward); each block is recomputed in the mode it ran in, so a module in several roles (a
+    it on these modules (False: on none, for modules that are not diffusers models, or whose inner blocks carry hooks
+    that must not fire again in backward; a tuple: on the modules it names, e.g. a UNet beside a small head); each block is recomputed in the mode it ran in, so a module in several roles (a
     LoRA UNet as its own teacher) is safe (:mod:`distill_diffusion.models.checkpointing`).
     """
 
@@ -48,7 +48,7 @@ class Phase:
     repeats: int = 1
     #: Keep an EMA of this phase's parameters when ``train.use_ema`` is on (off for discriminators).
     ema: bool = True
-    gradient_checkpointing: bool = True
+    gradient_checkpointing: bool | tuple[str, ...] = True
 
     def __post_init__(self) -> None:
         if isinstance(self.modules, str):  # Phase("unet", "unet"): one module

@@ -1,0 +1,115 @@
+"""DMD2 (Yin et al., arXiv:2405.14867): options, the one-base LoRA mode's two adapters and their phases, the
+distribution matching term at initialisation, and a short CLI run whose LoRA loads in stock diffusers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from distill_diffusion.cli import main
+from distill_diffusion.errors import UserError
+from distill_diffusion.trainers.methods.dmd2 import DMD2Config
+from distill_diffusion.trainers.methods.dmd2.method import FAKE_ADAPTER
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"fake_updates": 0}, "fake_updates=0 must be >= 1"),
+    ({"real_guidance_scale": 0.5}, "real_guidance_scale=0.5 must be >= 1"),
+    ({"student_timesteps": [249, 999], "student_timestep_probs": [0.5, 0.5]}, "distinct and descending"),
+    ({"dm_timestep_range": [0.9, 0.1]}, "dm_timestep_range"),
+    ({"dm_timestep_range": [0.1]}, "dm_timestep_range"),
+    ({"gan_weight": -1.0}, "gan_weight=-1.0"),
+    ({"student_timestep_probs": [1.0]}, "one probability"),
+])
+def test_bad_options_are_refused_in_one_line(options: dict, message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        DMD2Config(**options)
+
+
+def test_bad_option_through_the_cli_exits_2_and_writes_nothing(tmp_path: Path) -> None:
+    code = main(["train", "dmd2", "--config", "tiny/dmd2", "--output_dir", str(tmp_path / "out"), "--method.fake_updates", "0"])
+    assert code == 2 and not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory: pytest.TempPathFactory):
+    from distill_diffusion.bench.timing import tiny_engine
+
+    options = {"lora_rank": 4, "lora_alpha": 4, "student_timesteps": [999, 499], "student_timestep_probs": [0.5, 0.5],
+               "fake_updates": 2, "head_width": 8}
+    return tiny_engine(tmp_path_factory.mktemp("dmd2"), "dmd2", 4, options)[0]
+
+
+def test_one_base_mode_holds_one_unet_and_splits_its_adapters_between_the_phases(engine) -> None:
+    method = engine.method
+    assert method.unet is method.teacher_unet is method.fake_unet
+    generator, fake = (method.trainable_parameters(p) for p in method.phases())
+    names = {id(p): n for n, p in method.unet.named_parameters()}
+    assert generator and all(".default." in names[id(p)] for p in generator)
+    fake_unet = [p for p in fake if id(p) in names]
+    assert fake_unet and all(f".{FAKE_ADAPTER}." in names[id(p)] for p in fake_unet)
+    assert {id(p) for p in method.head.parameters()} <= {id(p) for p in fake}
+    lora = {id(p) for n, p in method.unet.named_parameters() if ".lora_" in n}
+    assert {id(p) for p in generator} | {id(p) for p in fake_unet} == lora and not {id(p) for p in generator} & {id(p) for p in fake}
+
+
+def test_a_step_without_the_generator_changes_only_the_fake_score_and_the_head(engine) -> None:
+    """fake_updates 2: step 0 runs both phases, step 1 only the fake score's (the two time-scale rule)."""
+    from distill_diffusion.bench.timing import engine_stepper
+
+    method, step = engine.method, engine_stepper(engine)
+    engine.state.global_step = 0
+    step()
+    engine.state.global_step = 1
+    before = {n: p.detach().clone() for n, p in method.unet.named_parameters() if ".lora_" in n}
+    head = [p.detach().clone() for p in method.head.parameters()]
+    step()
+    changed = {n for n, p in method.unet.named_parameters() if ".lora_" in n and not torch.equal(p, before[n])}
+    assert changed and all(f".{FAKE_ADAPTER}." in n for n in changed), sorted(changed)[:3]
+    assert any(not torch.equal(a, b) for a, b in zip(head, method.head.parameters()))
+
+
+@pytest.mark.parametrize("guidance", [1.0, 3.0])
+def test_the_distribution_matching_gradient_is_zero_while_fake_and_real_scores_agree(tmp_path: Path, guidance: float) -> None:
+    """At initialisation the fake-score adapter is zero, so with an unguided real score (guidance 1) both scores are
+    the teacher's: the generator's distribution matching loss gives its adapter no gradient. A guided real score
+    differs from the fake one, and the gradient is not zero."""
+    from distill_diffusion.bench.timing import tiny_engine
+    from distill_diffusion.models.batch import latents_and_embeddings
+    from distill_diffusion.trainers.methods.base import StepContext
+
+    engine, data = tiny_engine(tmp_path, "dmd2", 4, {"lora_rank": 4, "lora_alpha": 4, "real_guidance_scale": guidance, "gan_weight": 0.0,
+                                                     "student_timesteps": [999], "student_timestep_probs": [1.0]})
+    method = engine.method
+    batch = next(iter(engine.dataloader))
+    x0, c = latents_and_embeddings(batch, method.components)
+    out = method.generator_loss(x0, c, StepContext(step=0, modules={"unet": method.unet, "head": method.head}))
+    out.loss.backward()
+    grads = [p.grad for p in method.trainable_parameters(method.phases()[0]) if p.grad is not None]
+    assert grads and all(g.isfinite().all() for g in grads)
+    assert any(torch.count_nonzero(g) > 0 for g in grads) == (guidance > 1)
+
+
+@pytest.mark.e2e
+def test_tiny_config_trains_and_its_generator_loads_in_stock_diffusers(tmp_path: Path) -> None:
+    from diffusers import LCMScheduler, StableDiffusionPipeline
+
+    from distill_diffusion.toy.tiny import init_toy
+
+    paths = init_toy(tmp_path, num_images=16)
+    out = tmp_path / "dmd2"
+    assert main(["train", "dmd2", "--config", "tiny/dmd2", "--pretrained_model_name_or_path", str(paths["teacher"]),
+                 "--train_data_dir", str(paths["data"]), "--output_dir", str(out), "--max_train_steps", "3",
+                 "--train_batch_size", "4", "--checkpointing_steps", "10", "--progress_bar", "false",
+                 "--method.fake_updates", "2"]) == 0
+    card = (out / "README.md").read_text()
+    assert "one-base LoRA mode" in card and "load_lora_weights" in card
+    pipe = StableDiffusionPipeline.from_pretrained(paths["teacher"], local_files_only=True)
+    pipe.scheduler = LCMScheduler.from_config(json.loads((out / "scheduler_config.json").read_text()))
+    pipe.set_progress_bar_config(disable=True)
+    pipe.load_lora_weights(out)
+    image = pipe("a red circle", num_inference_steps=1, guidance_scale=1.0, output_type="np", generator=torch.Generator().manual_seed(0)).images
+    assert image.shape == (1, 32, 32, 3) and torch.isfinite(torch.from_numpy(image)).all()
