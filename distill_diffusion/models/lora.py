@@ -132,14 +132,8 @@ def adapter_active(layers: Sequence[Any], name: str) -> Iterator[None]:
     """Run the UNet with adapter ``name`` alone (its other adapters idle): the per-layer ``_active_adapter``, as
     :func:`adapters_disabled` flips ``_disable_adapters`` and for the same reasons (no ``requires_grad`` changes;
     recomputed in this mode under checkpointing, :mod:`~distill_diffusion.models.checkpointing`)."""
-    previous = [layer._active_adapter for layer in layers]
-    for layer in layers:
-        layer._active_adapter = name
-    try:
+    with _layers_set(layers, "_active_adapter", name):
         yield
-    finally:
-        for layer, was in zip(layers, previous):
-            layer._active_adapter = was
 
 
 def tuner_layers(unet: nn.Module) -> list[Any]:
@@ -162,14 +156,21 @@ def adapters_disabled(layers: Sequence[Any]) -> Iterator[None]:
     teacher mode only through :func:`~distill_diffusion.models.checkpointing.checkpoint_in_mode` (what
     ``--gradient_checkpointing`` installs), not through diffusers' default checkpointing function.
     """
-    previous = [layer._disable_adapters for layer in layers]
+    with _layers_set(layers, "_disable_adapters", True):
+        yield
+
+
+@contextmanager
+def _layers_set(layers: Sequence[Any], attribute: str, value: Any) -> Iterator[None]:
+    """Set one peft per-layer mode attribute on every layer, and put each layer's own value back afterwards."""
+    previous = [getattr(layer, attribute) for layer in layers]
     for layer in layers:
-        layer._disable_adapters = True
+        setattr(layer, attribute, value)
     try:
         yield
     finally:
         for layer, was in zip(layers, previous):
-            layer._disable_adapters = was
+            setattr(layer, attribute, was)
 
 
 def lora_state_dict(unet: nn.Module, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:

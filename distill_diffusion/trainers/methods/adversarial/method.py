@@ -37,11 +37,9 @@ from distill_diffusion.models.conditioning import Conditioning, cat
 from distill_diffusion.models.denoiser import Denoiser
 from distill_diffusion.models.loading import SDComponents, TeacherConfigs
 from distill_diffusion.models.lora import (
-    EXPORT_DTYPES,
     adapters_disabled,
     attach_lora,
     check_target_modules,
-    save_lora,
     tuner_layers,
 )
 from distill_diffusion.models.students import build_student
@@ -57,8 +55,8 @@ from distill_diffusion.trainers.methods.adversarial.heads import (
 from distill_diffusion.trainers.methods.adversarial.simulation import (
     BackwardSimulation,
     check_backward_simulation,
-    student_sampler,
 )
+from distill_diffusion.trainers.methods.adversarial.student import FewStepStudent
 from distill_diffusion.trainers.methods.base import (
     LossOutput,
     MethodBase,
@@ -111,7 +109,7 @@ def mean_logit(logits: list[Tensor]) -> float:
     return float(sum_over_heads(logits).detach()) / len(logits)
 
 
-class AdversarialMethod(MethodBase):
+class AdversarialMethod(FewStepStudent, MethodBase):
     """A 1-4-step student of a Stable Diffusion teacher (1.x/2.x or SDXL), trained against a discriminator (ADD, LADD)."""
 
     config_class: ClassVar[type] = AdversarialConfig
@@ -316,34 +314,9 @@ class AdversarialMethod(MethodBase):
         weight = append_dims(self.schedule.alpha(s).square().float(), fake.ndim)
         return (weight * (fake - target).square()).mean()
 
-    # ------------------------------------------------------------------ sampling and export
+    # ------------------------------------------------------------------ the export's card
 
-    def scheduler(self) -> Any:
-        """``LCMScheduler`` on the full training grid, so N steps visit the trailing timesteps 999, 749, ... the student
-        learnt (``original_inference_steps`` = T), each step a one-step denoise then a re-noise to the next. Its config
-        records the timesteps the student was trained at (drawn with probability > 0), so sampling refuses step counts
-        that leave them (3 steps visit 666 and 333)."""
-        cfg = self.config
-        trained = [t for t, p in zip(cfg.student_timesteps, cfg.student_timestep_probs) if p > 0]
-        return student_sampler(dict(self.components.scheduler.config), trained)
-
-    def validation_pipeline(self) -> Any:
-        from distill_diffusion.models.export import build_pipeline
-
-        return build_pipeline(self.components, unet=self.unet, scheduler=self.scheduler())
-
-    def validation_call_kwargs(self) -> dict[str, Any]:
-        return {"guidance_scale": 1.0, "num_inference_steps": 1}
-
-    def export(self, output_dir: Path) -> None:
-        """LoRA: ``pytorch_lora_weights.safetensors`` + kohya copy + the sampler's ``scheduler_config.json``; full: a
-        pipeline folder with that scheduler. The discriminator heads live in the checkpoints, to resume."""
+    def write_card(self, folder: Path) -> None:
         from distill_diffusion.trainers.methods.adversarial.card import write_card
 
-        if self.config.lora:
-            save_lora(self.unet, output_dir, EXPORT_DTYPES[self.config.export_dtype], self.components.family,
-                      f"{self.card_name}_lora_kohya.safetensors")
-            self.scheduler().save_pretrained(output_dir)
-        else:
-            self.validation_pipeline().save_pretrained(output_dir, safe_serialization=True)
-        write_card(self, output_dir)
+        write_card(self, folder)

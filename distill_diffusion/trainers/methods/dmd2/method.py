@@ -41,14 +41,12 @@ from distill_diffusion.models.denoiser import Denoiser
 from distill_diffusion.models.loading import SDComponents, TeacherConfigs
 from distill_diffusion.models.lora import (
     ADAPTER,
-    EXPORT_DTYPES,
     adapter_active,
     adapter_parameters,
     adapters_disabled,
     attach_lora,
     attach_second_lora,
     check_target_modules,
-    save_lora,
     tuner_layers,
 )
 from distill_diffusion.models.students import build_student
@@ -62,8 +60,8 @@ from distill_diffusion.trainers.methods.adversarial.method import sample_student
 from distill_diffusion.trainers.methods.adversarial.simulation import (
     BackwardSimulation,
     check_backward_simulation,
-    student_sampler,
 )
+from distill_diffusion.trainers.methods.adversarial.student import FewStepStudent
 from distill_diffusion.trainers.methods.base import (
     LossOutput,
     MethodBase,
@@ -80,7 +78,7 @@ FAKE_ADAPTER = "fake_score"
 _SAMPLES = "dmd2_samples"
 
 
-class DMD2(MethodBase):
+class DMD2(FewStepStudent, MethodBase):
     """A 1-4-step student of a Stable Diffusion teacher (1.x/2.x or SDXL) by distribution matching (DMD2)."""
 
     paper: ClassVar[str] = "Yin et al., DMD2, arXiv:2405.14867, §4"
@@ -230,33 +228,9 @@ class DMD2(MethodBase):
             logs["d_cls"] = float(cls.detach())
         return LossOutput(loss, logs)
 
-    # ------------------------------------------------------------------ sampling and export
+    # ------------------------------------------------------------------ the export's card
 
-    def scheduler(self) -> Any:
-        """``LCMScheduler`` on the full training grid (as LADD's): N steps visit the trailing timesteps the generator
-        learnt; its config records them, so other step counts are refused."""
-        cfg = self.config
-        trained = [t for t, p in zip(cfg.student_timesteps, cfg.student_timestep_probs) if p > 0]
-        return student_sampler(dict(self.components.scheduler.config), trained)
-
-    def validation_pipeline(self) -> Any:
-        from distill_diffusion.models.export import build_pipeline
-
-        return build_pipeline(self.components, unet=self.unet, scheduler=self.scheduler())
-
-    def validation_call_kwargs(self) -> dict[str, Any]:
-        return {"guidance_scale": 1.0, "num_inference_steps": 1}
-
-    def export(self, output_dir: Path) -> None:
-        """LoRA: the generator's adapter as ``pytorch_lora_weights.safetensors`` + kohya copy + the sampler's
-        ``scheduler_config.json``; full: a pipeline folder with that scheduler. The fake score and the classifier
-        live in the checkpoints, to resume."""
+    def write_card(self, folder: Path) -> None:
         from distill_diffusion.trainers.methods.dmd2.card import write_card
 
-        if self.config.lora:
-            save_lora(self.unet, output_dir, EXPORT_DTYPES[self.config.export_dtype], self.components.family,
-                      f"{self.card_name}_lora_kohya.safetensors")
-            self.scheduler().save_pretrained(output_dir)
-        else:
-            self.validation_pipeline().save_pretrained(output_dir, safe_serialization=True)
-        write_card(self, output_dir)
+        write_card(self, folder)
