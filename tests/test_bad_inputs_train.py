@@ -381,7 +381,7 @@ CONFIG_FILE_CASES = [
     ("finetune", ["--config", "{bad}/snr_negative.yaml"], "snr_gamma must be > 0"),
     ("finetune", ["--config", "{bad}/lcm_method.yaml"], "unknown method option(s) lora_rank"),
     ("ladd", ["--config", "tiny/add"], "this config is for method 'add' (method_name: add), not 'ladd'; run 'distill-diffusion "
-     "train add' with it, or pass a ladd config (ladd_sd15, ladd_sdxl, tiny/ladd)"),
+     "train add' with it, or pass a ladd config (ladd_sd15, ladd_sdxl, tiny/ladd, tiny/ladd_xl)"),
     ("ladd", ["--config", "{bad}/add_named.yaml"], "this config is for method 'add' (method_name: add), not 'ladd'"),
     ("finetune", ["--config", "tiny/lcm_lora"], "run 'distill-diffusion train lcm' with it, or pass a finetune config"),
 ]
