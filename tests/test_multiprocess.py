@@ -114,6 +114,19 @@ def test_full_lcm_student_and_target_are_built_alike_on_every_process(tiny_pipel
     assert ranks[0]["target_start"] == ranks[1]["target_start"]
 
 
+def test_dmd2_phases_sharing_one_unet_stay_in_step_on_two_processes(tiny_pipeline_dir: Path, toy_data_dir: Path, tmp_path: Path) -> None:
+    """DMD2's one-base mode: the generator and fake-score phases train two adapters of one DDP-wrapped UNet (each leaves
+    the other's weights without gradients), the head is trained through the fake score's bottleneck; every rank ends
+    with the same weights."""
+    args = ["dmd2", "--config", "tiny/dmd2", "--pretrained_model_name_or_path", str(tiny_pipeline_dir), "--train_data_dir",
+            str(toy_data_dir), "--output_dir", str(tmp_path / "o"), "--max_train_steps", "4", "--train_batch_size", "2",
+            "--lora_rank", "4", "--lora_alpha", "4", "--fake_updates", "2", "--head_width", "8", "--progress_bar", "false",
+            "--checkpointing_steps", "4", "--cache_latents", "false"]
+    ranks = launch(2, tmp_path / "dmd2", args, tmp=tmp_path)
+    assert ranks[0]["num_processes"] == 2 and ranks[0]["models_end"] == ranks[1]["models_end"]
+    assert (tmp_path / "o" / "pytorch_lora_weights.safetensors").is_file()
+
+
 @pytest.mark.parametrize(
     ("env", "started", "fragment"),
     [

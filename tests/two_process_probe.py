@@ -23,8 +23,8 @@ def digest(tensors: list[torch.Tensor]) -> str:
 
 
 def target_tensors(method) -> list[torch.Tensor]:
-    """The LCM target network θ⁻: the EMA LoRA shadow (LoRA) or the EMA UNet (full)."""
-    return list(method.shadow)
+    """The LCM target network θ⁻: the EMA LoRA shadow (LoRA) or the EMA UNet (full); none for other methods."""
+    return list(getattr(method, "shadow", []))
 
 
 def trainable(engine) -> dict[str, torch.Tensor]:
@@ -61,6 +61,8 @@ def main() -> None:
         record["target_end"] = digest(target_tensors(engine.method))
         weights = trainable(engine)
         record["weights_end"] = digest(list(weights.values()))
+        # every weight of every module, whichever phase trains it (DMD2: both adapters on one UNet, and the head)
+        record["models_end"] = digest([p for m in engine.method.models.values() for p in acc.unwrap_model(m).parameters()])
         if acc.is_main_process:
             state = {**{f"w.{k}": v for k, v in weights.items()},
                      **{f"m.{k}": v.detach().cpu().contiguous() for k, v in engine.method.state_dict().items()}}

@@ -52,6 +52,7 @@ def prepare(accelerator: Accelerator, models: dict[str, Any], phases: list[Phase
     sharded parameters there, and pairs the i-th optimizer with the i-th model when it saves them)."""
     names = sorted({m for p in phases for m in p.modules})
     if not is_fsdp2(accelerator):
+        find_unused_parameters_if_shared(accelerator, phases)
         out = accelerator.prepare(*[models[n] for n in names], *optimizers.values(), dataloader)
         return dict(zip(names, out[: len(names)])), dict(zip(optimizers, out[len(names) : -1])), out[-1]
     modules, prepared = {}, {}
@@ -70,6 +71,21 @@ def prepare(accelerator: Accelerator, models: dict[str, Any], phases: list[Phase
         prepared.update(zip(mine, out[1:]))
     plugin.transformer_cls_names_to_wrap = asked
     return modules, {n: prepared[n] for n in optimizers}, accelerator.prepare(dataloader)
+
+
+def find_unused_parameters_if_shared(accelerator: Accelerator, phases: list[Phase]) -> None:
+    """DDP with ``find_unused_parameters`` when phases share a module (DMD2's one UNet: each phase trains its own LoRA
+    adapter on it). DDP's reducer waits for a gradient of every parameter it wrapped in every backward; a phase that
+    leaves the other phase's weights without one would hang the next step (torch's "Expected to have finished
+    reduction" error), so DDP must look for the unused ones after each forward, at the cost of a graph walk."""
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    modules = [m for p in phases for m in p.modules]
+    if len(modules) == len(set(modules)):
+        return
+    handler = accelerator.ddp_handler or DistributedDataParallelKwargs()
+    handler.find_unused_parameters = True
+    accelerator.ddp_handler = handler
 
 
 def _classes_in(model: Any, names: list[str] | None) -> list[str] | None:

@@ -148,15 +148,19 @@ class DMD2(FewStepStudent, MethodBase):
         mode = adapter_active(self.layers, FAKE_ADAPTER) if self.config.lora else nullcontext()
         return mode, Denoiser(unet, self.schedule, self.components.prediction_type)
 
-    def classify(self, unet: nn.Module, x: Tensor, c: Conditioning) -> list[Tensor]:
+    def classify(self, head: nn.Module, x: Tensor, c: Conditioning) -> list[Tensor]:
         """The classifier's logits for ``x`` noised at t ~ U{0..T−1} (DMD2 §4.3: noised real or generated latents),
-        through the fake-score model's bottleneck; gradients reach ``x`` and the fake-score weights that train."""
+        through the fake-score model's bottleneck; gradients reach ``x`` and the fake-score weights that train.
+
+        The features come from the unwrapped fake-score UNet (a DDP wrapper has no blocks to call one by one); its
+        weights still get their gradients synchronised, as the same backward runs through the phase's wrapped forward
+        of the denoising loss. ``head``: this phase's view of the head (wrapped when the phase updates it)."""
         t = torch.randint(0, self.schedule.num_train_timesteps, (x.shape[0],), device=x.device)
         z = self.schedule.add_noise(x, torch.randn_like(x), t)
-        mode, _ = self.fake_denoiser(unet)
+        mode, _ = self.fake_denoiser(self.fake_unet)
         with mode:
-            features = bb.unet_features(unet, z, t, c, [self.tap])
-        return self.head(features, timestep_condition(t).to(x.device))
+            features = bb.unet_features(self.fake_unet, z, t, c, [self.tap])
+        return head(features, timestep_condition(t).to(x.device))
 
     # ------------------------------------------------------------------ the algorithm
 
@@ -197,7 +201,7 @@ class DMD2(FewStepStudent, MethodBase):
         loss, logs = dm, {"g_dm": float(dm.detach())}
         # 2. GAN (DMD2 §4.3): the classifier should call the noised sample real, −log σ(D) (non-saturating).
         if cfg.gan:
-            logits = self.classify(self.fake_unet, x, c)
+            logits = self.classify(ctx.module("head"), x, c)
             gan = sum(F.softplus(-k).mean() for k in logits)
             loss = loss + cfg.gan_weight * gan
             logs["g_gan"] = float(gan.detach())
@@ -221,7 +225,7 @@ class DMD2(FewStepStudent, MethodBase):
         loss, logs = denoise, {"fake_denoise": float(denoise.detach())}
         # 4. The classifier: noised real latents against noised generator samples, softplus(−D(real)) + softplus(D(fake)).
         if cfg.gan:
-            logits = self.classify(fake_module, torch.cat([x0, samples]), cat([c, c]))
+            logits = self.classify(ctx.module("head"), torch.cat([x0, samples]), cat([c, c]))
             n = x0.shape[0]
             cls = sum(F.softplus(-k[:n]).mean() + F.softplus(k[n:]).mean() for k in logits)
             loss = loss + cfg.classifier_weight * cls
