@@ -77,17 +77,22 @@ def ensure_toy_world(
     budget: str | BuildBudget = "full",
     progress: bool = True,
 ) -> ToyWorld:
-    """The cached trained toy world, built first if it is missing (or ``force``). Returns its paths.
+    """The cached trained toy world; when it is missing, the package's shipped weights are installed (seconds,
+    :mod:`toy.shipped`) or, for another budget or with ``force``, the world is built from scratch. Returns its paths.
 
     ``budget`` is a name in :data:`BUDGETS` or a :class:`BuildBudget`. A cached world is reused whatever
     budget built it (``build.json`` says which); pass ``force=True`` to rebuild.
     """
+    from distill_diffusion.toy.shipped import install_shipped_world, shipped_version
+
     if isinstance(budget, str):
         require(budget in BUDGETS, f"unknown toy budget {budget!r}; use one of: {', '.join(BUDGETS)}")
         budget = replace(BUDGETS[budget])
     world = ToyWorld.in_cache(cache_dir)
     if world.is_complete() and not force:
         return world
+    if not force and budget == BUDGETS["full"] and shipped_version() == TOY_VERSION:
+        return install_shipped_world(world.root)
     return build_toy_world(world.root, budget, progress=progress)
 
 
@@ -242,6 +247,9 @@ def summary_lines(world: ToyWorld) -> list[str]:
     """What ``toy build`` prints: the paths, the build time and the calibration headline."""
     info = world.info()
     lines = [f"{name}: {getattr(world, name)}" for name in ("root", "data", "teacher", "clip", "classifier")]
+    if "installed" in info:
+        lines.append(f"installed in {info['installed']['seconds']:.0f} s from {info['installed']['from']} "
+                     "(distill-diffusion toy build --force re-creates them)")
     lines.append(f"built in {info['seconds']['total'] / 60:.1f} min ({', '.join(f'{k} {v:.0f}s' for k, v in info['seconds'].items() if k != 'total')})")
     calib = info.get("calibration")
     if "classifier" in info:
