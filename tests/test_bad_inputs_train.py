@@ -352,6 +352,18 @@ CONFIG_CASES = [
     ("add", ["--method.feature_network", "{bad}/dinov2_patch_0"], "config.json has patch_size=0"),
     ("add", ["--method.feature_network", "{bad}/dinov2_layers_text"], "config.json has num_hidden_layers='four'"),
     ("ladd", ["--method.disc_blocks", ""], "method.disc_blocks is empty"),
+    # DMD2 (arXiv:2405.14867): the generator's timesteps must be the teacher's, the two time-scale rule and the real
+    # score's guidance in range; the GAN always has real latents (every data source yields one per example)
+    ("dmd2", ["--method.student_timesteps", "1500,999", "--method.student_timestep_probs", "0.5,0.5"],
+     "must start at 999 (the generator's first input is pure noise, the sampler's at t = 999) and lie in 0..999"),
+    ("dmd2", ["--method.student_timesteps", "749,499", "--method.student_timestep_probs", "0.5,0.5"], "must start at 999"),
+    ("dmd2", ["--method.student_timesteps", "999,749,499", "--method.student_timestep_probs", "0.4,0.3,0.3"],
+     "that sampler visits [999, 666, 333], not method.student_timesteps=[999, 749, 499]"),
+    ("dmd2", ["--method.student_timesteps", "249,999", "--method.student_timestep_probs", "0.5,0.5"], "must be distinct and descending"),
+    ("dmd2", ["--method.fake_updates", "0"], "method.fake_updates=0 must be >= 1"),
+    ("dmd2", ["--method.real_guidance_scale", "0.5"], "method.real_guidance_scale=0.5 must be >= 1"),
+    ("dmd2", ["--method.dm_timestep_range", "0.9,0.1"], "must be two fractions 0 <= min < max <= 1"),
+    ("dmd2", ["--method.gan_weight", "-1"], "method.gan_weight=-1.0"),
     ("progressive", ["--method.steps_per_round", "2", "--method.guidance_steps", "1", "--max_train_steps", "5"],
      "train.max_train_steps=5 is not used: method.steps_per_round"),
     ("progressive", ["--method.steps_per_round", "2", "--method.guidance", "none", "--max_train_steps", "5"],
@@ -384,6 +396,8 @@ CONFIG_FILE_CASES = [
      "train add' with it, or pass a ladd config (ladd_sd15, ladd_sdxl, tiny/ladd, tiny/ladd_xl)"),
     ("ladd", ["--config", "{bad}/add_named.yaml"], "this config is for method 'add' (method_name: add), not 'ladd'"),
     ("finetune", ["--config", "tiny/lcm_lora"], "run 'distill-diffusion train lcm' with it, or pass a finetune config"),
+    ("dmd2", ["--config", "tiny/ladd"], "run 'distill-diffusion train ladd' with it, or pass a dmd2 config (dmd2_sd15, dmd2_sdxl, "
+     "tiny/dmd2)"),
 ]
 
 DATA_CASES = [

@@ -1,4 +1,4 @@
-"""LADD, ADD and progressive distillation on SDXL through the CLI with the shipped SDXL presets (tiny overrides only):
+"""LADD, ADD, DMD2 and progressive distillation on SDXL through the CLI with the shipped SDXL presets (tiny overrides only):
 train → export → stock diffusers loads the export in a plain script (no import of this package) → ``generate``
 samples it as its card says."""
 
@@ -27,6 +27,7 @@ METHOD_TINY = {
     "ladd": ("--max_train_steps", "2", "--method.head_width", "8", "--method.lora_rank", "4", "--method.lora_alpha", "4"),
     "add": ("--max_train_steps", "2", "--method.head_width", "8", "--method.lora_rank", "4", "--method.lora_alpha", "4", "--method.feature_layers", "1,2,3,4",
             "--method.feature_resolution", "32"),
+    "dmd2": ("--max_train_steps", "2", "--method.head_width", "8", "--method.lora_rank", "4", "--method.lora_alpha", "4"),
     "progressive": ("--method.start_steps", "4", "--method.target_steps", "1", "--method.steps_per_round", "1,1",
                     "--method.guidance_steps", "1", "--method.time_cond_proj_dim", "8"),
 }
@@ -77,7 +78,7 @@ def card(out: Path) -> dict:
     return yaml.safe_load((out / "README.md").read_text().split("---\n")[1])["distill_diffusion"]
 
 
-@pytest.mark.parametrize("method", ["ladd", "add"])
+@pytest.mark.parametrize("method", ["ladd", "add", "dmd2"])
 def test_adversarial_lora_on_sdxl_loads_in_stock_diffusers_and_generates_from_its_card(method: str, tiny_sdxl_pipeline_dir: Path,
                                                                                      toy_dir: Path, tmp_path: Path) -> None:
     extra = ("--method.feature_network", str(toy_dir / "dinov2")) if method == "add" else ()

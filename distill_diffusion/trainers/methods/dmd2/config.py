@@ -63,6 +63,9 @@ class DMD2Config(LoRAOptions):
                 "0 <= min < max <= 1; pass e.g. 0.02,0.98")
         require(min(self.gan_weight, self.classifier_weight) >= 0, f"method.gan_weight={self.gan_weight} and "
                 f"method.classifier_weight={self.classifier_weight} must be >= 0; pass 0 to turn the GAN off")
+        # No check that real data backs the GAN: every data source (imagefolder, hf, webdataset, latents) yields a latent
+        # per example, the classifier's real side. A `prepare-synthetic` latents folder holds the teacher's samples, so
+        # there the classifier tells the teacher's samples from the generator's, not real images (docs/dmd2.md).
         require(self.head_width >= 4, f"method.head_width={self.head_width} must be >= 4; pass e.g. 128")
 
     @property

@@ -65,7 +65,6 @@ from distill_diffusion.trainers.methods.adversarial.student import FewStepStuden
 from distill_diffusion.trainers.methods.base import (
     LossOutput,
     MethodBase,
-    OptimizerSettings,
     Phase,
     StepContext,
 )
@@ -129,10 +128,10 @@ class DMD2(FewStepStudent, MethodBase):
 
     def phases(self) -> list[Phase]:
         fake_modules = ("unet", "head") if self.config.lora else ("fake", "head")
-        # the fake score's Adam as DMD2's guidance model (no weight decay); --phases.fake_score.* overrides
+        # both AdamW as the train section says (DMD2's train_sd.py: the same settings for both); --phases.fake_score.*
+        # overrides the fake score's
         return [Phase("generator", ("unet",), every=self.config.fake_updates),
-                Phase("fake_score", fake_modules, optimizer=OptimizerSettings(weight_decay=0.0), ema=False,
-                      gradient_checkpointing=fake_modules[:1])]
+                Phase("fake_score", fake_modules, ema=False, gradient_checkpointing=fake_modules[:1])]
 
     def trainable_parameters(self, phase: Phase) -> list[nn.Parameter]:
         """Each phase its own weights: in one-base mode the generator's adapter, or the fake-score adapter and the head."""
