@@ -2,11 +2,12 @@
 # The checks that need a CUDA GPU, as one short script: the `gpu`-marked tests (CUDA and mixed-precision
 # paths: EMA resume on the GPU, ...; FSDP2 sharded training through accelerate launch, which accelerate runs on GPUs
 # only) and the SD 1.5-sized LCM-LoRA and progressive-distillation training benchmarks
-# the SD 1.4-sized BK-SDM-Small one (training, and sampling latency of teacher vs student), the SD 1.5 LADD-LoRA one
-# and SDXL's LCM-LoRA step at 1024², batch 1 (its peak against the meta-device estimate of `bench lora-memory`), then the
+# the SD 1.4-sized BK-SDM-Small one (training, and sampling latency of teacher vs student), the SD 1.5 LADD-LoRA one,
+# the SD 1.5 DMD2 one (a generator + fake-score cycle, one-base LoRA mode vs full mode, dmd2_sd15's batch and
+# checkpointing: against `bench lora-memory --method dmd2 --family sd15 --resolution 512 --batch_size 8`) and SDXL's LCM-LoRA step at 1024², batch 1 (its peak against the meta-device estimate of `bench lora-memory`), then the
 # LADD, progressive and KOALA SDXL configs' steps (`bench sdxl-gpu --config`).
 # Run from the repository root on a machine with a GPU: bash benchmarks/gpu_check.sh
-# Results: benchmarks/results/{lcm,progressive,ladd}_gpu_sd15.{json,md}, bksdm_gpu_sd14.{json,md},
+# Results: benchmarks/results/{lcm,progressive,ladd,dmd2}_gpu_sd15.{json,md}, bksdm_gpu_sd14.{json,md},
 # {lcm,ladd,progressive,koala_700m,koala_1b}_gpu_sdxl.{json,md},
 # gpu_tests.txt and fsdp_gpu.txt
 # (copied to $OUT when set).
@@ -27,6 +28,8 @@ bench=$(( bench || $? ))
 distill-diffusion bench bksdm-gpu --mixed_precision bf16 --batch_size 8 --steps 20
 bench=$(( bench || $? ))
 distill-diffusion bench ladd-gpu --mixed_precision bf16 --batch_size 8 --steps 20
+bench=$(( bench || $? ))
+distill-diffusion bench dmd2-gpu --mixed_precision bf16 --batch_size 8 --gradient_checkpointing --steps 10
 bench=$(( bench || $? ))
 distill-diffusion bench sdxl-gpu --mixed_precision bf16 --batch_size 1 --resolution 1024 --lora_rank 64 --steps 10
 bench=$(( bench || $? ))

@@ -60,7 +60,7 @@ def test_a_name_declared_twice_and_an_unknown_name_fail(monkeypatch: pytest.Monk
     with pytest.raises(ValueError, match="'engine' of method 'fake' is already registered"):
         registry.benchmarks()
     monkeypatch.delitem(METHODS, "fake")
-    with pytest.raises(UserError, match="unknown benchmark .nope.; choose one of: add, adversarial-toy, bksdm, bksdm-gpu, bksdm-toy, consistency, engine, ladd, ladd-gpu"):
+    with pytest.raises(UserError, match="unknown benchmark .nope.; choose one of: add, adversarial-toy, bksdm, bksdm-gpu, bksdm-toy, consistency, dmd2, dmd2-gpu, engine, ladd, ladd-gpu"):
         registry.load_benchmark("nope")
 
 

@@ -113,3 +113,53 @@ def test_tiny_config_trains_and_its_generator_loads_in_stock_diffusers(tmp_path:
     pipe.load_lora_weights(out)
     image = pipe("a red circle", num_inference_steps=1, guidance_scale=1.0, output_type="np", generator=torch.Generator().manual_seed(0)).images
     assert image.shape == (1, 32, 32, 3) and torch.isfinite(torch.from_numpy(image)).all()
+
+
+def test_the_speed_benchmark_times_a_cycle_of_fake_updates_steps_against_its_passes(tmp_path: Path) -> None:
+    from distill_diffusion.trainers.methods.dmd2.bench_speed import ENGINE_KEY, OPTIONS, run_dmd2_benchmark
+
+    result = run_dmd2_benchmark(steps=1, batch_sizes=(2,), output=tmp_path / "speed.json")
+    row = result["training"][0]
+    n = OPTIONS["fake_updates"]
+    assert ENGINE_KEY in row["seconds"] and len(row["seconds"]) == 8 and row["ratio"] > 0
+    assert f"fake score: denoising forward+backward (×{n})" in row["seconds"] and f"fresh samples: generator forward, no grad (×{n - 1})" in row["seconds"]
+    assert "step / sum" in (tmp_path / "speed.md").read_text()
+
+
+def test_a_cycle_runs_the_generator_phase_once_on_its_first_step(engine) -> None:
+    """The benchmarks' cycle (``engine_stepper(engine, cycle=fake_updates)``) numbers its steps as training does."""
+    from distill_diffusion.bench.timing import engine_stepper
+
+    phases, run = [], engine.step
+
+    def step(micro: list) -> dict | None:
+        phases.append([p.name for p in engine.phases if engine.state.global_step % p.every == 0])
+        return run(micro)
+
+    engine.step = step
+    try:
+        engine_stepper(engine, cycle=2)()
+    finally:
+        del engine.step
+    assert phases == [["generator", "fake_score"], ["fake_score"]]
+
+
+def test_the_gpu_benchmark_runs_both_modes_on_a_tiny_unet_and_refuses_a_machine_without_cuda(tmp_path: Path) -> None:
+    from diffusers import UNet2DConditionModel
+
+    from distill_diffusion.toy.tiny import tiny_unet_config
+    from distill_diffusion.trainers.methods.dmd2.bench_gpu import run_sd15_dmd2_benchmark
+
+    out = tmp_path / "gpu.json"
+    result = run_sd15_dmd2_benchmark(batch_size=2, resolution=32, steps=1, mixed_precision="no", output=out,
+                                     unet_config=tiny_unet_config(), device="cpu")
+    one_base, full = result["modes"]["one-base LoRA"], result["modes"]["full"]
+    assert one_base["images_per_second"] > 0 and full["images_per_second"] > 0 and one_base["peak_memory_gib"] is None
+    assert one_base["settings"]["lora"] and not full["settings"]["lora"] and one_base["settings"]["steps_per_cycle"] == 5
+    unet = sum(p.numel() for p in UNet2DConditionModel.from_config(tiny_unet_config()).parameters())
+    assert full["settings"]["generator_parameters"] == unet
+    table = out.with_suffix(".md").read_text()
+    assert "| one-base LoRA |" in table and "| full |" in table and "cycles of 5 engine steps" in table
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="needs a CUDA GPU"):
+            run_sd15_dmd2_benchmark()

@@ -169,9 +169,10 @@ def device_name(device: torch.device) -> str:
     return platform.processor() or platform.machine()
 
 
-def time_steps(engine: Any, dev: torch.device, steps: int) -> tuple[float, float | None]:
-    """Median seconds of an engine step (CUDA synchronised) and the peak CUDA memory in GiB (None on CPU)."""
-    engine_step = engine_stepper(engine)
+def time_steps(engine: Any, dev: torch.device, steps: int, cycle: int = 1) -> tuple[float, float | None]:
+    """Median seconds of an engine step, or of ``cycle`` steps (:func:`~.timing.engine_stepper`), CUDA synchronised,
+    and the peak CUDA memory in GiB (None on CPU)."""
+    engine_step = engine_stepper(engine, cycle)
     cuda = dev.type == "cuda"
 
     def step() -> None:
@@ -189,11 +190,13 @@ def time_steps(engine: Any, dev: torch.device, steps: int) -> tuple[float, float
 def time_method_step(method: str, options: dict[str, Any], title: str, no_gpu: str, *, batch_size: int, resolution: int, steps: int,
                      mixed_precision: str, gradient_checkpointing: bool, unet_config: dict[str, Any] | None, device: str | None,
                      prepare: Callable[[Any], None] | None = None, architecture: str = "SD 1.5",
-                     base_config: dict[str, Any] | None = None) -> tuple[dict[str, Any], Any]:
+                     base_config: dict[str, Any] | None = None, cycle: int = 1) -> tuple[dict[str, Any], Any]:
     """Time ``steps`` engine steps of ``method`` (after 3 warm-ups) on random SD components of ``unet_config`` (SD 1.5's
     when None, or ``base_config``, e.g. :data:`SDXL_UNET_CONFIG`; named ``architecture`` in the title: SD 1.4 shares
     SD 1.5's); ``prepare(engine)`` runs first (e.g. to move past
     a stage). Returns the common result fields and the engine (its method, for the caller's own fields).
+    ``cycle`` > 1 times that many steps at a time, as training numbers them (a phase that runs every ``cycle``-th step
+    runs once in each); images/s and the step time are then a cycle's mean.
     ``device=None`` needs CUDA: a one-line error otherwise, before anything is built."""
     import diffusers
 
@@ -203,7 +206,8 @@ def time_method_step(method: str, options: dict[str, Any], title: str, no_gpu: s
         engine, _ = sd_engine(Path(tmp), method, options, batch_size, resolution, mixed_precision, gradient_checkpointing, config, dev)
         if prepare is not None:
             prepare(engine)
-        seconds, peak = time_steps(engine, dev, steps)
+        seconds, peak = time_steps(engine, dev, steps, cycle)
+        seconds /= cycle
     result = {
         "benchmark": f"{title}, " + (f"{architecture} UNet architecture" if unet_config is None else "custom UNet config") + " (random weights)",
         "device": device_name(dev), "torch": torch.__version__, "diffusers": diffusers.__version__,
@@ -211,25 +215,36 @@ def time_method_step(method: str, options: dict[str, Any], title: str, no_gpu: s
         "settings": {"batch_size": batch_size, "resolution": resolution, "latent_size": resolution // 8, "steps_timed": steps,
                      "warmup_steps": 3, "mixed_precision": mixed_precision, "gradient_checkpointing": gradient_checkpointing},
     }
+    if cycle > 1:
+        result["settings"]["steps_per_cycle"] = cycle
     return result, engine
 
 
-def write_results(result: dict[str, Any], output: Path, extra: dict[str, str], note: str) -> None:
+def write_results(result: dict[str, Any], output: Path, extra: dict[str, str], note: str,
+                  rows: list[tuple[dict[str, Any], dict[str, str]]] | None = None) -> None:
     """``output`` (JSON) and its ``.md`` table: device, batch, resolution, precision, checkpointing, the ``extra``
-    columns (header → value), images/s, step ms and peak memory, then ``note``; the table is printed too."""
+    columns (header → value), images/s, step ms and peak memory, then ``note``; the table is printed too.
+
+    ``rows``: several ``(result, extra)`` rows of :func:`time_method_step` results in one table (e.g. two modes of a
+    method); ``result`` is then only the JSON written."""
     import json
 
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(result, indent=2))
-    s = result["settings"]
-    peak = "n/a" if result["peak_memory_gib"] is None else f"{result['peak_memory_gib']:.2f}"
-    heads = ["device", "batch", "resolution", "precision", "grad. ckpt", *extra, "images/s", "step ms", "peak memory GiB"]
-    cells = [result["device"], s["batch_size"], f"{s['resolution']}²", s["mixed_precision"],
-             "yes" if s["gradient_checkpointing"] else "no", *extra.values(), f"**{result['images_per_second']:.2f}**",
-             f"{result['median_step_seconds'] * 1e3:.1f}", peak]
-    lines = ["| " + " | ".join(heads) + " |", "|---" * len(heads) + "|", "| " + " | ".join(map(str, cells)) + " |", "",
-             f"{note} Median of {s['steps_timed']} engine steps after {s['warmup_steps']} warm-up steps; torch {result['torch']}, "
-             f"diffusers {result['diffusers']}."]
+    rows = rows or [(result, extra)]
+    first, s = rows[0][0], rows[0][0]["settings"]
+    heads = ["device", "batch", "resolution", "precision", "grad. ckpt", *rows[0][1], "images/s", "step ms", "peak memory GiB"]
+    lines = ["| " + " | ".join(heads) + " |", "|---" * len(heads) + "|", *("| " + " | ".join(map(str, _cells(*row))) + " |" for row in rows)]
+    timed = (f"{s['steps_timed']} cycles of {s['steps_per_cycle']} engine steps after {s['warmup_steps']} warm-up cycles (step ms: a "
+             "cycle's mean)" if "steps_per_cycle" in s else f"{s['steps_timed']} engine steps after {s['warmup_steps']} warm-up steps")
+    lines += ["", f"{note} Median of {timed}; torch {first['torch']}, diffusers {first['diffusers']}."]
     table = "\n".join(lines)
     output.with_suffix(".md").write_text(table + "\n")
     print(table)
+
+
+def _cells(result: dict[str, Any], extra: dict[str, str]) -> list[Any]:
+    s = result["settings"]
+    peak = "n/a" if result["peak_memory_gib"] is None else f"{result['peak_memory_gib']:.2f}"
+    return [result["device"], s["batch_size"], f"{s['resolution']}²", s["mixed_precision"], "yes" if s["gradient_checkpointing"] else "no",
+            *extra.values(), f"**{result['images_per_second']:.2f}**", f"{result['median_step_seconds'] * 1e3:.1f}", peak]

@@ -9,7 +9,8 @@ computed from the model built on PyTorch's ``meta`` device (shapes only, seconds
   targets given) in fp32, with their fp32 gradients and AdamW's two fp32 moments;
 - resident frozen modules: the text encoders and VAE the engine keeps on the device (given as parameter counts);
 - activations: the tensors autograd saves for backward, counted by ``torch.autograd.graph.saved_tensors_hooks``
-  during a meta forward of the LoRA-wrapped UNet under bf16/fp16 autocast. Attention is counted as flash /
+  during a meta forward of the LoRA-wrapped UNet under bf16/fp16 autocast, less the weights autograd keeps (a
+  saved parameter or a view of one is no new memory; the weights are counted once, above). Attention is counted as flash /
   memory-efficient SDPA saves it (q, k, v, output and the fp32 log-sum-exp), not as the materialised probabilities
   the meta device's math kernel would keep. Each saved tensor is attributed to the checkpointed unit it was saved in
   (diffusers checkpoints every ``ResnetBlock2D`` and ``BasicTransformerBlock``), or to none. Without checkpointing the
@@ -50,7 +51,9 @@ class _FlashSDPA(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         out = q.new_empty((*q.shape[:-1], v.shape[-1]))
-        ctx.save_for_backward(q, k, v, out, q.new_empty(q.shape[:-1], dtype=torch.float32))
+        lse = q.new_empty(q.shape[:-1], dtype=torch.float32)
+        lse.full_precision = True  # fp32 under autocast too (activation_profile counts other fp32 tensors at its dtype)
+        ctx.save_for_backward(q, k, v, out, lse)
         return out
 
     @staticmethod
@@ -75,10 +78,23 @@ class ActivationProfile:
     outside: int = 0
     unit_inputs: list[int] = field(default_factory=list)
     unit_saved: list[int] = field(default_factory=list)
+    #: (bytes saved outside units, units entered) when the decoder (``up_blocks``) starts; None: it never ran
+    encoder_end: tuple[int, int] | None = None
 
     @property
     def total(self) -> int:
         return self.outside + sum(self.unit_saved)
+
+    def encoder(self) -> ActivationProfile:
+        """What the forward saved up to the mid block's output: a truncated forward's profile (a classifier on the
+        bottleneck, :func:`~distill_diffusion.trainers.methods.ladd.backbone.unet_features`)."""
+        outside, units = self.encoder_end or (self.outside, len(self.unit_saved))
+        return ActivationProfile(outside, self.unit_inputs[:units], self.unit_saved[:units])
+
+    def held(self, gradient_checkpointing: bool) -> tuple[int, int]:
+        """(held through the forward, extra at the backward's worst point): :meth:`checkpointed`, or without
+        checkpointing every saved tensor and two gradients of the largest unit input."""
+        return self.checkpointed() if gradient_checkpointing else (self.total, 2 * max(self.unit_inputs, default=0))
 
     def checkpointed(self) -> tuple[int, int]:
         """(held through the forward, extra at the backward's worst unit) under per-unit checkpointing."""
@@ -125,13 +141,21 @@ def _unet_inputs(unet: nn.Module, batch: int, latent: int, dtype: torch.dtype) -
 
 
 def activation_profile(unet: nn.Module, batch: int, latent: int, dtype: torch.dtype) -> ActivationProfile:
-    """Saved-for-backward bytes of one forward of ``unet`` (its trainable parameters decide what autograd keeps)."""
+    """Saved-for-backward bytes of one forward of ``unet`` (its trainable parameters decide what autograd keeps).
+
+    A saved parameter, or a view of one (a linear layer saves its weight's transpose), is the weight itself and no
+    new memory: the weights are counted once, as weights. The meta device has no autocast, so an fp32 LoRA's path
+    runs in fp32 (peft casts each adapter's input to its dtype): those saved fp32 tensors count at ``dtype``'s width,
+    as autocast casts them before the matmul that saves them (one copy per adapter, as on a GPU)."""
     profile, stack, seen = ActivationProfile(), [], {}
+    weights = {id(p) for p in unet.parameters()}
+    width = torch.empty((), dtype=dtype).element_size()
 
     def pack(t: torch.Tensor) -> torch.Tensor:
-        if id(t) not in seen:  # one tensor saved by two ops is held once; keep it so its id is not reused
-            seen[id(t)] = t
-            size = t.numel() * t.element_size()
+        if id(t) not in seen and id(t if t._base is None else t._base) not in weights:
+            seen[id(t)] = t  # one tensor saved by two ops is held once; keep it so its id is not reused
+            fp32 = t.dtype == torch.float32 and not getattr(t, "full_precision", False)
+            size = t.numel() * (width if fp32 else t.element_size())
             if stack:
                 profile.unit_saved[stack[0]] += size
             else:
@@ -147,8 +171,12 @@ def activation_profile(unet: nn.Module, batch: int, latent: int, dtype: torch.dt
     def leave(module: nn.Module, args: tuple, output: Any) -> None:
         stack.pop()
 
+    def decoder(module: nn.Module, args: tuple) -> None:
+        profile.encoder_end = (profile.outside, len(profile.unit_saved))
+
     units = [m for m in unet.modules() if type(m).__name__ in CHECKPOINT_UNITS]
     handles = [h for m in units for h in (m.register_forward_pre_hook(enter), m.register_forward_hook(leave))]
+    handles.append(unet.up_blocks[0].register_forward_pre_hook(decoder))
     args, kwargs = _unet_inputs(unet, batch, latent, dtype)
     autocast = torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32)
     try:
@@ -184,6 +212,15 @@ def sdxl_resident_parameters() -> dict[str, int]:
     }
 
 
+def resident_and_batch_bytes(unet: nn.Module, resident: dict[str, int] | None, batch_size: int, latent: int, width: int) -> tuple[int, int]:
+    """Bytes of the frozen modules kept on the device (``resident``: name → parameters; text encoders in the weight
+    dtype of ``width`` bytes, a ``vae`` in fp32 as under ``force_upcast``) and of a batch of cached fp32 latents and
+    text embeddings."""
+    cfg = dict(unet.config)
+    resident_bytes = sum(n * (4 if name == "vae" else width) for name, n in (resident or {}).items())
+    return resident_bytes, batch_size * (cfg["in_channels"] * latent**2 + 77 * cfg["cross_attention_dim"]) * 4
+
+
 def estimate_lora_training(unet_config: dict[str, Any], *, batch_size: int, resolution: int, lora_rank: int,
                            target_modules: Sequence[str], mixed_precision: str = "bf16", gradient_checkpointing: bool = True,
                            resident: dict[str, int] | None = None, vae_factor: int = 8) -> dict[str, Any]:
@@ -195,11 +232,9 @@ def estimate_lora_training(unet_config: dict[str, Any], *, batch_size: int, reso
     lora = add_meta_lora(unet, lora_rank, target_modules)
     latent = resolution // vae_factor
     profile = activation_profile(unet, batch_size, latent, dtype)
-    held, recompute = profile.checkpointed() if gradient_checkpointing else (profile.total, 2 * max(profile.unit_inputs, default=0))
+    held, recompute = profile.held(gradient_checkpointing)
     width = torch.empty((), dtype=dtype).element_size()
-    resident_bytes = sum(n * (4 if name == "vae" else width) for name, n in (resident or {}).items())
-    cfg = dict(unet.config)
-    batch_bytes = batch_size * (cfg["in_channels"] * latent**2 + 77 * cfg["cross_attention_dim"]) * 4  # fp32 latents, embeddings
+    resident_bytes, batch_bytes = resident_and_batch_bytes(unet, resident, batch_size, latent, width)
     terms = {
         "UNet weights (frozen, weight dtype)": base * width,
         "LoRA weights + gradients + AdamW moments (fp32)": lora * 16,

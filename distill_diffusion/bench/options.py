@@ -18,11 +18,12 @@ def add_speed_options(p: argparse.ArgumentParser, *, steps: int, batch_sizes: li
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 keeps shared CPUs reproducible)")
 
 
-def add_gpu_options(p: argparse.ArgumentParser, output: str) -> None:
-    """Batch, resolution, timed steps, precision, checkpointing and results file: the SD 1.5 GPU benchmarks' options."""
+def add_gpu_options(p: argparse.ArgumentParser, output: str, unit: str = "steps") -> None:
+    """Batch, resolution, timed steps, precision, checkpointing and results file: the SD 1.5 GPU benchmarks' options
+    (``unit``: what ``--steps`` counts, e.g. a method's cycles of several engine steps)."""
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--resolution", type=int, default=512)
-    p.add_argument("--steps", type=int, default=20, help="timed steps (after 3 warm-up steps)")
+    p.add_argument("--steps", type=int, default=20, help=f"timed {unit} (after 3 warm-up {unit})")
     p.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default="bf16")
     p.add_argument("--gradient_checkpointing", action="store_true")
     p.add_argument("--output", default=output)

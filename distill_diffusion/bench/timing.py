@@ -147,15 +147,21 @@ def passes_table(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def engine_stepper(engine: Any) -> Callable[[], None]:
-    """One engine step on the next batch of its own data loader, as the training loop takes it (for timing)."""
+def engine_stepper(engine: Any, cycle: int = 1) -> Callable[[], None]:
+    """One engine step on the next batch of its own data loader, as the training loop takes it (for timing).
+
+    ``cycle`` > 1: one call is that many steps, at global steps 0, 1, ..., as training numbers them, so a phase that
+    runs every ``cycle``-th step (DMD2's generator) runs once per call, on the first."""
     from distill_diffusion.trainers.engine.data_loop import batch_stream
 
     stream = batch_stream(engine.accelerator, engine.dataloader)
 
     def step() -> None:
-        engine.state.batches_seen += 1
-        engine.step([next(stream)])
+        for k in range(cycle):
+            if cycle > 1:
+                engine.state.global_step = k
+            engine.state.batches_seen += 1
+            engine.step([next(stream)])
 
     return step
 

@@ -36,7 +36,7 @@ METHODS: dict[str, MethodEntry] = {
     "bksdm": MethodEntry(f"{_METHODS}.bksdm:BKSDM", benchmarks={"bksdm": "speed", "bksdm-gpu": "gpu", "bksdm-toy": "toy"}),
     "ladd": MethodEntry(f"{_METHODS}.ladd:LADD", benchmarks={"ladd": "speed", "ladd-gpu": "gpu"}),
     "add": MethodEntry(f"{_METHODS}.add:ADD", benchmarks={"add": "speed"}),
-    "dmd2": MethodEntry(f"{_METHODS}.dmd2:DMD2"),
+    "dmd2": MethodEntry(f"{_METHODS}.dmd2:DMD2", benchmarks={"dmd2": "speed", "dmd2-gpu": "gpu"}),
 }
 
 
