@@ -1,6 +1,7 @@
 """``distill-diffusion quickstart``: the whole story on the embedded toy world, on a CPU.
 
-1. Build (or reuse) the trained toy world: teacher, tiny CLIP, data (``toy build``).
+1. Install (or reuse) the trained toy world: its shipped weights and the data rendered from its seed, seconds
+   (``toy build``; ``toy.shipped``).
 2. Distil an LCM-LoRA from the toy teacher through the engine (``train lcm``, resumable).
 3. Benchmark FID, CLIP score and prompt accuracy (the toy classifier's shape/colour/background) against step
    count (1024 images per row by default: FID is biased upward at small N, enough to blur the comparisons): the
@@ -59,7 +60,7 @@ def run_quickstart(output_dir: str | Path = "quickstart", cache_dir: str | Path 
     from distill_diffusion.toy.paths import ToyTeacher
 
     out = Path(output_dir)
-    print("[1/3] toy world" + (" and its SDXL teacher" if sdxl else "") + " (built once, then cached)")
+    print("[1/3] toy world" + (" and its SDXL teacher" if sdxl else "") + " (installed or built once, then cached)")
     toy = ToyTeacher((ensure_toy_xl_teacher if sdxl else ensure_toy_world)(cache_dir=cache_dir, budget=budget), sdxl)
     teacher, bench_dir = str(toy.path), toy.folder(out / "bench")
     print(f"[2/3] LCM-LoRA distillation of the toy teacher -> {toy.folder(out / 'lcm_lora')}")
