@@ -163,3 +163,33 @@ def test_the_gpu_benchmark_runs_both_modes_on_a_tiny_unet_and_refuses_a_machine_
     if not torch.cuda.is_available():
         with pytest.raises(UserError, match="needs a CUDA GPU"):
             run_sd15_dmd2_benchmark()
+
+
+@pytest.mark.e2e
+def test_a_resume_in_the_middle_of_a_cycle_ends_equal_to_the_uninterrupted_run(tmp_path: Path) -> None:
+    """Both adapters, the head, both optimizers and the two time-scale counter come back: a run stopped after step 3 of
+    cycles of 2 (the generator's next update is step 4) and resumed ends with the uninterrupted run's weights."""
+    from safetensors.torch import load_file
+
+    from distill_diffusion.toy.tiny import init_toy
+
+    paths = init_toy(tmp_path, num_images=16)
+
+    def run(out: Path, steps: int, *extra: str) -> None:
+        assert main(["train", "dmd2", "--config", "tiny/dmd2", "--pretrained_model_name_or_path", str(paths["teacher"]),
+                     "--train_data_dir", str(paths["data"]), "--output_dir", str(out), "--max_train_steps", str(steps),
+                     "--train_batch_size", "4", "--checkpointing_steps", "3", "--progress_bar", "false",
+                     "--method.fake_updates", "2", "--lora_rank", "4", "--lora_alpha", "4", "--head_width", "8",
+                     "--export_dtype", "fp32", "--use_ema", "false", *extra]) == 0
+
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    run(whole, 6)
+    run(part, 3)
+    run(part, 6, "--resume_from_checkpoint", "latest")
+    files = sorted(p.relative_to(whole / "checkpoint-6") for p in (whole / "checkpoint-6").glob("*.safetensors"))
+    assert len(files) >= 2  # the UNet's two adapters and the head
+    for name in files:
+        a, b = load_file(whole / "checkpoint-6" / name), load_file(part / "checkpoint-6" / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    a, b = load_file(whole / "pytorch_lora_weights.safetensors"), load_file(part / "pytorch_lora_weights.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
