@@ -52,7 +52,6 @@ def measure_training(batch_size: int, steps: int) -> dict[str, float]:
     from distill_diffusion.core.losses import distribution_matching_loss
     from distill_diffusion.models.batch import latents_and_embeddings
     from distill_diffusion.models.conditioning import cat
-    from distill_diffusion.models.denoiser import Denoiser
     from distill_diffusion.models.lora import adapters_disabled
     from distill_diffusion.models.teacher import guided_prediction
     from distill_diffusion.trainers.engine.phase_step import only_trainable
@@ -64,7 +63,7 @@ def measure_training(batch_size: int, steps: int) -> dict[str, float]:
         generator_phase, fake_phase = engine.phases
         x0, c = latents_and_embeddings(bench.collate_latents([data[i] for i in range(batch_size)]), m.components)
         noise = torch.randn_like(x0)
-        generator = Denoiser(m.unet, m.schedule, m.components.prediction_type)
+        generator = m.denoiser(m.unet)
 
         def draw() -> torch.Tensor:
             return sample_student_timesteps(cfg.student_timesteps, cfg.student_timestep_probs, batch_size, x0.device)
@@ -84,12 +83,11 @@ def measure_training(batch_size: int, steps: int) -> dict[str, float]:
 
         def real_score() -> torch.Tensor:
             with torch.no_grad(), adapters_disabled(m.layers):
-                return guided_prediction(Denoiser(m.teacher_unet, m.schedule, m.components.prediction_type), z_t, t, c, m.uncond(c), w)[0]
+                return guided_prediction(m.denoiser(m.teacher_unet), z_t, t, c, m.uncond(c), w)[0]
 
         def fake_score() -> torch.Tensor:
-            mode, denoiser = m.fake_denoiser(m.fake_unet)
-            with torch.no_grad(), mode:
-                return denoiser(z_t, t, c).x0
+            with torch.no_grad(), m.fake_mode():
+                return m.denoiser(m.fake_unet)(z_t, t, c).x0
 
         real, fake = real_score(), fake_score()
 
@@ -107,8 +105,8 @@ def measure_training(batch_size: int, steps: int) -> dict[str, float]:
         def denoising_fb() -> None:
             eps = torch.randn_like(samples)
             with only_trainable(engine.step_state, fake_phase):
-                mode, denoiser = m.fake_denoiser(m.fake_unet)
-                with mode:
+                denoiser = m.denoiser(m.fake_unet)
+                with m.fake_mode():
                     out = denoiser(m.schedule.add_noise(samples, eps, t), t, c)
                 F.mse_loss(out.model_output, denoiser.target(samples, eps, t)).backward()
             engine.step_state.zero_grad()

@@ -23,7 +23,7 @@ Full mode trains an fp32 generator and an fp32 fake-score copy beside the frozen
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -142,10 +142,13 @@ class DMD2(FewStepStudent, MethodBase):
 
     # ------------------------------------------------------------------ the networks in their roles
 
-    def fake_denoiser(self, unet: nn.Module) -> Any:
-        """A context manager and the fake-score model's :class:`Denoiser` (``unet``: this phase's view of its module)."""
-        mode = adapter_active(self.layers, FAKE_ADAPTER) if self.config.lora else nullcontext()
-        return mode, Denoiser(unet, self.schedule, self.components.prediction_type)
+    def fake_mode(self) -> AbstractContextManager:
+        """The fake-score model's mode: its adapter alone active in one-base mode; nothing to switch in full mode."""
+        return adapter_active(self.layers, FAKE_ADAPTER) if self.config.lora else nullcontext()
+
+    def denoiser(self, unet: nn.Module) -> Denoiser:
+        """``unet`` (a phase's view of the generator or the fake score) as a :class:`Denoiser` of the teacher's schedule."""
+        return Denoiser(unet, self.schedule, self.components.prediction_type)
 
     def classify(self, head: nn.Module, x: Tensor, c: Conditioning) -> list[Tensor]:
         """The classifier's logits for ``x`` noised at t ~ U{0..T−1} (DMD2 §4.3: noised real or generated latents),
@@ -156,8 +159,7 @@ class DMD2(FewStepStudent, MethodBase):
         of the denoising loss. ``head``: this phase's view of the head (wrapped when the phase updates it)."""
         t = torch.randint(0, self.schedule.num_train_timesteps, (x.shape[0],), device=x.device)
         z = self.schedule.add_noise(x, torch.randn_like(x), t)
-        mode, _ = self.fake_denoiser(self.fake_unet)
-        with mode:
+        with self.fake_mode():
             features = bb.unet_features(self.fake_unet, z, t, c, [self.tap])
         return head(features, timestep_condition(t).to(x.device))
 
@@ -177,7 +179,7 @@ class DMD2(FewStepStudent, MethodBase):
         z = torch.where(first, noise, self.schedule.add_noise(x0, noise, t))
         if self.simulation is not None:
             z = self.simulation(unet, z, t, c)
-        return Denoiser(unet, self.schedule, self.components.prediction_type)(z, t, c).x0, t
+        return self.denoiser(unet)(z, t, c).x0, t
 
     def generator_loss(self, x0: Tensor, c: Conditioning, ctx: StepContext) -> LossOutput:
         cfg = self.config
@@ -191,11 +193,9 @@ class DMD2(FewStepStudent, MethodBase):
         with torch.no_grad():
             w = torch.full((x.shape[0],), guidance_scale_to_lcm_w(cfg.real_guidance_scale), device=x.device)
             with adapters_disabled(self.layers):
-                real, _ = guided_prediction(Denoiser(self.teacher_unet, self.schedule, self.components.prediction_type),
-                                            z_t, t, c, self.uncond(c), w)
-            mode, fake_score = self.fake_denoiser(self.fake_unet)
-            with mode:
-                fake = fake_score(z_t, t, c).x0
+                real, _ = guided_prediction(self.denoiser(self.teacher_unet), z_t, t, c, self.uncond(c), w)
+            with self.fake_mode():
+                fake = self.denoiser(self.fake_unet)(z_t, t, c).x0
         dm = distribution_matching_loss(x, real, fake)
         loss, logs = dm, {"g_dm": float(dm.detach())}
         # 2. GAN (DMD2 §4.3): the classifier should call the noised sample real, −log σ(D) (non-saturating).
@@ -217,8 +217,8 @@ class DMD2(FewStepStudent, MethodBase):
         # 3. The fake score learns the generator's distribution: denoising loss on its (detached) samples.
         eps = torch.randn_like(samples)
         t = torch.randint(0, self.schedule.num_train_timesteps, (samples.shape[0],), device=samples.device)
-        mode, fake_score = self.fake_denoiser(fake_module)
-        with mode:
+        fake_score = self.denoiser(fake_module)
+        with self.fake_mode():
             out = fake_score(self.schedule.add_noise(samples, eps, t), t, c)
         denoise = F.mse_loss(out.model_output, fake_score.target(samples, eps, t))
         loss, logs = denoise, {"fake_denoise": float(denoise.detach())}
