@@ -397,7 +397,7 @@ CONFIG_FILE_CASES = [
     ("ladd", ["--config", "{bad}/add_named.yaml"], "this config is for method 'add' (method_name: add), not 'ladd'"),
     ("finetune", ["--config", "tiny/lcm_lora"], "run 'distill-diffusion train lcm' with it, or pass a finetune config"),
     ("dmd2", ["--config", "tiny/ladd"], "run 'distill-diffusion train ladd' with it, or pass a dmd2 config (dmd2_sd15, dmd2_sdxl, "
-     "tiny/dmd2)"),
+     "tiny/dmd2, tiny/dmd2_xl)"),
 ]
 
 DATA_CASES = [
