@@ -208,3 +208,40 @@ def test_cli_bench_quality_adds_prompt_accuracy_columns_with_a_toy_classifier(ti
     saved = json.loads((out / "results.json").read_text())
     assert all(set(heads) <= set(r) for r in saved["rows"]) and saved["meta"]["prompt_scorer"] == "toy_classifier_accuracy"
     assert "| CLIP | acc_shape | acc_colour | acc_background | s / image |" in (out / "results.md").read_text()
+
+
+def test_rows_are_reused_when_measured_under_the_same_key(tiny_pipeline_dir, toy_data_dir, clip_dir, tmp_path, monkeypatch):
+    """A rerun into the same folder, or a new folder given the first run's rows as a reference, loads no pipeline and
+    reports the same rows; another seed is another key and generates again; a damaged kept row is measured again."""
+    import distill_diffusion.pipelines as pipelines
+    from distill_diffusion.bench.row_cache import collect_rows
+
+    specs = [PipelineSpec("teacher", str(tiny_pipeline_dir), sampler="ddim", guidance_scale=3.0, steps=(1, 2))]
+
+    def settings(**kw):
+        return BenchmarkSettings(prompts="toy", num_images=4, real_dir=str(toy_data_dir), fid_feature=TinyFeatures(), feature_dim=4,
+                                 clip_model=str(clip_dir), batch_size=4, device="cpu", **kw)  # fmt: skip
+
+    first = run_quality_benchmark(specs, tmp_path / "a", settings())
+    reference = tmp_path / "reference.json"
+    reference.write_text(json.dumps(collect_rows(tmp_path / "a", ["teacher"])))
+    real_load = pipelines.load_pipeline
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a reusable row was generated again")
+
+    monkeypatch.setattr(pipelines, "load_pipeline", refuse)
+    again = run_quality_benchmark(specs, tmp_path / "a", settings())
+    renamed = [PipelineSpec("ddim", str(tiny_pipeline_dir), sampler="ddim", guidance_scale=3.0, steps=(1, 2))]
+    elsewhere = run_quality_benchmark(renamed, tmp_path / "b", settings(reference_rows=str(reference)))
+    assert again["rows"] == first["rows"]
+    assert [r["fid"] for r in elsewhere["rows"]] == [r["fid"] for r in first["rows"]]
+    assert {r["pipeline"] for r in elsewhere["rows"]} == {"ddim"}
+    assert elsewhere["meta"]["reused_rows"] == ["ddim 1 (reference)", "ddim 2 (reference)"]
+    assert "grid_ddim" not in elsewhere["files"]  # no images to show
+    with pytest.raises(AssertionError, match="generated again"):
+        run_quality_benchmark(specs, tmp_path / "a", settings(seed=1))
+    monkeypatch.setattr(pipelines, "load_pipeline", real_load)
+    (tmp_path / "a" / "images" / "teacher" / "steps_001" / "row.json").write_text("{broken")
+    redone = run_quality_benchmark(specs, tmp_path / "a", settings())
+    assert redone["meta"]["reused_rows"] == ["teacher 2 (kept)"]

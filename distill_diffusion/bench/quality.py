@@ -192,6 +192,10 @@ class BenchmarkSettings:
     dtype: str = "float32"
     local_files_only: bool = False
     grid_rows: int = 4
+    #: Rows measured elsewhere under the same key (:mod:`~distill_diffusion.bench.row_cache`), reused without generating.
+    reference_rows: str | None = None
+    #: What the row keys cannot read off the settings, e.g. the toy world's feature-network and classifier weights.
+    cache_tag: str | None = None
 
 
 def toy_bench_settings(world: Any, num_images: int, cache_dir: str | Path | None = None) -> BenchmarkSettings:
@@ -199,16 +203,18 @@ def toy_bench_settings(world: Any, num_images: int, cache_dir: str | Path | None
     space, and prompt accuracy by its classifier (the quickstart's and the toy benchmarks')."""
     from transformers import CLIPModel
 
+    from distill_diffusion.bench.row_cache import fingerprint
     from distill_diffusion.toy.classifier import resolve_toy_classifier, toy_prompt_scorer
     from distill_diffusion.toy.clip import clip_feature_net, toy_clip_processor
     from distill_diffusion.toy.tokenizer import build_tokenizer
 
     clip = CLIPModel.from_pretrained(world.clip).eval()
+    classifier = resolve_toy_classifier("toy", cache_dir)
     return BenchmarkSettings(
         prompts="toy", num_images=num_images, real_dir=str(world.data), fid_feature=clip_feature_net(clip),
         clip=(clip, toy_clip_processor(build_tokenizer())), local_files_only=True, batch_size=64,
-        prompt_scorer=toy_prompt_scorer(resolve_toy_classifier("toy", cache_dir)),
-    )
+        prompt_scorer=toy_prompt_scorer(classifier), cache_tag=f"toy clip {fingerprint(world.clip)} classifier {fingerprint(classifier)}",
+    )  # fmt: skip
 
 
 def parse_dtype(name: str) -> torch.dtype:
@@ -296,6 +302,7 @@ def run_quality_benchmark(
     """
     from accelerate import PartialState
 
+    from distill_diffusion.bench.row_cache import benchmark_store
     from distill_diffusion.eval.evaluate import prepare_real, score_generated
     from distill_diffusion.eval.grid import make_grid
     from distill_diffusion.pipelines import load_pipeline
@@ -313,45 +320,59 @@ def run_quality_benchmark(
     if evaluator is not None and state.is_main_process:
         num_real = prepare_real(evaluator, s.real_dir, s.stats_cache or _stats_cache_path(out, evaluator))
     rows, files = [], {}
+    store = benchmark_store(s, prompts, evaluator, device)
     for p in pipelines:
-        pipe = load_pipeline(p.model, p.lora, p.sampler, device=device, dtype=parse_dtype(s.dtype), local_files_only=s.local_files_only)
-        columns = _bench_pipeline(p, pipe, prompts, out, s, rows, lambda folder: score_generated(folder, evaluator, clip, prompt_scorer=s.prompt_scorer))
-        if state.is_main_process:
+        def load(p: PipelineSpec = p) -> Any:
+            return load_pipeline(p.model, p.lora, p.sampler, device=device, dtype=parse_dtype(s.dtype), local_files_only=s.local_files_only)
+
+        columns = _bench_pipeline(p, load, prompts, out, s, rows, store,
+                                  lambda folder: score_generated(folder, evaluator, clip, prompt_scorer=s.prompt_scorer))  # fmt: skip
+        if state.is_main_process and columns:
             files[f"grid_{p.name}"] = make_grid(columns, out / f"grid_{p.name}.png", max_rows=s.grid_rows)
-        del pipe
-    meta = _meta(s, prompts, num_real, evaluator, device, state.num_processes, clip)
+    meta = {**_meta(s, prompts, num_real, evaluator, device, state.num_processes, clip), "reused_rows": store.reused}
     if state.is_main_process:
         files.update(_write_outputs(rows, meta, out))
     state.wait_for_everyone()
     return {"rows": rows, "meta": meta, "files": files}
 
 
-def _bench_pipeline(p: PipelineSpec, pipe: Any, prompts: list[str], out: Path, s: BenchmarkSettings, rows: list[dict],
-                    score: Callable[[Path], dict]) -> list[tuple[str, Path]]:  # fmt: skip
+def _bench_pipeline(p: PipelineSpec, load: Callable[[], Any], prompts: list[str], out: Path, s: BenchmarkSettings,
+                    rows: list[dict], store: Any, score: Callable[[Path], dict]) -> list[tuple[str, Path]]:  # fmt: skip
     """Generate ``p`` at every (steps, guidance) with the benchmark's prompts and seeds; score on the main process.
 
     Appends one row per pair to ``rows`` and returns the grid's ``(label, folder)`` columns. A sweep's folders
-    and labels carry ``g``; a single guidance keeps the ``steps_<k>`` layout.
+    and labels carry ``g``; a single guidance keeps the ``steps_<k>`` layout. A row measured before under the same key
+    (``store``, a :class:`~distill_diffusion.bench.row_cache.RowStore`) is reused, and the pipeline is loaded only when
+    a row must be generated.
     """
     from accelerate import PartialState
 
-    from distill_diffusion.eval.generate import generate_to_folder
+    from distill_diffusion.bench.row_cache import save_row
+    from distill_diffusion.eval.generate import MANIFEST, generate_to_folder
     from distill_diffusion.pipelines import get_sampler
 
     sampler, sweep = get_sampler(p.sampler), len(p.guidance_scales) > 1
-    columns = []
+    columns, pipe = [], None
     for steps in p.steps:
         for guidance in p.guidance_scales:
             kwargs = sampler.call_kwargs(steps, guidance)
             tag = f"_g{kwargs['guidance_scale']:g}" if sweep else ""
-            folder, timing = generate_to_folder(
-                pipe, prompts, out / "images" / p.name / f"steps_{steps:03d}{tag}", seed=s.seed, batch_size=s.batch_size,
-                warmup=True, manifest_extra={"pipeline": p.name, "sampler": p.sampler, "model": p.model, "lora": p.lora},
-                **kwargs,
-            )  # fmt: skip
-            columns.append((f"{steps} step" + ("s" if steps > 1 else "") + tag.replace("_g", " g="), folder))
+            folder = out / "images" / p.name / f"steps_{steps:03d}{tag}"
+            key = store.key(p.model, p.lora, p.sampler, steps, kwargs["guidance_scale"])
+            row = store.find(folder, key, f"{p.name} {steps}{tag}")
+            if row is None:
+                pipe = pipe or load()
+                folder, timing = generate_to_folder(
+                    pipe, prompts, folder, seed=s.seed, batch_size=s.batch_size, warmup=True,
+                    manifest_extra={"pipeline": p.name, "sampler": p.sampler, "model": p.model, "lora": p.lora}, **kwargs,
+                )  # fmt: skip
+                if PartialState().is_main_process:
+                    row = _row(p, type(pipe.scheduler).__name__, steps, kwargs["guidance_scale"], timing, score(folder))
+                    save_row(folder, key, row)
+            if (folder / MANIFEST).is_file():
+                columns.append((f"{steps} step" + ("s" if steps > 1 else "") + tag.replace("_g", " g="), folder))
             if PartialState().is_main_process:
-                rows.append(_row(p, type(pipe.scheduler).__name__, steps, kwargs["guidance_scale"], timing, score(folder)))
+                rows.append({**row, "pipeline": p.name, "model": p.model, "lora": p.lora})
     return columns
 
 
