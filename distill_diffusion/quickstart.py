@@ -5,8 +5,14 @@
 2. Distil an LCM-LoRA from the toy teacher through the engine (``train lcm``, resumable).
 3. Benchmark FID, CLIP score and prompt accuracy (the toy classifier's shape/colour/background) against step
    count (1024 images per row by default: FID is biased upward at small N, enough to blur the comparisons): the
-   teacher under DDIM at 1, 2, 4, 8, 25, 50 steps and under LCMScheduler at 1, 2, 4, 8, and the LCM-LoRA
-   (LCMScheduler) at 1, 2, 4, 8, same prompts and seeds; print the table and the paths of the plot and the grids.
+   teacher under DDIM at 1, 2, 4, 8, 25, 50 steps and under trailing DDIM (its best training-free sampler at few
+   steps, ``bench methods``) at 1, 2, 4, 8, and the LCM-LoRA (LCMScheduler) at 1, 2, 4, 8, same prompts and seeds;
+   print the table and the paths of the plot and the grids.
+
+The teacher's rows are the toy world's reference rows (:data:`~distill_diffusion.toy.shipped.REFERENCE_ROWS`, measured
+by ``bench methods`` on the shipped world, about 7 of the 8 CPU-minutes of the table): a row whose key matches (the same
+teacher files, sampler, steps, guidance, prompts, seeds, N and feature network; :mod:`~distill_diffusion.bench.row_cache`)
+is read from there instead of generated, and the table says which. ``fresh`` measures every row here.
 
 ``--sdxl`` runs the same three steps on the toy SDXL teacher (``toy build --sdxl``) with ``tiny/lcm_lora_xl``: the
 same table, in ``bench_xl/`` beside the LoRA in ``lcm_lora_xl/``.
@@ -52,12 +58,13 @@ def distil_lcm_lora(teacher: Path, data: Path, output_dir: Path, max_train_steps
 
 def run_quickstart(output_dir: str | Path = "quickstart", cache_dir: str | Path | None = None,
                    num_images: int = 1024, lcm_steps: int | None = None, budget: str = "full",
-                   sdxl: bool = False) -> dict[str, Any]:
+                   sdxl: bool = False, fresh: bool = False) -> dict[str, Any]:
     """Steps 1-3 above (on the toy SDXL teacher with ``sdxl``); returns the benchmark result (rows, meta, files)."""
     from distill_diffusion.bench.quality import PipelineSpec, run_quality_benchmark, toy_bench_settings
     from distill_diffusion.toy.build import ensure_toy_world
     from distill_diffusion.toy.build_xl import ensure_toy_xl_teacher
     from distill_diffusion.toy.paths import ToyTeacher
+    from distill_diffusion.toy.shipped import REFERENCE_ROWS
 
     out = Path(output_dir)
     print("[1/3] toy world" + (" and its SDXL teacher" if sdxl else "") + " (installed or built once, then cached)")
@@ -67,15 +74,20 @@ def run_quickstart(output_dir: str | Path = "quickstart", cache_dir: str | Path 
     lora = distil_lcm_lora(toy.path, toy.data, toy.folder(out / "lcm_lora"), lcm_steps, config_name=toy.config(LCM_CONFIG))
     print("[3/3] FID and CLIP score vs steps (same prompts and seeds for every row)")
     settings = toy_bench_settings(toy.world, num_images, cache_dir)
+    settings.reference_rows = None if fresh else str(REFERENCE_ROWS)
     specs = [
         PipelineSpec("teacher", teacher, sampler="ddim", guidance_scale=TEACHER_GUIDANCE, steps=(1, 2, 4, 8, 25, 50)),
-        PipelineSpec("teacher-lcm-sched", teacher, sampler="lcm", guidance_scale=TEACHER_GUIDANCE, steps=(1, 2, 4, 8)),
+        PipelineSpec("teacher-trailing", teacher, sampler="ddim-trailing", guidance_scale=TEACHER_GUIDANCE, steps=(1, 2, 4, 8)),
         PipelineSpec("lcm-lora", teacher, lora=str(lora), sampler="lcm", guidance_scale=1.0, steps=(1, 2, 4, 8)),
     ]
     result = run_quality_benchmark(specs, bench_dir, settings)
     files = result.get("files", {})
     if "markdown" in files:
         print(Path(files["markdown"]).read_text())
+    reused = [r for r in result["meta"].get("reused_rows", []) if r.endswith("(reference)")]
+    if reused:
+        print(f"{len(reused)} teacher rows are the toy world's reference rows ({REFERENCE_ROWS.name}, measured by bench methods on "
+              "this world); quickstart --fresh measures them here")
     for name, path in files.items():
         print(f"{name}: {path}")
     return result

@@ -25,7 +25,7 @@ def test_quickstart_runs_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert "fid_vs_steps.png" in out and "| lcm-lora |" in out.replace("|  lcm-lora", "| lcm-lora")
     rows = json.loads((tmp_path / "qs" / "bench" / "results.json").read_text())["rows"]
     steps = {(r["pipeline"], r["steps"]) for r in rows}
-    assert {("teacher", 50), ("teacher", 1), ("lcm-lora", 4), ("teacher-lcm-sched", 4)} <= steps
+    assert {("teacher", 50), ("teacher", 1), ("lcm-lora", 4), ("teacher-trailing", 4)} <= steps
     assert all(r["fid"] is not None and r["clip_score"] is not None for r in rows)
     assert (tmp_path / "qs" / "lcm_lora" / "pytorch_lora_weights.safetensors").is_file()
     assert (tmp_path / "qs" / "bench" / "grid_lcm-lora.png").is_file()
@@ -44,7 +44,7 @@ def test_quickstart_sdxl_runs_the_same_table_on_the_xl_teacher(tmp_path: Path, m
     assert code == 0
     assert "bench_xl" in capsys.readouterr().out
     rows = json.loads((tmp_path / "qs" / "bench_xl" / "results.json").read_text())["rows"]
-    assert {(r["pipeline"], r["steps"]) for r in rows} >= {("teacher", 50), ("teacher-lcm-sched", 4), ("lcm-lora", 4)}
+    assert {(r["pipeline"], r["steps"]) for r in rows} >= {("teacher", 50), ("teacher-trailing", 4), ("lcm-lora", 4)}
     assert all(r["model"].endswith("xl/teacher") for r in rows)
     from safetensors.torch import load_file
 

@@ -213,7 +213,7 @@ def toy_bench_settings(world: Any, num_images: int, cache_dir: str | Path | None
     return BenchmarkSettings(
         prompts="toy", num_images=num_images, real_dir=str(world.data), fid_feature=clip_feature_net(clip),
         clip=(clip, toy_clip_processor(build_tokenizer())), local_files_only=True, batch_size=64,
-        prompt_scorer=toy_prompt_scorer(classifier), cache_tag=f"toy clip {fingerprint(world.clip)} classifier {fingerprint(classifier)}",
+        prompt_scorer=toy_prompt_scorer(classifier), cache_tag=f"toy clip {fingerprint(world.clip)} classifier {fingerprint(world.classifier)}",
     )  # fmt: skip
 
 

@@ -24,6 +24,7 @@ GENERIC: dict[str, str] = {
     "quality": "distill_diffusion.bench.quality",
     "threads": "distill_diffusion.bench.threads",
     "adversarial-toy": "distill_diffusion.bench.adversarial_toy",
+    "methods": "distill_diffusion.bench.methods",
     "lora-memory": "distill_diffusion.bench.memory",
     "sdxl-gpu": "distill_diffusion.bench.sdxl_gpu",
 }

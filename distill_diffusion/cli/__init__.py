@@ -170,13 +170,14 @@ def _add_quickstart(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lcm_steps", type=int, default=None, help="LCM training steps (default: the tiny/lcm_lora config's 800)")
     p.add_argument("--budget", default="full", help="toy-world build budget: full, or small for a quick try")
     p.add_argument("--sdxl", action="store_true", help="the same on the toy SDXL teacher (built once, ~11 min more) with tiny/lcm_lora_xl")
+    p.add_argument("--fresh", action="store_true", help="measure the teacher's rows here instead of reading the toy world's reference rows")
     p.set_defaults(func=_cmd_quickstart)
 
 
 def _cmd_quickstart(args: argparse.Namespace) -> int:
     from distill_diffusion.quickstart import run_quickstart
 
-    run_quickstart(args.output_dir, args.cache_dir, args.num_images, args.lcm_steps, args.budget, sdxl=args.sdxl)
+    run_quickstart(args.output_dir, args.cache_dir, args.num_images, args.lcm_steps, args.budget, sdxl=args.sdxl, fresh=args.fresh)
     return 0
 
 

@@ -24,6 +24,10 @@ SHIPPED = Path(__file__).with_name("world")
 SUMS_FILE = "SHA256SUMS"
 #: The parts of a built world that are shipped (the rest, ``data/``, is rendered again).
 PARTS = ("teacher", "clip", "classifier")
+#: The shipped world's teacher rows as ``bench methods`` measured them (``[{"key", "row"}]``,
+#: :mod:`~distill_diffusion.bench.row_cache`): the quickstart reads them instead of generating the same images again.
+#: ``python -m distill_diffusion.bench.methods --write_reference_rows RESULTS`` writes them after a ``bench methods`` run.
+REFERENCE_ROWS = Path(__file__).with_name("reference_rows.json")
 
 
 def _sha256(path: Path) -> str:

@@ -5,8 +5,36 @@ from __future__ import annotations
 import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from distill_diffusion.errors import UserError
+
+
+@dataclass(frozen=True)
+class ToyStudent:
+    """A student ``distill-diffusion bench methods`` trains from a teacher with a shipped config and scores beside it.
+
+    ``config``: the tiny config (the toy world; ``ToyTeacher.config`` adds ``_xl`` for the SDXL teacher); ``presets``:
+    family (``sd15``, ``sdxl``) → the full-size config, for a user's own teacher. ``export``: ``lora`` (a LoRA on its
+    base model), ``model`` (a diffusers pipeline folder) or ``rounds`` (one pipeline folder per halving round, each
+    sampled at its own step count). ``guidance``: the scale it is sampled at (None: the benchmark's teacher guidance, for
+    students that keep classifier-free guidance or embed the distilled scale). ``base``: another student whose export is
+    this one's base model. ``options``: method options over the config's; ``{toy_dinov2}`` stands for the toy DINOv2
+    feature network. ``method``: the registry name that trains it (default: the entry's own). ``stage_options``: the
+    method options that set stage lengths, so that ``--max_train_steps`` shortens every stage (a quick look).
+    """
+
+    name: str
+    config: str
+    sampler: str
+    presets: Mapping[str, str] = field(default_factory=dict)
+    export: Literal["lora", "model", "rounds"] = "lora"
+    steps: tuple[int, ...] = (1, 2, 4, 8)
+    guidance: float | None = 1.0
+    base: str | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+    method: str | None = None
+    stage_options: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -15,11 +43,13 @@ class MethodEntry:
 
     ``target``: ``"module:Class"``. ``benchmarks``: ``distill-diffusion bench`` subcommand name → kind; the benchmark
     is the module ``bench_<kind>`` of the method's own package (the module of ``target``), which exposes ``HELP``,
-    ``add_arguments(parser)`` and ``run(args) -> int`` (see :mod:`distill_diffusion.bench.registry`).
+    ``add_arguments(parser)`` and ``run(args) -> int`` (see :mod:`distill_diffusion.bench.registry`). ``toy_students``:
+    the students of this method that ``bench methods`` trains and scores.
     """
 
     target: str
     benchmarks: Mapping[str, str] = field(default_factory=dict)
+    toy_students: tuple[ToyStudent, ...] = ()
 
     def benchmark_modules(self) -> dict[str, str]:
         """``distill-diffusion bench`` subcommand name → the import path of its module."""
@@ -30,14 +60,28 @@ class MethodEntry:
 _METHODS = "distill_diffusion.trainers.methods"
 METHODS: dict[str, MethodEntry] = {
     "finetune": MethodEntry(f"{_METHODS}.finetune:FineTune"),
-    "lcm": MethodEntry(f"{_METHODS}.lcm:LCM", benchmarks={"lcm": "speed", "lcm-gpu": "gpu", "consistency": "consistency"}),
+    "lcm": MethodEntry(f"{_METHODS}.lcm:LCM", benchmarks={"lcm": "speed", "lcm-gpu": "gpu", "consistency": "consistency"},
+                       toy_students=(ToyStudent("lcm-lora", "tiny/lcm_lora", "lcm", {"sd15": "lcm_lora_sd15", "sdxl": "lcm_lora_sdxl"}),
+                                     ToyStudent("lcm-full", "tiny/lcm_full", "lcm", {"sd15": "lcm_full_sd15", "sdxl": "lcm_full_sdxl"},
+                                                export="model", guidance=None))),
     "progressive": MethodEntry(f"{_METHODS}.progressive:Progressive",
-                               benchmarks={"progressive": "speed", "progressive-gpu": "gpu", "progressive-toy": "toy"}),
-    "bksdm": MethodEntry(f"{_METHODS}.bksdm:BKSDM", benchmarks={"bksdm": "speed", "bksdm-gpu": "gpu", "bksdm-toy": "toy"}),
-    "ladd": MethodEntry(f"{_METHODS}.ladd:LADD", benchmarks={"ladd": "speed", "ladd-gpu": "gpu"}),
-    "add": MethodEntry(f"{_METHODS}.add:ADD", benchmarks={"add": "speed"}),
-    "dmd2": MethodEntry(f"{_METHODS}.dmd2:DMD2", benchmarks={"dmd2": "speed", "dmd2-gpu": "gpu"}),
-}
+                               benchmarks={"progressive": "speed", "progressive-gpu": "gpu", "progressive-toy": "toy"},
+                               toy_students=(ToyStudent("progressive", "tiny/progressive", "progressive",
+                                                        {"sd15": "progressive_sd15", "sdxl": "progressive_sdxl"}, export="rounds",
+                                                        stage_options=("steps_per_round", "guidance_steps", "convert_steps")),)),
+    "bksdm": MethodEntry(f"{_METHODS}.bksdm:BKSDM", benchmarks={"bksdm": "speed", "bksdm-gpu": "gpu", "bksdm-toy": "toy"},
+                         toy_students=(ToyStudent("bksdm-small", "tiny/bksdm", "ddim", {"sd15": "bksdm_small_sd14", "sdxl": "bksdm_koala_700m_sdxl"},
+                                                  export="model", steps=(1, 2, 4, 8, 25), guidance=None),
+                                       ToyStudent("bksdm-small+lcm-lora", "tiny/lcm_lora", "lcm", {"sd15": "lcm_lora_sd15", "sdxl": "lcm_lora_sdxl"},
+                                                  base="bksdm-small", method="lcm"))),
+    "ladd": MethodEntry(f"{_METHODS}.ladd:LADD", benchmarks={"ladd": "speed", "ladd-gpu": "gpu"},
+                        toy_students=(ToyStudent("ladd", "tiny/ladd", "ladd", {"sd15": "ladd_sd15", "sdxl": "ladd_sdxl"}, steps=(1, 2, 4)),)),
+    "add": MethodEntry(f"{_METHODS}.add:ADD", benchmarks={"add": "speed"},
+                       toy_students=(ToyStudent("add", "tiny/add", "ladd", {"sd15": "add_sd15", "sdxl": "add_sdxl"}, steps=(1, 2, 4),
+                                                options={"feature_network": "{toy_dinov2}"}),)),
+    "dmd2": MethodEntry(f"{_METHODS}.dmd2:DMD2", benchmarks={"dmd2": "speed", "dmd2-gpu": "gpu"},
+                        toy_students=(ToyStudent("dmd2", "tiny/dmd2", "ladd", {"sd15": "dmd2_sd15", "sdxl": "dmd2_sdxl"}, steps=(1, 2, 4)),)),
+}  # fmt: skip
 
 
 def get_method_class(name: str) -> type:
@@ -51,3 +95,14 @@ def get_method_class(name: str) -> type:
 def get_method_config_class(name: str) -> type:
     """The dataclass that configures method ``name`` (its ``config_class`` attribute)."""
     return get_method_class(name).config_class
+
+
+def toy_students() -> dict[str, tuple[str, ToyStudent]]:
+    """Every method's :class:`ToyStudent`, by student name → (the method that trains it, the student), in registry order."""
+    found: dict[str, tuple[str, ToyStudent]] = {}
+    for method, entry in METHODS.items():
+        for student in entry.toy_students:
+            if student.name in found:
+                raise ValueError(f"toy student {student.name!r} of method {method!r} is declared twice")
+            found[student.name] = (student.method or method, student)
+    return found
