@@ -167,7 +167,7 @@ def _add_quickstart(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output_dir", default="quickstart", help="where the LoRA and the benchmark go")
     p.add_argument("--cache_dir", default=None, help="toy-world cache (default: $DISTILL_DIFFUSION_CACHE or ~/.cache/distill-diffusion)")
     p.add_argument("--num_images", type=int, default=1024, help="images per (pipeline, steps) row (FID is biased upward at small N; compare rows at equal N)")
-    p.add_argument("--lcm_steps", type=int, default=None, help="LCM training steps (default: the tiny/lcm_lora config's 800)")
+    p.add_argument("--lcm_steps", type=int, default=None, help="LCM training steps (default: the tiny/lcm_lora config's 500)")
     p.add_argument("--budget", default="full", help="toy-world build budget: full, or small for a quick try")
     p.add_argument("--sdxl", action="store_true", help="the same on the toy SDXL teacher (built once, ~11 min more) with tiny/lcm_lora_xl")
     p.add_argument("--fresh", action="store_true", help="measure the teacher's rows here instead of reading the toy world's reference rows")
