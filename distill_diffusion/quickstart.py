@@ -56,6 +56,14 @@ def distil_lcm_lora(teacher: Path, data: Path, output_dir: Path, max_train_steps
     return train(build_run_config("lcm", LCM, config), callbacks=callbacks or ())
 
 
+def teacher_specs(teacher: str) -> list[Any]:
+    """The teacher's rows of the quickstart's table: DDIM at 1-50 steps and trailing DDIM at 1-8, at the toy's guidance."""
+    from distill_diffusion.bench.quality import PipelineSpec
+
+    return [PipelineSpec("teacher", teacher, sampler="ddim", guidance_scale=TEACHER_GUIDANCE, steps=(1, 2, 4, 8, 25, 50)),
+            PipelineSpec("teacher-trailing", teacher, sampler="ddim-trailing", guidance_scale=TEACHER_GUIDANCE, steps=(1, 2, 4, 8))]
+
+
 def run_quickstart(output_dir: str | Path = "quickstart", cache_dir: str | Path | None = None,
                    num_images: int = 1024, lcm_steps: int | None = None, budget: str = "full",
                    sdxl: bool = False, fresh: bool = False) -> dict[str, Any]:
@@ -75,11 +83,7 @@ def run_quickstart(output_dir: str | Path = "quickstart", cache_dir: str | Path 
     print("[3/3] FID and CLIP score vs steps (same prompts and seeds for every row)")
     settings = toy_bench_settings(toy.world, num_images, cache_dir)
     settings.reference_rows = None if fresh else str(REFERENCE_ROWS)
-    specs = [
-        PipelineSpec("teacher", teacher, sampler="ddim", guidance_scale=TEACHER_GUIDANCE, steps=(1, 2, 4, 8, 25, 50)),
-        PipelineSpec("teacher-trailing", teacher, sampler="ddim-trailing", guidance_scale=TEACHER_GUIDANCE, steps=(1, 2, 4, 8)),
-        PipelineSpec("lcm-lora", teacher, lora=str(lora), sampler="lcm", guidance_scale=1.0, steps=(1, 2, 4, 8)),
-    ]
+    specs = [*teacher_specs(teacher), PipelineSpec("lcm-lora", teacher, lora=str(lora), sampler="lcm", guidance_scale=1.0, steps=(1, 2, 4, 8))]
     result = run_quality_benchmark(specs, bench_dir, settings)
     files = result.get("files", {})
     if "markdown" in files:

@@ -49,3 +49,20 @@ def test_a_damaged_shipped_file_is_refused_naming_it_and_the_fix(tmp_path: Path)
     with pytest.raises(UserError, match="teacher/unet/diffusion_pytorch_model.safetensors is missing or damaged.*toy build --force"):
         shipped.install_shipped_world(tmp_path / "cache" / TOY_VERSION, folder)
     assert not (tmp_path / "cache" / TOY_VERSION).exists()
+
+
+def test_the_reference_rows_are_the_quickstart_teacher_rows_of_the_installed_world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every teacher row the quickstart shows has a reference row under its key, on a freshly installed world, so a
+    newcomer's first table generates only the LoRA's rows (a rebuilt world without new reference rows fails here)."""
+    import distill_diffusion.pipelines as pipelines
+    from distill_diffusion.bench.quality import run_quality_benchmark, toy_bench_settings
+    from distill_diffusion.quickstart import teacher_specs
+
+    world = ensure_toy_world(cache_dir=tmp_path / "cache")
+    monkeypatch.setattr(pipelines, "load_pipeline", lambda *a, **k: pytest.fail("a teacher row had no reference row"))
+    settings = toy_bench_settings(world, 1024, tmp_path / "cache")
+    settings.reference_rows = str(shipped.REFERENCE_ROWS)
+    result = run_quality_benchmark(teacher_specs(str(world.teacher)), tmp_path / "bench", settings)
+    assert len(result["rows"]) == 10 and all(r.endswith("(reference)") for r in result["meta"]["reused_rows"])
+    fifty = next(r for r in result["rows"] if r["pipeline"] == "teacher" and r["steps"] == 50)
+    assert 0.5 < fifty["fid"] < 0.7 and fifty["num_images"] == 1024

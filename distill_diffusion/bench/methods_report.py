@@ -75,10 +75,35 @@ def fid_by_steps_lines(rows: Sequence[Row], info: Mapping[str, Mapping[str, Any]
 
 
 def plot_fid_vs_steps(rows: Sequence[Row], info: Mapping[str, Mapping[str, Any]], guidance: float, meta: Mapping[str, Any], path: Path) -> Path:
-    """FID and CLIP against steps: the teacher's samplers and a line per student; the teacher's 50 steps as a line."""
-    from distill_diffusion.eval.report import plot_quality
+    """FID against steps on log axes: a line per student, the teacher's best training-free sampler at each count (black)
+    and its DDIM (grey), the teacher's 50 steps as a dotted line."""
+    from distill_diffusion.eval.report import pyplot, save_figure
 
-    return plot_quality([*teacher_rows(rows, guidance), *student_rows(rows, info)], dict(meta), path)
+    fig, ax = pyplot().subplots(figsize=(8, 5))
+    steps = sorted({r["steps"] for r in rows if r["steps"] <= 8})
+    best = [(k, b["fid"]) for k in steps if (b := best_training_free(rows, k))]
+    ax.plot(*zip(*best), "k-s", linewidth=2.5, label="teacher, best training-free sampler")
+    ddim = sorted((r["steps"], r["fid"]) for r in rows if r["pipeline"] == "teacher-ddim" and r["steps"] <= 8)
+    if ddim:
+        ax.plot(*zip(*ddim), color="0.6", marker="s", label="teacher, DDIM")
+    reference = [r for r in rows if r["pipeline"] == "teacher" and r["steps"] == REFERENCE_STEPS and r["guidance_scale"] == guidance]
+    if reference:
+        ax.axhline(reference[0]["fid"], color="k", linestyle=":", label=f"teacher, {REFERENCE_STEPS} steps")
+    cmap, mine = pyplot().get_cmap("tab10"), student_rows(rows, info)
+    for i, name in enumerate(info):
+        points = sorted((r["steps"], r["fid"]) for r in mine if r["pipeline"] == name and r["steps"] <= 8 and r.get("fid") is not None)
+        if points:
+            ax.plot(*zip(*points), marker="os^vD<>p*h"[i % 10], color=cmap(i % 10), label=name)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xticks(steps)
+    ax.set_xticklabels([str(k) for k in steps])
+    ax.set_xlabel("sampling steps")
+    ax.set_ylabel(f"FID ({meta.get('feature')}, N={meta.get('num_images')}) ↓")
+    ax.set_title("FID vs steps: every student and the teacher's best sampler")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    return save_figure(fig, dict(meta), path)
 
 
 def plot_fid_vs_accuracy(rows: Sequence[Row], info: Mapping[str, Mapping[str, Any]], meta: Mapping[str, Any], path: Path) -> Path | None:
@@ -94,11 +119,13 @@ def plot_fid_vs_accuracy(rows: Sequence[Row], info: Mapping[str, Mapping[str, An
     for r in curve:
         ax.annotate(f"g={r['guidance_scale']:g}", (r[ACCURACY], r["fid"]), xytext=(3, 3), textcoords="offset points", fontsize=6)
     mine = student_rows(rows, info)
+    cmap = pyplot().get_cmap("tab10")
     for i, name in enumerate(info):
         points = sorted((r for r in mine if r["pipeline"] == name and r.get(ACCURACY) is not None), key=lambda r: r["steps"])
-        ax.plot([r[ACCURACY] for r in points], [r["fid"] for r in points], marker="o", linestyle=":", color=f"C{i}", label=name)
+        colour = cmap(i % 10)
+        ax.plot([r[ACCURACY] for r in points], [r["fid"] for r in points], marker="os^vD<>p*h"[i % 10], linestyle=":", color=colour, label=name)
         for r in points:
-            ax.annotate(str(r["steps"]), (r[ACCURACY], r["fid"]), xytext=(3, -8), textcoords="offset points", fontsize=6, color=f"C{i}")
+            ax.annotate(str(r["steps"]), (r[ACCURACY], r["fid"]), xytext=(3, -8), textcoords="offset points", fontsize=6, color=colour)
     ax.set_yscale("log")
     ax.set_xlabel("shape accuracy (toy classifier) ↑")
     ax.set_ylabel(f"FID ({meta.get('feature')}, N={meta.get('num_images')}) ↓")
