@@ -58,7 +58,7 @@ def distil_lcm_lora(teacher: Path, data: Path, output_dir: Path, max_train_steps
 
 def teacher_specs(teacher: str) -> list[Any]:
     """The teacher's rows of the quickstart's table: DDIM at 1-50 steps and trailing DDIM at 1-8, at the toy's guidance."""
-    from distill_diffusion.bench.quality import PipelineSpec
+    from distill_diffusion.bench.specs import PipelineSpec
 
     return [PipelineSpec("teacher", teacher, sampler="ddim", guidance_scale=TEACHER_GUIDANCE, steps=(1, 2, 4, 8, 25, 50)),
             PipelineSpec("teacher-trailing", teacher, sampler="ddim-trailing", guidance_scale=TEACHER_GUIDANCE, steps=(1, 2, 4, 8))]
@@ -68,7 +68,8 @@ def run_quickstart(output_dir: str | Path = "quickstart", cache_dir: str | Path 
                    num_images: int = 1024, lcm_steps: int | None = None, budget: str = "full",
                    sdxl: bool = False, fresh: bool = False) -> dict[str, Any]:
     """Steps 1-3 above (on the toy SDXL teacher with ``sdxl``); returns the benchmark result (rows, meta, files)."""
-    from distill_diffusion.bench.quality import PipelineSpec, run_quality_benchmark, toy_bench_settings
+    from distill_diffusion.bench.quality import run_quality_benchmark, toy_bench_settings
+    from distill_diffusion.bench.specs import PipelineSpec
     from distill_diffusion.toy.build import ensure_toy_world
     from distill_diffusion.toy.build_xl import ensure_toy_xl_teacher
     from distill_diffusion.toy.paths import ToyTeacher

@@ -12,12 +12,8 @@ from PIL import Image
 from torch import nn
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
-from distill_diffusion.bench.quality import (
-    BenchmarkSettings,
-    PipelineSpec,
-    parse_pipeline_spec,
-    run_quality_benchmark,
-)
+from distill_diffusion.bench.quality import BenchmarkSettings, run_quality_benchmark
+from distill_diffusion.bench.specs import PipelineSpec, parse_pipeline_spec
 from distill_diffusion.cli import main
 from distill_diffusion.errors import UserError
 from distill_diffusion.toy.tokenizer import build_tokenizer

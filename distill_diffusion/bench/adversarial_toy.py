@@ -108,7 +108,8 @@ def run_adversarial_toy(toy: ToyTeacher, output_dir: str | Path, run_dir: str | 
                         steps: dict[str, int | None] | None = None, students: Sequence[str] = STUDENTS) -> dict[str, Any]:
     """Train ``students`` (default: every run) of ``toy``'s teacher, then benchmark them beside it; writes
     ``output_dir`` (quality results, bars.md, training.json)."""
-    from distill_diffusion.bench.quality import PipelineSpec, run_quality_benchmark, toy_bench_settings
+    from distill_diffusion.bench.quality import run_quality_benchmark, toy_bench_settings
+    from distill_diffusion.bench.specs import PipelineSpec
     from distill_diffusion.bench.step_bars import step_bar_lines, training_free_specs
 
     run_dir, out = Path(run_dir), Path(output_dir)

@@ -232,7 +232,7 @@ def train_students(teacher: Teacher, students: Mapping[str, tuple[str, Any]], ru
 def teacher_specs(teacher: str, guidance: float) -> list[Any]:
     """The teacher's rows: DDIM at 50 steps over the guidance sweep, and every training-free sampler at 1-8 steps (DDIM
     at 25 too)."""
-    from distill_diffusion.bench.quality import PipelineSpec
+    from distill_diffusion.bench.specs import PipelineSpec
     from distill_diffusion.bench.step_bars import training_free_specs
 
     sweep = tuple(sorted({*TEACHER_SWEEP, guidance}))
@@ -243,7 +243,7 @@ def teacher_specs(teacher: str, guidance: float) -> list[Any]:
 def student_specs(students: Mapping[str, tuple[str, Any]], trained: Mapping[str, Trained], teacher: str,
                   guidance: float) -> tuple[list[Any], dict[str, list[str]]]:  # fmt: skip
     """Each student's rows, and student name → the result pipelines holding them (a progressive student has one per round)."""
-    from distill_diffusion.bench.quality import PipelineSpec
+    from distill_diffusion.bench.specs import PipelineSpec
 
     specs, pipelines = [], {}
     for name, (_, s) in students.items():

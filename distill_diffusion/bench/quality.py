@@ -5,7 +5,8 @@ The comparison distillation papers report (e.g. Luo et al., arXiv:2310.04378, Ta
 and 8 steps), against the teacher at 25/50 steps, with latency per image (docs/evaluation.md). Every number is
 recorded with its sample count, feature space, resize policy, device and dtype, because FID is biased at small N and
 only comparable at equal N. ``--teacher PATH --pipeline NAME=PATH,lora=DIR,sampler=S ...`` on the command line; the
-toy method benchmarks and the quickstart call :func:`run_quality_benchmark` with :class:`PipelineSpec` rows. Torch is
+toy method benchmarks and the quickstart call :func:`run_quality_benchmark` with
+:class:`~distill_diffusion.bench.specs.PipelineSpec` rows. Torch is
 imported when it runs (the CLI imports this module to build ``--help``).
 """
 
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from distill_diffusion.bench.options import add_metric_options, add_model_options, check_stats_cache
+from distill_diffusion.bench.specs import PipelineSpec, parse_pipeline_spec
 from distill_diffusion.errors import UserError, require
 from distill_diffusion.paths import check_output_dir
 
@@ -29,7 +31,6 @@ if TYPE_CHECKING:
     from distill_diffusion.eval.prompt_accuracy import PromptScorer
 
 HELP = "FID / CLIP / speed vs steps (and guidance) for several pipelines (table + plots)"
-DEFAULT_STEPS = (1, 2, 4, 8)
 TEACHER_STEPS = (1, 2, 4, 8, 25, 50)
 
 
@@ -83,90 +84,6 @@ def _toy_scorer(spec: str | None) -> PromptScorer | None:
     from distill_diffusion.toy.classifier import resolve_toy_classifier, toy_prompt_scorer
 
     return toy_prompt_scorer(resolve_toy_classifier(spec))
-
-
-@dataclass
-class PipelineSpec:
-    """One pipeline of the benchmark: ``load_pipeline(model, lora, sampler)`` sampled at each of ``steps``.
-
-    ``guidance_scale`` is one scale (``None``: the model card's for its sampler, else the sampler's) or a sweep of
-    several; every (steps, guidance) pair becomes a row. A one-element sweep is stored as its single value, so both
-    spell the same spec. ``sampler`` None: as ``generate``, the one the LoRA's (else the model's) model card records
-    (:func:`~distill_diffusion.pipelines.card.resolve_sampling`), set when the benchmark runs.
-    """
-
-    name: str
-    model: str
-    lora: str | None = None
-    sampler: str | None = None
-    guidance_scale: float | tuple[float, ...] | None = None
-    steps: tuple[int, ...] = DEFAULT_STEPS
-
-    def __post_init__(self) -> None:
-        from distill_diffusion.pipelines.samplers import get_sampler
-
-        if self.sampler is not None:
-            get_sampler(self.sampler)
-        require(bool(self.name) and "/" not in self.name, f"pipeline name {self.name!r} must be non-empty, without '/'")
-        require(bool(self.steps) and all(s >= 1 for s in self.steps), f"{self.name}: steps {self.steps} must be ≥ 1")
-        if isinstance(self.guidance_scale, Sequence):
-            sweep = tuple(float(g) for g in self.guidance_scale)
-            require(bool(sweep), f"{self.name}: the guidance sweep is empty; pass one or more scales, e.g. guidance=1|2")
-            require(len(set(sweep)) == len(sweep), f"{self.name}: guidance scales {sweep} repeat; list each once")
-            self.guidance_scale = sweep[0] if len(sweep) == 1 else sweep
-        self._check_guidance()
-
-    def _check_guidance(self) -> None:
-        from distill_diffusion.pipelines.samplers import check_guidance
-
-        for g in self.guidance_scales:
-            if g is not None:
-                try:
-                    check_guidance(g)
-                except UserError as exc:
-                    raise UserError(f"{self.name}: {exc}") from None
-
-    @property
-    def guidance_scales(self) -> tuple[float | None, ...]:
-        """The scales to sample, in the order given (``(None,)``: the sampler's default)."""
-        g = self.guidance_scale
-        return g if isinstance(g, tuple) else (g,)
-
-
-def parse_pipeline_spec(text: str, default_steps: Sequence[int] = DEFAULT_STEPS) -> PipelineSpec:
-    """``NAME=PATH[,lora=DIR][,sampler=S][,guidance=G|G2..][,steps=1|2|4|8]`` → :class:`PipelineSpec`."""
-    fix = "write NAME=PATH[,lora=DIR][,sampler=S][,guidance=1|1.5|2][,steps=1|2|4]"
-    head, *options = text.split(",")
-    name, sep, model = head.partition("=")
-    require(bool(sep and name.strip() and model.strip()), f"--pipeline {text!r}: {fix}")
-    kw: dict[str, Any] = {"name": name.strip(), "model": model.strip(), "steps": tuple(default_steps)}
-    seen: set[str] = set()
-    for option in options:
-        key, sep, value = option.partition("=")
-        key = key.strip()
-        if key == "preset":  # the old name of sampler=
-            from distill_diffusion.pipelines.samplers import warn_preset_deprecated
-
-            warn_preset_deprecated("preset= in --pipeline", "sampler=")
-            key = "sampler"
-        require(key not in seen, f"--pipeline {text!r}: option {key!r} is given twice; give each option once "
-                "(a sweep is one option: steps=1|2|4, guidance=1|2)")
-        seen.add(key)
-        try:
-            if key == "lora":
-                kw["lora"] = value.strip()
-            elif key == "sampler":
-                kw["sampler"] = value.strip()
-            elif key == "guidance":
-                kw["guidance_scale"] = tuple(float(g) for g in value.split("|"))
-            elif key == "steps":
-                kw["steps"] = tuple(int(s) for s in value.split("|"))
-            else:
-                raise UserError(f"--pipeline {text!r}: unknown option {key!r}; {fix}")
-        except ValueError:
-            raise UserError(f"--pipeline {text!r}: bad value for {key}: {value!r}; {fix}") from None
-        require(bool(sep), f"--pipeline {text!r}: option {option!r} has no '='; {fix}")
-    return PipelineSpec(**kw)
 
 
 @dataclass

@@ -18,7 +18,7 @@ TRAINING_FREE = {"teacher-ddim": "ddim", "teacher-trailing": "ddim-trailing", "t
 
 def training_free_specs(teacher: str, guidance_scale: float, steps: Sequence[int]) -> list[Any]:
     """One ``PipelineSpec`` per training-free sampler of the teacher, at ``steps`` and ``guidance_scale``."""
-    from distill_diffusion.bench.quality import PipelineSpec
+    from distill_diffusion.bench.specs import PipelineSpec
 
     return [PipelineSpec(name, teacher, sampler=sampler, guidance_scale=guidance_scale, steps=tuple(steps))
             for name, sampler in TRAINING_FREE.items()]

@@ -134,7 +134,8 @@ def run_bksdm_toy(toy: ToyTeacher, output_dir: str | Path, run_dir: str | Path, 
     sizes.md, training.json)."""
     import torch
 
-    from distill_diffusion.bench.quality import PipelineSpec, run_quality_benchmark, toy_bench_settings
+    from distill_diffusion.bench.quality import run_quality_benchmark, toy_bench_settings
+    from distill_diffusion.bench.specs import PipelineSpec
 
     run_dir, out = Path(run_dir), Path(output_dir)
     check_runs(runs)

@@ -95,7 +95,8 @@ def run_progressive_toy(toy: ToyTeacher, output_dir: str | Path, run_dir: str | 
                         options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train ``toy``'s tiny config with ``options`` (:func:`toy_method_options`), then benchmark the teacher and every
     round's student; writes ``output_dir`` (results + training.json)."""
-    from distill_diffusion.bench.quality import PipelineSpec, run_quality_benchmark, toy_bench_settings
+    from distill_diffusion.bench.quality import run_quality_benchmark, toy_bench_settings
+    from distill_diffusion.bench.specs import PipelineSpec
     from distill_diffusion.bench.step_bars import step_bar_lines, training_free_specs
 
     run_dir, out = Path(run_dir), Path(output_dir)
