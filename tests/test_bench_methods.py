@@ -26,6 +26,7 @@ def test_every_distillation_method_has_a_student_in_the_table():
     (["--students", "bksdm-small+lcm-lora"], "add bksdm-small to --students"),
     (["--max_train_steps", "0"], "--max_train_steps 0"),
     (["--guidance_scale", "nan"], "--guidance_scale"),
+    (["--teacher_sweep", "2", "-1"], "--guidance_scale: guidance scale -1.0 is invalid"),
     (["--family", "sd15"], "go with --teacher"),
     (["--teacher", "some/model"], "--teacher needs --family, --train_data_dir, --prompts, --real"),
     (["--teacher", "m", "--family", "sd15", "--train_data_dir", "/no/such", "--prompts", "p.txt", "--real", "r"], "is not a folder"),
@@ -69,7 +70,7 @@ def test_table_reads_each_student_against_the_best_training_free_sampler_at_its_
 
 @pytest.mark.e2e
 def test_bench_methods_trains_scores_and_reuses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
-    """On a minute-scale toy world: a student of every export kind (LoRA, pipeline, one pipeline per round, a LoRA on
+    """On a minute-scale toy world: a student of every export kind (a pipeline, one pipeline per round, a LoRA on
     another student), the table, plots and grid; a rerun trains and generates nothing."""
     from distill_diffusion.toy import build
 
@@ -77,17 +78,17 @@ def test_bench_methods_trains_scores_and_reuses(tmp_path: Path, monkeypatch: pyt
     monkeypatch.setitem(build.BUDGETS, "tiny-test", tiny)
     build.ensure_toy_world(cache_dir=tmp_path / "cache", budget="tiny-test", progress=False)
     argv = ["bench", "methods", "--cache_dir", str(tmp_path / "cache"), "--output_dir", str(tmp_path / "out"), "--run_dir",
-            str(tmp_path / "runs"), "--num_images", "40", "--max_train_steps", "2",
-            "--students", "lcm-lora", "progressive", "bksdm-small", "bksdm-small+lcm-lora"]  # fmt: skip
+            str(tmp_path / "runs"), "--num_images", "40", "--max_train_steps", "2", "--teacher_sweep", "3",
+            "--students", "progressive", "bksdm-small", "bksdm-small+lcm-lora"]  # fmt: skip
     assert main(argv) == 0
     out = tmp_path / "out"
     info = json.loads((out / "training.json").read_text())
-    assert list(info) == ["lcm-lora", "progressive", "bksdm-small", "bksdm-small+lcm-lora"]
+    assert list(info) == ["progressive", "bksdm-small", "bksdm-small+lcm-lora"]
     assert info["progressive"]["pipelines"] == ["progressive-8", "progressive-4", "progressive-2", "progressive-1"]
-    assert info["lcm-lora"]["trainable_parameters"] < info["bksdm-small"]["trainable_parameters"]
+    assert info["bksdm-small+lcm-lora"]["trainable_parameters"] < info["bksdm-small"]["trainable_parameters"]
     rows = json.loads((out / "results.json").read_text())["rows"]
     assert {(r["pipeline"], r["steps"]) for r in rows} >= {("teacher", 50), ("teacher-trailing", 4), ("teacher-ddim", 25),
-                                                           ("lcm-lora", 1), ("progressive-1", 1), ("bksdm-small", 25)}  # fmt: skip
+                                                           ("bksdm-small+lcm-lora", 1), ("progressive-1", 1), ("bksdm-small", 25)}  # fmt: skip
     lora_on_student = next(r for r in rows if r["pipeline"] == "bksdm-small+lcm-lora")
     assert lora_on_student["model"] == info["bksdm-small"]["run"]
     table = (out / "methods.md").read_text()

@@ -44,6 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     add_toy_run_options(p, output_dir="benchmarks/results/methods", run_dir="toy_runs/methods")
     p.add_argument("--students", nargs="+", choices=list(toy_students()), default=None, help="the students to train and score (default: all)")
+    p.add_argument("--teacher_sweep", type=float, nargs="+", default=list(TEACHER_SWEEP),
+                   help="guidance scales of the teacher's 50-step curve that students are read against (the --guidance_scale is always in it)")  # fmt: skip
     p.add_argument("--max_train_steps", type=int, default=None,
                    help="every student's training steps (default: each config's; fewer is a smoke test, not the table)")  # fmt: skip
     p.add_argument("--teacher", default=None, help="your own teacher (diffusers folder or hub id) instead of the toy world's")
@@ -91,7 +93,8 @@ def run(args: argparse.Namespace) -> int:
 
     students = select_students(args.students)  # every check before the toy world is installed or anything trained
     require(args.max_train_steps is None or args.max_train_steps >= 1, f"--max_train_steps {args.max_train_steps}; pass 1 or more")
-    check_scale(args.guidance_scale)
+    for scale in (args.guidance_scale, *args.teacher_sweep):
+        check_scale(scale)
     if args.teacher is None:
         require(args.family is None and args.train_data_dir is None and args.real is None and args.prompts is None,
                 "--family, --train_data_dir, --prompts and --real go with --teacher (your own teacher); drop them for the toy world")  # fmt: skip
@@ -109,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
             inception_weights=args.inception_weights, clip_model=args.clip_model, resize=args.resize, kid=args.kid,
             stats_cache=args.stats_cache, batch_size=args.batch_size,
         )  # fmt: skip
-    run_methods(teacher, students, output_dir, run_dir, settings, args.guidance_scale, args.max_train_steps)
+    run_methods(teacher, students, output_dir, run_dir, settings, args.guidance_scale, args.max_train_steps, args.teacher_sweep)
     return 0
 
 
@@ -229,13 +232,13 @@ def train_students(teacher: Teacher, students: Mapping[str, tuple[str, Any]], ru
     return trained
 
 
-def teacher_specs(teacher: str, guidance: float) -> list[Any]:
-    """The teacher's rows: DDIM at 50 steps over the guidance sweep, and every training-free sampler at 1-8 steps (DDIM
-    at 25 too)."""
+def teacher_specs(teacher: str, guidance: float, sweep: Sequence[float] = TEACHER_SWEEP) -> list[Any]:
+    """The teacher's rows: DDIM at 50 steps over the guidance ``sweep`` (and ``guidance``), and every training-free
+    sampler at 1-8 steps (DDIM at 25 too)."""
     from distill_diffusion.bench.specs import PipelineSpec
     from distill_diffusion.bench.step_bars import training_free_specs
 
-    sweep = tuple(sorted({*TEACHER_SWEEP, guidance}))
+    sweep = tuple(sorted({*sweep, guidance}))
     free = [replace(s, steps=(*STEPS, 25)) if s.sampler == "ddim" else s for s in training_free_specs(teacher, guidance, STEPS)]
     return [PipelineSpec("teacher", teacher, sampler="ddim", guidance_scale=sweep, steps=(50,)), *free]
 
@@ -261,7 +264,8 @@ def student_specs(students: Mapping[str, tuple[str, Any]], trained: Mapping[str,
 
 
 def run_methods(teacher: Teacher, students: Mapping[str, tuple[str, Any]], output_dir: str | Path, run_dir: str | Path,
-                settings: Any, guidance: float, max_train_steps: int | None = None) -> dict[str, Any]:  # fmt: skip
+                settings: Any, guidance: float, max_train_steps: int | None = None,
+                sweep: Sequence[float] = TEACHER_SWEEP) -> dict[str, Any]:  # fmt: skip
     """Train every student, score them beside the teacher, and write the table, plots and grid to ``output_dir``."""
     from distill_diffusion.bench.methods_report import write_methods_report
     from distill_diffusion.bench.quality import run_quality_benchmark
@@ -271,7 +275,7 @@ def run_methods(teacher: Teacher, students: Mapping[str, tuple[str, Any]], outpu
     trained = train_students(teacher, students, run_root, max_train_steps)
     specs, pipelines = student_specs(students, trained, str(teacher.path), guidance)
     print("[score] the teacher's samplers and every student (same prompts and seeds)")
-    result = run_quality_benchmark([*teacher_specs(str(teacher.path), guidance), *specs], out, settings)
+    result = run_quality_benchmark([*teacher_specs(str(teacher.path), guidance, sweep), *specs], out, settings)
     info = {name: {"method": method, "config": teacher.config(s), "training_minutes": round(trained[name].seconds / 60, 1),
                    "trainable_parameters": trained[name].parameters, "pipelines": pipelines[name], "run": str(trained[name].run_dir)}
             for name, (method, s) in students.items()}  # fmt: skip
