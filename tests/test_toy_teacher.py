@@ -18,7 +18,7 @@ from distill_diffusion.trainers.methods.bksdm import bench_toy as bksdm_toy
 from distill_diffusion.trainers.methods.progressive import bench_toy as progressive_toy
 
 #: Every tiny config a toy benchmark trains (through ``ToyTeacher.config``).
-BENCH_CONFIGS = ("tiny/lcm_lora", progressive_toy.CONFIG, bksdm_toy.CONFIG, *(c for _, c in adversarial_toy.RUNS.values()))
+BENCH_CONFIGS = ("tiny/lcm_lora", "tiny/lcm_full", progressive_toy.CONFIG, bksdm_toy.CONFIG, *(c for _, c in adversarial_toy.RUNS.values()))
 
 
 def test_the_toy_teacher_names_its_paths_configs_and_folders(tmp_path: Path) -> None:
