@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -38,11 +39,15 @@ def test_bad_options_are_one_line_and_exit_2(argv, message, tmp_path, capsys):
     assert not (tmp_path / "out").exists() and not (tmp_path / "runs").exists()
 
 
-def test_stage_lengths_follow_max_train_steps():
-    from distill_diffusion.trainers.methods.progressive.config import ProgressiveConfig
+def test_max_train_steps_shortens_every_stage_of_a_multi_stage_student(tiny_pipeline_dir, tmp_path):
+    from distill_diffusion.models.loading import read_teacher_configs
+    from distill_diffusion.trainers.methods.progressive import Progressive
 
-    names = ("steps_per_round", "guidance_steps", "convert_steps")
-    assert methods._stage_lengths(ProgressiveConfig, names, 3) == {"steps_per_round": None, "guidance_steps": None, "convert_steps": 3}
+    student = methods.select_students(["progressive"])["progressive"][1]
+    teacher = methods.Teacher(tiny_pipeline_dir, tmp_path, toy=SimpleNamespace(config=lambda name: name))
+    run, run_dir = methods.build_student_run("progressive", student, teacher, tiny_pipeline_dir, tmp_path, {}, 3)
+    stages = Progressive.planned_stages(run, read_teacher_configs(run.model))
+    assert {s.steps for s in stages} == {3} and run_dir.parent == tmp_path and run_dir.name.startswith("progressive-")
 
 
 ROWS = [

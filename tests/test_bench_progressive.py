@@ -57,20 +57,33 @@ def test_the_stage_timer_charges_each_step_to_its_stage_and_survives_a_restart(t
     assert again.seconds == timer.seconds
 
 
-def test_the_toy_plan_reads_the_teachers_schedule_and_the_shipped_recipe(tiny_pipeline_dir: Path) -> None:
+def test_the_toy_stages_read_the_teachers_schedule_and_the_shipped_recipe(tiny_pipeline_dir: Path) -> None:
     from types import SimpleNamespace
 
     from distill_diffusion.config import build_run_config, load_config
     from distill_diffusion.trainers.methods.progressive import Progressive
-    from distill_diffusion.trainers.methods.progressive.bench_toy import CONFIG, toy_plan
+    from distill_diffusion.trainers.methods.progressive.bench_toy import CONFIG, toy_stages
 
     run = build_run_config("progressive", Progressive, load_config(CONFIG))
-    plan = toy_plan(SimpleNamespace(path=tiny_pipeline_dir), run)
-    assert plan.num_train_timesteps == 1000 and plan.student_steps == [32, 16, 8, 4, 2, 1]
+    stages = toy_stages(SimpleNamespace(path=tiny_pipeline_dir), run)
     # fixed guidance at the toy's reference scale: no guidance stage (docs/progressive.md says why)
     assert run.method_config.guidance == "fixed" and run.method_config.guidance_scale_min == TOY_GUIDANCE
-    # the eps teacher's weights in a v student: a conversion stage before the first round
-    assert [s.name for s in plan.stages()][:2] == ["convert", "round-1-32-steps"] and plan.first_round_stage == 1
+    # the eps teacher's weights in a v student: a conversion stage before the rounds, each exported and sampled at its N
+    assert [s.name for s in stages][:2] == ["convert", "round-1-32-steps"] and not stages[0].export
+    assert [s.sampling_steps for s in stages[1:]] == [32, 16, 8, 4, 2, 1] and all(s.export for s in stages[1:])
+
+
+def test_planned_stages_are_the_stages_the_built_method_trains(tiny_pipeline_dir: Path) -> None:
+    """The stages a benchmark times from configs alone are the ones the engine runs."""
+    from distill_diffusion.config import build_run_config, load_config
+    from distill_diffusion.models.loading import load_teacher, read_teacher_configs
+    from distill_diffusion.trainers.methods.progressive import Progressive
+
+    config = load_config("tiny/progressive")
+    config["model"]["pretrained_model_name_or_path"] = str(tiny_pipeline_dir)
+    run = build_run_config("progressive", Progressive, config)
+    planned = Progressive.planned_stages(run, read_teacher_configs(run.model))
+    assert planned == Progressive(load_teacher(run.model), run.method_config).stages()
 
 
 @pytest.mark.parametrize("scale", [2.0, 3.5])

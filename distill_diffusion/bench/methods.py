@@ -23,7 +23,6 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 from distill_diffusion.bench.options import add_metric_options, add_toy_run_options
@@ -169,35 +168,23 @@ def build_student_run(method: str, student: Any, teacher: Teacher, model: Path |
     config["method"] = {**config.get("method", {}), **options}
     if max_train_steps is not None:
         config["train"]["max_train_steps"] = max_train_steps
-        config["method"].update(_stage_lengths(get_method_class(method).config_class, student.stage_options, max_train_steps))
+        config["method"].update(get_method_class(method).stage_length_options(max_train_steps))
     run = build_run_config(method, get_method_class(method), config)
     run_dir = run_root / f"{student.name}-{run_fingerprint(run)[:12]}"
     run.train.output_dir, run.train.resume_from_checkpoint = str(run_dir), "latest"
     return run, run_dir
 
 
-def _stage_lengths(config_class: type, names: Sequence[str], steps: int) -> dict[str, Any]:
-    """Stage-length options for a ``--max_train_steps`` run: a count becomes ``steps``, a list (or None) defers to
-    ``train.max_train_steps``."""
-    from dataclasses import MISSING, fields
-
-    defaults = {f.name: f.default for f in fields(config_class) if f.default is not MISSING}
-    return {name: steps if isinstance(defaults.get(name), int) else None for name in names}
-
-
 def train_student(method: str, student: Any, teacher: Teacher, model: Path | str, run_root: Path, assets: Mapping[str, str],
                   max_train_steps: int | None) -> Trained:  # fmt: skip
     """Train (or resume, or reuse) one student; returns where it is and what it cost."""
     from distill_diffusion.bench.toy_runs import train_timed
+    from distill_diffusion.models.loading import read_teacher_configs
+    from distill_diffusion.trainers.methods.registry import get_method_class
 
     run, run_dir = build_student_run(method, student, teacher, model, run_root, assets, max_train_steps)
-    stages, rounds = [SimpleNamespace(name="train", steps=run.train.max_train_steps)], []
-    if student.export == "rounds":
-        from distill_diffusion.trainers.methods.progressive.bench_toy import toy_plan
-
-        plan = toy_plan(SimpleNamespace(path=Path(model)), run)
-        stages = plan.stages()
-        rounds = [(steps, run_dir / stage.name) for stage, steps in zip(stages[plan.first_round_stage:], plan.student_steps)]
+    stages = get_method_class(method).planned_stages(run, read_teacher_configs(run.model))
+    rounds = [(stage.sampling_steps, run_dir / stage.name) for stage in stages if stage.export] if student.export == "rounds" else []
     seconds = sum(train_timed(run, stages, run_dir, LORA_FILE if student.export == "lora" else "model_index.json").values())
     weights = run_dir / LORA_FILE if student.export == "lora" else run_dir / "unet" / "diffusion_pytorch_model.safetensors"
     return Trained(run_dir, seconds, count_parameters(weights), rounds)

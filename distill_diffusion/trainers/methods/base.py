@@ -64,12 +64,14 @@ class Stage:
     At a stage's end the engine hands the method its EMA weights (:meth:`MethodBase.on_stage_end`), exports the
     method's artefact into ``<output_dir>/<name>/`` when ``export`` is set (a round's student), rebuilds the
     optimizers and LR schedules over the next stage, restarts the EMA, and checkpoints
-    (``checkpoint-<step>-<name>``). ``name`` is a folder name: letters, digits, ``_ . -``.
+    (``checkpoint-<step>-<name>``). ``name`` is a folder name: letters, digits, ``_ . -``. ``sampling_steps``: the
+    step count the stage's exported student is sampled at, where it has one (a round's N; benchmarks score it there).
     """
 
     name: str
     steps: int
     export: bool = False
+    sampling_steps: int | None = None
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name) or self.steps < 1:
@@ -169,6 +171,19 @@ class MethodBase:
     @classmethod
     def extra_models(cls, config: Any) -> dict[str, ExtraModel]:
         """Models to load beside the teacher, handed to the constructor as ``extra_models={name: module}``."""
+        return {}
+
+    @classmethod
+    def planned_stages(cls, run: Any, teacher: Any | None) -> list[Stage]:
+        """The stages :meth:`stages` will return for ``run``, from configs alone (``teacher``: as for
+        :meth:`check_before_loading`), so a benchmark can time each before any weights load. A method with stages of
+        its own overrides both."""
+        return [Stage("train", run.train.max_train_steps)]
+
+    @classmethod
+    def stage_length_options(cls, steps: int) -> dict[str, Any]:
+        """Method options that make every stage ``steps`` long beside ``--train.max_train_steps steps`` (a quick look:
+        ``bench methods --max_train_steps``); none for a method whose one stage is ``max_train_steps``."""
         return {}
 
     def stages(self) -> list[Stage]:

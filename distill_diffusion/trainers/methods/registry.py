@@ -20,8 +20,7 @@ class ToyStudent:
     sampled at its own step count). ``guidance``: the scale it is sampled at (None: the benchmark's teacher guidance, for
     students that keep classifier-free guidance or embed the distilled scale). ``base``: another student whose export is
     this one's base model. ``options``: method options over the config's; ``{toy_dinov2}`` stands for the toy DINOv2
-    feature network. ``method``: the registry name that trains it (default: the entry's own). ``stage_options``: the
-    method options that set stage lengths, so that ``--max_train_steps`` shortens every stage (a quick look).
+    feature network. ``method``: the registry name that trains it (default: the entry's own).
     """
 
     name: str
@@ -34,7 +33,6 @@ class ToyStudent:
     base: str | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
     method: str | None = None
-    stage_options: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -67,8 +65,7 @@ METHODS: dict[str, MethodEntry] = {
     "progressive": MethodEntry(f"{_METHODS}.progressive:Progressive",
                                benchmarks={"progressive": "speed", "progressive-gpu": "gpu", "progressive-toy": "toy"},
                                toy_students=(ToyStudent("progressive", "tiny/progressive", "progressive",
-                                                        {"sd15": "progressive_sd15", "sdxl": "progressive_sdxl"}, export="rounds",
-                                                        stage_options=("steps_per_round", "guidance_steps", "convert_steps")),)),
+                                                        {"sd15": "progressive_sd15", "sdxl": "progressive_sdxl"}, export="rounds"),)),
     "bksdm": MethodEntry(f"{_METHODS}.bksdm:BKSDM", benchmarks={"bksdm": "speed", "bksdm-gpu": "gpu", "bksdm-toy": "toy"},
                          toy_students=(ToyStudent("bksdm-small", "tiny/bksdm", "ddim", {"sd15": "bksdm_small_sd14", "sdxl": "bksdm_koala_700m_sdxl"},
                                                   export="model", steps=(1, 2, 4, 8, 25), guidance=None),

@@ -41,14 +41,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def toy_plan(teacher: ToyTeacher, run: Any) -> Any:
-    """The run's :class:`RoundPlan` on the toy teacher's schedule (training timesteps and prediction type read from its
-    scheduler config)."""
-    from distill_diffusion.trainers.methods.progressive.plan import RoundPlan
+def toy_stages(teacher: ToyTeacher, run: Any) -> list[Any]:
+    """The run's stages on the toy teacher's schedule (:meth:`Progressive.planned_stages`)."""
+    from distill_diffusion.config import ModelConfig
+    from distill_diffusion.models.loading import read_teacher_configs
+    from distill_diffusion.trainers.methods.progressive import Progressive
 
-    scheduler = json.loads((teacher.path / "scheduler" / "scheduler_config.json").read_text())
-    return RoundPlan(run.method_config, int(scheduler["num_train_timesteps"]), run.train.max_train_steps,
-                     teacher_prediction_type=scheduler.get("prediction_type", "epsilon"))
+    return Progressive.planned_stages(run, read_teacher_configs(ModelConfig(str(teacher.path))))
 
 
 def toy_method_options(guidance_scale: float, sdxl: bool = False) -> dict[str, Any]:
@@ -87,7 +86,7 @@ def train_toy_progressive(teacher: ToyTeacher, run_dir: Path, method_options: di
 
     run = toy_run_config("progressive", CONFIG, teacher, run_dir, method_options)
     check_finished_run(run, run_dir)
-    return run, train_timed(run, toy_plan(teacher, run).stages(), run_dir)
+    return run, train_timed(run, toy_stages(teacher, run), run_dir)
 
 
 def run_progressive_toy(toy: ToyTeacher, output_dir: str | Path, run_dir: str | Path, num_images: int = 1024,
@@ -101,18 +100,18 @@ def run_progressive_toy(toy: ToyTeacher, output_dir: str | Path, run_dir: str | 
 
     run_dir, out = Path(run_dir), Path(output_dir)
     run, seconds = train_toy_progressive(toy, run_dir, toy_method_options(guidance_scale, toy.sdxl) if options is None else options)
-    plan = toy_plan(toy, run)
+    stages = toy_stages(toy, run)
     student_g = guidance_scale if run.method_config.guidance == "distill" else 1.0
     specs = [PipelineSpec("teacher", str(toy.path), sampler="ddim", guidance_scale=guidance_scale, steps=(50,)),
              *training_free_specs(str(toy.path), guidance_scale, STUDENT_STEPS)]
-    rounds = [stage.name for stage, steps in zip(plan.stages()[plan.first_round_stage:], plan.student_steps) if steps <= max(STUDENT_STEPS)]
-    for stage, steps in zip(plan.stages()[plan.first_round_stage:], plan.student_steps):
-        if stage.name in rounds:
-            specs.append(PipelineSpec(stage.name, str(run_dir / stage.name), sampler="progressive", guidance_scale=student_g, steps=(steps,)))
+    scored = [s for s in stages if s.export and s.sampling_steps <= max(STUDENT_STEPS)]
+    specs += [PipelineSpec(s.name, str(run_dir / s.name), sampler="progressive", guidance_scale=student_g, steps=(s.sampling_steps,))
+              for s in scored]
+    rounds = [s.name for s in scored]
     result = run_quality_benchmark(specs, out, toy_bench_settings(toy.world, num_images, cache_dir))
     (out / "bars.md").write_text("\n".join(step_bar_lines(result["rows"], {"progressive": rounds})) + "\n")
     training = {"config": toy.config(CONFIG), "stage_seconds": seconds, "total_minutes": round(sum(seconds.values()) / 60, 1),
-                "stages": [{"name": s.name, "steps": s.steps} for s in plan.stages()], "method": json.loads(json.dumps(vars(run.method_config)))}
+                "stages": [{"name": s.name, "steps": s.steps} for s in stages], "method": json.loads(json.dumps(vars(run.method_config)))}
     (out / "training.json").write_text(json.dumps(training, indent=2))
     print(Path(result["files"]["markdown"]).read_text())
     print(f"training: {training['total_minutes']} min; " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in seconds.items()))

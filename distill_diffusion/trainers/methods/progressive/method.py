@@ -83,6 +83,20 @@ class Progressive(MethodBase):
             config.guidance_steps = run.train.max_train_steps
 
     @classmethod
+    def planned_stages(cls, run: RunConfig, teacher: TeacherConfigs | None) -> list[Stage]:
+        """The run's :class:`RoundPlan` stages on the teacher's schedule (SD's 1000 eps-prediction timesteps where its
+        configs cannot be read without loading)."""
+        scheduler = teacher.scheduler if teacher is not None else {}
+        return RoundPlan(run.method_config, int(scheduler.get("num_train_timesteps", 1000)), run.train.max_train_steps,
+                         teacher_prediction_type=scheduler.get("prediction_type", "epsilon")).stages()
+
+    @classmethod
+    def stage_length_options(cls, steps: int) -> dict[str, Any]:
+        """Every round, the conversion stage and the guidance stage ``steps`` long (rounds and guidance stage without
+        their own counts take ``train.max_train_steps``)."""
+        return {"steps_per_round": None, "guidance_steps": None, "convert_steps": steps}
+
+    @classmethod
     def check_before_loading(cls, run: RunConfig, teacher: TeacherConfigs | None) -> None:
         if teacher is not None:
             check_start_steps(teacher.num_train_timesteps, run.method_config)

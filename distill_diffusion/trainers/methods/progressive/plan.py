@@ -83,7 +83,7 @@ class RoundPlan:
         return [self.config.start_steps >> (r + 1) for r in range(self.config.num_rounds)]
 
     def stages(self) -> list[Stage]:
-        rounds = [Stage(f"round-{r + 1}-{n}-steps", steps, export=True)
+        rounds = [Stage(f"round-{r + 1}-{n}-steps", steps, export=True, sampling_steps=n)
                   for r, (n, steps) in enumerate(zip(self.student_steps, self.config.round_steps(self.default_steps)))]
         if self.has_guidance_stage:
             return [Stage(GUIDANCE_STAGE, self.config.guidance_steps or self.default_steps), *rounds]
