@@ -26,8 +26,6 @@ XL_VERSION = "xl-v1"
 #: point of the curve), and extra guidance hides what few DDIM steps lose: leading 4-step FID is 3.6x the 50-step at
 #: 2.0, 2.1x at 3.0 (docs/toy_world.md).
 TOY_GUIDANCE = 2.0
-#: `bench bksdm-toy`'s single-scale rows: measured at 3.0, the scale its students were compared at (it also sweeps).
-BKSDM_TOY_GUIDANCE = 3.0
 BUILD_FILE = "build.json"
 
 

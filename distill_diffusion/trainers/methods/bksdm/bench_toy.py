@@ -21,7 +21,7 @@ from typing import Any
 
 from distill_diffusion.bench.options import add_toy_run_options
 from distill_diffusion.errors import require
-from distill_diffusion.toy.paths import BKSDM_TOY_GUIDANCE, ToyTeacher
+from distill_diffusion.toy.paths import TOY_GUIDANCE, ToyTeacher
 
 HELP = "BK-SDM on the toy world: base/small/tiny students, small without KD, small + LCM-LoRA; FID/CLIP/accuracy, size, latency"
 CONFIG = "tiny/bksdm"
@@ -44,7 +44,7 @@ STUDENT_SWEEP = (2.0, 3.0, 4.5)
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The benchmark's options."""
     add_toy_run_options(p, output_dir="benchmarks/results/toy_quality/bksdm", run_dir="toy_runs/bksdm",
-                        guidance_scale=BKSDM_TOY_GUIDANCE)
+                        guidance_scale=TOY_GUIDANCE)
     p.add_argument("--max_train_steps", type=int, default=None, help="steps of each student (default: the tiny/bksdm config's)")
     p.add_argument("--lcm_steps", type=int, default=None, help="steps of each LCM-LoRA (default: the tiny/lcm_lora config's)")
     p.add_argument("--runs", nargs="+", choices=[*RUNS, *LCM_RUNS], default=[*RUNS, *LCM_RUNS],
@@ -128,7 +128,7 @@ def size_table(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def run_bksdm_toy(toy: ToyTeacher, output_dir: str | Path, run_dir: str | Path, num_images: int = 1024,
-                  guidance_scale: float = BKSDM_TOY_GUIDANCE, cache_dir: str | Path | None = None, max_train_steps: int | None = None,
+                  guidance_scale: float = TOY_GUIDANCE, cache_dir: str | Path | None = None, max_train_steps: int | None = None,
                   lcm_steps: int | None = None, runs: Sequence[str] = (*RUNS, *LCM_RUNS)) -> dict[str, Any]:
     """Train ``runs`` (default: every run) of ``toy``'s teacher, then benchmark; writes ``output_dir`` (quality results,
     sizes.md, training.json)."""
