@@ -21,7 +21,10 @@ from __future__ import annotations
 
 import argparse
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 from distill_diffusion.bench.options import add_speed_options, run_speed
 
@@ -44,91 +47,118 @@ def run(args: argparse.Namespace) -> int:
 
 def measure_training(batch_size: int, steps: int) -> dict[str, float]:
     """Median seconds of the engine's cycle and of each unavoidable pass times its count in a cycle, at one batch size."""
-    import torch
-    from torch.nn import functional as F
-
     from distill_diffusion.bench import timing as bench
-    from distill_diffusion.core import guidance_scale_to_lcm_w
-    from distill_diffusion.core.losses import distribution_matching_loss
-    from distill_diffusion.models.batch import latents_and_embeddings
-    from distill_diffusion.models.conditioning import cat
-    from distill_diffusion.models.lora import adapters_disabled
-    from distill_diffusion.models.teacher import guided_prediction
-    from distill_diffusion.trainers.engine.phase_step import only_trainable
-    from distill_diffusion.trainers.methods.adversarial.method import sample_student_timesteps
 
     with tempfile.TemporaryDirectory() as tmp:
         engine, data = bench.tiny_engine(Path(tmp), "dmd2", batch_size, OPTIONS)
-        m, cfg = engine.method, engine.method.config
-        generator_phase, fake_phase = engine.phases
-        x0, c = latents_and_embeddings(bench.collate_latents([data[i] for i in range(batch_size)]), m.components)
-        noise = torch.randn_like(x0)
-        generator = m.denoiser(m.unet)
-
-        def draw() -> torch.Tensor:
-            return sample_student_timesteps(cfg.student_timesteps, cfg.student_timestep_probs, batch_size, x0.device)
-
-        def simulation(t_student: torch.Tensor | None = None) -> torch.Tensor:
-            # timesteps drawn as the method draws them: how many passes run, on how many rows, is the latest's
-            with torch.no_grad():  # (a row at the first timestep keeps its pure noise)
-                return m.simulation(m.unet, noise, draw() if t_student is None else t_student, c)
-
-        t_student = draw()
-        z_sim = simulation(t_student)
-        t = torch.randint(20, 980, (batch_size,))
-        with torch.no_grad():
-            samples = generator(z_sim, t_student, c).x0
-        z_t = m.schedule.add_noise(samples, torch.randn_like(samples), t)
-        w = torch.full((batch_size,), guidance_scale_to_lcm_w(cfg.real_guidance_scale))
-
-        def real_score() -> torch.Tensor:
-            with torch.no_grad(), adapters_disabled(m.layers):
-                return guided_prediction(m.denoiser(m.teacher_unet), z_t, t, c, m.uncond(c), w)[0]
-
-        def fake_score() -> torch.Tensor:
-            with torch.no_grad(), m.fake_mode():
-                return m.denoiser(m.fake_unet)(z_t, t, c).x0
-
-        real, fake = real_score(), fake_score()
-
-        def generator_fb() -> None:
-            with only_trainable(engine.step_state, generator_phase):
-                x = generator(z_sim, t_student, c).x0
-                gan = sum(F.softplus(-k).mean() for k in m.classify(m.head, x, c))
-                (distribution_matching_loss(x, real, fake) + cfg.gan_weight * gan).backward()
-            engine.step_state.zero_grad()
-
-        def fresh_samples() -> None:
-            with torch.no_grad():
-                generator(z_sim, t_student, c)
-
-        def denoising_fb() -> None:
-            eps = torch.randn_like(samples)
-            with only_trainable(engine.step_state, fake_phase):
-                denoiser = m.denoiser(m.fake_unet)
-                with m.fake_mode():
-                    out = denoiser(m.schedule.add_noise(samples, eps, t), t, c)
-                F.mse_loss(out.model_output, denoiser.target(samples, eps, t)).backward()
-            engine.step_state.zero_grad()
-
-        def classifier_fb() -> None:
-            with only_trainable(engine.step_state, fake_phase):
-                logits = m.classify(m.head, torch.cat([x0, samples]), cat([c, c]))
-                sum(F.softplus(-k[:batch_size]).mean() + F.softplus(k[batch_size:]).mean() for k in logits).backward()
-            engine.step_state.zero_grad()
-
-        n = cfg.fake_updates
-        passes = {  # name → (pass, times a cycle runs it)
-            f"backward simulation: generator forwards, no grad (×{n})": (simulation, n),
-            "generator: forward + classifier, forward+backward (×1)": (generator_fb, 1),
-            "real score: guided cond+uncond forward (×1)": (real_score, 1),
-            "fake score: forward (×1)": (fake_score, 1),
-            f"fresh samples: generator forward, no grad (×{n - 1})": (fresh_samples, n - 1),
-            f"fake score: denoising forward+backward (×{n})": (denoising_fb, n),
-            f"classifier: features (real + fake) + head forward+backward (×{n})": (classifier_fb, n),
-        }
+        io = cycle_inputs(engine.method, [data[i] for i in range(batch_size)])
+        n = engine.method.config.fake_updates
+        passes = {**score_passes(engine.method, io, n), **training_passes(engine, io, n)}  # name → (pass, runs a cycle)
         seconds = bench.interleaved_medians({**{k: f for k, (f, _) in passes.items()}, ENGINE_KEY: bench.engine_stepper(engine, cycle=n)}, steps)
         return {k: v * passes[k][1] if k in passes else v for k, v in seconds.items()}
+
+
+def cycle_inputs(m: Any, rows: list[Any]) -> SimpleNamespace:
+    """One batch's tensors as a cycle makes them: real latents ``x0`` and conditioning ``c``, the generator's
+    backward-simulated input ``z_sim`` at ``t_student``, its ``samples``, and those noised to ``t`` (``z_t``)."""
+    import torch
+
+    from distill_diffusion.bench import timing as bench
+    from distill_diffusion.models.batch import latents_and_embeddings
+
+    x0, c = latents_and_embeddings(bench.collate_latents(rows), m.components)
+    io = SimpleNamespace(x0=x0, c=c, noise=torch.randn_like(x0), t_student=draw_student_timesteps(m, x0))
+    io.z_sim = simulate(m, io)
+    io.t = torch.randint(20, 980, (len(rows),))
+    with torch.no_grad():
+        io.samples = m.denoiser(m.unet)(io.z_sim, io.t_student, c).x0
+    io.z_t = m.schedule.add_noise(io.samples, torch.randn_like(io.samples), io.t)
+    return io
+
+
+def draw_student_timesteps(m: Any, like: Any) -> Any:
+    """Student timesteps for the rows of ``like``, drawn as the method draws them."""
+    from distill_diffusion.trainers.methods.adversarial.method import sample_student_timesteps
+
+    return sample_student_timesteps(m.config.student_timesteps, m.config.student_timestep_probs, len(like), like.device)
+
+
+def simulate(m: Any, io: SimpleNamespace, t_student: Any = None) -> Any:
+    """Backward simulation without gradients; fresh timesteps unless given, so that how many passes run, on how many
+    rows, is the draw's (a row at the first timestep keeps its pure noise)."""
+    import torch
+
+    with torch.no_grad():
+        t = draw_student_timesteps(m, io.x0) if t_student is None else t_student
+        return m.simulation(m.unet, io.noise, t, io.c)
+
+
+def score_passes(m: Any, io: SimpleNamespace, n: int) -> dict[str, tuple[Callable[[], Any], int]]:
+    """The passes without gradients: backward simulation, the real and fake scores, fresh samples."""
+    import torch
+
+    from distill_diffusion.core import guidance_scale_to_lcm_w
+    from distill_diffusion.models.lora import adapters_disabled
+    from distill_diffusion.models.teacher import guided_prediction
+
+    w = torch.full((len(io.x0),), guidance_scale_to_lcm_w(m.config.real_guidance_scale))
+
+    def real_score() -> Any:
+        with torch.no_grad(), adapters_disabled(m.layers):
+            return guided_prediction(m.denoiser(m.teacher_unet), io.z_t, io.t, io.c, m.uncond(io.c), w)[0]
+
+    def fake_score() -> Any:
+        with torch.no_grad(), m.fake_mode():
+            return m.denoiser(m.fake_unet)(io.z_t, io.t, io.c).x0
+
+    def fresh_samples() -> None:
+        with torch.no_grad():
+            m.denoiser(m.unet)(io.z_sim, io.t_student, io.c)
+
+    io.real, io.fake = real_score(), fake_score()
+    return {f"backward simulation: generator forwards, no grad (×{n})": (lambda: simulate(m, io), n),
+            "real score: guided cond+uncond forward (×1)": (real_score, 1),
+            "fake score: forward (×1)": (fake_score, 1),
+            f"fresh samples: generator forward, no grad (×{n - 1})": (fresh_samples, n - 1)}  # fmt: skip
+
+
+def training_passes(engine: Any, io: SimpleNamespace, n: int) -> dict[str, tuple[Callable[[], Any], int]]:
+    """The passes with gradients: the generator's losses, the fake score's denoising loss, the classifier's loss
+    (``score_passes`` first: the generator's loss needs its real and fake scores)."""
+    import torch
+    from torch.nn import functional as F
+
+    from distill_diffusion.core.losses import distribution_matching_loss
+    from distill_diffusion.models.conditioning import cat
+    from distill_diffusion.trainers.engine.phase_step import only_trainable
+
+    m, (generator_phase, fake_phase), b = engine.method, engine.phases, len(io.x0)
+
+    def generator_fb() -> None:
+        with only_trainable(engine.step_state, generator_phase):
+            x = m.denoiser(m.unet)(io.z_sim, io.t_student, io.c).x0
+            gan = sum(F.softplus(-k).mean() for k in m.classify(m.head, x, io.c))
+            (distribution_matching_loss(x, io.real, io.fake) + m.config.gan_weight * gan).backward()
+        engine.step_state.zero_grad()
+
+    def denoising_fb() -> None:
+        eps = torch.randn_like(io.samples)
+        with only_trainable(engine.step_state, fake_phase):
+            denoiser = m.denoiser(m.fake_unet)
+            with m.fake_mode():
+                out = denoiser(m.schedule.add_noise(io.samples, eps, io.t), io.t, io.c)
+            F.mse_loss(out.model_output, denoiser.target(io.samples, eps, io.t)).backward()
+        engine.step_state.zero_grad()
+
+    def classifier_fb() -> None:
+        with only_trainable(engine.step_state, fake_phase):
+            logits = m.classify(m.head, torch.cat([io.x0, io.samples]), cat([io.c, io.c]))
+            sum(F.softplus(-k[:b]).mean() + F.softplus(k[b:]).mean() for k in logits).backward()
+        engine.step_state.zero_grad()
+
+    return {"generator: forward + classifier, forward+backward (×1)": (generator_fb, 1),
+            f"fake score: denoising forward+backward (×{n})": (denoising_fb, n),
+            f"classifier: features (real + fake) + head forward+backward (×{n})": (classifier_fb, n)}  # fmt: skip
 
 
 def run_dmd2_benchmark(steps: int = 20, batch_sizes: tuple[int, ...] = (8, 32),
