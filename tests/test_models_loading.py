@@ -12,7 +12,8 @@ from safetensors.torch import save_file
 
 from distill_diffusion.config import ModelConfig
 from distill_diffusion.errors import UserError
-from distill_diffusion.models.loading import check_model_source, detect_family, load_teacher
+from distill_diffusion.models.loading import load_teacher
+from distill_diffusion.models.sources import check_model_source, detect_family
 from distill_diffusion.toy.tiny import save_tiny_pipeline
 
 

@@ -21,7 +21,8 @@ from distill_diffusion.models.batch import latents_and_embeddings
 from distill_diffusion.models.conditioning import Conditioning
 from distill_diffusion.models.denoiser import Denoiser
 from distill_diffusion.models.encode import encode_conditioning
-from distill_diffusion.models.loading import check_model_source, load_teacher, read_teacher_configs
+from distill_diffusion.models.loading import load_teacher, read_teacher_configs
+from distill_diffusion.models.sources import check_model_source
 from distill_diffusion.models.teacher import UncondEmbedding, guided_prediction
 from distill_diffusion.toy.tiny_sdxl import save_tiny_sdxl_pipeline
 

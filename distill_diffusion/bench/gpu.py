@@ -109,7 +109,8 @@ def _components(unet_config: dict[str, Any], dtype: torch.dtype, device: torch.d
     from diffusers import DDIMScheduler, UNet2DConditionModel
 
     from distill_diffusion.models.conditioning import pooled_text_width
-    from distill_diffusion.models.loading import SDComponents, detect_family
+    from distill_diffusion.models.loading import SDComponents
+    from distill_diffusion.models.sources import detect_family
     from distill_diffusion.toy.tiny import SD15_SCHEDULER_CONFIG
     from distill_diffusion.toy.tokenizer import build_tokenizer
 

@@ -10,7 +10,8 @@ from distill_diffusion.models.encode import (
     encode_prompt,
     tokenize_prompts,
 )
-from distill_diffusion.models.loading import SDComponents, check_model_source, detect_family, load_teacher
+from distill_diffusion.models.loading import SDComponents, load_teacher
+from distill_diffusion.models.sources import check_model_source, detect_family
 
 __all__ = [
     "Conditioning",

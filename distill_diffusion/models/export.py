@@ -10,7 +10,8 @@ import yaml
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 from torch import nn
 
-from distill_diffusion.models.loading import _HUB_ID, SDComponents
+from distill_diffusion.models.loading import SDComponents
+from distill_diffusion.models.sources import HUB_ID
 
 #: The model card's front-matter key under which an export records how to sample it (docs/evaluation.md#generate).
 CARD_KEY = "distill_diffusion"
@@ -134,4 +135,4 @@ Trained with distill-diffusion's `{method}` method ({paper}).
 def hub_model_id(source: str) -> str | None:
     """The Hub model id of a teacher source (``owner/name`` or ``owner/name@revision``); None for a local folder or file."""
     repo = source.split("@", 1)[0]
-    return repo if _HUB_ID.fullmatch(repo) and not Path(repo).expanduser().exists() else None
+    return repo if HUB_ID.fullmatch(repo) and not Path(repo).expanduser().exists() else None

@@ -19,7 +19,7 @@ from typing import Any
 
 from distill_diffusion.errors import UserError, require
 from distill_diffusion.models.export import CARD_KEY, CardSampling
-from distill_diffusion.models.loading import _HUB_ID, _looks_like_path
+from distill_diffusion.models.sources import HUB_ID, looks_like_path
 from distill_diffusion.pipelines.loader import resolve_lora
 from distill_diffusion.pipelines.samplers import SAMPLERS, get_sampler
 
@@ -92,7 +92,7 @@ def card_path(source: str, local_files_only: bool) -> Path | None:
     path = Path(source).expanduser()
     if path.exists():
         return path / CARD_FILE if (path / CARD_FILE).is_file() else None
-    if _looks_like_path(source) or not _HUB_ID.fullmatch(source):
+    if looks_like_path(source) or not HUB_ID.fullmatch(source):
         return None
     try:
         from huggingface_hub import hf_hub_download

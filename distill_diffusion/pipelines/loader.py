@@ -22,7 +22,8 @@ import torch
 
 from distill_diffusion.config import ModelConfig
 from distill_diffusion.errors import UserError, require
-from distill_diffusion.models.loading import PICKLE_SUFFIXES, check_model_source, load_teacher
+from distill_diffusion.models.loading import load_teacher
+from distill_diffusion.models.sources import PICKLE_SUFFIXES, check_model_source
 from distill_diffusion.pipelines.samplers import (
     SAMPLERS,
     Sampler,
@@ -186,7 +187,7 @@ def check_lora_fits(model: str, lora: str | Path) -> None:
 
 def model_family(model: str, unet_config: Mapping[str, Any]) -> str:
     """``sdxl`` / ``sd2`` / ``sd1`` of a local pipeline folder, from its ``model_index.json`` and UNet config."""
-    from distill_diffusion.models.loading import detect_family
+    from distill_diffusion.models.sources import detect_family
 
     index_path = Path(model).expanduser() / "model_index.json"
     index = _json_object(index_path, "repair or re-download the model folder") if index_path.is_file() else {}
@@ -353,7 +354,7 @@ def load_pipeline(
     """A stock diffusers pipeline for ``model`` (+ ``lora``) sampling with ``sampler``'s scheduler.
 
     ``model``: a diffusers SD 1.x/2.x or SDXL folder, a hub id, or a single ``.safetensors`` checkpoint (with
-    ``original_config``), validated by :func:`distill_diffusion.models.loading.check_model_source`; pickle
+    ``original_config``), validated by :func:`distill_diffusion.models.sources.check_model_source`; pickle
     weights are refused. ``dtype`` defaults to float32. Returns the sampler's ``pipeline`` class (e.g.
     ``StableDiffusionPipeline``; ``StableDiffusionXLPipeline`` for an SDXL model, the family read from it) with the sampler recorded on it (:func:`~.samplers.attach_sampler`), safety
     checker off and the progress bar disabled. Bad input → UserError, raised by :func:`check_pipeline_request`

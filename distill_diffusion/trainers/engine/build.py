@@ -142,7 +142,8 @@ def _show(value: object) -> str:
 def build_engine(run: RunConfig, callbacks: Sequence[Callback] = ()) -> Engine:
     """Validate, load the teacher and data, build the method and the engine, resume if asked."""
     from distill_diffusion.data import build_train_dataset, collate_examples
-    from distill_diffusion.models.loading import check_model_source, load_teacher, read_teacher_configs
+    from distill_diffusion.models.loading import load_teacher, read_teacher_configs
+    from distill_diffusion.models.sources import check_model_source
     from distill_diffusion.trainers.engine.data_loop import build_dataloader
 
     method_cls = get_method_class(run.method)
