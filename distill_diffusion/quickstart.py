@@ -29,8 +29,8 @@ from distill_diffusion.toy.paths import TOY_GUIDANCE
 #: SDXL teacher, ``ToyTeacher.config``).
 LCM_CONFIG = "tiny/lcm_lora"
 #: Teacher guidance for the benchmark rows: the toy world's reference scale (``toy.paths.TOY_GUIDANCE``, 2.0), the
-#: scale the LoRA distils (guidance_scale_min = max = 2.0); 3.0 scores the same within noise
-#: (benchmarks/results/toy_quality/lcm_recipe_ablation.md).
+#: scale the LoRA distils (guidance_scale_min = max = 2.0; distilling 3.0 costs FID for little faithfulness:
+#: docs/lcm.md).
 TEACHER_GUIDANCE = TOY_GUIDANCE
 
 
