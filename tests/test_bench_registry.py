@@ -65,8 +65,8 @@ def test_a_name_declared_twice_and_an_unknown_name_fail(monkeypatch: pytest.Monk
 
 
 @pytest.mark.parametrize(("name", "guidance"), [("quickstart", None), ("progressive-toy", TOY_GUIDANCE),
-                                                ("adversarial-toy", TOY_GUIDANCE), ("bksdm-toy", 3.0)])
-def test_toy_benchmarks_default_to_the_toy_reference_guidance_or_the_one_their_results_used(name: str, guidance: float | None) -> None:
+                                                ("adversarial-toy", TOY_GUIDANCE), ("bksdm-toy", TOY_GUIDANCE)])
+def test_toy_benchmarks_default_to_the_toy_reference_guidance(name: str, guidance: float | None) -> None:
     from distill_diffusion.quickstart import TEACHER_GUIDANCE
     from distill_diffusion.toy.build import BuildBudget
 
