@@ -68,7 +68,7 @@ def cycle_inputs(m: Any, rows: list[Any]) -> SimpleNamespace:
 
     x0, c = latents_and_embeddings(bench.collate_latents(rows), m.components)
     io = SimpleNamespace(x0=x0, c=c, noise=torch.randn_like(x0), t_student=draw_student_timesteps(m, x0))
-    io.z_sim = simulate(m, io)
+    io.z_sim = simulate(m, io, io.t_student)  # the samples below are made at these timesteps
     io.t = torch.randint(20, 980, (len(rows),))
     with torch.no_grad():
         io.samples = m.denoiser(m.unet)(io.z_sim, io.t_student, c).x0
