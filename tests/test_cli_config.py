@@ -330,7 +330,7 @@ def test_configs_ship_in_the_package_and_load_by_name(tmp_path: Path) -> None:
     assert {"finetune_sd15", "lcm_full_sd15", "lcm_lora_sd15", "progressive_sd15", "bksdm_small_sd14", "tiny/finetune", "tiny/lcm_lora",
             "tiny/progressive", "tiny/bksdm", "ladd_sd15", "ladd_sdxl", "dmd2_sd15", "dmd2_sdxl", "tiny/dmd2"} <= set(config_names())
     assert CONFIGS_DIR == Path(distill_diffusion.__file__).resolve().parent / "configs"
-    assert load_config("tiny/lcm_lora")["method"]["num_ddim_timesteps"] == 8
+    assert load_config("tiny/lcm_lora")["method"]["num_ddim_timesteps"] == 50
     assert load_config(CONFIGS_DIR / "tiny" / "lcm_lora.yaml") == load_config("tiny/lcm_lora")
     from distill_diffusion.trainers.methods.registry import METHODS, get_method_class
 

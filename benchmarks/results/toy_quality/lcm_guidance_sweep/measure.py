@@ -1,9 +1,10 @@
 """The toy LCM-LoRA's two knobs and its solver grid, on the shipped toy world, against the shipped teacher rows.
 
 Trains (or reuses) two variants of ``tiny/lcm_lora`` through the CLI: distilled at guidance 3 instead of 2
-(``w3``), and on SD's solver grid, N = 50 skipping steps instead of 8 (``n50``); then scores them beside the shipped
-LoRA (``bench methods``' ``lcm-lora`` run) and the teacher's 50-step guidance sweep, N = 1024 images per row, the same
-prompts and seeds as every toy table. Rows already measured in OUTPUT_DIR (and the shipped teacher rows) are reused.
+(``w3``), and on the first toy world's coarse solver grid, N = 8 skipping steps instead of SD's 50 (``n8``); then
+scores them beside the shipped LoRA (``bench methods``' ``lcm-lora`` run, sampled at guidance 1 to 2.5) and the
+teacher's 50-step guidance sweep, N = 1024 images per row, the same prompts and seeds as every toy table. Rows
+already measured in OUTPUT_DIR (and the shipped teacher rows) are reused.
 Run from the project root after ``distill-diffusion bench methods --run_dir toy_runs/methods``:
 
     python benchmarks/results/toy_quality/lcm_guidance_sweep/measure.py OUTPUT_DIR RUN_DIR
@@ -20,7 +21,7 @@ from distill_diffusion.toy.shipped import REFERENCE_ROWS
 
 VARIANTS = {
     "w3": ["--method.guidance_scale_min", "3", "--method.guidance_scale_max", "3"],
-    "n50": ["--method.num_ddim_timesteps", "50"],
+    "n8": ["--method.num_ddim_timesteps", "8"],
 }
 
 out, runs = Path(sys.argv[1]), Path(sys.argv[2])
@@ -31,13 +32,14 @@ for name, options in VARIANTS.items():
                      "--data.train_data_dir", str(world.data), "--train.output_dir", str(runs / name),
                      "--train.resume_from_checkpoint", "latest", *options])  # fmt: skip
         assert code == 0, f"training {name} failed"
-shipped = next(Path("toy_runs/methods").glob("lcm-lora-*"))
+shipped, *others = Path("toy_runs/methods").glob("lcm-lora-*")
+assert not others, "more than one lcm-lora run in toy_runs/methods: keep the one bench methods trained last"
 teacher = str(world.teacher)
 specs = [
     PipelineSpec("teacher", teacher, sampler="ddim", guidance_scale=(1.5, 2.0, 3.0, 4.5), steps=(50,)),
     PipelineSpec("lcm-lora", teacher, lora=str(shipped), sampler="lcm", guidance_scale=(1.0, 1.5, 2.0, 2.5), steps=(1, 2, 4, 8)),
     PipelineSpec("lcm-lora-w3", teacher, lora=str(runs / "w3"), sampler="lcm", guidance_scale=(1.0, 1.5), steps=(4,)),
-    PipelineSpec("lcm-lora-n50", teacher, lora=str(runs / "n50"), sampler="lcm", guidance_scale=1.0, steps=(1, 2, 4, 8)),
+    PipelineSpec("lcm-lora-n8", teacher, lora=str(runs / "n8"), sampler="lcm", guidance_scale=1.0, steps=(1, 2, 4, 8)),
 ]
 settings = toy_bench_settings(world, 1024)
 settings.reference_rows = str(REFERENCE_ROWS)
