@@ -92,7 +92,7 @@ def test_lora_export_files(lora_run: Path, tiny_pipeline_dir: Path) -> None:
     assert {float(v) for k, v in kohya.items() if k.endswith(".alpha")} == {32.0}
     assert len(kohya) == len(keys) * 3 // 2  # down, up and alpha per module
     scheduler = json.loads((lora_run / "scheduler_config.json").read_text())
-    assert scheduler["_class_name"] == "LCMScheduler" and scheduler["original_inference_steps"] == 8  # the toy config's N
+    assert scheduler["_class_name"] == "LCMScheduler" and scheduler["original_inference_steps"] == 50  # the toy config's N
     card = (lora_run / "README.md").read_text()
     assert str(tiny_pipeline_dir) in card and "load_lora_weights" in card and "LCMScheduler" in card
     assert "num_inference_steps=4" in card and "guidance_scale=1.0" in card
@@ -192,7 +192,7 @@ def test_full_mode_resumes_and_exports_an_lcm_pipeline(tiny_pipeline_dir: Path, 
         torch.testing.assert_close(target_a[key], target_b[key], msg=key)  # resumed EMA == uninterrupted EMA
     assert json.loads((full / "model_index.json").read_text())["_class_name"] == "LatentConsistencyModelPipeline"
     scheduler = json.loads((full / "scheduler" / "scheduler_config.json").read_text())
-    assert scheduler["_class_name"] == "LCMScheduler" and scheduler["original_inference_steps"] == 8  # the toy config's N
+    assert scheduler["_class_name"] == "LCMScheduler" and scheduler["original_inference_steps"] == 50  # the toy config's N
     assert json.loads((full / "unet" / "config.json").read_text())["time_cond_proj_dim"] == 256
     card = (full / "README.md").read_text()
     assert "guidance_scale=8.5" in card and "guidance embedding" in card and not W_IN_TEXT.search(card)
