@@ -60,8 +60,7 @@ def test_the_reference_rows_are_the_quickstart_teacher_rows_of_the_installed_wor
 
     world = ensure_toy_world(cache_dir=tmp_path / "cache")
     monkeypatch.setattr(pipelines, "load_pipeline", lambda *a, **k: pytest.fail("a teacher row had no reference row"))
-    settings = toy_bench_settings(world, 1024, tmp_path / "cache")
-    settings.reference_rows = str(shipped.REFERENCE_ROWS)
+    settings = toy_bench_settings(world, 1024, tmp_path / "cache")  # every toy benchmark reads the reference rows
     result = run_quality_benchmark(teacher_specs(str(world.teacher)), tmp_path / "bench", settings)
     assert len(result["rows"]) == 10 and all(r.endswith("(reference)") for r in result["meta"]["reused_rows"])
     fifty = next(r for r in result["rows"] if r["pipeline"] == "teacher" and r["steps"] == 50)

@@ -117,12 +117,15 @@ class BenchmarkSettings:
 
 def toy_bench_settings(world: Any, num_images: int, cache_dir: str | Path | None = None) -> BenchmarkSettings:
     """Settings on the toy world: its prompts and real images, Fréchet distance and CLIP score in its tiny CLIP's
-    space, and prompt accuracy by its classifier (the quickstart's and the toy benchmarks')."""
+    space, and prompt accuracy by its classifier (the quickstart's and the toy benchmarks'). The teacher rows the
+    shipped world comes with (:data:`~distill_diffusion.toy.shipped.REFERENCE_ROWS`) are reused wherever a row's key
+    matches, so every toy table reads the same teacher rows and none generates them again."""
     from transformers import CLIPModel
 
     from distill_diffusion.bench.row_cache import fingerprint
     from distill_diffusion.toy.classifier import resolve_toy_classifier, toy_prompt_scorer
     from distill_diffusion.toy.clip import clip_feature_net, toy_clip_processor
+    from distill_diffusion.toy.shipped import REFERENCE_ROWS
     from distill_diffusion.toy.tokenizer import build_tokenizer
 
     clip = CLIPModel.from_pretrained(world.clip).eval()
@@ -131,6 +134,7 @@ def toy_bench_settings(world: Any, num_images: int, cache_dir: str | Path | None
         prompts="toy", num_images=num_images, real_dir=str(world.data), fid_feature=clip_feature_net(clip),
         clip=(clip, toy_clip_processor(build_tokenizer())), local_files_only=True, batch_size=64,
         prompt_scorer=toy_prompt_scorer(classifier), cache_tag=f"toy clip {fingerprint(world.clip)} classifier {fingerprint(world.classifier)}",
+        reference_rows=str(REFERENCE_ROWS),
     )  # fmt: skip
 
 

@@ -17,7 +17,6 @@ from distill_diffusion.bench.quality import run_quality_benchmark, toy_bench_set
 from distill_diffusion.bench.specs import PipelineSpec
 from distill_diffusion.cli import main
 from distill_diffusion.toy.build import ensure_toy_world
-from distill_diffusion.toy.shipped import REFERENCE_ROWS
 
 VARIANTS = {
     "w3": ["--method.guidance_scale_min", "3", "--method.guidance_scale_max", "3"],
@@ -41,9 +40,7 @@ specs = [
     PipelineSpec("lcm-lora-w3", teacher, lora=str(runs / "w3"), sampler="lcm", guidance_scale=(1.0, 1.5), steps=(4,)),
     PipelineSpec("lcm-lora-n8", teacher, lora=str(runs / "n8"), sampler="lcm", guidance_scale=1.0, steps=(1, 2, 4, 8)),
 ]
-settings = toy_bench_settings(world, 1024)
-settings.reference_rows = str(REFERENCE_ROWS)
-result = run_quality_benchmark(specs, out, settings)
+result = run_quality_benchmark(specs, out, toy_bench_settings(world, 1024))
 for row in result["rows"]:
     print(row["pipeline"], row["steps"], row["guidance_scale"], round(row["fid"], 3), round(row["clip_score"], 1),
           round(row["acc_shape"], 3), round(row["acc_colour"], 3), round(row["acc_background"], 3))
