@@ -31,7 +31,8 @@ from distill_diffusion.bench.options import add_speed_options, run_speed
 HELP = "DMD2 speed: a generator + fake-score cycle vs the generator, real-score, fake-score and classifier passes it cannot avoid"
 STEP_TARGET = 1.15
 ENGINE_KEY = "engine DMD2 cycle"
-#: tiny/dmd2's method options (rank-16 adapters, 5 fake-score updates per generator update, the toy's guidance 2).
+#: The timed cycle: tiny/dmd2's rank-16 adapters with DMD2's SDXL count of 5 fake-score updates per generator update
+#: (tiny/dmd2 trains with 2); the guidance scale does not change the work.
 OPTIONS = {"lora_rank": 16, "lora_alpha": 16, "head_width": 64, "fake_updates": 5, "real_guidance_scale": 2.0}
 
 
