@@ -49,7 +49,10 @@ def components(prediction_type: str = "epsilon", family: str = "sd1") -> SDCompo
 
 
 def method(teacher_type: str = "epsilon", family: str = "sd1", **options) -> Progressive:
-    config = ProgressiveConfig(**{"start_steps": 8, "target_steps": 4, "guidance": "none", "steps_per_round": [1], **options})
+    options = {"start_steps": 8, "target_steps": 4, "guidance": "none", "steps_per_round": [1], **options}
+    if options["guidance"] == "distill":  # every stage has its count, as check_config leaves a run's config
+        options.setdefault("guidance_steps", 1)
+    config = ProgressiveConfig(**options)
     return Progressive(components(teacher_type, family), config)
 
 

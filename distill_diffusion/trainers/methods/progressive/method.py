@@ -87,8 +87,8 @@ class Progressive(MethodBase):
         """The run's :class:`RoundPlan` stages on the teacher's schedule (SD's 1000 eps-prediction timesteps where its
         configs cannot be read without loading)."""
         scheduler = teacher.scheduler if teacher is not None else {}
-        return RoundPlan(run.method_config, int(scheduler.get("num_train_timesteps", 1000)), run.train.max_train_steps,
-                         teacher_prediction_type=scheduler.get("prediction_type", "epsilon")).stages()
+        return RoundPlan(run.method_config, int(scheduler.get("num_train_timesteps", 1000)),
+                         scheduler.get("prediction_type", "epsilon"), run.train.max_train_steps).stages()
 
     @classmethod
     def stage_length_options(cls, steps: int) -> dict[str, Any]:
@@ -104,8 +104,8 @@ class Progressive(MethodBase):
     def __init__(self, components: SDComponents, config: ProgressiveConfig):
         check_start_steps(components.schedule.num_train_timesteps, config)
         self.components, self.config, self.schedule = components, config, components.schedule
-        self.plan = RoundPlan(config, self.schedule.num_train_timesteps, default_steps=config.round_steps(1)[0],
-                              teacher_prediction_type=components.prediction_type)
+        # check_config gave every stage its count (steps_per_round, guidance_steps) before the engine builds this
+        self.plan = RoundPlan(config, self.schedule.num_train_timesteps, components.prediction_type)
         self.uncond = UncondEmbedding(components)
         self.w_conditioned = config.guidance == "distill"
         # the original teacher stays frozen in the weight dtype; the student is an fp32 copy predicting v (or x)

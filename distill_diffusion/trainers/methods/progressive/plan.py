@@ -57,9 +57,11 @@ class RoundPlan:
 
     config: ProgressiveConfig
     num_train_timesteps: int
-    default_steps: int
     #: the original teacher's prediction type (its scheduler's)
     teacher_prediction_type: str
+    #: ``train.max_train_steps``, the length of every round (and guidance stage) without a count of its own; None where
+    #: the config gives every count, as :meth:`Progressive.check_config` leaves it before training
+    default_steps: int | None = None
 
     @property
     def has_guidance_stage(self) -> bool:
@@ -83,13 +85,20 @@ class RoundPlan:
         return [self.config.start_steps >> (r + 1) for r in range(self.config.num_rounds)]
 
     def stages(self) -> list[Stage]:
+        lengths = self.config.round_steps(self.default_steps) if self.config.steps_per_round else [self._default()] * self.config.num_rounds
         rounds = [Stage(f"round-{r + 1}-{n}-steps", steps, export=True, sampling_steps=n)
-                  for r, (n, steps) in enumerate(zip(self.student_steps, self.config.round_steps(self.default_steps)))]
+                  for r, (n, steps) in enumerate(zip(self.student_steps, lengths))]
         if self.has_guidance_stage:
-            return [Stage(GUIDANCE_STAGE, self.config.guidance_steps or self.default_steps), *rounds]
+            return [Stage(GUIDANCE_STAGE, self.config.guidance_steps or self._default()), *rounds]
         if self.has_convert_stage:
             return [Stage(CONVERT_STAGE, self.config.convert_steps), *rounds]
         return rounds
+
+    def _default(self) -> int:
+        """The length of a stage the config gives no count: ``default_steps``, which must then be set."""
+        if self.default_steps is None:
+            raise ValueError("a progressive stage has no step count: set method.steps_per_round / guidance_steps or train.max_train_steps")
+        return self.default_steps
 
     def round_index(self, stage: int) -> int | None:
         """The halving round of ``stage`` (0-based), or None for the guidance or conversion stage."""
