@@ -27,6 +27,7 @@ from distill_diffusion.toy.tiny import SD15_SCHEDULER_CONFIG, build_tiny_compone
 from distill_diffusion.trainers.methods.base import Phase, StepContext
 from distill_diffusion.trainers.methods.progressive import Progressive, ProgressiveConfig
 from distill_diffusion.trainers.methods.progressive.plan import (
+    RoundPlan,
     ddim_sample,
     export_scheduler_config,
     round_grid,
@@ -269,3 +270,13 @@ def test_the_project_sampler_and_stock_ddim_agree_on_a_w_student(tmp_path) -> No
     c = pipe.encode_prompt("a red circle", "cpu", 1, False)[0]
     ours = ddim_sample(m.student_denoiser(), latents, round_grid(1000, 8).pairs, c, **m.w_condition(torch.tensor([2.0])))
     torch.testing.assert_close(ours, stock, rtol=1e-4, atol=1e-4)
+
+
+def test_the_round_plan_takes_train_steps_for_stages_without_a_count_and_refuses_a_stage_with_none() -> None:
+    config = ProgressiveConfig(start_steps=8, target_steps=2, guidance="distill")
+    plan = RoundPlan(config, 1000, "epsilon", default_steps=5)
+    assert [(s.name, s.steps) for s in plan.stages()] == [("guidance", 5), ("round-1-4-steps", 5), ("round-2-2-steps", 5)]
+    with pytest.raises(ValueError, match="no step count"):
+        RoundPlan(config, 1000, "epsilon").stages()
+    given = ProgressiveConfig(start_steps=8, target_steps=2, guidance="distill", guidance_steps=3, steps_per_round=[7, 9])
+    assert [s.steps for s in RoundPlan(given, 1000, "epsilon").stages()] == [3, 7, 9]
