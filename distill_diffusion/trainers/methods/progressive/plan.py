@@ -85,7 +85,7 @@ class RoundPlan:
         return [self.config.start_steps >> (r + 1) for r in range(self.config.num_rounds)]
 
     def stages(self) -> list[Stage]:
-        lengths = self.config.round_steps(self.default_steps) if self.config.steps_per_round else [self._default()] * self.config.num_rounds
+        lengths = self.config.round_steps(self.default_steps if self.config.steps_per_round else self._default())
         rounds = [Stage(f"round-{r + 1}-{n}-steps", steps, export=True, sampling_steps=n)
                   for r, (n, steps) in enumerate(zip(self.student_steps, lengths))]
         if self.has_guidance_stage:
