@@ -27,13 +27,15 @@ from types import SimpleNamespace
 from typing import Any
 
 from distill_diffusion.bench.options import add_speed_options, run_speed
+from distill_diffusion.config_files import load_config
 
 HELP = "DMD2 speed: a generator + fake-score cycle vs the generator, real-score, fake-score and classifier passes it cannot avoid"
 STEP_TARGET = 1.15
 ENGINE_KEY = "engine DMD2 cycle"
-#: The timed cycle: tiny/dmd2's rank-16 adapters with DMD2's SDXL count of 5 fake-score updates per generator update
-#: (tiny/dmd2 trains with 2); the guidance scale does not change the work.
-OPTIONS = {"lora_rank": 16, "lora_alpha": 16, "head_width": 64, "fake_updates": 5, "real_guidance_scale": 2.0}
+#: The timed cycle: tiny/dmd2's adapters, head and real-score guidance (read from the shipped config, so the two cannot
+#: drift apart) with DMD2's SDXL count of 5 fake-score updates per generator update (tiny/dmd2 trains with 2).
+OPTIONS = {**{k: load_config("tiny/dmd2")["method"][k] for k in ("lora_rank", "lora_alpha", "head_width", "real_guidance_scale")},
+           "fake_updates": 5}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
