@@ -5,7 +5,7 @@
 # the SD 1.4-sized BK-SDM-Small one (training, and sampling latency of teacher vs student), the SD 1.5 LADD-LoRA one,
 # the SD 1.5 DMD2 one (a generator + fake-score cycle, one-base LoRA mode vs full mode, dmd2_sd15's batch and
 # checkpointing: against `bench lora-memory --method dmd2 --family sd15 --resolution 512 --batch_size 8`) and SDXL's LCM-LoRA step at 1024², batch 1 (its peak against the meta-device estimate of `bench lora-memory`), then the
-# LADD, progressive and KOALA SDXL configs' steps (`bench sdxl-gpu --config`).
+# LADD, progressive and KOALA SDXL configs' steps (`bench sdxl-gpu --config`; their peaks against `bench train-memory --config`).
 # Run from the repository root on a machine with a GPU: bash benchmarks/gpu_check.sh
 # Results: benchmarks/results/{lcm,progressive,ladd,dmd2}_gpu_sd15.{json,md}, bksdm_gpu_sd14.{json,md},
 # {lcm,ladd,progressive,koala_700m,koala_1b}_gpu_sdxl.{json,md},

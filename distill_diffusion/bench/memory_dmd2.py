@@ -133,13 +133,14 @@ def estimate_dmd2_training(unet_config: dict[str, Any], *, batch_size: int, reso
     }
 
 
-def summarise(terms: dict[str, int], resident_and_batch: int) -> dict[str, Any]:
-    """A mode's terms in GiB with the resident modules and batch, its peak (always held + the worse phase), margins,
-    and its weights, AdamW moments and the larger phase's gradients alone (the terms that differ most between modes)."""
+def summarise(terms: dict[str, int], resident_and_batch: int, phase_names: Sequence[str] = PHASES) -> dict[str, Any]:
+    """A step's terms in GiB with the resident modules and batch, its peak (always held + the worse phase), margins,
+    and its weights, AdamW moments and the larger phase's gradients alone (the terms that differ most between modes).
+    A term whose name starts with one of ``phase_names`` is held only while that phase runs."""
     terms = {**terms, "frozen text encoders and VAE, batch": resident_and_batch}
-    phases = {p: sum(v for k, v in terms.items() if k.startswith(p)) for p in PHASES}
+    phases = {p: sum(v for k, v in terms.items() if k.startswith(p)) for p in phase_names}
     held = sum(terms.values()) - sum(phases.values())
-    states = held - resident_and_batch + max(terms[f"{p}: gradients (fp32)"] for p in PHASES)
+    states = held - resident_and_batch + max(terms[f"{p}: gradients (fp32)"] for p in phase_names)
     peak = held + max(phases.values())
     return {"terms_gib": {k: v / GIB for k, v in terms.items()}, "phases_gib": {k: v / GIB for k, v in phases.items()},
             "weights_gradients_moments_gib": states / GIB, "peak_gib": peak / GIB,

@@ -126,7 +126,7 @@ def add_meta_lora(unet: nn.Module, rank: int, target_modules: Sequence[str]) -> 
     return sum(p.numel() for p in lora)
 
 
-def _unet_inputs(unet: nn.Module, batch: int, latent: int, dtype: torch.dtype) -> tuple[tuple, dict[str, Any]]:
+def meta_unet_inputs(unet: nn.Module, batch: int, latent: int, dtype: torch.dtype) -> tuple[tuple, dict[str, Any]]:
     """Meta inputs of one UNet call: latents, timesteps, text states, and SDXL's added conditions when it has them."""
     from distill_diffusion.models.conditioning import pooled_text_width
 
@@ -177,7 +177,7 @@ def activation_profile(unet: nn.Module, batch: int, latent: int, dtype: torch.dt
     units = [m for m in unet.modules() if type(m).__name__ in CHECKPOINT_UNITS]
     handles = [h for m in units for h in (m.register_forward_pre_hook(enter), m.register_forward_hook(leave))]
     handles.append(unet.up_blocks[0].register_forward_pre_hook(decoder))
-    args, kwargs = _unet_inputs(unet, batch, latent, dtype)
+    args, kwargs = meta_unet_inputs(unet, batch, latent, dtype)
     autocast = torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32)
     try:
         with _flash_attention(), autocast, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):

@@ -26,6 +26,7 @@ GENERIC: dict[str, str] = {
     "adversarial-toy": "distill_diffusion.bench.adversarial_toy",
     "methods": "distill_diffusion.bench.methods",
     "lora-memory": "distill_diffusion.bench.memory",
+    "train-memory": "distill_diffusion.bench.train_memory",
     "sdxl-gpu": "distill_diffusion.bench.sdxl_gpu",
 }
 

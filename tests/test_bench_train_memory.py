@@ -1,0 +1,116 @@
+"""The training peak-memory estimate of progressive, BK-SDM and LADD configs (``bench train-memory``): its counts are the
+real methods' models, its terms follow the step's structure, and its CLI writes the table or refuses bad options."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import UNet2DConditionModel
+
+from distill_diffusion.bench.memory_methods import LADD_PHASES, STEP, estimate_method_training
+from distill_diffusion.cli import main
+from distill_diffusion.config import load_config
+from distill_diffusion.toy.tiny_sdxl import tiny_sdxl_unet_config
+
+TINY = tiny_sdxl_unet_config()
+GIB = 2**30
+
+
+def _estimate(method: str, options: dict, **kw) -> dict:
+    args = {"batch_size": 2, "resolution": 32, "mixed_precision": "bf16", "gradient_checkpointing": True, "use_ema": True,
+            "vae_factor": 4, **kw}
+    return estimate_method_training(method, TINY, options, **args)
+
+
+def _count(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_progressive_holds_two_frozen_teachers_and_a_whole_student_with_its_w_embedding() -> None:
+    result = _estimate("progressive", {"guidance": "distill", "time_cond_proj_dim": 16})
+    student = _count(UNet2DConditionModel(**TINY, time_cond_proj_dim=16))
+    base = _count(UNet2DConditionModel(**TINY))
+    assert result["trainable_parameters"] == student > result["unet_parameters"] == base
+    terms = result["terms_gib"]
+    assert terms["frozen teacher + the previous round's student, weight dtype"] == pytest.approx((base + student) * 2 / GIB)
+    assert terms["student AdamW moments (fp32)"] == pytest.approx(student * 8 / GIB)
+    assert terms["student EMA copy (fp32)"] == pytest.approx(student * 4 / GIB)
+    assert "student EMA copy (fp32)" not in _estimate("progressive", {}, use_ema=False)["terms_gib"]
+
+
+def test_bksdm_trains_the_variants_student_and_holds_both_models_features() -> None:
+    from distill_diffusion.trainers.methods.bksdm.architecture import student_config
+
+    options = dict(load_config("tiny/bksdm_xl")["method"])
+    result = _estimate("bksdm", options)
+    assert result["trainable_parameters"] == _count(UNet2DConditionModel(**student_config(TINY, options["variant"])))
+    assert result["feature_pairs"] > 0 and result["captured_features_gib"] > 0
+    without = _estimate("bksdm", {**options, "lambda_feat": 0.0})
+    assert without["feature_pairs"] == 0 and without["captured_features_gib"] == 0
+    key = f"{STEP[0]}: activations held until the backward"
+    assert without["terms_gib"][key] < result["terms_gib"][key]
+
+
+def test_ladds_lora_and_heads_are_the_real_methods_and_its_phases_are_separate() -> None:
+    from distill_diffusion.models.lora import attach_lora
+    from distill_diffusion.trainers.methods.ladd.config import LADDConfig
+
+    options = dict(load_config("tiny/ladd_xl")["method"])
+    result = _estimate("ladd", options)
+    cfg, real = LADDConfig(**options), UNet2DConditionModel(**TINY)
+    attach_lora(real, cfg.lora_rank, cfg.lora_alpha, 0.0, cfg.lora_target_modules)
+    lora = sum(p.numel() for n, p in real.named_parameters() if "lora_" in n)
+    assert result["trainable_parameters"] == lora > 0 and result["head_parameters"] > 0
+    terms = result["terms_gib"]
+    assert terms[f"{LADD_PHASES[1]}: generator's rollback snapshot (weights + moments)"] == pytest.approx(lora * 12 / GIB)
+    assert terms[f"{LADD_PHASES[1]}: gradients (fp32)"] == pytest.approx(result["head_parameters"] * 4 / GIB)
+    held = sum(terms.values()) - sum(result["phases_gib"].values())
+    assert result["peak_gib"] == pytest.approx(held + max(result["phases_gib"].values()))
+    full = _estimate("ladd", {**options, "lora": False})
+    assert full["trainable_parameters"] == full["unet_parameters"] and full["peak_gib"] > result["peak_gib"]
+
+
+@pytest.mark.parametrize("method,options", [("progressive", {}), ("bksdm", {"variant": "small"}), ("ladd", {})])
+def test_more_batch_more_memory_and_checkpointing_holds_less(method: str, options: dict) -> None:
+    small, large = _estimate(method, options), _estimate(method, options, batch_size=4)
+    assert 0 < small["peak_gib"] < large["peak_gib"] < large["peak_with_margin_gib"]
+    unchecked = _estimate(method, options, gradient_checkpointing=False)
+    phase = next(iter(small["phases_gib"]))
+    key = f"{phase}: activations held until the backward"
+    assert small["terms_gib"][key] < unchecked["terms_gib"][key]
+
+
+def test_train_memory_cli_writes_the_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "ladd.json"
+    assert main(["bench", "train-memory", "--config", "ladd_sd15", "--resolution", "128", "--batch_size", "1",
+                 "--output", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["settings"]["config"] == "ladd_sd15" and 855e6 < result["unet_parameters"] < 865e6
+    assert set(result["phases_gib"]) == set(LADD_PHASES) and result["fits_card"] is True
+    table = out.with_suffix(".md").read_text()
+    assert "| **peak**" in table and "--config ladd_sd15 --batch_size 1 --resolution 128" in table
+    assert "Fits a 80 GB card" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv,says", [
+    (["--batch_size", "0"], "--batch_size 0 must be >= 1"),
+    (["--resolution", "100"], "--resolution 100 must be a multiple of 64"),
+])  # fmt: skip
+def test_train_memory_refuses_bad_options_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], says: str) -> None:
+    out = tmp_path / "m.json"
+    assert main(["bench", "train-memory", "--config", "bksdm_small_sd14", *argv, "--output", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert says in err and len(err.splitlines()) == 1 and not out.exists()
+
+
+@pytest.mark.parametrize("config,says", [("add_sdxl", "ADD's step decodes"), ("lcm_lora_sdxl", "bench lora-memory"),
+                                         ("no_such", "is not estimated here")])
+def test_train_memory_refuses_a_config_it_does_not_estimate(tmp_path: Path, capsys: pytest.CaptureFixture[str], config: str,
+                                                          says: str) -> None:
+    out = tmp_path / "m.json"
+    assert main(["bench", "train-memory", "--config", config, "--output", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert says in err and len(err.splitlines()) == 1 and not out.exists()
