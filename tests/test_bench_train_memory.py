@@ -73,7 +73,32 @@ def test_ladds_lora_and_heads_are_the_real_methods_and_its_phases_are_separate()
     assert full["trainable_parameters"] == full["unet_parameters"] and full["peak_gib"] > result["peak_gib"]
 
 
-@pytest.mark.parametrize("method,options", [("progressive", {}), ("bksdm", {"variant": "small"}), ("ladd", {})])
+def test_add_holds_the_vae_decode_and_the_vits_read_of_the_samples_with_gradients() -> None:
+    """ADD's generator phase keeps what the VAE decoder and DINOv2 save for the backward to the student's samples: far
+    more than LADD's, whose discriminator reads the UNet's own features; the heads are the real method's."""
+    from distill_diffusion.bench.memory_add import dinov2_config
+    from distill_diffusion.models.conditioning import pooled_text_width
+    from distill_diffusion.trainers.methods.adversarial.heads import DiscriminatorHeads
+
+    options = {"feature_network": "facebook/dinov2-small", "feature_layers": [3, 6, 9, 12], "head_width": 8}
+    result, ladd = _estimate("add", options), _estimate("ladd", {"head_width": 8})
+    key = f"{LADD_PHASES[0]}: activations held until the backward"
+    assert result["terms_gib"][key] > ladd["terms_gib"][key] > 0
+    width = dinov2_config("facebook/dinov2-small").hidden_size
+    heads = DiscriminatorHeads(dict.fromkeys(["block3", "block6", "block9", "block12"], width), pooled_text_width(TINY) + width, 8, dims=1)
+    assert result["head_parameters"] == _count(heads) and width == 384
+    assert result["terms_gib"]["frozen DINOv2 feature network, weight dtype"] > 0
+
+
+def test_add_refuses_a_feature_network_it_cannot_size() -> None:
+    from distill_diffusion.errors import UserError
+
+    with pytest.raises(UserError, match="neither a local folder with config.json nor one of"):
+        _estimate("add", {"feature_network": "someone/vit"})
+
+
+@pytest.mark.parametrize("method,options", [("progressive", {}), ("bksdm", {"variant": "small"}), ("ladd", {}),
+                                            ("add", {"feature_network": "facebook/dinov2-small"})])
 def test_more_batch_more_memory_and_checkpointing_holds_less(method: str, options: dict) -> None:
     small, large = _estimate(method, options), _estimate(method, options, batch_size=4)
     assert 0 < small["peak_gib"] < large["peak_gib"] < large["peak_with_margin_gib"]
@@ -106,7 +131,7 @@ def test_train_memory_refuses_bad_options_in_one_line(tmp_path: Path, capsys: py
     assert says in err and len(err.splitlines()) == 1 and not out.exists()
 
 
-@pytest.mark.parametrize("config,says", [("add_sdxl", "ADD's step decodes"), ("lcm_lora_sdxl", "bench lora-memory"),
+@pytest.mark.parametrize("config,says", [("dmd2_sdxl", "bench lora-memory"), ("lcm_lora_sdxl", "bench lora-memory"),
                                          ("no_such", "is not estimated here")])
 def test_train_memory_refuses_a_config_it_does_not_estimate(tmp_path: Path, capsys: pytest.CaptureFixture[str], config: str,
                                                           says: str) -> None:

@@ -40,6 +40,9 @@ GIB = 2**30
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "no": torch.float32}
 #: Outside the estimate: the CUDA context and a share of the total for the allocator's fragmentation and workspaces.
 CONTEXT_GIB, FRAGMENTATION = 0.5, 0.10
+#: The VAE of SD 1.x and SDXL base (the same architecture; SDXL's is retrained): its published config.
+SD_VAE_CONFIG = {"block_out_channels": [128, 256, 512, 512], "down_block_types": ["DownEncoderBlock2D"] * 4,
+                 "up_block_types": ["UpDecoderBlock2D"] * 4, "layers_per_block": 2, "latent_channels": 4}
 #: Modules diffusers' UNet checkpoints one by one under ``enable_gradient_checkpointing``.
 CHECKPOINT_UNITS = ("ResnetBlock2D", "BasicTransformerBlock")
 
@@ -203,12 +206,10 @@ def sdxl_resident_parameters() -> dict[str, int]:
         return CLIPTextConfig(vocab_size=49408, hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
                               num_attention_heads=heads, max_position_embeddings=77, projection_dim=hidden, hidden_act=act)
 
-    vae = {"block_out_channels": [128, 256, 512, 512], "down_block_types": ["DownEncoderBlock2D"] * 4,
-           "up_block_types": ["UpDecoderBlock2D"] * 4, "layers_per_block": 2, "latent_channels": 4}
     return {
         "text_encoder": meta_parameter_count(lambda: CLIPTextModel(clip(768, 12, 12, "quick_gelu"))),  # CLIP ViT-L/14
         "text_encoder_2": meta_parameter_count(lambda: CLIPTextModelWithProjection(clip(1280, 32, 20, "gelu"))),  # bigG/14
-        "vae": meta_parameter_count(lambda: AutoencoderKL(**vae)),
+        "vae": meta_parameter_count(lambda: AutoencoderKL(**SD_VAE_CONFIG)),
     }
 
 

@@ -1,4 +1,4 @@
-"""Peak GPU memory of progressive, BK-SDM and LADD training steps, estimated from meta-device models: no weights, no GPU.
+"""Peak GPU memory of progressive, BK-SDM, LADD and ADD training steps, estimated from meta-device models: no weights, no GPU.
 
 The step of each method as the engine runs it, term by term, with the activation profiles and margins of
 :mod:`~distill_diffusion.bench.memory_estimate` (tensors saved for backward under per-unit gradient checkpointing,
@@ -22,8 +22,11 @@ dtype while its forward runs; frozen models sit in the weight dtype.
   the backbone's no-grad features of real and generated latents (twice the batch) and their fp32 copies, the heads'
   forward and gradients, and the generator's rollback snapshot the engine keeps until the step's last phase stepped.
 
-ADD is not estimated: its step decodes the student's samples with the VAE and runs a DINOv2 ViT with gradients to its
-input, neither of which these UNet profiles model.
+- **ADD** (Sauer et al., arXiv:2311.17042): LADD's LoRA student and phases, with the discriminator's features taken
+  from images: the student's samples decoded by the VAE (fp32 weights under ``force_upcast``, its convolutions in the
+  autocast dtype, no checkpointing) and read by a frozen DINOv2 ViT (weight dtype), both with gradients to their
+  input in the generator phase. The discriminator phase decodes and reads the real latents without gradients (bounded
+  above by what the with-gradient decode saves) and, with R1, runs the heads' backward twice.
 """
 
 from __future__ import annotations
@@ -81,9 +84,11 @@ def captured_bytes(unet: nn.Module, outputs: dict[str, str], batch: int, latent:
     return sum(t.numel() * t.element_size() for t in features.values())
 
 
-def saved_bytes(module: nn.Module, *inputs: Any) -> int:
-    """Bytes a module's forward saves for backward (its own parameters not counted: they are weights)."""
-    weights, seen = {id(p) for p in module.parameters()}, {}
+def saved_bytes(call: Any, weights: Any, width: int | None = None) -> tuple[int, int]:
+    """(total, largest) bytes of the tensors ``call()`` saves for backward, ``weights`` (parameters) not counted: they
+    are weights; with ``width``, fp32 tensors count at that many bytes an element (what autocast would have saved: the
+    meta device has none)."""
+    weights, seen = {id(p) for p in weights}, {}
 
     def pack(t: torch.Tensor) -> torch.Tensor:
         if id(t) not in weights and id(t if t._base is None else t._base) not in weights:
@@ -91,8 +96,9 @@ def saved_bytes(module: nn.Module, *inputs: Any) -> int:
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        module(*inputs)
-    return sum(t.numel() * t.element_size() for t in seen.values())
+        call()
+    sizes = [t.numel() * (width if width and t.dtype == torch.float32 else t.element_size()) for t in seen.values()]
+    return sum(sizes), max(sizes, default=0)
 
 
 def progressive_terms(unet_config: dict[str, Any], options: dict[str, Any], batch: int, latent: int, dtype: torch.dtype,
@@ -130,41 +136,65 @@ def bksdm_terms(unet_config: dict[str, Any], options: dict[str, Any], batch: int
     return terms, {"unet_parameters": base, "trainable_parameters": trainable, "feature_pairs": len(pairs), "captured_features_gib": features / 2**30}
 
 
-def ladd_terms(unet_config: dict[str, Any], options: dict[str, Any], batch: int, latent: int, dtype: torch.dtype,
-               checkpointing: bool, ema: bool) -> tuple[dict[str, int], dict[str, Any]]:
-    """LADD's terms in bytes, generator and discriminator phase (LoRA mode, or a full student when ``lora`` is off)."""
-    from distill_diffusion.trainers.methods.ladd.config import LADDConfig
-
-    cfg = LADDConfig(**options)
+def adversarial_terms(unet_config: dict[str, Any], cfg: Any, batch: int, latent: int, dtype: torch.dtype, checkpointing: bool,
+                      ema: bool, judge: Any) -> tuple[dict[str, int], dict[str, Any]]:
+    """LADD's or ADD's terms in bytes (LoRA mode, or a full student when ``lora`` is off): the student's, and from
+    ``judge(unet, profile)`` the discriminator's (heads' parameters, what the generator phase holds for them and adds
+    at its backward, and the discriminator phase's own terms)."""
     unet, width = meta_unet(unet_config, dtype), _width(dtype)
     base = sum(p.numel() for p in unet.parameters())
     if cfg.lora:
         trainable = add_meta_lora(unet, cfg.lora_rank, cfg.lora_target_modules)
-        frozen = {"frozen UNet (teacher, backbone; the LoRA's base), weight dtype": base * width}
+        frozen = {"frozen UNet (teacher; the LoRA's base), weight dtype": base * width}
     else:
         trainable = base
-        frozen = {"frozen teacher UNet (backbone), weight dtype": base * width}
+        frozen = {"frozen teacher UNet, weight dtype": base * width}
         unet.requires_grad_(True)
-    heads, head_saved, taps = _heads(unet_config, cfg, batch, latent, dtype)
-    profiles = {b: activation_profile(unet, b, latent, dtype) for b in (batch, 2 * batch)}
-    student, student_extra = profiles[batch].held(checkpointing)
-    backbone, backbone_extra = profiles[batch].encoder().held(checkpointing)
-    distill = 2 * max(profiles[batch].unit_saved, default=0) if cfg.distill_weight > 0 else 0  # the guided teacher, cond + uncond
+    profile = activation_profile(unet, batch, latent, dtype)
+    student, student_extra = profile.held(checkpointing)
+    heads, held, extra, discriminator = judge(unet, profile)
+    distill = 2 * max(profile.unit_saved, default=0) if cfg.distill_weight > 0 else 0  # the guided teacher, cond + uncond
     cast = width if dtype != torch.float32 else 0
-    generator = training_phase(LADD_PHASES[0], trainable, cast, student + backbone + head_saved[batch], distill,
-                               max(student_extra, backbone_extra))
-    no_grad_backbone = max(profiles[2 * batch].unit_saved, default=0)
+    generator = training_phase(LADD_PHASES[0], trainable, cast, student + held, distill, max(student_extra, extra))
     discriminator = {f"{LADD_PHASES[1]}: gradients (fp32)": heads * 4,
-                     f"{LADD_PHASES[1]}: generator's rollback snapshot (weights + moments)": trainable * 12,
-                     f"{LADD_PHASES[1]}: tapped features of real + generated latents (weight dtype and fp32)": taps * (width + 4),
-                     f"{LADD_PHASES[1]}: heads' activations held until the backward": head_saved[2 * batch],
-                     f"{LADD_PHASES[1]}: no-grad backbone forward (transient)": no_grad_backbone}
+                     f"{LADD_PHASES[1]}: generator's rollback snapshot (weights + moments)": trainable * 12, **discriminator}
     terms = {**frozen, **trained_terms(trainable, ema, "student"), **trained_terms(heads, False, "discriminator heads"),
              **generator, **discriminator}
     return terms, {"unet_parameters": base, "trainable_parameters": trainable, "head_parameters": heads}
 
 
-def _heads(unet_config: dict[str, Any], cfg: Any, batch: int, latent: int, dtype: torch.dtype) -> tuple[int, dict[int, int], int]:
+def ladd_terms(unet_config: dict[str, Any], options: dict[str, Any], batch: int, latent: int, dtype: torch.dtype,
+               checkpointing: bool, ema: bool) -> tuple[dict[str, int], dict[str, Any]]:
+    """LADD's terms: the backbone (the teacher up to the mid block, adapter off) and heads on its tapped features."""
+    from distill_diffusion.trainers.methods.ladd.config import LADDConfig
+
+    cfg, width = LADDConfig(**options), _width(dtype)
+
+    def judge(unet: nn.Module, profile: Any) -> tuple[int, int, int, dict[str, int]]:
+        heads, head_saved, taps = _ladd_heads(unet_config, cfg, batch, latent, dtype)
+        backbone, backbone_extra = profile.encoder().held(checkpointing)
+        no_grad = max(activation_profile(unet, 2 * batch, latent, dtype).unit_saved, default=0)
+        p = LADD_PHASES[1]
+        return heads, backbone + head_saved[batch], backbone_extra, {
+            f"{p}: tapped features of real + generated latents (weight dtype and fp32)": taps * (width + 4),
+            f"{p}: heads' activations held until the backward": head_saved[2 * batch],
+            f"{p}: no-grad backbone forward (transient)": no_grad}
+
+    return adversarial_terms(unet_config, cfg, batch, latent, dtype, checkpointing, ema, judge)
+
+
+def add_terms(unet_config: dict[str, Any], options: dict[str, Any], batch: int, latent: int, dtype: torch.dtype,
+              checkpointing: bool, ema: bool) -> tuple[dict[str, int], dict[str, Any]]:
+    """ADD's terms: the VAE decode and DINOv2 read of the samples, heads on its tokens (:mod:`.memory_add`)."""
+    from distill_diffusion.bench.memory_add import add_judge
+    from distill_diffusion.trainers.methods.add.config import ADDConfig
+
+    cfg = ADDConfig(**options)
+    judge = add_judge(unet_config, cfg, batch, latent, dtype)
+    return adversarial_terms(unet_config, cfg, batch, latent, dtype, checkpointing, ema, judge)
+
+
+def _ladd_heads(unet_config: dict[str, Any], cfg: Any, batch: int, latent: int, dtype: torch.dtype) -> tuple[int, dict[int, int], int]:
     """LADD's heads: their parameters, the bytes their forward saves at the batch and at twice it, and the elements of
     the tapped features at twice the batch (real + generated)."""
     from distill_diffusion.models.conditioning import pooled_text_width
@@ -183,7 +213,7 @@ def _heads(unet_config: dict[str, Any], cfg: Any, batch: int, latent: int, dtype
     saved = {}
     for b in (batch, 2 * batch):
         feats = {k: v[:b].float().requires_grad_(True) for k, v in features.items()}
-        saved[b] = saved_bytes(heads, feats, torch.empty(b, cond_dim, device="meta"))
+        saved[b] = saved_bytes(lambda b=b, feats=feats: heads(feats, torch.empty(b, cond_dim, device="meta")), heads.parameters())[0]
     return sum(p.numel() for p in heads.parameters()), saved, sum(v.numel() for v in features.values())
 
 
@@ -194,7 +224,8 @@ def _conditioning(text: torch.Tensor, kwargs: dict[str, Any]) -> Any:
     return Conditioning(text, added["text_embeds"], added["time_ids"]) if added else text
 
 
-ESTIMATORS = {"progressive": (progressive_terms, STEP), "bksdm": (bksdm_terms, STEP), "ladd": (ladd_terms, LADD_PHASES)}
+ESTIMATORS = {"progressive": (progressive_terms, STEP), "bksdm": (bksdm_terms, STEP), "ladd": (ladd_terms, LADD_PHASES),
+              "add": (add_terms, LADD_PHASES)}
 
 
 def estimate_method_training(method: str, unet_config: dict[str, Any], options: dict[str, Any], *, batch_size: int, resolution: int,

@@ -1,6 +1,6 @@
 """A shipped config's training peak-memory estimate without a GPU (``distill-diffusion bench train-memory``).
 
-Estimates the peak GPU memory of one training step of a shipped progressive, BK-SDM or LADD config (SDXL or SD 1.x)
+Estimates the peak GPU memory of one training step of a shipped progressive, BK-SDM, LADD or ADD config (SDXL or SD 1.x)
 from meta-device models, term by term (:mod:`distill_diffusion.bench.memory_methods`): the companion of
 ``bench sdxl-gpu --config``, which measures the SDXL configs' steps on a GPU. Batch, resolution, precision,
 checkpointing and EMA are the config's unless given; the architecture is the published one of the config's family
@@ -15,16 +15,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-HELP = "training peak-memory estimate of a shipped progressive, BK-SDM or LADD config (SDXL or SD 1.x UNet on the meta device), no GPU needed"
+HELP = "training peak-memory estimate of a shipped progressive, BK-SDM, LADD or ADD config (SDXL or SD 1.x UNet on the meta device), no GPU needed"
 #: The configs it estimates and the published architecture each one trains.
 CONFIGS = {"progressive_sdxl": "sdxl", "bksdm_koala_700m_sdxl": "sdxl", "bksdm_koala_1b_sdxl": "sdxl", "ladd_sdxl": "sdxl",
-           "progressive_sd15": "sd15", "bksdm_small_sd14": "sd15", "ladd_sd15": "sd15"}
+           "add_sdxl": "sdxl", "progressive_sd15": "sd15", "bksdm_small_sd14": "sd15", "ladd_sd15": "sd15", "add_sd15": "sd15"}
 
 #: The parameter counts the table states, by result key.
 COUNTS = {"unet_parameters": "teacher UNet", "trainable_parameters": "trained", "head_parameters": "discriminator heads"}
-#: Where the other methods' configs are estimated, or why not.
-OTHERS = ("LCM-LoRA and DMD2: bench lora-memory; ADD's step decodes with the VAE and runs DINOv2 with gradients, "
-          "which the estimate does not model")
+#: Where the other methods' configs are estimated.
+OTHERS = "LCM-LoRA's and DMD2's: bench lora-memory"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
