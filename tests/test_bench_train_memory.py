@@ -139,3 +139,23 @@ def test_train_memory_refuses_a_config_it_does_not_estimate(tmp_path: Path, caps
     assert main(["bench", "train-memory", "--config", config, "--output", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert says in err and len(err.splitlines()) == 1 and not out.exists()
+
+
+def test_autocast_keeps_the_norms_inputs_and_the_silu_after_a_group_norm_in_fp32() -> None:
+    """CUDA autocast runs group_norm and layer_norm in fp32: the estimate counts each norm's saved input, and the
+    GroupNorm output the SiLU saves, at 4 bytes; the convolution's saved input stays at the autocast width."""
+    from distill_diffusion.bench.memory_estimate import autocast_fp32_tensors
+    from distill_diffusion.bench.memory_methods import saved_bytes
+
+    with torch.device("meta"):
+        model = torch.nn.Sequential(torch.nn.GroupNorm(2, 4), torch.nn.SiLU(), torch.nn.Conv2d(4, 4, 1), torch.nn.SiLU())
+    model.to(torch.bfloat16)
+    x = torch.empty(1, 4, 8, 8, device="meta", dtype=torch.bfloat16, requires_grad=True)
+    outputs: dict[str, torch.Tensor] = {}
+    model[2].register_forward_pre_hook(lambda m, args: outputs.update(conv=args[0]))
+    with autocast_fp32_tensors(model) as fp32:
+        model(x)
+    assert id(x) in fp32 and id(outputs["conv"]) not in fp32 and len(fp32) == 2  # the norm's input and its output
+    total, largest = saved_bytes(lambda: model(x), model, width=2)
+    elements = 4 * 8 * 8
+    assert largest == elements * 4 and total >= elements * (4 + 4 + 2 + 2)  # norm in, SiLU in (fp32); conv in, last SiLU in

@@ -46,7 +46,7 @@ def add_judge(unet_config: dict[str, Any], cfg: Any, batch: int, latent: int, dt
     from transformers import Dinov2Model
 
     from distill_diffusion.bench.memory_estimate import SD_VAE_CONFIG
-    from distill_diffusion.bench.memory_methods import LADD_PHASES, saved_bytes
+    from distill_diffusion.bench.memory_methods import LADD_PHASES, autocast_width, saved_bytes
     from distill_diffusion.trainers.methods.add.features import ViTFeatures, default_layers
 
     width = torch.empty((), dtype=dtype).element_size()
@@ -57,12 +57,12 @@ def add_judge(unet_config: dict[str, Any], cfg: Any, batch: int, latent: int, dt
     vit = ViTFeatures(vit_model, cfg.feature_layers or default_layers(vit_model.config.num_hidden_layers), cfg.feature_resolution)
     z = torch.empty(batch, unet_config["in_channels"], latent, latent, device="meta", requires_grad=True)
     decoded: list[torch.Tensor] = []
-    decode, largest = saved_bytes(lambda: decoded.append(vae.decode(z).sample), vae.parameters(), width)
+    decode, largest = saved_bytes(lambda: decoded.append(vae.decode(z).sample), vae, autocast_width(dtype))
     images = torch.empty(decoded[0].shape, device="meta", requires_grad=True)
-    read = saved_bytes(lambda: vit(images), vit_model.parameters())[0]
+    read = saved_bytes(lambda: vit(images), vit_model, autocast_width(dtype))[0]
     with torch.no_grad():
         tokens, _ = vit(images.detach())
-    heads, head_saved = _heads(unet_config, cfg, vit, tokens)
+    heads, head_saved = _heads(unet_config, cfg, vit, tokens, dtype)
     p, r1 = LADD_PHASES[1], 2 if cfg.r1_gamma > 0 and cfg.r1_approximate_sigma == 0 else 1
     vit_parameters = sum(q.numel() for q in vit_model.parameters())
 
@@ -76,9 +76,9 @@ def add_judge(unet_config: dict[str, Any], cfg: Any, batch: int, latent: int, dt
     return judge
 
 
-def _heads(unet_config: dict[str, Any], cfg: Any, vit: Any, tokens: dict[str, torch.Tensor]) -> tuple[int, dict[int, int]]:
+def _heads(unet_config: dict[str, Any], cfg: Any, vit: Any, tokens: dict[str, torch.Tensor], dtype: torch.dtype) -> tuple[int, dict[int, int]]:
     """ADD's 1-D heads on the ViT's tokens: their parameters and what their forward saves at the batch and twice it."""
-    from distill_diffusion.bench.memory_methods import saved_bytes
+    from distill_diffusion.bench.memory_methods import autocast_width, saved_bytes
     from distill_diffusion.models.conditioning import pooled_text_width
     from distill_diffusion.trainers.methods.adversarial.heads import TIME_DIM, DiscriminatorHeads
 
@@ -88,5 +88,5 @@ def _heads(unet_config: dict[str, Any], cfg: Any, vit: Any, tokens: dict[str, to
     batch, saved = next(iter(tokens.values())).shape[0], {}
     for b in (batch, 2 * batch):
         feats = {k: torch.cat([v] * (b // batch)).float().requires_grad_(True) for k, v in tokens.items()}
-        saved[b] = saved_bytes(lambda b=b, feats=feats: heads(feats, torch.empty(b, cond, device="meta")), heads.parameters())[0]
+        saved[b] = saved_bytes(lambda b=b, feats=feats: heads(feats, torch.empty(b, cond, device="meta")), heads, autocast_width(dtype))[0]
     return sum(q.numel() for q in heads.parameters()), saved

@@ -12,7 +12,8 @@ computed from the model built on PyTorch's ``meta`` device (shapes only, seconds
   during a meta forward of the LoRA-wrapped UNet under bf16/fp16 autocast, less the weights autograd keeps (a
   saved parameter or a view of one is no new memory; the weights are counted once, above). Attention is counted as flash /
   memory-efficient SDPA saves it (q, k, v, output and the fp32 log-sum-exp), not as the materialised probabilities
-  the meta device's math kernel would keep. Each saved tensor is attributed to the checkpointed unit it was saved in
+  the meta device's math kernel would keep; what CUDA autocast saves in fp32 (``group_norm`` and ``layer_norm`` run
+  in fp32 under it: each norm's input, and a GroupNorm's output that the SiLU after it saves) counts at 4 bytes. Each saved tensor is attributed to the checkpointed unit it was saved in
   (diffusers checkpoints every ``ResnetBlock2D`` and ``BasicTransformerBlock``), or to none. Without checkpointing the
   student holds all of them. With it (Chen et al., arXiv:1604.06174) it holds the tensors saved outside units plus each
   unit's input, and in backward recomputes one unit at a time: the largest unit's own saved tensors plus two
@@ -107,6 +108,43 @@ class ActivationProfile:
         return self.outside + sum(self.unit_inputs), self.unit_saved[worst] + 2 * self.unit_inputs[worst]
 
 
+@contextlib.contextmanager
+def autocast_fp32_tensors(model: nn.Module) -> Iterator[set[int]]:
+    """The ids of the tensors CUDA autocast saves in fp32 during ``model``'s forward, which the meta forward (no
+    autocast) holds in the weight dtype: ``group_norm`` and ``layer_norm`` run in fp32 under autocast (torch.amp's op
+    lists), so each saves an fp32 copy of its input, and a GroupNorm's fp32 output is what the SiLU after it saves (a
+    convolution or linear layer after a norm saves its input cast back to the autocast dtype, as counted)."""
+    ids: set[int] = set()
+    outputs: set[int] = set()
+    keep: list[Any] = []  # the tensors whose ids are recorded stay alive, so no id is reused
+
+    def norm_input(module: nn.Module, args: tuple) -> None:
+        ids.add(id(args[0]))
+        keep.append(args[0])
+
+    def norm_output(module: nn.Module, args: tuple, output: Any) -> None:
+        outputs.add(id(output))
+        keep.append(output)
+
+    def activation_input(module: nn.Module, args: tuple) -> None:
+        if id(args[0]) in outputs:
+            ids.add(id(args[0]))
+
+    handles = []
+    for m in model.modules():
+        if isinstance(m, (nn.GroupNorm, nn.LayerNorm)):
+            handles.append(m.register_forward_pre_hook(norm_input))
+            if isinstance(m, nn.GroupNorm):
+                handles.append(m.register_forward_hook(norm_output))
+        elif isinstance(m, nn.SiLU):
+            handles.append(m.register_forward_pre_hook(activation_input))
+    try:
+        yield ids
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def meta_unet(unet_config: dict[str, Any], dtype: torch.dtype) -> nn.Module:
     """The UNet of ``unet_config`` on the meta device in ``dtype``, frozen."""
     from diffusers import UNet2DConditionModel
@@ -149,7 +187,8 @@ def activation_profile(unet: nn.Module, batch: int, latent: int, dtype: torch.dt
     A saved parameter, or a view of one (a linear layer saves its weight's transpose), is the weight itself and no
     new memory: the weights are counted once, as weights. The meta device has no autocast, so an fp32 LoRA's path
     runs in fp32 (peft casts each adapter's input to its dtype): those saved fp32 tensors count at ``dtype``'s width,
-    as autocast casts them before the matmul that saves them (one copy per adapter, as on a GPU)."""
+    as autocast casts them before the matmul that saves them (one copy per adapter, as on a GPU); the tensors autocast
+    saves in fp32 (:func:`autocast_fp32_tensors`: the norms' inputs, the SiLU's after a GroupNorm) count at 4 bytes."""
     profile, stack, seen = ActivationProfile(), [], {}
     weights = {id(p) for p in unet.parameters()}
     width = torch.empty((), dtype=dtype).element_size()
@@ -158,7 +197,7 @@ def activation_profile(unet: nn.Module, batch: int, latent: int, dtype: torch.dt
         if id(t) not in seen and id(t if t._base is None else t._base) not in weights:
             seen[id(t)] = t  # one tensor saved by two ops is held once; keep it so its id is not reused
             fp32 = t.dtype == torch.float32 and not getattr(t, "full_precision", False)
-            size = t.numel() * (width if fp32 else t.element_size())
+            size = t.numel() * (4 if id(t) in autocast_fp32 else width if fp32 else t.element_size())
             if stack:
                 profile.unit_saved[stack[0]] += size
             else:
@@ -183,7 +222,8 @@ def activation_profile(unet: nn.Module, batch: int, latent: int, dtype: torch.dt
     args, kwargs = meta_unet_inputs(unet, batch, latent, dtype)
     autocast = torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32)
     try:
-        with _flash_attention(), autocast, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with _flash_attention(), autocast, autocast_fp32_tensors(unet) as autocast_fp32, \
+                torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             unet(*args, **kwargs)
     finally:
         for h in handles:

@@ -43,6 +43,7 @@ from distill_diffusion.bench.memory_estimate import (
     FRAGMENTATION,
     activation_profile,
     add_meta_lora,
+    autocast_fp32_tensors,
     meta_unet,
     meta_unet_inputs,
     resident_and_batch_bytes,
@@ -55,6 +56,11 @@ LADD_PHASES = ("generator phase", "discriminator phase")
 
 def _width(dtype: torch.dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
+
+
+def autocast_width(dtype: torch.dtype) -> int | None:
+    """The autocast dtype's width under mixed precision, else None (an fp32 module's tensors stay fp32)."""
+    return _width(dtype) if dtype != torch.float32 else None
 
 
 def trained_terms(trainable: int, ema: bool, what: str) -> dict[str, int]:
@@ -84,20 +90,22 @@ def captured_bytes(unet: nn.Module, outputs: dict[str, str], batch: int, latent:
     return sum(t.numel() * t.element_size() for t in features.values())
 
 
-def saved_bytes(call: Any, weights: Any, width: int | None = None) -> tuple[int, int]:
-    """(total, largest) bytes of the tensors ``call()`` saves for backward, ``weights`` (parameters) not counted: they
-    are weights; with ``width``, fp32 tensors count at that many bytes an element (what autocast would have saved: the
-    meta device has none)."""
-    weights, seen = {id(p) for p in weights}, {}
+def saved_bytes(call: Any, model: nn.Module, width: int | None = None) -> tuple[int, int]:
+    """(total, largest) bytes of the tensors ``call()`` (a forward of ``model``) saves for backward, ``model``'s
+    parameters not counted: they are weights. With ``width`` (mixed precision), fp32 tensors count at that many bytes
+    an element, what autocast would have saved (the meta device has none), except those autocast keeps in fp32
+    (:func:`~distill_diffusion.bench.memory_estimate.autocast_fp32_tensors`)."""
+    weights, seen = {id(p) for p in model.parameters()}, {}
 
     def pack(t: torch.Tensor) -> torch.Tensor:
         if id(t) not in weights and id(t if t._base is None else t._base) not in weights:
             seen[id(t)] = t
         return t
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with autocast_fp32_tensors(model) as fp32, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         call()
-    sizes = [t.numel() * (width if width and t.dtype == torch.float32 else t.element_size()) for t in seen.values()]
+    sizes = [t.numel() * (4 if width and i in fp32 else width if width and t.dtype == torch.float32 else t.element_size())
+             for i, t in seen.items()]
     return sum(sizes), max(sizes, default=0)
 
 
@@ -213,7 +221,7 @@ def _ladd_heads(unet_config: dict[str, Any], cfg: Any, batch: int, latent: int, 
     saved = {}
     for b in (batch, 2 * batch):
         feats = {k: v[:b].float().requires_grad_(True) for k, v in features.items()}
-        saved[b] = saved_bytes(lambda b=b, feats=feats: heads(feats, torch.empty(b, cond_dim, device="meta")), heads.parameters())[0]
+        saved[b] = saved_bytes(lambda b=b, feats=feats: heads(feats, torch.empty(b, cond_dim, device="meta")), heads, autocast_width(dtype))[0]
     return sum(p.numel() for p in heads.parameters()), saved, sum(v.numel() for v in features.values())
 
 
