@@ -119,7 +119,7 @@ def progressive_terms(unet_config: dict[str, Any], options: dict[str, Any], batc
     held, recompute = profile.held(checkpointing)
     terms = {"frozen teacher + the previous round's student, weight dtype": (base + trainable) * width,
              **trained_terms(trainable, ema, "student")}
-    cast = width if dtype != torch.float32 else 0
+    cast = autocast_width(dtype) or 0
     terms.update(training_phase(STEP[0], trainable, cast, held, 2 * max(profile.unit_saved, default=0), recompute))
     return terms, {"unet_parameters": base, "trainable_parameters": trainable}
 
@@ -139,7 +139,7 @@ def bksdm_terms(unet_config: dict[str, Any], options: dict[str, Any], batch: int
     features = captured_bytes(student, feat.student_outputs(pairs), batch, latent, dtype)
     features += captured_bytes(teacher, feat.teacher_outputs(pairs), batch, latent, dtype)
     terms = {"frozen teacher UNet, weight dtype": base * width, **trained_terms(trainable, ema, "student")}
-    cast = width if dtype != torch.float32 else 0
+    cast = autocast_width(dtype) or 0
     terms.update(training_phase(STEP[0], trainable, cast, held + features, max(teacher_profile.unit_saved, default=0), recompute))
     return terms, {"unet_parameters": base, "trainable_parameters": trainable, "feature_pairs": len(pairs), "captured_features_gib": features / 2**30}
 
@@ -162,7 +162,7 @@ def adversarial_terms(unet_config: dict[str, Any], cfg: Any, batch: int, latent:
     student, student_extra = profile.held(checkpointing)
     heads, held, extra, discriminator = judge(unet, profile)
     distill = 2 * max(profile.unit_saved, default=0) if cfg.distill_weight > 0 else 0  # the guided teacher, cond + uncond
-    cast = width if dtype != torch.float32 else 0
+    cast = autocast_width(dtype) or 0
     generator = training_phase(LADD_PHASES[0], trainable, cast, student + held, distill, max(student_extra, extra))
     discriminator = {f"{LADD_PHASES[1]}: gradients (fp32)": heads * 4,
                      f"{LADD_PHASES[1]}: generator's rollback snapshot (weights + moments)": trainable * 12, **discriminator}
