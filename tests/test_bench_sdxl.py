@@ -185,3 +185,14 @@ def test_sdxl_lcm_lora_step_on_the_gpu(tmp_path: Path) -> None:
     """The real thing at its smallest: SDXL's UNet, 1024², bf16, rank 64, checkpointing, one image, two timed steps."""
     result = run_sdxl_gpu_benchmark(batch_size=1, steps=2, output=tmp_path / "gpu.json")
     assert result["settings"]["unet_parameters"] == 2_567_463_684 and result["peak_memory_gib"] > 5
+
+
+@pytest.mark.parametrize("argv,says", [(["--resolution", "0"], "resolution=0 must be a positive multiple of 64"),
+                                       (["--card_gib", "0"], "card_gib=0.0 must be > 0")])
+def test_lora_memory_refuses_bad_options_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], says: str) -> None:
+    from distill_diffusion.cli import main
+
+    out = tmp_path / "m.json"
+    assert main(["bench", "lora-memory", "--family", "sd15", *argv, "--output", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert says in err and len(err.splitlines()) == 1 and not out.exists()

@@ -122,7 +122,9 @@ def test_train_memory_cli_writes_the_table(tmp_path: Path, capsys: pytest.Captur
 
 @pytest.mark.parametrize("argv,says", [
     (["--batch_size", "0"], "--batch_size 0 must be >= 1"),
-    (["--resolution", "100"], "--resolution 100 must be a multiple of 64"),
+    (["--resolution", "100"], "--resolution 100 must be a positive multiple of 64"),
+    (["--resolution", "0"], "--resolution 0 must be a positive multiple of 64"),
+    (["--card_gib", "-1"], "--card_gib -1.0 must be > 0"),
 ])  # fmt: skip
 def test_train_memory_refuses_bad_options_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], says: str) -> None:
     out = tmp_path / "m.json"

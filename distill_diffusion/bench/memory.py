@@ -45,7 +45,9 @@ def run(args: argparse.Namespace) -> int:
     from distill_diffusion.errors import require
 
     require(args.batch_size >= 1 and args.lora_rank >= 1, "batch_size and lora_rank must be >= 1")
-    require(args.resolution % 64 == 0, f"resolution={args.resolution} must be a multiple of 64 (VAE x8, UNet x8 at most)")
+    require(args.resolution >= 64 and args.resolution % 64 == 0,
+            f"resolution={args.resolution} must be a positive multiple of 64 (VAE x8, UNet x8 at most)")
+    require(args.card_gib > 0, f"card_gib={args.card_gib} must be > 0 (the card's memory in GiB, e.g. 24)")
     options = (args.family, args.batch_size, args.resolution, args.lora_rank, args.mixed_precision, args.gradient_checkpointing,
                args.card_gib)
     if args.method == "dmd2":

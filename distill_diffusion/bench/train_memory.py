@@ -43,8 +43,9 @@ def run(args: argparse.Namespace) -> int:
 
     require(args.config in CONFIGS, f"--config {args.config} is not estimated here; use one of {', '.join(CONFIGS)} ({OTHERS})")
     require(args.batch_size is None or args.batch_size >= 1, f"--batch_size {args.batch_size} must be >= 1")
-    require(args.resolution is None or args.resolution % 64 == 0,
-            f"--resolution {args.resolution} must be a multiple of 64 (VAE x8, UNet x8 at most)")
+    require(args.resolution is None or (args.resolution >= 64 and args.resolution % 64 == 0),
+            f"--resolution {args.resolution} must be a positive multiple of 64 (VAE x8, UNet x8 at most)")
+    require(args.card_gib > 0, f"--card_gib {args.card_gib} must be > 0 (the card's memory in GiB, e.g. 80)")
     result = estimate(args.config, args.batch_size, args.resolution, args.mixed_precision, args.gradient_checkpointing, args.card_gib)
     write(result, Path(args.output or f"benchmarks/results/{args.config}_memory.json"))
     return 0
