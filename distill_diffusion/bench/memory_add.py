@@ -46,10 +46,10 @@ def add_judge(unet_config: dict[str, Any], cfg: Any, batch: int, latent: int, dt
     from transformers import Dinov2Model
 
     from distill_diffusion.bench.memory_estimate import SD_VAE_CONFIG
-    from distill_diffusion.bench.memory_methods import LADD_PHASES, autocast_width, saved_bytes
+    from distill_diffusion.bench.memory_methods import LADD_PHASES, autocast_width, dtype_width, saved_bytes
     from distill_diffusion.trainers.methods.add.features import ViTFeatures, default_layers
 
-    width = torch.empty((), dtype=dtype).element_size()
+    width = dtype_width(dtype)
     with torch.device("meta"):
         vae = AutoencoderKL(**{**SD_VAE_CONFIG, "latent_channels": unet_config["in_channels"]}).requires_grad_(False)
         vit_model = Dinov2Model(dinov2_config(cfg.feature_network)).requires_grad_(False)

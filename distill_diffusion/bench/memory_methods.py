@@ -54,13 +54,14 @@ STEP = ("training step",)
 LADD_PHASES = ("generator phase", "discriminator phase")
 
 
-def _width(dtype: torch.dtype) -> int:
+def dtype_width(dtype: torch.dtype) -> int:
+    """Bytes an element of ``dtype``."""
     return torch.empty((), dtype=dtype).element_size()
 
 
 def autocast_width(dtype: torch.dtype) -> int | None:
     """The autocast dtype's width under mixed precision, else None (an fp32 module's tensors stay fp32)."""
-    return _width(dtype) if dtype != torch.float32 else None
+    return dtype_width(dtype) if dtype != torch.float32 else None
 
 
 def trained_terms(trainable: int, ema: bool, what: str) -> dict[str, int]:
@@ -114,7 +115,7 @@ def progressive_terms(unet_config: dict[str, Any], options: dict[str, Any], batc
     """Progressive's terms in bytes (a round after the first: two frozen teachers) and what the table says of them."""
     extra = {"time_cond_proj_dim": options.get("time_cond_proj_dim", 256)} if options.get("guidance", "distill") == "distill" else {}
     teacher, student = meta_unet(unet_config, dtype), meta_unet({**unet_config, **extra}, dtype).requires_grad_(True)
-    base, trainable, width = sum(p.numel() for p in teacher.parameters()), sum(p.numel() for p in student.parameters()), _width(dtype)
+    base, trainable, width = sum(p.numel() for p in teacher.parameters()), sum(p.numel() for p in student.parameters()), dtype_width(dtype)
     profile = activation_profile(student, batch, latent, dtype)
     held, recompute = profile.held(checkpointing)
     terms = {"frozen teacher + the previous round's student, weight dtype": (base + trainable) * width,
@@ -133,7 +134,7 @@ def bksdm_terms(unet_config: dict[str, Any], options: dict[str, Any], batch: int
 
     student_cfg, _, pairs = plan(unet_config, BKSDMConfig(**options))
     teacher, student = meta_unet(unet_config, dtype), meta_unet(student_cfg, dtype).requires_grad_(True)
-    base, trainable, width = sum(p.numel() for p in teacher.parameters()), sum(p.numel() for p in student.parameters()), _width(dtype)
+    base, trainable, width = sum(p.numel() for p in teacher.parameters()), sum(p.numel() for p in student.parameters()), dtype_width(dtype)
     profile, teacher_profile = activation_profile(student, batch, latent, dtype), activation_profile(teacher, batch, latent, dtype)
     held, recompute = profile.held(checkpointing)
     features = captured_bytes(student, feat.student_outputs(pairs), batch, latent, dtype)
@@ -149,7 +150,7 @@ def adversarial_terms(unet_config: dict[str, Any], cfg: Any, batch: int, latent:
     """LADD's or ADD's terms in bytes (LoRA mode, or a full student when ``lora`` is off): the student's, and from
     ``judge(unet, profile)`` the discriminator's (heads' parameters, what the generator phase holds for them and adds
     at its backward, and the discriminator phase's own terms)."""
-    unet, width = meta_unet(unet_config, dtype), _width(dtype)
+    unet, width = meta_unet(unet_config, dtype), dtype_width(dtype)
     base = sum(p.numel() for p in unet.parameters())
     if cfg.lora:
         trainable = add_meta_lora(unet, cfg.lora_rank, cfg.lora_target_modules)
@@ -176,7 +177,7 @@ def ladd_terms(unet_config: dict[str, Any], options: dict[str, Any], batch: int,
     """LADD's terms: the backbone (the teacher up to the mid block, adapter off) and heads on its tapped features."""
     from distill_diffusion.trainers.methods.ladd.config import LADDConfig
 
-    cfg, width = LADDConfig(**options), _width(dtype)
+    cfg, width = LADDConfig(**options), dtype_width(dtype)
 
     def judge(unet: nn.Module, profile: Any) -> tuple[int, int, int, dict[str, int]]:
         heads, head_saved, taps = _ladd_heads(unet_config, cfg, batch, latent, dtype)
@@ -244,7 +245,7 @@ def estimate_method_training(method: str, unet_config: dict[str, Any], options: 
     dtype, latent = DTYPES[mixed_precision], resolution // vae_factor
     terms_of, phases = ESTIMATORS[method]
     terms, counts = terms_of(unet_config, options, batch_size, latent, dtype, gradient_checkpointing, use_ema)
-    fixed = sum(resident_and_batch_bytes(meta_unet(unet_config, dtype), resident, batch_size, latent, _width(dtype)))
+    fixed = sum(resident_and_batch_bytes(meta_unet(unet_config, dtype), resident, batch_size, latent, dtype_width(dtype)))
     return {**summarise(terms, fixed, phases), **counts, "resident_parameters": dict(resident or {}),
             "settings": {"method": method, "batch_size": batch_size, "resolution": resolution, "latent_size": latent,
                          "mixed_precision": mixed_precision, "gradient_checkpointing": gradient_checkpointing, "use_ema": use_ema,
