@@ -33,8 +33,10 @@ def test_the_toy_teacher_names_its_paths_configs_and_folders(tmp_path: Path) -> 
 def test_each_tiny_xl_config_is_its_sd_recipe_on_the_xl_teacher(name: str) -> None:
     sd, xl = load_config(name), load_config(f"{name}_xl")
     # the XL LCM-LoRA trains 1600 steps on the N = 8 grid (its 4-step bar needed both), the XL BK-SDM student 2000 (its
-    # bar was met there): the configs' comments; nothing else differs
-    xl_grid = {"tiny/lcm_lora": {"num_ddim_timesteps": 8}}.get(name, {})
+    # bar was met there), the XL progressive rounds 500-1000 steps (its 30-min budget): the configs' comments; nothing
+    # else differs
+    xl_grid = {"tiny/lcm_lora": {"num_ddim_timesteps": 8},
+               progressive_toy.CONFIG: {"steps_per_round": [500, 500, 600, 700, 800, 1000]}}.get(name, {})
     assert xl["method_name"] == sd["method_name"] and xl["method"] == sd["method"] | xl_grid and xl.get("phases") == sd.get("phases")
     xl_steps = {"tiny/lcm_lora": 1600, "tiny/bksdm": 2000}
     assert xl["train"].get("max_train_steps") == xl_steps.get(name, sd["train"].get("max_train_steps"))
