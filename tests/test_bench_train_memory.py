@@ -90,6 +90,22 @@ def test_add_holds_the_vae_decode_and_the_vits_read_of_the_samples_with_gradient
     assert result["terms_gib"]["frozen DINOv2 feature network, weight dtype"] > 0
 
 
+def test_add_checkpoints_the_vae_decoder_under_gradient_checkpointing() -> None:
+    """As ``ADD.enable_frozen_checkpointing`` does: the decode of the samples keeps only its blocks' inputs through the
+    generator's backward and recomputes its worst block there; the no-grad decode of the real latents is bounded by
+    that block, not by the whole decode."""
+    from distill_diffusion.bench.memory_add import add_judge
+    from distill_diffusion.trainers.methods.add.config import ADDConfig
+
+    cfg = ADDConfig(feature_network="facebook/dinov2-small", head_width=8)
+    on, off = (add_judge(TINY, cfg, 2, 16, torch.bfloat16, checkpointing)(None, None) for checkpointing in (True, False))
+    heads, held, extra, discriminator = on
+    assert heads == off[0] and discriminator == off[3]
+    assert held < off[1] and extra > off[2] > 0
+    no_grad = next(v for k, v in discriminator.items() if "no-grad decode" in k)
+    assert no_grad < off[1]  # the largest block's and the read's, not the whole decode's
+
+
 def test_add_refuses_a_feature_network_it_cannot_size() -> None:
     from distill_diffusion.errors import UserError
 

@@ -184,3 +184,42 @@ def test_a_lora_attached_after_checkpointing_ran_is_recomputed_in_its_mode() -> 
     unet.zero_grad(set_to_none=True)
     for got, want in zip(input_and_lora_grads(unet, "teacher"), plain, strict=True):
         torch.testing.assert_close(got, want)
+
+
+def checkpointed_blocks(monkeypatch: pytest.MonkeyPatch) -> list[torch.nn.Module]:
+    """Every block torch's checkpoint runs from now on (the module whose ``__call__`` it was given)."""
+    blocks, original = [], torch.utils.checkpoint.checkpoint
+    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", lambda fn, *a, **k: blocks.append(getattr(fn, "__self__", None)) or original(fn, *a, **k))
+    return blocks
+
+
+def test_add_checkpoints_the_vae_decode_of_its_samples(tiny_pipeline_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ADD's loss is on decoded images: under --gradient_checkpointing the decoder's mid block and every up block are
+    checkpointed too (the same maths: the matrix above); without the flag nothing of the VAE is."""
+    for checkpointing in (False, True):
+        method = build("add", True, tiny_pipeline_dir, checkpointing=checkpointing)
+        blocks = checkpointed_blocks(monkeypatch)
+        run_phases(method)
+        decoder = method.components.vae.decoder
+        wanted, seen = {id(decoder.mid_block), *map(id, decoder.up_blocks)}, {id(b) for b in blocks}
+        assert wanted <= seen if checkpointing else not wanted & seen
+
+
+def test_the_fp32_working_copy_of_an_upcast_vae_is_checkpointed_too(tiny_pipeline_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An fp16 VAE under force_upcast decodes through an fp32 copy made at its first use (latent caching, validation):
+    a copy made before checkpointing was enabled is made again, so the decode with gradients is checkpointed."""
+    from diffusers import AutoencoderKL
+
+    from distill_diffusion.models.encode import checkpoint_decoder, decode_latents
+
+    vae = AutoencoderKL.from_pretrained(tiny_pipeline_dir / "vae", force_upcast=True).requires_grad_(False)
+    vae.half()
+    latents = torch.randn(1, 4, 4, 4)
+    with torch.no_grad():
+        decode_latents(vae, latents)  # the copy, made before the flag
+    checkpoint_decoder(vae)
+    blocks = checkpointed_blocks(monkeypatch)
+    latents.requires_grad_(True)
+    decode_latents(vae, latents, clamp=False).sum().backward()
+    assert {"UNetMidBlock2D", "UpDecoderBlock2D"} <= {type(b).__name__ for b in blocks}
+    assert latents.grad is not None and torch.isfinite(latents.grad).all()

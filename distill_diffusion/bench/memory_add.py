@@ -3,11 +3,13 @@ samples, from meta-device models (:mod:`~distill_diffusion.bench.memory_methods`
 phases).
 
 ADD (Sauer et al., arXiv:2311.17042, §3.2) judges decoded images: in the generator phase the student's samples go
-through the VAE decoder (fp32 weights under ``force_upcast``; its convolutions run in the autocast dtype, and it is
-not checkpointed) and a frozen DINOv2 ViT (weight dtype) with gradients to their input, then the heads on the ViT's
-tokens; the backward adds two gradients of the decoder's largest saved tensor. The discriminator phase reuses the
-generator's features of its samples and decodes and reads the real latents without gradients (bounded above by what
-the decode with gradients saves); with exact R1 the heads' backward runs twice (``create_graph``).
+through the VAE decoder (fp32 weights under ``force_upcast``; its convolutions run in the autocast dtype; under
+``--gradient_checkpointing`` its mid block and each up block are checkpointed, as diffusers does) and a frozen DINOv2
+ViT (weight dtype) with gradients to their input, then the heads on the ViT's tokens; the backward adds two gradients
+of the largest block input (and, checkpointed, the worst block's recomputed activations). The discriminator phase
+reuses the generator's features of its samples and decodes and reads the real latents without gradients (a pass that
+keeps nothing: bounded above by what the decoder's largest block and the read save with gradients); with exact R1 the
+heads' backward runs twice (``create_graph``).
 """
 
 from __future__ import annotations
@@ -40,12 +42,12 @@ def dinov2_config(source: str) -> Any:
                         image_size=518, layerscale_value=1.0, use_swiglu_ffn=source.endswith("giant"))
 
 
-def add_judge(unet_config: dict[str, Any], cfg: Any, batch: int, latent: int, dtype: torch.dtype) -> Any:
+def add_judge(unet_config: dict[str, Any], cfg: Any, batch: int, latent: int, dtype: torch.dtype, checkpointing: bool) -> Any:
     """The ``judge`` of :func:`~distill_diffusion.bench.memory_methods.adversarial_terms` for ADD's config ``cfg``."""
     from diffusers import AutoencoderKL
     from transformers import Dinov2Model
 
-    from distill_diffusion.bench.memory_estimate import SD_VAE_CONFIG
+    from distill_diffusion.bench.memory_estimate import SD_VAE_CONFIG, profile_saved
     from distill_diffusion.bench.memory_methods import LADD_PHASES, autocast_width, dtype_width, saved_bytes
     from distill_diffusion.trainers.methods.add.features import ViTFeatures, default_layers
 
@@ -57,7 +59,9 @@ def add_judge(unet_config: dict[str, Any], cfg: Any, batch: int, latent: int, dt
     vit = ViTFeatures(vit_model, cfg.feature_layers or default_layers(vit_model.config.num_hidden_layers), cfg.feature_resolution)
     z = torch.empty(batch, unet_config["in_channels"], latent, latent, device="meta", requires_grad=True)
     decoded: list[torch.Tensor] = []
-    decode, largest = saved_bytes(lambda: decoded.append(vae.decode(z).sample), vae, autocast_width(dtype))
+    units = [vae.decoder.mid_block, *vae.decoder.up_blocks]
+    decoder = profile_saved(vae, lambda: decoded.append(vae.decode(z).sample), units, dtype)
+    decode, decode_extra = decoder.held(checkpointing)
     images = torch.empty(decoded[0].shape, device="meta", requires_grad=True)
     read = saved_bytes(lambda: vit(images), vit_model, autocast_width(dtype))[0]
     with torch.no_grad():
@@ -67,11 +71,11 @@ def add_judge(unet_config: dict[str, Any], cfg: Any, batch: int, latent: int, dt
     vit_parameters = sum(q.numel() for q in vit_model.parameters())
 
     def judge(unet: nn.Module, profile: Any) -> tuple[int, int, int, dict[str, int]]:
-        return heads, decode + read + head_saved[batch], 2 * largest, {
+        return heads, decode + read + head_saved[batch], decode_extra, {
             "frozen DINOv2 feature network, weight dtype": vit_parameters * width,
             f"{p}: tokens of real + generated images (fp32)": 2 * sum(t.numel() for t in tokens.values()) * 4,
             f"{p}: heads' activations held until the backward (twice with R1)": r1 * head_saved[2 * batch],
-            f"{p}: no-grad decode and read of the real latents (transient, at most)": decode + read}
+            f"{p}: no-grad decode and read of the real latents (transient, at most)": max(decoder.unit_saved) + read}
 
     return judge
 

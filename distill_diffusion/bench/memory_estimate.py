@@ -182,7 +182,18 @@ def meta_unet_inputs(unet: nn.Module, batch: int, latent: int, dtype: torch.dtyp
 
 
 def activation_profile(unet: nn.Module, batch: int, latent: int, dtype: torch.dtype) -> ActivationProfile:
-    """Saved-for-backward bytes of one forward of ``unet`` (its trainable parameters decide what autograd keeps).
+    """Saved-for-backward bytes of one forward of ``unet`` (its trainable parameters decide what autograd keeps), per
+    checkpoint unit (:data:`CHECKPOINT_UNITS`); :func:`profile_saved` says how each tensor counts."""
+    units = [m for m in unet.modules() if type(m).__name__ in CHECKPOINT_UNITS]
+    args, kwargs = meta_unet_inputs(unet, batch, latent, dtype)
+    return profile_saved(unet, lambda: unet(*args, **kwargs), units, dtype, decoder_start=unet.up_blocks[0])
+
+
+def profile_saved(model: nn.Module, call: Any, units: Sequence[nn.Module], dtype: torch.dtype,
+                  decoder_start: nn.Module | None = None) -> ActivationProfile:
+    """Saved-for-backward bytes of ``call()``, a meta forward of ``model`` under autocast to ``dtype`` with flash
+    attention's saved tensors (:class:`_FlashSDPA`), attributed to the checkpoint unit (one of ``units``) each tensor
+    was saved in; ``decoder_start``: the module whose start marks the end of an encoder (:meth:`ActivationProfile.encoder`).
 
     A saved parameter, or a view of one (a linear layer saves its weight's transpose), is the weight itself and no
     new memory: the weights are counted once, as weights. The meta device has no autocast, so an fp32 LoRA's path
@@ -190,14 +201,18 @@ def activation_profile(unet: nn.Module, batch: int, latent: int, dtype: torch.dt
     as autocast casts them before the matmul that saves them (one copy per adapter, as on a GPU); the tensors autocast
     saves in fp32 (:func:`autocast_fp32_tensors`: the norms' inputs, the SiLU's after a GroupNorm) count at 4 bytes."""
     profile, stack, seen = ActivationProfile(), [], {}
-    weights = {id(p) for p in unet.parameters()}
+    weights = {id(p) for p in model.parameters()}
     width = torch.empty((), dtype=dtype).element_size()
+
+    def nbytes(t: torch.Tensor) -> int:
+        """As autocast holds ``t``: an fp32 tensor of the meta forward (an fp32 module's, the VAE's) in ``dtype``."""
+        fp32 = t.dtype == torch.float32 and not getattr(t, "full_precision", False)
+        return t.numel() * (width if fp32 else t.element_size())
 
     def pack(t: torch.Tensor) -> torch.Tensor:
         if id(t) not in seen and id(t if t._base is None else t._base) not in weights:
             seen[id(t)] = t  # one tensor saved by two ops is held once; keep it so its id is not reused
-            fp32 = t.dtype == torch.float32 and not getattr(t, "full_precision", False)
-            size = t.numel() * (4 if id(t) in autocast_fp32 else width if fp32 else t.element_size())
+            size = 4 * t.numel() if id(t) in autocast_fp32 else nbytes(t)
             if stack:
                 profile.unit_saved[stack[0]] += size
             else:
@@ -206,7 +221,7 @@ def activation_profile(unet: nn.Module, batch: int, latent: int, dtype: torch.dt
 
     def enter(module: nn.Module, args: tuple) -> None:
         if not stack:
-            profile.unit_inputs.append(args[0].numel() * args[0].element_size() if args else 0)
+            profile.unit_inputs.append(nbytes(args[0]) if args else 0)  # the checkpoint keeps it as autocast made it
             profile.unit_saved.append(0)
         stack.append(len(profile.unit_saved) - 1 if not stack else stack[0])
 
@@ -216,15 +231,14 @@ def activation_profile(unet: nn.Module, batch: int, latent: int, dtype: torch.dt
     def decoder(module: nn.Module, args: tuple) -> None:
         profile.encoder_end = (profile.outside, len(profile.unit_saved))
 
-    units = [m for m in unet.modules() if type(m).__name__ in CHECKPOINT_UNITS]
     handles = [h for m in units for h in (m.register_forward_pre_hook(enter), m.register_forward_hook(leave))]
-    handles.append(unet.up_blocks[0].register_forward_pre_hook(decoder))
-    args, kwargs = meta_unet_inputs(unet, batch, latent, dtype)
+    if decoder_start is not None:
+        handles.append(decoder_start.register_forward_pre_hook(decoder))
     autocast = torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32)
     try:
-        with _flash_attention(), autocast, autocast_fp32_tensors(unet) as autocast_fp32, \
+        with _flash_attention(), autocast, autocast_fp32_tensors(model) as autocast_fp32, \
                 torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            unet(*args, **kwargs)
+            call()
     finally:
         for h in handles:
             h.remove()

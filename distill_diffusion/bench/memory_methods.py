@@ -24,9 +24,10 @@ dtype while its forward runs; frozen models sit in the weight dtype.
 
 - **ADD** (Sauer et al., arXiv:2311.17042): LADD's LoRA student and phases, with the discriminator's features taken
   from images: the student's samples decoded by the VAE (fp32 weights under ``force_upcast``, its convolutions in the
-  autocast dtype, no checkpointing) and read by a frozen DINOv2 ViT (weight dtype), both with gradients to their
+  autocast dtype, checkpointed per block under gradient checkpointing) and read by a frozen DINOv2 ViT (weight dtype,
+  not checkpointed: transformers checkpoints its layers only in training mode), both with gradients to their
   input in the generator phase. The discriminator phase decodes and reads the real latents without gradients (bounded
-  above by what the with-gradient decode saves) and, with R1, runs the heads' backward twice.
+  above by what the decoder's largest block saves with gradients) and, with R1, runs the heads' backward twice.
 """
 
 from __future__ import annotations
@@ -199,7 +200,7 @@ def add_terms(unet_config: dict[str, Any], options: dict[str, Any], batch: int, 
     from distill_diffusion.trainers.methods.add.config import ADDConfig
 
     cfg = ADDConfig(**options)
-    judge = add_judge(unet_config, cfg, batch, latent, dtype)
+    judge = add_judge(unet_config, cfg, batch, latent, dtype, checkpointing)
     return adversarial_terms(unet_config, cfg, batch, latent, dtype, checkpointing, ema, judge)
 
 

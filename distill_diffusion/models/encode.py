@@ -99,6 +99,16 @@ def _upcast(vae: Any) -> Any:
     return copy_
 
 
+def checkpoint_decoder(vae: Any) -> None:
+    """Gradient checkpointing in the VAE, for a loss on decoded images: diffusers checkpoints the decoder's mid block
+    and each up block whenever gradients are on (Chen et al., arXiv:1604.06174), so a decode with gradients keeps only
+    the blocks' inputs. The fp32 working copy (:func:`_upcast`) is made again from the module, flag included."""
+    from distill_diffusion.models.checkpointing import enable_checkpointing
+
+    enable_checkpointing(vae)
+    _UPCAST.pop(vae, None)
+
+
 def _scale_shift(vae: Any) -> tuple[float, float]:
     shift = getattr(vae.config, "shift_factor", None)
     return float(vae.config.scaling_factor), float(shift) if shift is not None else 0.0

@@ -218,7 +218,8 @@ def build_method(method_cls: type, run: RunConfig, components: Any) -> Any:
 
 
 def enable_gradient_checkpointing(method: Any) -> None:
-    """``--gradient_checkpointing`` on the modules of every phase that allows it.
+    """``--gradient_checkpointing`` on the modules of every phase that allows it, and on the frozen networks the
+    method's gradient passes through (:meth:`~distill_diffusion.trainers.methods.base.MethodBase.enable_frozen_checkpointing`).
 
     Each block is recomputed in the mode it ran in (:func:`~distill_diffusion.models.checkpointing.checkpoint_in_mode`),
     so a module that serves in two roles (a LoRA student's UNet as its own teacher or discriminator backbone, adapters
@@ -233,6 +234,7 @@ def enable_gradient_checkpointing(method: Any) -> None:
             if not getattr(module, "_supports_gradient_checkpointing", False):
                 raise UserError(f"--gradient_checkpointing: module {name!r} does not support it; drop the flag")
             enable_checkpointing(module)
+    method.enable_frozen_checkpointing()
 
 
 def _cached(dataset, run: RunConfig, components, accelerator: Accelerator):

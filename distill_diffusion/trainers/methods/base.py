@@ -130,6 +130,8 @@ class DistillationMethod(Protocol):
 
     def compute_loss(self, phase: str, batch: dict[str, Any], ctx: StepContext) -> LossOutput: ...
 
+    def enable_frozen_checkpointing(self) -> None: ...
+
     def on_step_end(self, ctx: StepContext) -> None: ...
 
     def on_stage_end(self, stage: int, ema: dict[str, list[torch.Tensor]]) -> None: ...
@@ -193,6 +195,11 @@ class MethodBase:
     def trainable_parameters(self, phase: Phase) -> list[nn.Parameter]:
         """The weights ``phase`` updates: those of its modules that are trainable (``requires_grad``) when built."""
         return [p for name in phase.modules for p in self.models[name].parameters() if p.requires_grad]
+
+    def enable_frozen_checkpointing(self) -> None:
+        """``--gradient_checkpointing`` on frozen networks the trained weights' gradient passes through (ADD's VAE
+        decoder); the engine checkpoints the phases' own modules. None by default."""
+        return None
 
     def on_wrapped(self) -> None:
         """The engine has wrapped ``models`` (DDP, FSDP2). FSDP2 shards in place and replaces every parameter by a

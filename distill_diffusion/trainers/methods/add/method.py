@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from distill_diffusion.config import RunConfig
 from distill_diffusion.errors import require
 from distill_diffusion.models.conditioning import Conditioning, as_conditioning, pooled_text_width
-from distill_diffusion.models.encode import decode_latents
+from distill_diffusion.models.encode import checkpoint_decoder, decode_latents
 from distill_diffusion.models.loading import ExtraModel, SDComponents, TeacherConfigs
 from distill_diffusion.trainers.methods.add import features as vit
 from distill_diffusion.trainers.methods.add.config import ADDConfig
@@ -63,6 +63,13 @@ class ADD(AdversarialMethod):
         text = pooled_text_width(dict(self.components.unet.config))
         cond = text + (self.vit.width if self.config.image_conditioning else 0) + self.student_timestep_width()
         return DiscriminatorHeads(dict.fromkeys(self.vit.names(), self.vit.width), cond, self.config.head_width, dims=1)
+
+    def enable_frozen_checkpointing(self) -> None:
+        """The decode of the student's samples, with gradients, holds the VAE decoder's activations at image
+        resolution, ADD's largest activation term (``bench train-memory --config add_sdxl``): checkpointed per block.
+        The DINOv2 ViT is not: transformers checkpoints its layers only in training mode, and the frozen ViT stays in
+        eval mode."""
+        checkpoint_decoder(self.components.vae)
 
     def images(self, latents: Tensor) -> Tensor:
         """Decoded images in about [-1, 1], not clamped, so the generator's gradient reaches every pixel."""
