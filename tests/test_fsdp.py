@@ -58,7 +58,7 @@ def launch(mode: tuple[str, ...], prefix: Path, args: list[str], tmp: Path, proc
     """The probe under ``accelerate launch`` (``mode``: FSDP or DDP); returns rank 0's record and the gathered weights.
 
     A process killed by a signal mid-run (once in CI: SIGSEGV in rank 0 inside torch's gloo collectives, never
-    reproduced in 40 launches here) is torch's native fault, not a Python error of ours: the run is started once more
+    reproduced in 20 launches here) is torch's native fault, not a Python error of ours: the run is started once more
     from an empty output folder. A Python error, or a second crash, fails the test with each process's stack
     (``PYTHONFAULTHANDLER`` prints it for a native crash too)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_CONFIG_FILE": str(tmp / "none.yaml"), "PYTHONFAULTHANDLER": "1"}
