@@ -57,9 +57,9 @@ def train_args(method: str, teacher: Path, out: Path, *extra: str, validation_st
 def launch(mode: tuple[str, ...], prefix: Path, args: list[str], tmp: Path, processes: int = 2, cpu: bool = True) -> dict:
     """The probe under ``accelerate launch`` (``mode``: FSDP or DDP); returns rank 0's record and the gathered weights.
 
-    A process killed by a signal mid-run (once in CI: SIGSEGV in rank 0 inside torch's gloo collectives, never
-    reproduced in 20 launches here) is torch's native fault, not a Python error of ours: the run is started once more
-    from an empty output folder. A Python error, or a second crash, fails the test with each process's stack
+    A process killed by a signal mid-run (once in CI: SIGSEGV in rank 0 mid-training, while rank 1 waited in a gloo
+    collective; not reproduced in 20 launches on a 2-core machine) is a native fault below Python, not an error of
+    ours: the run is started once more from an empty output folder. A Python error, or a second crash, fails the test with each process's stack
     (``PYTHONFAULTHANDLER`` prints it for a native crash too)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_CONFIG_FILE": str(tmp / "none.yaml"), "PYTHONFAULTHANDLER": "1"}
     if cpu:
