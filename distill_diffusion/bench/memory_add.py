@@ -47,8 +47,8 @@ def add_judge(unet_config: dict[str, Any], cfg: Any, batch: int, latent: int, dt
     from diffusers import AutoencoderKL
     from transformers import Dinov2Model
 
-    from distill_diffusion.bench.memory_estimate import SD_VAE_CONFIG, profile_saved
-    from distill_diffusion.bench.memory_methods import LADD_PHASES, autocast_width, dtype_width, saved_bytes
+    from distill_diffusion.bench.memory_estimate import SD_VAE_CONFIG, dtype_width, profile_saved
+    from distill_diffusion.bench.memory_methods import LADD_PHASES, autocast_width, saved_bytes
     from distill_diffusion.trainers.methods.add.features import ViTFeatures, default_layers
 
     width = dtype_width(dtype)

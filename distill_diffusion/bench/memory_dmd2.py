@@ -29,7 +29,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import torch
 from torch import nn
 
 from distill_diffusion.bench.memory_estimate import (
@@ -40,6 +39,7 @@ from distill_diffusion.bench.memory_estimate import (
     ActivationProfile,
     activation_profile,
     add_meta_lora,
+    dtype_width,
     meta_parameter_count,
     meta_unet,
     resident_and_batch_bytes,
@@ -108,7 +108,7 @@ def estimate_dmd2_training(unet_config: dict[str, Any], *, batch_size: int, reso
     """Each mode's terms (GiB), peak and peak with margins, and one-base / full; ``resident`` as for
     :func:`~distill_diffusion.bench.memory_estimate.estimate_lora_training`."""
     dtype, latent = DTYPES[mixed_precision], resolution // vae_factor
-    width = torch.empty((), dtype=dtype).element_size()
+    width = dtype_width(dtype)
     lora_unet = meta_unet(unet_config, dtype)
     base = sum(p.numel() for p in lora_unet.parameters())
     lora = add_meta_lora(lora_unet, lora_rank, target_modules)  # one adapter; the other has the same shapes

@@ -48,6 +48,11 @@ SD_VAE_CONFIG = {"block_out_channels": [128, 256, 512, 512], "down_block_types":
 CHECKPOINT_UNITS = ("ResnetBlock2D", "BasicTransformerBlock")
 
 
+def dtype_width(dtype: torch.dtype) -> int:
+    """Bytes an element of ``dtype``."""
+    return torch.empty((), dtype=dtype).element_size()
+
+
 class _FlashSDPA(torch.autograd.Function):
     """Stands in for ``scaled_dot_product_attention`` in the meta forward: the output shape and what flash attention
     saves for backward (q, k, v, out, fp32 log-sum-exp per query), no [N, N] probabilities."""
@@ -202,7 +207,7 @@ def profile_saved(model: nn.Module, call: Any, units: Sequence[nn.Module], dtype
     saves in fp32 (:func:`autocast_fp32_tensors`: the norms' inputs, the SiLU's after a GroupNorm) count at 4 bytes."""
     profile, stack, seen = ActivationProfile(), [], {}
     weights = {id(p) for p in model.parameters()}
-    width = torch.empty((), dtype=dtype).element_size()
+    width = dtype_width(dtype)
 
     def nbytes(t: torch.Tensor) -> int:
         """As autocast holds ``t``: an fp32 tensor of the meta forward (an fp32 module's, the VAE's) in ``dtype``."""
@@ -288,7 +293,7 @@ def estimate_lora_training(unet_config: dict[str, Any], *, batch_size: int, reso
     latent = resolution // vae_factor
     profile = activation_profile(unet, batch_size, latent, dtype)
     held, recompute = profile.held(gradient_checkpointing)
-    width = torch.empty((), dtype=dtype).element_size()
+    width = dtype_width(dtype)
     resident_bytes, batch_bytes = resident_and_batch_bytes(unet, resident, batch_size, latent, width)
     terms = {
         "UNet weights (frozen, weight dtype)": base * width,

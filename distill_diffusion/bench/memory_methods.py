@@ -45,6 +45,7 @@ from distill_diffusion.bench.memory_estimate import (
     activation_profile,
     add_meta_lora,
     autocast_fp32_tensors,
+    dtype_width,
     meta_unet,
     meta_unet_inputs,
     resident_and_batch_bytes,
@@ -53,11 +54,6 @@ from distill_diffusion.bench.memory_estimate import (
 #: The one phase of a progressive or BK-SDM step, and LADD's two (the engine's phase names).
 STEP = ("training step",)
 LADD_PHASES = ("generator phase", "discriminator phase")
-
-
-def dtype_width(dtype: torch.dtype) -> int:
-    """Bytes an element of ``dtype``."""
-    return torch.empty((), dtype=dtype).element_size()
 
 
 def autocast_width(dtype: torch.dtype) -> int | None:
