@@ -48,7 +48,7 @@ def add_judge(unet_config: dict[str, Any], cfg: Any, batch: int, latent: int, dt
     from transformers import Dinov2Model
 
     from distill_diffusion.bench.memory_estimate import SD_VAE_CONFIG, dtype_width, profile_saved
-    from distill_diffusion.bench.memory_methods import LADD_PHASES, autocast_width, saved_bytes
+    from distill_diffusion.bench.memory_methods import LADD_PHASES
     from distill_diffusion.trainers.methods.add.features import ViTFeatures, default_layers
 
     width = dtype_width(dtype)
@@ -63,7 +63,7 @@ def add_judge(unet_config: dict[str, Any], cfg: Any, batch: int, latent: int, dt
     decoder = profile_saved(vae, lambda: decoded.append(vae.decode(z).sample), units, dtype)
     decode, decode_extra = decoder.held(checkpointing)
     images = torch.empty(decoded[0].shape, device="meta", requires_grad=True)
-    read = saved_bytes(lambda: vit(images), vit_model, autocast_width(dtype))[0]
+    read = profile_saved(vit_model, lambda: vit(images), [], dtype).outside
     with torch.no_grad():
         tokens, _ = vit(images.detach())
     heads, head_saved = _heads(unet_config, cfg, vit, tokens, dtype)
@@ -82,7 +82,7 @@ def add_judge(unet_config: dict[str, Any], cfg: Any, batch: int, latent: int, dt
 
 def _heads(unet_config: dict[str, Any], cfg: Any, vit: Any, tokens: dict[str, torch.Tensor], dtype: torch.dtype) -> tuple[int, dict[int, int]]:
     """ADD's 1-D heads on the ViT's tokens: their parameters and what their forward saves at the batch and twice it."""
-    from distill_diffusion.bench.memory_methods import autocast_width, saved_bytes
+    from distill_diffusion.bench.memory_estimate import profile_saved
     from distill_diffusion.models.conditioning import pooled_text_width
     from distill_diffusion.trainers.methods.adversarial.heads import TIME_DIM, DiscriminatorHeads
 
@@ -92,5 +92,5 @@ def _heads(unet_config: dict[str, Any], cfg: Any, vit: Any, tokens: dict[str, to
     batch, saved = next(iter(tokens.values())).shape[0], {}
     for b in (batch, 2 * batch):
         feats = {k: torch.cat([v] * (b // batch)).float().requires_grad_(True) for k, v in tokens.items()}
-        saved[b] = saved_bytes(lambda b=b, feats=feats: heads(feats, torch.empty(b, cond, device="meta")), heads, autocast_width(dtype))[0]
+        saved[b] = profile_saved(heads, lambda b=b, feats=feats: heads(feats, torch.empty(b, cond, device="meta")), [], dtype).outside
     return sum(q.numel() for q in heads.parameters()), saved

@@ -44,10 +44,10 @@ from distill_diffusion.bench.memory_estimate import (
     FRAGMENTATION,
     activation_profile,
     add_meta_lora,
-    autocast_fp32_tensors,
     dtype_width,
     meta_unet,
     meta_unet_inputs,
+    profile_saved,
     resident_and_batch_bytes,
 )
 
@@ -86,25 +86,6 @@ def captured_bytes(unet: nn.Module, outputs: dict[str, str], batch: int, latent:
     with torch.no_grad(), FeatureCapture(unet, outputs) as features:
         unet(*args, **kwargs)
     return sum(t.numel() * t.element_size() for t in features.values())
-
-
-def saved_bytes(call: Any, model: nn.Module, width: int | None = None) -> tuple[int, int]:
-    """(total, largest) bytes of the tensors ``call()`` (a forward of ``model``) saves for backward, ``model``'s
-    parameters not counted: they are weights. With ``width`` (mixed precision), fp32 tensors count at that many bytes
-    an element, what autocast would have saved (the meta device has none), except those autocast keeps in fp32
-    (:func:`~distill_diffusion.bench.memory_estimate.autocast_fp32_tensors`)."""
-    weights, seen = {id(p) for p in model.parameters()}, {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        if id(t) not in weights and id(t if t._base is None else t._base) not in weights:
-            seen[id(t)] = t
-        return t
-
-    with autocast_fp32_tensors(model) as fp32, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        call()
-    sizes = [t.numel() * (4 if width and i in fp32 else width if width and t.dtype == torch.float32 else t.element_size())
-             for i, t in seen.items()]
-    return sum(sizes), max(sizes, default=0)
 
 
 def progressive_terms(unet_config: dict[str, Any], options: dict[str, Any], batch: int, latent: int, dtype: torch.dtype,
@@ -219,7 +200,7 @@ def _ladd_heads(unet_config: dict[str, Any], cfg: Any, batch: int, latent: int, 
     saved = {}
     for b in (batch, 2 * batch):
         feats = {k: v[:b].float().requires_grad_(True) for k, v in features.items()}
-        saved[b] = saved_bytes(lambda b=b, feats=feats: heads(feats, torch.empty(b, cond_dim, device="meta")), heads, autocast_width(dtype))[0]
+        saved[b] = profile_saved(heads, lambda b=b, feats=feats: heads(feats, torch.empty(b, cond_dim, device="meta")), [], dtype).outside
     return sum(p.numel() for p in heads.parameters()), saved, sum(v.numel() for v in features.values())
 
 
