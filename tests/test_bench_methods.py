@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from distill_diffusion.bench import methods
-from distill_diffusion.bench.methods_report import fid_by_steps_lines, table_lines
+from distill_diffusion.bench.methods_report import bar_lines, fid_by_steps_lines, table_lines
 from distill_diffusion.cli import main
 from distill_diffusion.trainers.methods.registry import METHODS, toy_students
 
@@ -71,6 +71,28 @@ def test_table_reads_each_student_against_the_best_training_free_sampler_at_its_
     short = fid_by_steps_lines(ROWS, INFO, 2.0)
     assert short[2].startswith("| teacher, best training-free sampler | 4.00 (trailing) | – | 0.66 (trailing) | – |")
     assert short[3] == "| ladd | 1.00 | – | 0.33 | – | 63.1 |" and short[4] == "| progressive | – | – | 0.99 | – | 20.0 |"
+
+
+def test_the_toy_bars_compare_each_student_with_the_teachers_50_steps() -> None:
+    def row(name: str, steps: int, fid: float, clip: float, g: float = 1.0) -> dict:
+        return {"pipeline": name, "steps": steps, "fid": fid, "clip_score": clip, "guidance_scale": g}
+
+    rows = [row("teacher", 50, 2.0, 80.0, 2.0), row("teacher", 50, 1.0, 80.0, 3.0), row("ladd", 1, 1.4, 73.0), row("ladd", 4, 1.3, 79.0),
+            row("add", 1, 1.6, 79.0), row("dmd2", 1, 0.9, 77.0), row("dmd2", 4, 0.95, 80.0), row("progressive-1", 1, 0.95, 80.0)]
+    info = {name: {"pipelines": [name]} for name in ("ladd", "add", "dmd2", "lcm-lora")} | {"progressive": {"pipelines": ["progressive-1"]}}
+    students = {name: student for name, (_, student) in toy_students().items() if student.bars}
+    assert set(students) == {"lcm-lora", "ladd", "add", "dmd2"}
+    lines = bar_lines(rows, info, students, 3.0)
+    assert "| ladd | 1 | 1.400 | 1.40 | ≤ 1.5× | 0.91 | ≥ 0.9× | yes |" in lines
+    assert "| ladd | 4 | 1.300 | 1.30 | ≤ 1.2× | 0.99 | – | no |" in lines
+    assert "| add | 1 | 1.600 | 1.60 | ≤ 1.5× | 0.99 | ≥ 0.9× | no |" in lines and not any("lcm-lora" in x for x in lines)
+    assert "| lcm-lora | 4 | 1.300 | 1.30 | ≤ 1.5× | 0.99 | ≥ 0.9× | yes |" in bar_lines([*rows, row("lcm-lora", 4, 1.3, 79.0)], info, students, 3.0)
+    # DMD2's bars are the teacher's FID itself, and its 1-step row must beat every other student's (a round too)
+    assert "| dmd2 | 1 | 0.900 | 0.90 | ≤ 1× | 0.96 | ≥ 0.95× | yes |" in lines
+    assert "| dmd2 | 4 | 0.950 | 0.95 | ≤ 0.9× | 1.00 | – | no |" in lines
+    rows[-1] = row("progressive-1", 1, 0.85, 80.0)
+    assert "| dmd2 | 1 | 0.900 | 0.90 | ≤ 1× | 0.96 | ≥ 0.95× | no |" in bar_lines(rows, info, students, 3.0)
+    assert bar_lines(rows, info, students, 7.0) == [] and bar_lines(rows, info, {}, 3.0) == []
 
 
 @pytest.mark.e2e

@@ -60,12 +60,12 @@ def test_a_name_declared_twice_and_an_unknown_name_fail(monkeypatch: pytest.Monk
     with pytest.raises(ValueError, match="'engine' of method 'fake' is already registered"):
         registry.benchmarks()
     monkeypatch.delitem(METHODS, "fake")
-    with pytest.raises(UserError, match="unknown benchmark .nope.; choose one of: add, adversarial-toy, bksdm, bksdm-gpu, bksdm-toy, consistency, dmd2, dmd2-gpu, engine, ladd, ladd-gpu"):
+    with pytest.raises(UserError, match="unknown benchmark .nope.; choose one of: add, bksdm, bksdm-gpu, bksdm-toy, consistency, dmd2, dmd2-gpu, engine, ladd, ladd-gpu"):
         registry.load_benchmark("nope")
 
 
 @pytest.mark.parametrize(("name", "guidance"), [("quickstart", None), ("progressive-toy", TOY_GUIDANCE),
-                                                ("adversarial-toy", TOY_GUIDANCE), ("bksdm-toy", TOY_GUIDANCE)])
+                                                ("methods", TOY_GUIDANCE), ("bksdm-toy", TOY_GUIDANCE)])
 def test_toy_benchmarks_default_to_the_toy_reference_guidance(name: str, guidance: float | None) -> None:
     from distill_diffusion.quickstart import TEACHER_GUIDANCE
     from distill_diffusion.toy.build import BuildBudget

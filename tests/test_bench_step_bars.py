@@ -56,13 +56,3 @@ def test_training_free_samplers_sample_the_tiny_teacher_at_few_steps(tiny_pipeli
         out = pipe("a red circle", output_type="pt", generator=torch.Generator().manual_seed(0),
                    **get_sampler(sampler).call_kwargs(steps=steps, guidance_scale=2.0)).images
         assert torch.isfinite(out).all()
-
-
-def test_adversarial_toy_offers_every_student_it_can_train():
-    import argparse
-
-    from distill_diffusion.bench.adversarial_toy import RUNS, add_arguments
-
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    assert set(parser.parse_args([]).students) == {*RUNS, "lcm-lora"}

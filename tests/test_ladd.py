@@ -228,26 +228,6 @@ def test_the_speed_benchmark_times_a_cycle_against_its_passes(tmp_path: Path) ->
     assert "step / sum" in (tmp_path / "speed.md").read_text()
 
 
-def test_the_toy_benchmarks_bars_compare_each_student_with_the_teachers_50_steps() -> None:
-    from distill_diffusion.bench.adversarial_toy import bar_lines
-
-    def row(name: str, steps: int, fid: float, clip: float, g: float = 1.0) -> dict:
-        return {"pipeline": name, "steps": steps, "fid": fid, "clip_score": clip, "guidance_scale": g}
-
-    rows = [row("teacher", 50, 2.0, 80.0, 2.0), row("teacher", 50, 1.0, 80.0, 3.0), row("ladd", 1, 1.4, 73.0), row("ladd", 4, 1.3, 79.0),
-            row("add", 1, 1.6, 79.0), row("dmd2", 1, 0.9, 77.0), row("dmd2", 4, 0.95, 80.0)]
-    lines = bar_lines(rows, 3.0)
-    assert lines[0].startswith("Teacher, 50 DDIM steps, guidance 3: FID 1.000")
-    assert "| ladd | 1 | 1.400 | 1.40 | ≤ 1.5 | 0.91 | ≥ 0.9 | yes |" in lines
-    assert "| ladd | 4 | 1.300 | 1.30 | ≤ 1.2 | 0.99 | - | no |" in lines
-    assert "| add | 1 | 1.600 | 1.60 | ≤ 1.5 | 0.99 | ≥ 0.9 | no |" in lines and not any("lcm-lora" in x for x in lines)
-    # DMD2's bars are the teacher's FID itself, and its 1-step row must beat every other student's
-    assert "| dmd2 | 1 | 0.900 | 0.90 | ≤ 1.0 | 0.96 | ≥ 0.95 | yes |" in lines
-    assert "| dmd2 | 4 | 0.950 | 0.95 | ≤ 0.9 | 1.00 | - | no |" in lines
-    rows.append(row("lcm-lora", 1, 0.85, 80.0))
-    assert "| dmd2 | 1 | 0.900 | 0.90 | ≤ 1.0 | 0.96 | ≥ 0.95 | no |" in bar_lines(rows, 3.0)
-
-
 def test_the_gpu_benchmark_runs_a_cycle_on_a_tiny_unet_and_refuses_a_machine_without_cuda(tmp_path: Path) -> None:
     from distill_diffusion.errors import UserError
     from distill_diffusion.trainers.methods.ladd.bench_gpu import run_sd15_ladd_benchmark

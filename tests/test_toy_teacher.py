@@ -9,16 +9,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from distill_diffusion.bench import adversarial_toy
+from distill_diffusion.bench import methods
 from distill_diffusion.bench import toy_runs as toy_runs_module
 from distill_diffusion.cli import main
 from distill_diffusion.config import load_config
 from distill_diffusion.toy.paths import ToyTeacher, ToyWorld
 from distill_diffusion.trainers.methods.bksdm import bench_toy as bksdm_toy
 from distill_diffusion.trainers.methods.progressive import bench_toy as progressive_toy
+from distill_diffusion.trainers.methods.registry import toy_students
 
 #: Every tiny config a toy benchmark trains (through ``ToyTeacher.config``).
-BENCH_CONFIGS = ("tiny/lcm_lora", "tiny/lcm_full", progressive_toy.CONFIG, bksdm_toy.CONFIG, *(c for _, c in adversarial_toy.RUNS.values()))
+BENCH_CONFIGS = ("tiny/lcm_lora", "tiny/lcm_full", progressive_toy.CONFIG, bksdm_toy.CONFIG, *(s.config for n, (_, s) in toy_students().items() if n in ("ladd", "add", "dmd2")))
 
 
 def test_the_toy_teacher_names_its_paths_configs_and_folders(tmp_path: Path) -> None:
@@ -47,7 +48,7 @@ def test_each_tiny_xl_config_is_its_sd_recipe_on_the_xl_teacher(name: str) -> No
     assert xl["data"]["micro_conditioning"] == "data" and xl["train"]["output_dir"].endswith("_xl")
 
 
-@pytest.mark.parametrize("module", [adversarial_toy, bksdm_toy, progressive_toy])
+@pytest.mark.parametrize("module", [methods, bksdm_toy, progressive_toy])
 @pytest.mark.parametrize(("argv", "suffix"), [([], ""), (["--sdxl"], "_xl")])
 def test_toy_benchmarks_take_the_xl_teacher_and_write_beside_the_sd_results(module, argv: list[str], suffix: str, tmp_path: Path,
                                                                              monkeypatch: pytest.MonkeyPatch) -> None:

@@ -267,7 +267,8 @@ def run_methods(teacher: Teacher, students: Mapping[str, tuple[str, Any]], outpu
                    "trainable_parameters": trained[name].parameters, "pipelines": pipelines[name], "run": str(trained[name].run_dir)}
             for name, (method, s) in students.items()}  # fmt: skip
     (out / "training.json").write_text(json.dumps(info, indent=2))
-    files = write_methods_report(result["rows"], info, out, guidance)
+    bars = {name: s for name, (_, s) in students.items() if s.bars} if teacher.toy is not None else {}
+    files = write_methods_report(result["rows"], info, out, guidance, bars=bars)
     print(Path(files["markdown"]).read_text())
     return {**result, "students": info, "files": {**result["files"], **files}}
 

@@ -62,6 +62,29 @@ def _line(method: str, r: Row, rows: Sequence[Row], student: Mapping[str, Any] |
             f"{minutes} | {params} |")  # fmt: skip
 
 
+def bar_lines(rows: Sequence[Row], info: Mapping[str, Mapping[str, Any]], students: Mapping[str, Any], guidance: float) -> list[str]:
+    """The toy bars table: each student's FID and CLIP at the steps of its ``bars`` (a
+    :class:`~distill_diffusion.trainers.methods.registry.ToyStudent`'s) against the teacher's at 50 steps; at its
+    ``best_at`` counts its FID must also beat every other student's."""
+    teacher = next((r for r in rows if r["pipeline"] == "teacher" and r["steps"] == REFERENCE_STEPS and r["guidance_scale"] == guidance), None)
+    if teacher is None:
+        return []
+    lines = ["| student | steps | FID | FID / teacher | bar | CLIP / teacher | bar | met |", "|---|---|---|---|---|---|---|---|"]
+    mine = student_rows(rows, info)
+    for name, student in students.items():
+        for steps, fid_bar, clip_bar in student.bars:
+            row = next((r for r in mine if r["pipeline"] == name and r["steps"] == steps and r.get("fid") is not None), None)
+            if row is None:
+                continue
+            fid, clip = row["fid"] / teacher["fid"], row["clip_score"] / teacher["clip_score"]
+            met = fid <= fid_bar and (clip_bar is None or clip >= clip_bar)
+            if steps in student.best_at:
+                met = met and all(row["fid"] < r["fid"] for r in mine if r["steps"] == steps and r["pipeline"] != name and r.get("fid") is not None)
+            lines.append(f"| {name} | {steps} | {row['fid']:.3f} | {fid:.2f} | ≤ {fid_bar:g}× | {clip:.2f} | "
+                         f"{f'≥ {clip_bar:g}×' if clip_bar else '–'} | {'yes' if met else 'no'} |")
+    return lines if len(lines) > 2 else []
+
+
 def fid_by_steps_lines(rows: Sequence[Row], info: Mapping[str, Mapping[str, Any]], guidance: float, steps: Sequence[int] = (1, 2, 4, 8)) -> list[str]:
     """The short table: FID at each step count, a line per student and one for the best training-free sampler."""
     lines = ["| | " + " | ".join(f"{k} step" + ("s" if k > 1 else "") for k in steps) + " | training min |", "|---|" + "---|" * (len(steps) + 1)]
@@ -179,8 +202,9 @@ def _folder(out: Path, row: Row | None, name: str | None = None, info: Mapping[s
 
 
 def write_methods_report(rows: Sequence[Row], info: Mapping[str, Mapping[str, Any]], out: Path, guidance: float,
-                         meta: Mapping[str, Any] | None = None) -> dict[str, Path]:  # fmt: skip
-    """``methods.md`` (both tables and the step bars), ``fid_vs_steps.png``, ``fid_vs_accuracy.png``, ``grid_methods.png``."""
+                         meta: Mapping[str, Any] | None = None, bars: Mapping[str, Any] | None = None) -> dict[str, Path]:  # fmt: skip
+    """``methods.md`` (both tables, the step bars and, with ``bars`` (student name → its ``ToyStudent``), the toy quality
+    bars), ``fid_vs_steps.png``, ``fid_vs_accuracy.png``, ``grid_methods.png``."""
     import json
 
     meta = meta or json.loads((out / "results.json").read_text())["meta"]
@@ -192,6 +216,9 @@ def write_methods_report(rows: Sequence[Row], info: Mapping[str, Mapping[str, An
     lines += ["", "## FID at 1-8 steps", "", *fid_by_steps_lines(rows, info, guidance), "", "## Every row", "",
               *table_lines(rows, info, guidance), "", "## Step bars", "",
               *step_bar_lines(rows, {name: i["pipelines"] for name, i in info.items()}), ""]  # fmt: skip
+    toy_bars = bar_lines(rows, info, bars or {}, guidance)
+    if toy_bars:
+        lines += ["## Toy bars", "", f"Against the teacher at {REFERENCE_STEPS} DDIM steps and guidance {guidance:g}.", "", *toy_bars, ""]
     md = out / "methods.md"
     md.write_text("\n".join(lines))
     files = {"methods": md, "markdown": md, "fid_vs_steps": plot_fid_vs_steps(rows, info, guidance, meta, out / "fid_vs_steps.png"),

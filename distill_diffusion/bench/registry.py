@@ -23,7 +23,6 @@ GENERIC: dict[str, str] = {
     "engine": "distill_diffusion.bench.engine",
     "quality": "distill_diffusion.bench.quality",
     "threads": "distill_diffusion.bench.threads",
-    "adversarial-toy": "distill_diffusion.bench.adversarial_toy",
     "methods": "distill_diffusion.bench.methods",
     "lora-memory": "distill_diffusion.bench.memory",
     "train-memory": "distill_diffusion.bench.train_memory",

@@ -1,6 +1,6 @@
 """Training runs of the toy method benchmarks: a shipped tiny config pointed at a toy teacher, resumable, timed.
 
-``bench progressive-toy``, ``bench bksdm-toy`` and ``bench adversarial-toy`` train the config a user would (only
+``bench methods``, ``bench progressive-toy`` and ``bench bksdm-toy`` train the config a user would (only
 paths, resuming and the options a benchmark compares change) on the SD teacher or, with ``--sdxl``, the toy SDXL
 teacher (:class:`~distill_diffusion.toy.paths.ToyTeacher`), and record each stage's wall-clock seconds beside the run.
 """

@@ -33,6 +33,8 @@ class ToyStudent:
     base: str | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
     method: str | None = None
+    bars: tuple[tuple[int, float, float | None], ...] = ()
+    best_at: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -56,10 +58,20 @@ class MethodEntry:
 
 
 _METHODS = "distill_diffusion.trainers.methods"
+#: The few-step students' toy bars (ADD, arXiv:2311.17042, and LADD, arXiv:2403.12015, compare their 1-step students with
+#: the teacher at 50 steps): 1 step ≤ 1.5× the teacher's FID with CLIP within 10%, 4 steps ≤ 1.2×.
+FEW_STEP_BARS = ((1, 1.5, 0.9), (4, 1.2, None))
+#: The LCM-LoRA's (the quickstart's, docs/lcm.md; LCM, arXiv:2310.04378, reports 4 steps as its operating point): 4
+#: steps ≤ 1.5× the teacher's FID with CLIP within 10%.
+LCM_LORA_BARS = ((4, 1.5, 0.9),)
+#: DMD2 claims more (arXiv:2405.14867, §5: 1-step quality at the teacher's level): the teacher's FID itself at 1 step,
+#: CLIP within 5%, 0.9× at 4 steps, and a 1-step FID better than every other student's.
+DMD2_BARS = ((1, 1.0, 0.95), (4, 0.9, None))
 METHODS: dict[str, MethodEntry] = {
     "finetune": MethodEntry(f"{_METHODS}.finetune:FineTune"),
     "lcm": MethodEntry(f"{_METHODS}.lcm:LCM", benchmarks={"lcm": "speed", "lcm-gpu": "gpu", "consistency": "consistency"},
-                       toy_students=(ToyStudent("lcm-lora", "tiny/lcm_lora", "lcm", {"sd15": "lcm_lora_sd15", "sdxl": "lcm_lora_sdxl"}),
+                       toy_students=(ToyStudent("lcm-lora", "tiny/lcm_lora", "lcm", {"sd15": "lcm_lora_sd15", "sdxl": "lcm_lora_sdxl"},
+                                                bars=LCM_LORA_BARS),
                                      ToyStudent("lcm-full", "tiny/lcm_full", "lcm", {"sd15": "lcm_full_sd15", "sdxl": "lcm_full_sdxl"},
                                                 export="model", guidance=None))),
     "progressive": MethodEntry(f"{_METHODS}.progressive:Progressive",
@@ -72,12 +84,14 @@ METHODS: dict[str, MethodEntry] = {
                                        ToyStudent("bksdm-small+lcm-lora", "tiny/lcm_lora", "lcm", {"sd15": "lcm_lora_sd15", "sdxl": "lcm_lora_sdxl"},
                                                   base="bksdm-small", method="lcm"))),
     "ladd": MethodEntry(f"{_METHODS}.ladd:LADD", benchmarks={"ladd": "speed", "ladd-gpu": "gpu"},
-                        toy_students=(ToyStudent("ladd", "tiny/ladd", "ladd", {"sd15": "ladd_sd15", "sdxl": "ladd_sdxl"}, steps=(1, 2, 4)),)),
+                        toy_students=(ToyStudent("ladd", "tiny/ladd", "ladd", {"sd15": "ladd_sd15", "sdxl": "ladd_sdxl"}, steps=(1, 2, 4),
+                                                 bars=FEW_STEP_BARS),)),
     "add": MethodEntry(f"{_METHODS}.add:ADD", benchmarks={"add": "speed"},
                        toy_students=(ToyStudent("add", "tiny/add", "ladd", {"sd15": "add_sd15", "sdxl": "add_sdxl"}, steps=(1, 2, 4),
-                                                options={"feature_network": "{toy_dinov2}"}),)),
+                                                options={"feature_network": "{toy_dinov2}"}, bars=FEW_STEP_BARS),)),
     "dmd2": MethodEntry(f"{_METHODS}.dmd2:DMD2", benchmarks={"dmd2": "speed", "dmd2-gpu": "gpu"},
-                        toy_students=(ToyStudent("dmd2", "tiny/dmd2", "ladd", {"sd15": "dmd2_sd15", "sdxl": "dmd2_sdxl"}, steps=(1, 2, 4)),)),
+                        toy_students=(ToyStudent("dmd2", "tiny/dmd2", "ladd", {"sd15": "dmd2_sd15", "sdxl": "dmd2_sdxl"}, steps=(1, 2, 4),
+                                                 bars=DMD2_BARS, best_at=(1,)),)),
 }  # fmt: skip
 
 
