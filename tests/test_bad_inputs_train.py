@@ -352,6 +352,8 @@ CONFIG_CASES = [
     ("add", ["--method.feature_network", "{bad}/dinov2_patch_0"], "config.json has patch_size=0"),
     ("add", ["--method.feature_network", "{bad}/dinov2_layers_text"], "config.json has num_hidden_layers='four'"),
     ("ladd", ["--method.disc_blocks", ""], "method.disc_blocks is empty"),
+    ("dmd2", ["--method.disc_blocks", ""], "method.disc_blocks is empty"),
+    ("dmd2", ["--method.disc_blocks", "up_blocks.0"], "['up_blocks.0'] are not blocks of this UNet; tap one or more of: down_blocks.0"),
     # DMD2 (arXiv:2405.14867): the generator's timesteps must be the teacher's, the two time-scale rule and the real
     # score's guidance in range; the GAN always has real latents (every data source yields one per example)
     ("dmd2", ["--method.student_timesteps", "1500,999", "--method.student_timestep_probs", "0.5,0.5"],

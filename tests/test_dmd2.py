@@ -12,7 +12,7 @@ import torch
 from distill_diffusion.cli import main
 from distill_diffusion.errors import UserError
 from distill_diffusion.trainers.methods.dmd2 import DMD2Config
-from distill_diffusion.trainers.methods.dmd2.method import FAKE_ADAPTER
+from distill_diffusion.trainers.methods.dmd2.method import FAKE_ADAPTER, classifier_taps
 
 
 @pytest.mark.parametrize(("options", "message"), [
@@ -70,6 +70,24 @@ def test_a_step_without_the_generator_changes_only_the_fake_score_and_the_head(e
     changed = {n for n, p in method.unet.named_parameters() if ".lora_" in n and not torch.equal(p, before[n])}
     assert changed and all(f".{FAKE_ADAPTER}." in n for n in changed), sorted(changed)[:3]
     assert any(not torch.equal(a, b) for a, b in zip(head, method.head.parameters()))
+
+
+def test_the_classifier_reads_the_bottleneck_or_the_blocks_named(tmp_path: Path) -> None:
+    """DMD2's classifier reads the fake score's mid block; ``disc_blocks`` puts a head on each block named, and every
+    head's logits reach the GAN losses (each head gets a gradient from the classifier's loss)."""
+    from distill_diffusion.bench.timing import tiny_engine
+    from distill_diffusion.models.batch import latents_and_embeddings
+    from distill_diffusion.trainers.methods.base import StepContext
+
+    taps = ["down_blocks.1", "mid_block"]
+    engine = tiny_engine(tmp_path, "dmd2", 4, {"lora_rank": 4, "lora_alpha": 4, "head_width": 8, "disc_blocks": taps})[0]
+    method = engine.method
+    assert method.taps == method.head.taps == taps
+    x0, c = latents_and_embeddings(next(iter(engine.dataloader)), method.components)
+    out = method.fake_score_loss(x0, c, StepContext(step=1, modules={"unet": method.unet, "head": method.head}))
+    out.loss.backward()
+    assert all(any(p.grad is not None and p.grad.abs().sum() > 0 for p in method.head.heads[t.replace(".", "_")].parameters()) for t in taps)
+    assert classifier_taps(DMD2Config(), dict(method.components.unet.config)) == ["mid_block"]
 
 
 @pytest.mark.parametrize("guidance", [1.0, 3.0])

@@ -31,7 +31,7 @@ from diffusers import {name}
 pipe = {name}.from_pretrained("path/to/this/folder")  # its LCMScheduler samples the generator's grid
 image = pipe("a prompt", num_inference_steps={steps}, guidance_scale=1.0).images[0]
 """
-    gan = (f"GAN weight {cfg.gan_weight} (classifier {cfg.classifier_weight}) on the fake score's {method.tap}" if cfg.gan
+    gan = (f"GAN weight {cfg.gan_weight} (classifier {cfg.classifier_weight}) on the fake score's {', '.join(method.taps)}" if cfg.gan
            else "no GAN term")
     extra = f"""
 - Inference: {inference_line(method.scheduler(), sched)}

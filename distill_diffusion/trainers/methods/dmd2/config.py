@@ -42,6 +42,9 @@ class DMD2Config(LoRAOptions):
     classifier_weight: float = 1e-2
     #: Width of the classifier head's conv layers.
     head_width: int = 128
+    #: Fake-score UNet blocks the classifier reads, a head on each with their logits summed (LADD's option of the same
+    #: name). Unset (null): the bottleneck, the mid block (DMD2 §4.3).
+    disc_blocks: list[str] | None = None
     #: dtype of the exported LoRA files.
     export_dtype: Literal["fp16", "bf16", "fp32"] = "fp16"
 
@@ -67,6 +70,8 @@ class DMD2Config(LoRAOptions):
         # per example, the classifier's real side. A `prepare-synthetic` latents folder holds the teacher's samples, so
         # there the classifier tells the teacher's samples from the generator's, not real images (docs/dmd2.md).
         require(self.head_width >= 4, f"method.head_width={self.head_width} must be >= 4; pass e.g. 128")
+        require(self.disc_blocks is None or len(self.disc_blocks) > 0, "method.disc_blocks is empty; leave it out (null) for the "
+                "bottleneck (DMD2's), or name one or more, e.g. down_blocks.2,mid_block")
 
     @property
     def gan(self) -> bool:

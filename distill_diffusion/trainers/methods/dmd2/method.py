@@ -77,6 +77,11 @@ FAKE_ADAPTER = "fake_score"
 _SAMPLES = "dmd2_samples"
 
 
+def classifier_taps(config: DMD2Config, unet_config: dict[str, Any]) -> list[str]:
+    """The fake-score blocks the classifier reads: ``disc_blocks``, else the bottleneck (the mid block, DMD2 §4.3)."""
+    return [bb.tap_names(unet_config)[-1]] if config.disc_blocks is None else list(config.disc_blocks)
+
+
 class DMD2(FewStepStudent, MethodBase):
     """A 1-4-step student of a Stable Diffusion teacher (1.x/2.x or SDXL) by distribution matching (DMD2)."""
 
@@ -84,7 +89,7 @@ class DMD2(FewStepStudent, MethodBase):
     config_class: ClassVar[type] = DMD2Config
     phase_names: ClassVar[tuple[str, ...]] = ("generator", "fake_score")
     card_name: ClassVar[str] = "dmd2"
-    resume_fields: ClassVar[tuple[str, ...]] = ("lora", "lora_rank", "lora_alpha", "lora_target_modules", "head_width")
+    resume_fields: ClassVar[tuple[str, ...]] = ("lora", "lora_rank", "lora_alpha", "lora_target_modules", "head_width", "disc_blocks")
 
     @classmethod
     def check_before_loading(cls, run: RunConfig, teacher: TeacherConfigs | None) -> None:
@@ -99,7 +104,7 @@ class DMD2(FewStepStudent, MethodBase):
             check_backward_simulation(config.student_timesteps, teacher.scheduler)
         if config.lora:
             check_target_modules(teacher.meta_unet(), config.lora_target_modules)
-        bb.check_taps(teacher.unet, [bb.tap_names(teacher.unet)[-1]])
+        bb.check_taps(teacher.unet, classifier_taps(config, teacher.unet))
 
     def __init__(self, components: SDComponents, config: DMD2Config):
         self.components, self.config, self.schedule = components, config, components.schedule
@@ -116,8 +121,8 @@ class DMD2(FewStepStudent, MethodBase):
         self.device = next(self.unet.parameters()).device
         self.uncond = UncondEmbedding(components)
         unet_config = dict(components.unet.config)
-        self.tap = bb.tap_names(unet_config)[-1]  # the bottleneck: the mid block (DMD2 §4.3)
-        self.head = DiscriminatorHeads({self.tap: bb.tap_channels(unet_config, self.tap)}, TIME_DIM, config.head_width).to(self.device)
+        self.taps = classifier_taps(config, unet_config)
+        self.head = DiscriminatorHeads({t: bb.tap_channels(unet_config, t) for t in self.taps}, TIME_DIM, config.head_width).to(self.device)
         self.models = {"unet": self.unet, "head": self.head} | ({} if config.lora else {"fake": self.fake_unet})
         self.simulation = None
         if config.backward_simulation:
@@ -160,7 +165,7 @@ class DMD2(FewStepStudent, MethodBase):
         t = torch.randint(0, self.schedule.num_train_timesteps, (x.shape[0],), device=x.device)
         z = self.schedule.add_noise(x, torch.randn_like(x), t)
         with self.fake_mode():
-            features = bb.unet_features(self.fake_unet, z, t, c, [self.tap])
+            features = bb.unet_features(self.fake_unet, z, t, c, self.taps)
         return head(features, timestep_condition(t).to(x.device))
 
     # ------------------------------------------------------------------ the algorithm
