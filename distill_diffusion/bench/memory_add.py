@@ -82,7 +82,7 @@ def add_judge(unet_config: dict[str, Any], cfg: Any, batch: int, latent: int, dt
 
 def _heads(unet_config: dict[str, Any], cfg: Any, vit: Any, tokens: dict[str, torch.Tensor], dtype: torch.dtype) -> tuple[int, dict[int, int]]:
     """ADD's 1-D heads on the ViT's tokens: their parameters and what their forward saves at the batch and twice it."""
-    from distill_diffusion.bench.memory_estimate import profile_saved
+    from distill_diffusion.bench.memory_estimate import heads_saved
     from distill_diffusion.models.conditioning import pooled_text_width
     from distill_diffusion.trainers.methods.adversarial.heads import TIME_DIM, DiscriminatorHeads
 
@@ -92,5 +92,5 @@ def _heads(unet_config: dict[str, Any], cfg: Any, vit: Any, tokens: dict[str, to
     batch, saved = next(iter(tokens.values())).shape[0], {}
     for b in (batch, 2 * batch):
         feats = {k: torch.cat([v] * (b // batch)).float().requires_grad_(True) for k, v in tokens.items()}
-        saved[b] = profile_saved(heads, lambda b=b, feats=feats: heads(feats, torch.empty(b, cond, device="meta")), [], dtype).outside
+        saved[b] = heads_saved(heads, feats, cond, dtype)
     return sum(q.numel() for q in heads.parameters()), saved

@@ -45,9 +45,9 @@ from distill_diffusion.bench.memory_estimate import (
     activation_profile,
     add_meta_lora,
     dtype_width,
+    heads_saved,
     meta_unet,
     meta_unet_inputs,
-    profile_saved,
     resident_and_batch_bytes,
 )
 
@@ -200,7 +200,7 @@ def _ladd_heads(unet_config: dict[str, Any], cfg: Any, batch: int, latent: int, 
     saved = {}
     for b in (batch, 2 * batch):
         feats = {k: v[:b].float().requires_grad_(True) for k, v in features.items()}
-        saved[b] = profile_saved(heads, lambda b=b, feats=feats: heads(feats, torch.empty(b, cond_dim, device="meta")), [], dtype).outside
+        saved[b] = heads_saved(heads, feats, cond_dim, dtype)
     return sum(p.numel() for p in heads.parameters()), saved, sum(v.numel() for v in features.values())
 
 
