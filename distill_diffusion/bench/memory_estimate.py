@@ -250,13 +250,13 @@ def profile_saved(model: nn.Module, call: Any, units: Sequence[nn.Module], dtype
     return profile
 
 
-
 def heads_saved(heads: nn.Module, features: dict[str, torch.Tensor], cond_dim: int, dtype: torch.dtype) -> int:
     """Saved-for-backward bytes of discriminator heads' forward on ``features`` (meta tensors, as the discriminator
     phase holds them: fp32, with gradients), conditioned on a meta vector of width ``cond_dim``: no checkpoint unit,
     so all of it is :attr:`ActivationProfile.outside`."""
     batch = next(iter(features.values())).shape[0]
     return profile_saved(heads, lambda: heads(features, torch.empty(batch, cond_dim, device="meta")), [], dtype).outside
+
 
 def meta_parameter_count(build: Any) -> int:
     """Parameters of the module ``build()`` makes, built on the meta device."""
