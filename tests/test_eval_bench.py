@@ -241,3 +241,18 @@ def test_rows_are_reused_when_measured_under_the_same_key(tiny_pipeline_dir, toy
     (tmp_path / "a" / "images" / "teacher" / "steps_001" / "row.json").write_text("{broken")
     redone = run_quality_benchmark(specs, tmp_path / "a", settings())
     assert redone["meta"]["reused_rows"] == ["teacher 2 (kept)"]
+
+
+def test_default_stats_cache_is_per_real_set(tiny_pipeline_dir, toy_data_dir, clip_dir, tmp_path):
+    """The same output folder scored against a second real set (here the same images under another path, as when the
+    toy world is installed under another cache folder) keeps a statistics file per set instead of refusing the first."""
+    import shutil
+
+    copy = tmp_path / "real_copy"
+    shutil.copytree(toy_data_dir, copy)
+    specs = [PipelineSpec("teacher", str(tiny_pipeline_dir), sampler="ddim", guidance_scale=3.0, steps=(1,))]
+    for real in (toy_data_dir, copy):
+        settings = BenchmarkSettings(prompts="toy", num_images=4, real_dir=str(real), fid_feature=TinyFeatures(), feature_dim=4,
+                                     clip_model=str(clip_dir), batch_size=4, device="cpu")  # fmt: skip
+        run_quality_benchmark(specs, tmp_path / "out", settings)
+    assert len(list((tmp_path / "out").glob("real_stats_*.safetensors"))) == 2

@@ -13,6 +13,7 @@ imported when it runs (the CLI imports this module to build ``--help``).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -192,10 +193,15 @@ def _validate(pipelines: Sequence[PipelineSpec], s: BenchmarkSettings, output_di
     return prompts, evaluator, clip
 
 
-def _stats_cache_path(out: Path, evaluator: Any) -> Path:
-    """Default real-statistics cache, named by feature space and resize policy (reused across runs)."""
+def _stats_cache_path(out: Path, evaluator: Any, real_dir: str | Path) -> Path:
+    """Default real-statistics cache, named by feature space, resize policy and real set (reused across runs).
+
+    The real set's resolved path is in the name (a short digest) so that another real set, or the same toy world
+    installed under another cache folder, gets its own file instead of tripping the stale-cache check, which stays
+    for a ``--stats_cache`` the user names."""
     name = evaluator.net.name.replace(":", "_").replace("/", "_")
-    return out / f"real_stats_{name}_{evaluator.resize.describe()}.safetensors"
+    source = hashlib.sha256(str(Path(real_dir).expanduser().resolve()).encode()).hexdigest()[:8]
+    return out / f"real_stats_{name}_{evaluator.resize.describe()}_{source}.safetensors"
 
 
 def _row(p: PipelineSpec, scheduler: str, steps: int, guidance: float, timing: Any, scores: dict) -> dict:
@@ -239,7 +245,7 @@ def run_quality_benchmark(
     out = Path(output_dir)
     num_real = None
     if evaluator is not None and state.is_main_process:
-        num_real = prepare_real(evaluator, s.real_dir, s.stats_cache or _stats_cache_path(out, evaluator))
+        num_real = prepare_real(evaluator, s.real_dir, s.stats_cache or _stats_cache_path(out, evaluator, s.real_dir))
     rows, files = [], {}
     store = benchmark_store(s, prompts, evaluator, device)
     for p in pipelines:
