@@ -108,7 +108,10 @@ def test_the_distribution_matching_gradient_is_zero_while_fake_and_real_scores_a
     out.loss.backward()
     grads = [p.grad for p in method.trainable_parameters(method.phases()[0]) if p.grad is not None]
     assert grads and all(g.isfinite().all() for g in grads)
-    assert any(torch.count_nonzero(g) > 0 for g in grads) == (guidance > 1)
+    # zero up to rounding: the real score's conditional branch runs batched with the unconditional one, the fake
+    # score's alone, and CPU kernels may round a batch of 2B differently from one of B (about 1e-8 here)
+    largest = max(float(g.abs().max()) for g in grads)
+    assert largest > 1e-4 if guidance > 1 else largest < 1e-6
 
 
 @pytest.mark.e2e
